@@ -1,0 +1,227 @@
+"""The artifact bundle: one directory per trained model, written atomically, verified on load.
+
+Layout: ``manifest.json`` plus plain files (``.npy`` without pickle, ``.json``, ``.parquet``,
+``.safetensors``, FAISS index files). The manifest records the format version, model version,
+creation time, dataset fingerprint, config, metrics and the sha256 of every file. Loading checks
+every hash before anything is used and never executes code from the bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class BundleError(RuntimeError):
+    """A bundle that is missing, incomplete, tampered with or of another format version."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _safe_name(name: str) -> str:
+    """Reject names that could escape the bundle directory."""
+    p = Path(name)
+    if p.is_absolute() or ".." in p.parts or name in ("", ".", MANIFEST) or "\\" in name:
+        raise BundleError(f"illegal file name in bundle: {name!r}")
+    return name
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a file through a temp file in the same directory, fsync, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class BundleWriter:
+    """Collects a bundle's files in a hidden temp directory beside the target.
+
+    Use as a context manager; on a clean exit the manifest is written and the directory is
+    renamed into place (an existing bundle at the target is replaced only then). On an error
+    the temp directory is removed and any previous bundle is untouched.
+    """
+
+    def __init__(self, target: str | Path, model_version: str | None = None) -> None:
+        self.target = Path(target)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
+        self.model_version = model_version or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self.meta: dict[str, Any] = {}
+
+    def file(self, name: str) -> Path:
+        """Path for a file the caller writes itself (e.g. a FAISS index)."""
+        p = self.path / _safe_name(name)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def save_array(self, name: str, array: np.ndarray) -> None:
+        arr = np.asarray(array)
+        if arr.dtype == object:
+            raise BundleError(f"{name}: object arrays cannot be stored without pickle")
+        np.save(self.file(name), arr, allow_pickle=False)
+
+    def save_json(self, name: str, obj: Any) -> None:
+        self.file(name).write_text(json.dumps(obj, indent=1, default=_json_default))
+
+    def save_frame(self, name: str, frame: pd.DataFrame) -> None:
+        frame.to_parquet(self.file(name), index=False)
+
+    def save_tensors(self, name: str, tensors: Mapping[str, Any]) -> None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(self.file(name)))
+
+    def commit(self) -> Path:
+        files = sorted(
+            str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.is_file()
+        )
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "model_version": self.model_version,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **self.meta,
+            "files": {name: _sha256(self.path / name) for name in files},
+        }
+        atomic_write_bytes(self.path / MANIFEST, json.dumps(manifest, indent=1, default=_json_default).encode())
+        _fsync_dir(self.path)
+        old = None
+        if self.target.exists():
+            old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.target, old)
+        os.replace(self.path, self.target)
+        _fsync_dir(self.target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.target
+
+    def abort(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> "BundleWriter":
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class Bundle:
+    """A verified, read-only bundle. Construct with :func:`load_bundle`."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+
+    @property
+    def model_version(self) -> str:
+        return str(self.manifest.get("model_version", "unknown"))
+
+    def has(self, name: str) -> bool:
+        return name in self.manifest["files"]
+
+    def file(self, name: str) -> Path:
+        if name not in self.manifest["files"]:
+            raise BundleError(f"{self.path}: bundle has no file {name!r}")
+        return self.path / name
+
+    def array(self, name: str) -> np.ndarray:
+        try:
+            return np.load(self.file(name), allow_pickle=False)
+        except ValueError as e:  # pickled object arrays are refused by allow_pickle=False
+            raise BundleError(f"{self.path / name}: not a plain array ({e})") from e
+
+    def json(self, name: str) -> Any:
+        return json.loads(self.file(name).read_text())
+
+    def frame(self, name: str) -> pd.DataFrame:
+        return pd.read_parquet(self.file(name))
+
+    def tensors(self, name: str) -> dict[str, Any]:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.file(name)))
+
+    def __repr__(self) -> str:
+        return f"Bundle({str(self.path)!r}, version={self.model_version})"
+
+
+def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
+    """Open a bundle after checking its manifest, format version and every file's sha256."""
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{path}: not a movierec bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BundleError(f"{mpath}: manifest is not valid JSON ({e})") from e
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise BundleError(f"{mpath}: manifest has no file list")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{mpath}: bundle format version {version!r} is not supported (expected {FORMAT_VERSION})"
+        )
+    root = path.resolve()
+    for name, digest in manifest["files"].items():
+        _safe_name(name)
+        fpath = (path / name).resolve()
+        if root not in fpath.parents:
+            raise BundleError(f"illegal file name in bundle: {name!r}")
+        if not fpath.is_file():
+            raise BundleError(f"{path}: file {name!r} listed in the manifest is missing")
+        if verify and _sha256(fpath) != digest:
+            raise BundleError(f"{path}: checksum mismatch for {name!r}; the bundle was modified or truncated")
+    return Bundle(path, manifest)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

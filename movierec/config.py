@@ -1,0 +1,168 @@
+"""Typed configuration: one pydantic model per stage, nested in :class:`Config`.
+
+``configs/*.yaml`` is read with ``yaml.safe_load`` and validated; ``extra="forbid"`` makes a
+misspelt key an error that names it. Command-line overrides use dotted keys
+(``retrieval.epochs=5``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ContentConfig(_Section):
+    """TF-IDF over item text, reduced by TruncatedSVD to dense vectors."""
+
+    dim: int = Field(128, ge=2, le=4096)
+    min_df: int = Field(1, ge=1)
+    max_features: int | None = Field(200_000, ge=16)
+    title_weight: float = Field(1.0, ge=0)
+    genre_weight: float = Field(1.5, ge=0)
+    tag_weight: float = Field(1.0, ge=0)
+    year_weight: float = Field(0.5, ge=0)
+    description_weight: float = Field(1.0, ge=0)
+    exact_below: int = Field(20_000, ge=0, description="catalogues smaller than this use exact sparse cosine")
+
+
+class IndexConfig(_Section):
+    """FAISS: exact inner product below ``ann_threshold`` items, HNSW or IVF above."""
+
+    kind: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
+    ann_threshold: int = Field(50_000, ge=1)
+    hnsw_m: int = Field(32, ge=4)
+    ef_search: int = Field(128, ge=1)
+    nlist: int | None = Field(None, ge=1)
+    nprobe: int = Field(16, ge=1)
+
+
+class RetrievalConfig(_Section):
+    """Two-tower model trained with in-batch sampled softmax and log-q correction."""
+
+    dim: int = Field(64, ge=4, le=1024)
+    hidden: int = Field(128, ge=4)
+    history_len: int = Field(50, ge=1)
+    id_dropout: float = Field(0.3, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    temperature: float = Field(0.05, gt=0)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-6, ge=0)
+    batch_size: int = Field(1024, ge=8)
+    epochs: int = Field(30, ge=1)
+    patience: int = Field(3, ge=1)
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    min_rating: float | None = Field(None, description="ratings below this are not positives (None: keep all)")
+    threads: int = Field(1, ge=1)
+
+
+class RankingConfig(_Section):
+    """Ranker over (user, candidate) features, trained on a later slice of the training data."""
+
+    enabled: bool = True
+    candidates: int = Field(200, ge=10)
+    hidden: list[int] = Field(default_factory=lambda: [128, 64])
+    dropout: float = Field(0.1, ge=0, lt=1)
+    lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(512, ge=8)
+    epochs: int = Field(20, ge=1)
+    patience: int = Field(3, ge=1)
+    holdout_fraction: float = Field(0.2, gt=0, lt=0.9)
+    negatives: int = Field(20, ge=1)
+    rating_weight: float = Field(0.5, ge=0)
+
+
+class TrainerConfig(_Section):
+    """Lightning Trainer settings shared by the trained stages."""
+
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+    progress: bool = True
+
+
+class Config(_Section):
+    seed: int = 42
+    content: ContentConfig = Field(default_factory=ContentConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    ranking: RankingConfig = Field(default_factory=RankingConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; the message names the key."""
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        parts.append(f"{key}: {e['msg']}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Read a YAML config (or the defaults) and apply ``key=value`` overrides.
+
+    Raises:
+        ConfigError: unreadable YAML, an unknown key or a value of the wrong type.
+    """
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config ({e.strerror or e})") from e
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        tree = loaded
+    items = overrides.items() if isinstance(overrides, dict) else (
+        _split_override(o) for o in (overrides or [])
+    )
+    for key, value in items:
+        _set_dotted(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(source, e)) from None
+
+
+def _split_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def dump_config(config: Config) -> dict[str, Any]:
+    return config.model_dump(mode="json")

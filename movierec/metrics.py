@@ -1,0 +1,136 @@
+"""Rating and top-N metrics, vectorised, and a full-ranking evaluator shared by every model.
+
+Conventions: Recall@K = hits in the top K / number of relevant items; NDCG@K uses binary gains
+with the ideal DCG over min(K, relevant); MRR is 1 / rank of the first hit within the top K (0
+when none); coverage@K is the share of the catalogue that appears in anybody's top K.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from movierec.data import Dataset
+
+ScoreFn = Callable[[np.ndarray], np.ndarray]
+"""Maps a batch of user_idx (n,) to scores over every item (n, n_items); higher is better."""
+
+
+def rmse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
+    return float(np.sqrt(np.mean((y_true - y_pred) ** 2))) if y_true.size else float("nan")
+
+
+def mae(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
+    return float(np.mean(np.abs(y_true - y_pred))) if y_true.size else float("nan")
+
+
+def hits_matrix(recs: np.ndarray, relevant: sp.csr_matrix) -> np.ndarray:
+    """Boolean (n_users, k): whether each recommended item is relevant for its row.
+
+    Args:
+        recs: (n_users, k) item_idx, best first; -1 marks an empty slot.
+        relevant: (n_users, n_items) sparse matrix, nonzero where relevant.
+    """
+    n, k = recs.shape
+    rows = np.repeat(np.arange(n), k)
+    cols = recs.ravel()
+    ok = cols >= 0
+    out = np.zeros(n * k, dtype=bool)
+    out[ok] = np.asarray(relevant[rows[ok], cols[ok]]).ravel() != 0
+    return out.reshape(n, k)
+
+
+def topn_metrics(recs: np.ndarray, relevant: sp.csr_matrix, k: int, n_items: int | None = None) -> dict[str, float]:
+    """Recall, precision, NDCG, hit rate, MRR and coverage at ``k``, averaged over rows.
+
+    Rows with no relevant item are skipped (they carry no signal).
+    """
+    recs = np.asarray(recs)[:, :k]
+    n_rel = np.diff(relevant.indptr)
+    keep = n_rel > 0
+    recs, n_rel = recs[keep], n_rel[keep]
+    rel = relevant[np.flatnonzero(keep)]
+    if len(recs) == 0:
+        return {f"{m}@{k}": float("nan") for m in ("recall", "precision", "ndcg", "hitrate", "mrr", "coverage")}
+    hits = hits_matrix(recs, rel)
+    width = hits.shape[1]
+    discounts = 1.0 / np.log2(np.arange(2, width + 2))
+    dcg = (hits * discounts).sum(1)
+    ideal_len = np.minimum(n_rel, k)
+    cum = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))])
+    idcg = cum[ideal_len]
+    n_hits = hits.sum(1)
+    first = np.where(hits.any(1), hits.argmax(1) + 1, 0)
+    out = {
+        f"recall@{k}": float(np.mean(n_hits / n_rel)),
+        f"precision@{k}": float(np.mean(n_hits / k)),
+        f"ndcg@{k}": float(np.mean(dcg / idcg)),
+        f"hitrate@{k}": float(np.mean(n_hits > 0)),
+        f"mrr@{k}": float(np.mean(np.where(first > 0, 1.0 / np.maximum(first, 1), 0.0))),
+    }
+    if n_items:
+        shown = np.unique(recs[recs >= 0])
+        out[f"coverage@{k}"] = float(len(shown) / n_items)
+    return out
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores per row, best first (ties broken by lower index)."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(scores, part, 1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    return np.take_along_axis(part, order, 1)
+
+
+def evaluate_topn(
+    score_fn: ScoreFn,
+    train: Dataset,
+    test: Dataset,
+    ks: Iterable[int] = (10, 50),
+    candidate_items: np.ndarray | None = None,
+    batch_size: int = 1024,
+    show_progress: bool = False,
+) -> dict[str, float]:
+    """Full-ranking evaluation: for each test user rank all items not rated in ``train``.
+
+    Args:
+        score_fn: scores for a batch of user_idx over every item.
+        train: the ratings whose items are excluded from each user's ranking.
+        test: held-out ratings; every test rating counts as relevant.
+        ks: cut-offs.
+        candidate_items: when given (P3 cold items), rank only among these item_idx.
+        batch_size: users scored at once.
+    """
+    ks = sorted(set(int(k) for k in ks))
+    kmax = max(ks)
+    seen = train.to_csr().tocsr()
+    relevant = test.to_csr().tocsr()
+    if candidate_items is not None:
+        mask = np.zeros(train.n_items, dtype=bool)
+        mask[candidate_items] = True
+        relevant = relevant.multiply(mask[None, :]).tocsr()
+    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    all_recs = np.full((len(users), kmax), -1, dtype=np.int64)
+    batches = range(0, len(users), batch_size)
+    for start in tqdm(batches, disable=not show_progress, desc="evaluate", unit="batch"):
+        u = users[start : start + batch_size]
+        scores = np.asarray(score_fn(u), dtype=np.float32).copy()
+        s = seen[u]
+        scores[np.repeat(np.arange(len(u)), np.diff(s.indptr)), s.indices] = -np.inf
+        if candidate_items is not None:
+            scores[:, ~mask] = -np.inf
+        recs = top_k(scores, kmax)
+        recs[np.take_along_axis(scores, recs, 1) == -np.inf] = -1
+        all_recs[start : start + len(u)] = recs
+    rel = relevant[users]
+    n_items = len(candidate_items) if candidate_items is not None else train.n_items
+    out: dict[str, float] = {"users": float(len(users))}
+    for k in ks:
+        out.update(topn_metrics(all_recs, rel, k, n_items=n_items))
+    return out

@@ -1,0 +1,96 @@
+"""Train/test splits of the evaluation protocols (DESIGN.md P1-P3) plus temporal splits.
+
+Every split returns datasets that share the parent's id maps, so a model trained on one side can
+be scored on the other by index.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from movierec.data import Dataset, DataError
+
+
+def holdout_per_user(ds: Dataset, fraction: float = 0.2, seed: int = 42) -> tuple[Dataset, Dataset]:
+    """P2: hold out ``fraction`` of each user's ratings at random (at least one per user).
+
+    A user with a single rating keeps it in train (nothing to learn from otherwise).
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    r = ds.ratings
+    key = rng.random(len(r))
+    order = np.lexsort((key, r["user_idx"].to_numpy()))
+    user_sorted = r["user_idx"].to_numpy()[order]
+    starts = np.searchsorted(user_sorted, user_sorted, side="left")
+    pos = np.arange(len(order)) - starts
+    counts = np.bincount(user_sorted, minlength=ds.n_users)[user_sorted]
+    n_test = np.where(counts >= 2, np.maximum(1, np.round(counts * fraction)), 0)
+    n_test = np.minimum(n_test, counts - 1)
+    is_test = np.zeros(len(r), dtype=bool)
+    is_test[order] = pos < n_test
+    return ds.with_ratings(r[~is_test], f"{ds.name}/train"), ds.with_ratings(r[is_test], f"{ds.name}/test")
+
+
+def cold_items(ds: Dataset, fraction: float = 0.2, seed: int = 42) -> tuple[Dataset, Dataset, np.ndarray]:
+    """P3: a ``fraction`` of the rated items lose all their ratings from training.
+
+    Returns:
+        (train, test, cold_item_idx): test holds every rating of the cold items.
+    """
+    rng = np.random.default_rng(seed)
+    rated = np.unique(ds.ratings["item_idx"].to_numpy())
+    n_cold = max(1, int(round(len(rated) * fraction)))
+    cold = np.sort(rng.choice(rated, size=n_cold, replace=False))
+    is_test = np.isin(ds.ratings["item_idx"].to_numpy(), cold)
+    r = ds.ratings
+    return (
+        ds.with_ratings(r[~is_test], f"{ds.name}/warm"),
+        ds.with_ratings(r[is_test], f"{ds.name}/cold"),
+        cold,
+    )
+
+
+def temporal_per_user(
+    ds: Dataset, n: int | None = None, fraction: float | None = None
+) -> tuple[Dataset, Dataset]:
+    """Leave each user's last ``n`` ratings (or last ``fraction`` of them) out, by timestamp.
+
+    Users keep at least one rating on the train side. Ties in time are broken by row order.
+    """
+    if (n is None) == (fraction is None):
+        raise ValueError("give exactly one of n or fraction")
+    r = ds.ratings
+    order = np.lexsort((np.arange(len(r)), r["timestamp"].to_numpy(), r["user_idx"].to_numpy()))
+    users = r["user_idx"].to_numpy()[order]
+    counts = np.bincount(users, minlength=ds.n_users)
+    starts = np.searchsorted(users, users, side="left")
+    pos = np.arange(len(order)) - starts
+    c = counts[users]
+    n_test = np.full(len(order), n) if n is not None else np.floor(c * float(fraction)).astype(int)
+    n_test = np.clip(n_test, 0, c - 1)
+    is_test = np.zeros(len(r), dtype=bool)
+    is_test[order] = pos >= c - n_test
+    return ds.with_ratings(r[~is_test], f"{ds.name}/past"), ds.with_ratings(r[is_test], f"{ds.name}/future")
+
+
+def validation_split(train: Dataset, fraction: float = 0.1, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """A validation split carved from training only (for early stopping and tuning)."""
+    return holdout_per_user(train, fraction=fraction, seed=seed)
+
+
+def ml100k_fold(ds: Dataset, folder: str | Path, fold: str = "u1") -> tuple[Dataset, Dataset]:
+    """P1: the official MovieLens 100K fold ``u1``..``u5`` (or ``ua``/``ub``) by its test file."""
+    path = Path(folder) / f"{fold}.test"
+    if not path.is_file():
+        raise DataError("official fold file not found", path=path)
+    test = pd.read_csv(path, sep="\t", header=None, names=["user_id", "item_id", "rating", "timestamp"])
+    key = pd.MultiIndex.from_frame(ds.ratings[["user_id", "item_id"]])
+    test_key = pd.MultiIndex.from_frame(test[["user_id", "item_id"]])
+    is_test = key.isin(test_key)
+    r = ds.ratings
+    return ds.with_ratings(r[~is_test], f"{ds.name}/{fold}.base"), ds.with_ratings(r[is_test], f"{ds.name}/{fold}.test")

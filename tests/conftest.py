@@ -1,0 +1,31 @@
+"""Shared fixtures: real MovieLens paths (skipped when ../shared/data is absent) and small
+generated data sets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+os.environ.setdefault("MOVIEREC_PROGRESS", "0")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def ml100k_path() -> Path:
+    path = SHARED_DATA / "ml-100k"
+    if not (path / "u.data").is_file():
+        pytest.skip("../shared/data/ml-100k not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ml_latest_small_path() -> Path:
+    path = SHARED_DATA / "ml-latest-small"
+    if not (path / "ratings.csv").is_file():
+        pytest.skip("../shared/data/ml-latest-small not present")
+    return path
