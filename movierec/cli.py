@@ -1,0 +1,105 @@
+"""The ``movierec`` command line: thin subcommands, each calling one library function.
+
+Input errors (bad data, config, bundle, parameters) print one line on stderr and exit with 2.
+Heavy imports happen inside commands so ``movierec --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Hybrid movie recommender: train, evaluate, generate candidates, serve.",
+)
+log = logging.getLogger("movierec")
+
+
+class UsageError(ValueError):
+    """A bad command-line value; reported as one line with exit code 2."""
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _emit(obj: object) -> None:
+    typer.echo(json.dumps(obj, indent=1, default=str))
+
+
+@app.callback()
+def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+    _setup_logging(verbose)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="folder to write ratings.csv, movies.csv, tags.csv, users.csv")],
+    users: Annotated[int, typer.Option(min=2, help="number of users")] = 2_000,
+    items: Annotated[int, typer.Option(min=2, help="number of movies")] = 1_500,
+    ratings: Annotated[int, typer.Option(min=1, help="number of ratings")] = 100_000,
+    seed: Annotated[int, typer.Option(help="random seed")] = 42,
+) -> None:
+    """Write the embedded synthetic MovieLens-shaped data set (deterministic for a seed)."""
+    from movierec.synthetic import SynthSpec, write_synthetic
+
+    spec = SynthSpec(n_users=users, n_items=items, n_ratings=ratings, seed=seed)
+    summary = write_synthetic(out, spec)
+    typer.echo(f"wrote {summary['ratings']:,} ratings, {summary['users']:,} users, {summary['items']:,} movies to {out}")
+
+
+@app.command()
+def download(
+    name: Annotated[str, typer.Argument(help="ml-100k, ml-1m, ml-latest-small, ml-25m or ml-32m")],
+    to: Annotated[Path, typer.Option(help="folder to unpack into")],
+    base_url: Annotated[Optional[str], typer.Option(help="mirror to fetch from instead of GroupLens")] = None,
+) -> None:
+    """Fetch an official MovieLens zip, check its MD5 and unpack it atomically."""
+    from movierec.download import download_dataset
+
+    path = download_dataset(name, to, base_url=base_url)
+    typer.echo(f"{name} ready at {path}")
+
+
+def main() -> None:
+    """Console entry point: maps input errors to one stderr line and exit code 2."""
+    from movierec.artifacts import BundleError
+    from movierec.config import ConfigError
+    from movierec.data import DataError
+
+    try:
+        app(standalone_mode=False)
+    except (DataError, ConfigError, BundleError, UsageError, FileNotFoundError, PermissionError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise SystemExit(2) from None
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        raise SystemExit(130) from None
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            raise SystemExit(2) from None
+        if isinstance(e, click.exceptions.Exit):
+            raise SystemExit(e.exit_code) from None
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""A small wrapper over FAISS inner-product indexes, shared by the content and retrieval stages.
+
+Row ``i`` of the index is item_idx ``i``; items added later get the next rows. Exact search
+(``IndexFlatIP``) for small catalogues; HNSW or IVF above ``ann_threshold`` items. Vectors meant
+for cosine similarity are L2-normalised by the caller (see :func:`normalize`).
+
+This lives in the core rather than in ``retrieval/`` (as DESIGN.md's layout has it) because the
+content stage, which comes before retrieval, needs the same index for similar-movie lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from movierec.config import IndexConfig
+
+log = logging.getLogger(__name__)
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation; zero rows stay zero (no NaN)."""
+    v = np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
+
+
+class VectorIndex:
+    """Inner-product search over item vectors, one row per item_idx.
+
+    Args:
+        index: a FAISS index whose ``ntotal`` rows are the items in order.
+        kind: ``flat``, ``hnsw`` or ``ivf`` (for reporting and reload).
+    """
+
+    def __init__(self, index: faiss.Index, kind: str) -> None:
+        self.index = index
+        self.kind = kind
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k rows for each query, best first.
+
+        Returns:
+            (item_idx, scores): (n, k) int64 and float32; -1 / -inf pad rows with fewer hits.
+        """
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if q.shape[1] != self.dim:
+            raise ValueError(f"query dimension {q.shape[1]} does not match index dimension {self.dim}")
+        k = int(min(max(k, 1), max(len(self), 1)))
+        scores, ids = self.index.search(q, k)
+        scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+        return ids.astype(np.int64), scores
+
+    def add(self, vectors: np.ndarray) -> np.ndarray:
+        """Append vectors; returns their new row numbers (item_idx)."""
+        v = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
+        if v.shape[1] != self.dim:
+            raise ValueError(f"vector dimension {v.shape[1]} does not match index dimension {self.dim}")
+        with self._lock:
+            start = len(self)
+            self.index.add(v)
+            return np.arange(start, start + len(v))
+
+    def reconstruct(self, rows: np.ndarray) -> np.ndarray:
+        return np.stack([self.index.reconstruct(int(r)) for r in np.atleast_1d(rows)])
+
+    def save(self, path: str | Path) -> None:
+        faiss.write_index(self.index, str(path))
+
+    @classmethod
+    def load(cls, path: str | Path, kind: str, mmap: bool = False) -> "VectorIndex":
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        try:
+            index = faiss.read_index(str(path), flags)
+        except RuntimeError as e:
+            raise ValueError(f"{path}: cannot read FAISS index ({str(e).splitlines()[0]})") from None
+        return cls(index, kind)
+
+
+def build_index(vectors: np.ndarray, config: IndexConfig | None = None, seed: int = 42) -> VectorIndex:
+    """Build an inner-product index: exact for small catalogues, HNSW or IVF above the threshold."""
+    config = config or IndexConfig()
+    v = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = v.shape
+    kind = config.kind
+    if kind == "auto":
+        kind = "flat" if n < config.ann_threshold else "hnsw"
+    t0 = time.perf_counter()
+    if kind == "flat":
+        index: faiss.Index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = max(40, config.hnsw_m * 2)
+        index.hnsw.efSearch = config.ef_search
+    elif kind == "ivf":
+        nlist = config.nlist or max(1, int(4 * np.sqrt(max(n, 1))))
+        nlist = min(nlist, max(1, n // 39))
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        sample = v[rng.choice(n, size=min(n, nlist * 256), replace=False)] if n else v
+        index.train(sample)
+        index.nprobe = min(config.nprobe, nlist)
+    else:
+        raise ValueError(f"unknown index kind {kind!r}")
+    if n:
+        index.add(v)
+    log.debug("built %s index over %d x %d in %.2fs", kind, n, d, time.perf_counter() - t0)
+    return VectorIndex(index, kind)
+
+
+def recall_against_exact(index: VectorIndex, vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+    """Share of the exact top-k that the index returns (1.0 for an exact index)."""
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    _, truth = exact.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    got, _ = index.search(queries, k)
+    hits = sum(len(np.intersect1d(a[a >= 0], b[b >= 0])) for a, b in zip(got, truth))
+    return hits / max(1, (truth >= 0).sum())
