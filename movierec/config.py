@@ -30,6 +30,11 @@ class ContentConfig(_Section):
     year_weight: float = Field(0.5, ge=0)
     description_weight: float = Field(1.0, ge=0)
     exact_below: int = Field(20_000, ge=0, description="catalogues smaller than this use exact sparse cosine")
+    title_ngrams: int = Field(2, ge=1, le=3, description="longest word n-gram taken from titles")
+    max_text_chars: int = Field(20_000, ge=100, description="longer text fields are cut (bounds work per item)")
+    profile_centering: float = Field(
+        1.0, ge=0, le=1, description="share of a user's mean rating subtracted before weighting profile items"
+    )
 
 
 class IndexConfig(_Section):
