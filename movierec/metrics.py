@@ -80,12 +80,29 @@ def topn_metrics(recs: np.ndarray, relevant: sp.csr_matrix, k: int, n_items: int
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k highest scores per row, best first (ties broken by lower index)."""
-    k = min(k, scores.shape[1])
+    """Indices of the k highest scores per row, best first (ties broken by lower index).
+
+    ``argpartition`` alone picks an arbitrary subset of the items tied at the k-th score, so the
+    result would depend on memory layout; here the k-th score is found first, everything above it
+    is taken, and the tied items fill the remaining slots lowest index first. NaN counts as -inf.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be 2-d (n_users, n_items), got shape {scores.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    k = min(int(k), scores.shape[1])
+    if np.isnan(scores).any():
+        scores = np.where(np.isnan(scores), -np.inf, scores)
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part_scores = np.take_along_axis(scores, part, 1)
-    order = np.lexsort((part, -part_scores), axis=1)
-    return np.take_along_axis(part, order, 1)
+    kth = np.take_along_axis(scores, part, 1).min(1, keepdims=True)
+    above = scores > kth
+    tied = scores == kth
+    need = k - above.sum(1, keepdims=True)
+    chosen = above | (tied & (np.cumsum(tied, axis=1) <= need))
+    idx = np.nonzero(chosen)[1].reshape(len(scores), k)  # row-major: ascending index per row
+    order = np.lexsort((idx, -np.take_along_axis(scores, idx, 1)), axis=1)
+    return np.take_along_axis(idx, order, 1)
 
 
 def evaluate_topn(
@@ -127,7 +144,8 @@ def evaluate_topn(
             scores[:, ~mask] = -np.inf
         recs = top_k(scores, kmax)
         recs[np.take_along_axis(scores, recs, 1) == -np.inf] = -1
-        all_recs[start : start + len(u)] = recs
+        # kmax may exceed the catalogue; the missing slots stay -1 (empty).
+        all_recs[start : start + len(u), : recs.shape[1]] = recs
     rel = relevant[users]
     n_items = len(candidate_items) if candidate_items is not None else train.n_items
     out: dict[str, float] = {"users": float(len(users))}

@@ -1,0 +1,559 @@
+"""Baselines every later model has to beat: most-popular, biased MF, TruncatedSVD, item-kNN, EASE.
+
+Each baseline is a :class:`~movierec.recommender.DenseScorer`: ``fit(train)`` learns from a
+:class:`~movierec.data.Dataset`, ``score_users(user_idx)`` gives ``(n, n_items)`` scores, and the
+mixin supplies ``recommend`` / ``similar_items``. Rating models (biased MF, SVD with
+``target="rating"``) also ``predict(user_idx, item_idx)`` ratings clipped to the training scale.
+
+Default hyper-parameters were chosen on a validation split carved from the *training* part of
+MovieLens 100K (``movierec.splits.validation_split`` of the P2 train side, and of ``u1.base`` for
+the rating models), never on a test split: ``python benchmarks/quality.py --tune`` reruns that
+search and prints the grid; ``benchmarks/RESULTS.md`` records the outcome.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+
+from movierec.data import Dataset
+from movierec.recommender import DenseScorer
+
+log = logging.getLogger(__name__)
+
+
+class NotFittedError(RuntimeError):
+    """A model was asked to score before ``fit``."""
+
+
+class _Baseline(DenseScorer):
+    """Shared checks: fitted state, index ranges, ``k``. Subclasses implement ``_fit``/``_score``."""
+
+    name: str = "baseline"
+    n_users: int = 0
+    n_items: int = 0
+    _fitted: bool = False
+
+    def fit(self, train: Dataset) -> "_Baseline":
+        """Learn from ``train``; returns ``self`` so calls chain."""
+        if len(train.ratings) == 0:
+            raise ValueError(f"{self.name}: cannot fit on a dataset without ratings")
+        self.n_users, self.n_items = train.n_users, train.n_items
+        self.rating_scale = train.rating_scale
+        self._fit(train)
+        self._fitted = True
+        return self
+
+    def _fit(self, train: Dataset) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _score(self, users: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_fitted(self) -> None:
+        if not self._fitted:
+            raise NotFittedError(f"{self.name}: call fit() before scoring")
+
+    def _check_users(self, user_idx: np.ndarray | int) -> np.ndarray:
+        self._check_fitted()
+        users = np.atleast_1d(np.asarray(user_idx))
+        if users.ndim != 1 or not np.issubdtype(users.dtype, np.integer):
+            raise ValueError(f"{self.name}: user_idx must be integers of shape (n,), got {users.dtype} {users.shape}")
+        bad = (users < 0) | (users >= self.n_users)
+        if bad.any():
+            raise IndexError(f"{self.name}: user_idx {int(users[bad][0])} outside 0..{self.n_users - 1}")
+        return users.astype(np.int64)
+
+    def _check_items(self, item_idx: np.ndarray | int) -> np.ndarray:
+        items = np.atleast_1d(np.asarray(item_idx))
+        if items.ndim != 1 or not np.issubdtype(items.dtype, np.integer):
+            raise ValueError(f"{self.name}: item_idx must be integers of shape (n,), got {items.dtype} {items.shape}")
+        bad = (items < 0) | (items >= self.n_items)
+        if bad.any():
+            raise IndexError(f"{self.name}: item_idx {int(items[bad][0])} outside 0..{self.n_items - 1}")
+        return items.astype(np.int64)
+
+    def score_users(self, user_idx: np.ndarray) -> np.ndarray:
+        """(n,) user_idx -> (n, n_items) float32 scores, higher is better."""
+        return np.asarray(self._score(self._check_users(user_idx)), dtype=np.float32)
+
+    def recommend(
+        self, user_idx: np.ndarray | int, k: int, exclude: sp.csr_matrix | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` item_idx and scores per user, best first, ``exclude[user]`` items skipped."""
+        if int(k) < 1:
+            raise ValueError(f"{self.name}: k must be >= 1, got {k}")
+        self._check_users(user_idx)
+        return super().recommend(user_idx, int(k), exclude)
+
+    def similar_items(self, item_idx: np.ndarray | int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` most similar item_idx per item (the item itself excluded)."""
+        self._check_fitted()
+        if int(k) < 1:
+            raise ValueError(f"{self.name}: k must be >= 1, got {k}")
+        self._check_items(item_idx)
+        return super().similar_items(item_idx, int(k))
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+    def get_params(self) -> dict[str, Any]:
+        """Hyper-parameters (constructor arguments), for logs and result tables."""
+        return {}
+
+
+# ---- most popular ------------------------------------------------------------------------------
+class MostPopular(_Baseline):
+    """Score = how many training users rated the item: the floor every personalised model must clear."""
+
+    name = "popular"
+
+    def _fit(self, train: Dataset) -> None:
+        counts = np.bincount(train.ratings["item_idx"].to_numpy(), minlength=train.n_items)
+        self.popularity = counts.astype(np.float32)
+
+    def _score(self, users: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.popularity, (len(users), self.n_items)).copy()
+
+    def similar_items(self, item_idx: np.ndarray | int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError("popular: has no notion of item similarity")
+
+
+# ---- biased matrix factorisation (Lightning) ---------------------------------------------------
+class BiasedMFNet(nn.Module):
+    """Plain module: ``mu + b_u + b_i + p_u . q_i`` (Lightning-free so serving could load it)."""
+
+    def __init__(self, n_users: int, n_items: int, dim: int, mu: float = 0.0) -> None:
+        super().__init__()
+        self.user = nn.Embedding(n_users, dim)
+        self.item = nn.Embedding(n_items, dim)
+        self.user_bias = nn.Embedding(n_users, 1)
+        self.item_bias = nn.Embedding(n_items, 1)
+        self.mu = nn.Parameter(torch.tensor(float(mu)))
+        for emb in (self.user, self.item):
+            nn.init.normal_(emb.weight, std=0.05)
+        for emb in (self.user_bias, self.item_bias):
+            nn.init.zeros_(emb.weight)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(b,), (b,) -> (b,) scores."""
+        dot = (self.user(users) * self.item(items)).sum(-1)
+        return self.mu + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1) + dot
+
+    def all_scores(self, users: torch.Tensor) -> torch.Tensor:
+        """(b,) -> (b, n_items) scores against every item."""
+        return (
+            self.mu
+            + self.user_bias(users)
+            + self.item_bias.weight.squeeze(-1)[None, :]
+            + self.user(users) @ self.item.weight.T
+        )
+
+
+class MFModule(L.LightningModule):
+    """Wraps :class:`BiasedMFNet` with the loss: MSE on ratings, or BPR on implicit feedback.
+
+    The L2 penalty is applied to the embeddings touched by each batch (the classic SGD-MF
+    regulariser) rather than as optimizer weight decay, so rarely seen users and items are not
+    shrunk on every step.
+    """
+
+    def __init__(self, n_users: int, n_items: int, dim: int, mu: float, lr: float, reg: float,
+                 objective: str) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = BiasedMFNet(n_users, n_items, dim, mu if objective == "rating" else 0.0)
+        self.best_score = float("inf")
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def _penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        return self.hparams.reg * (
+            n.user(users).pow(2).sum(-1) + n.item(items).pow(2).sum(-1)
+            + n.user_bias(users).pow(2).squeeze(-1) + n.item_bias(items).pow(2).squeeze(-1)
+        ).mean()
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        users, items, ratings = batch
+        if self.hparams.objective == "rating":
+            loss = torch.mean((self.net(users, items) - ratings) ** 2)
+            total = loss + self._penalty(users, items)
+        else:
+            neg = torch.randint(0, self.hparams.n_items, items.shape, device=items.device)
+            diff = self.net(users, items) - self.net(users, neg)
+            loss = -torch.nn.functional.logsigmoid(diff).mean()
+            n = self.net
+            neg_pen = (n.item(neg).pow(2).sum(-1) + n.item_bias(neg).pow(2).squeeze(-1)).mean()
+            total = loss + self._penalty(users, items) + self.hparams.reg * neg_pen
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"MF loss became {total.item()} at step {self.global_step}; lower lr")
+        self.log("train/loss", loss, prog_bar=True)
+        return total
+
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        users, items, ratings = batch
+        if self.hparams.objective == "rating":
+            self.log("val/rmse", torch.sqrt(torch.mean((self.net(users, items) - ratings) ** 2)),
+                     prog_bar=True, reduce_fx="mean")
+        else:
+            neg = torch.randint(0, self.hparams.n_items, items.shape, device=items.device)
+            self.log("val/loss", -torch.nn.functional.logsigmoid(
+                self.net(users, items) - self.net(users, neg)).mean(), prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        key = "val/rmse" if self.hparams.objective == "rating" else "val/loss"
+        score = self.trainer.callback_metrics.get(key)
+        if score is not None and float(score) < self.best_score and not self.trainer.sanity_checking:
+            self.best_score = float(score)
+            self.best_state = copy.deepcopy(self.net.state_dict())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+def _batches(ds: Dataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    """Whole-batch indexing of tensors (no per-sample collate): much faster for tiny rows."""
+    r = ds.ratings
+    data = TensorDataset(
+        torch.from_numpy(np.array(r["user_idx"].to_numpy(np.int64))),
+        torch.from_numpy(np.array(r["item_idx"].to_numpy(np.int64))),
+        torch.from_numpy(np.array(r["rating"].to_numpy(np.float32))),
+    )
+    base = RandomSampler(data, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(data)
+    return DataLoader(data, batch_size=None, sampler=BatchSampler(base, batch_size, drop_last=False))
+
+
+class BiasedMF(_Baseline):
+    """Biased matrix factorisation trained with Lightning's Trainer.
+
+    ``objective="rating"``: MSE on observed ratings (the P1 rating model; top-N ranks by predicted
+    rating, which ignores *what* users choose to rate and so ranks poorly).
+    ``objective="bpr"``: Bayesian personalised ranking against uniformly sampled negatives, the
+    same factorisation aimed at top-N.
+
+    Early stopping: with ``val_fraction > 0`` a validation split is carved from the training data
+    (``movierec.splits.validation_split``), training stops after ``patience`` epochs without
+    improvement and the best epoch's weights are kept.
+    """
+
+    def __init__(
+        self,
+        dim: int = 32,
+        lr: float = 5e-3,
+        reg: float = 0.05,
+        epochs: int = 40,
+        batch_size: int = 1024,
+        objective: Literal["rating", "bpr"] = "rating",
+        val_fraction: float = 0.1,
+        patience: int = 3,
+        seed: int = 42,
+        threads: int = 1,
+        show_progress: bool = False,
+    ) -> None:
+        if objective not in ("rating", "bpr"):
+            raise ValueError(f"objective must be 'rating' or 'bpr', got {objective!r}")
+        self.dim, self.lr, self.reg, self.epochs = dim, lr, reg, epochs
+        self.batch_size, self.objective, self.val_fraction = batch_size, objective, val_fraction
+        self.patience, self.seed, self.threads, self.show_progress = patience, seed, threads, show_progress
+        self.name = "mf" if objective == "rating" else "mf-bpr"
+
+    def get_params(self) -> dict[str, Any]:
+        return {"dim": self.dim, "lr": self.lr, "reg": self.reg, "epochs": self.epochs,
+                "batch_size": self.batch_size, "objective": self.objective}
+
+    def _fit(self, train: Dataset) -> None:
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        from movierec.splits import validation_split
+
+        torch.set_num_threads(self.threads)
+        L.seed_everything(self.seed, workers=True, verbose=False)
+        fit_ds, val_ds = (validation_split(train, self.val_fraction, seed=self.seed)
+                          if self.val_fraction > 0 else (train, None))
+        mu = float(fit_ds.ratings["rating"].mean())
+        self.module = MFModule(train.n_users, train.n_items, self.dim, mu, self.lr, self.reg, self.objective)
+        monitor = "val/rmse" if self.objective == "rating" else "val/loss"
+        callbacks = [EarlyStopping(monitor, patience=self.patience, mode="min")] if val_ds is not None else []
+        trainer = L.Trainer(
+            max_epochs=self.epochs, accelerator="cpu", devices=1, logger=False,
+            enable_checkpointing=False, enable_model_summary=False,
+            enable_progress_bar=self.show_progress, callbacks=callbacks,
+            num_sanity_val_steps=0, deterministic=True,
+        )
+        val_loader = _batches(val_ds, 8192, False, self.seed) if val_ds is not None else None
+        trainer.fit(self.module, _batches(fit_ds, self.batch_size, True, self.seed), val_loader)
+        if self.module.best_state is not None:
+            self.module.net.load_state_dict(self.module.best_state)
+            log.info("%s: best %s %.4f after %d epochs", self.name, monitor,
+                     self.module.best_score, trainer.current_epoch)
+        self.module.net.eval()
+        self.item_vectors = self.module.net.item.weight.detach().numpy().copy()
+
+    @torch.no_grad()
+    def _score(self, users: np.ndarray) -> np.ndarray:
+        return self.module.net.all_scores(torch.as_tensor(users)).numpy()
+
+    @torch.no_grad()
+    def predict(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+        """Predicted ratings for (user, item) pairs, clipped to the training rating scale."""
+        users, items = self._check_users(user_idx), self._check_items(item_idx)
+        if users.shape != items.shape:
+            raise ValueError(f"{self.name}: user_idx {users.shape} and item_idx {items.shape} differ in shape")
+        out = self.module.net(torch.as_tensor(users), torch.as_tensor(items)).numpy()
+        return np.clip(out, *self.rating_scale)
+
+
+# ---- truncated SVD -------------------------------------------------------------------------------
+class SVDRecommender(_Baseline):
+    """TruncatedSVD (scikit-learn) of the user-item matrix.
+
+    ``target="implicit"`` (PureSVD): factorise the 0/1 matrix and score by folding each user's
+    row into the item space, ``x_u V^T V``; a strong, cheap top-N baseline.
+    ``target="rating"``: factorise ratings minus the damped baseline ``mu + b_u + b_i`` (missing
+    entries count as 0 residual) and predict ``baseline + reconstruction``.
+    """
+
+    def __init__(self, n_components: int = 64, target: Literal["implicit", "rating"] = "implicit",
+                 damping: float = 10.0, seed: int = 42) -> None:
+        if target not in ("implicit", "rating"):
+            raise ValueError(f"target must be 'implicit' or 'rating', got {target!r}")
+        self.n_components, self.target, self.damping, self.seed = n_components, target, damping, seed
+        self.name = "svd" if target == "implicit" else "svd-rating"
+
+    def get_params(self) -> dict[str, Any]:
+        return {"n_components": self.n_components, "target": self.target, "damping": self.damping}
+
+    def _fit(self, train: Dataset) -> None:
+        from sklearn.decomposition import TruncatedSVD
+
+        k = min(self.n_components, min(train.n_users, train.n_items) - 1)
+        if k < 1:
+            raise ValueError(f"{self.name}: need at least 2 users and 2 items")
+        if self.target == "implicit":
+            self.matrix = train.to_csr()
+        else:
+            self.mu, self.b_user, self.b_item = _damped_biases(train, self.damping)
+            r = train.ratings
+            resid = (r["rating"].to_numpy(np.float64) - self.mu - self.b_user[r["user_idx"].to_numpy()]
+                     - self.b_item[r["item_idx"].to_numpy()])
+            self.matrix = sp.csr_matrix((resid.astype(np.float32), (r["user_idx"], r["item_idx"])),
+                                        shape=(train.n_users, train.n_items))
+        svd = TruncatedSVD(n_components=k, random_state=self.seed, algorithm="randomized", n_iter=7)
+        svd.fit(self.matrix)
+        self.components = svd.components_.astype(np.float32)  # (k, n_items)
+        self.item_vectors = (self.components.T * svd.singular_values_[None, :]).astype(np.float32)
+
+    def _score(self, users: np.ndarray) -> np.ndarray:
+        recon = (self.matrix[users] @ self.components.T) @ self.components
+        if self.target == "implicit":
+            return recon
+        return recon + self.mu + self.b_user[users][:, None] + self.b_item[None, :]
+
+    def predict(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+        """Predicted ratings (``target="rating"`` only), clipped to the training rating scale."""
+        if self.target != "rating":
+            raise ValueError(f"{self.name}: predict needs target='rating'")
+        users, items = self._check_users(user_idx), self._check_items(item_idx)
+        if users.shape != items.shape:
+            raise ValueError(f"{self.name}: user_idx {users.shape} and item_idx {items.shape} differ in shape")
+        user_vec = self.matrix[users] @ self.components.T  # (n, k)
+        resid = np.einsum("nk,kn->n", user_vec, self.components[:, items])
+        out = self.mu + self.b_user[users] + self.b_item[items] + resid
+        return np.clip(out, *self.rating_scale)
+
+
+def _damped_biases(train: Dataset, damping: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """Global mean plus item then user biases, each shrunk towards 0 by ``damping`` pseudo-counts."""
+    r = train.ratings
+    rating = r["rating"].to_numpy(np.float64)
+    u, i = r["user_idx"].to_numpy(), r["item_idx"].to_numpy()
+    mu = float(rating.mean())
+    b_item = np.bincount(i, rating - mu, train.n_items) / (np.bincount(i, minlength=train.n_items) + damping)
+    b_user = np.bincount(u, rating - mu - b_item[i], train.n_users) / (
+        np.bincount(u, minlength=train.n_users) + damping)
+    return mu, b_user.astype(np.float32), b_item.astype(np.float32)
+
+
+class BiasBaseline(_Baseline):
+    """Rating predictor ``mu + b_u + b_i`` with damped biases (``damping=inf`` gives the global mean).
+
+    The reference row of the P1 table: a rating model that does not beat it has learnt nothing
+    personal.
+    """
+
+    def __init__(self, damping: float = 10.0, use_biases: bool = True) -> None:
+        self.damping, self.use_biases = damping, use_biases
+        self.name = "bias" if use_biases else "global-mean"
+
+    def get_params(self) -> dict[str, Any]:
+        return {"damping": self.damping, "use_biases": self.use_biases}
+
+    def _fit(self, train: Dataset) -> None:
+        self.mu, self.b_user, self.b_item = _damped_biases(train, self.damping)
+        if not self.use_biases:
+            self.b_user[:] = 0
+            self.b_item[:] = 0
+
+    def _score(self, users: np.ndarray) -> np.ndarray:
+        return self.mu + self.b_user[users][:, None] + self.b_item[None, :]
+
+    def predict(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+        """Predicted ratings, clipped to the training rating scale."""
+        users, items = self._check_users(user_idx), self._check_items(item_idx)
+        if users.shape != items.shape:
+            raise ValueError(f"{self.name}: user_idx {users.shape} and item_idx {items.shape} differ in shape")
+        return np.clip(self.mu + self.b_user[users] + self.b_item[items], *self.rating_scale)
+
+    def similar_items(self, item_idx: np.ndarray | int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError(f"{self.name}: has no notion of item similarity")
+
+
+# ---- item-kNN ----------------------------------------------------------------------------------
+class ItemKNN(_Baseline):
+    """Item-based collaborative filtering: cosine between item columns of the 0/1 user-item
+    matrix, keeping each item's ``k_neighbors`` most similar items; a user's score for an item is
+    the summed similarity to the items they rated.
+
+    ``shrinkage`` damps similarities supported by few co-raters (``sim * n / (n + shrinkage)`` is
+    approximated by adding it to the cosine denominator, as in common item-kNN implementations).
+    """
+
+    def __init__(self, k_neighbors: int = 100, shrinkage: float = 10.0, block: int = 2048) -> None:
+        if k_neighbors < 1:
+            raise ValueError(f"k_neighbors must be >= 1, got {k_neighbors}")
+        self.k_neighbors, self.shrinkage, self.block = k_neighbors, shrinkage, block
+        self.name = "item-knn"
+
+    def get_params(self) -> dict[str, Any]:
+        return {"k_neighbors": self.k_neighbors, "shrinkage": self.shrinkage}
+
+    def _fit(self, train: Dataset) -> None:
+        x = train.to_csr()
+        x.data[:] = 1.0
+        self.matrix = x
+        xt = x.T.tocsr().astype(np.float32)  # (n_items, n_users)
+        norms = np.sqrt(np.asarray(xt.multiply(xt).sum(1)).ravel())
+        n = train.n_items
+        k = min(self.k_neighbors, n - 1)
+        rows, cols, vals = [], [], []
+        # Blocks of items keep the dense similarity slab at block x n_items.
+        for lo in range(0, n, self.block):
+            hi = min(lo + self.block, n)
+            sim = np.asarray((xt[lo:hi] @ xt.T).todense(), dtype=np.float32)
+            sim /= norms[lo:hi, None] * norms[None, :] + self.shrinkage + 1e-9
+            sim[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
+            top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+            v = np.take_along_axis(sim, top, 1)
+            keep = v > 0
+            rows.append(np.repeat(np.arange(lo, hi), keep.sum(1)))
+            cols.append(top[keep])
+            vals.append(v[keep])
+        self.similarity = sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+        )
+
+    def _score(self, users: np.ndarray) -> np.ndarray:
+        # score[u, j] = sum_i x[u, i] * sim[i, j]
+        return np.asarray((self.matrix[users] @ self.similarity).todense())
+
+    def similar_items(self, item_idx: np.ndarray | int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        from movierec.recommender import rank_scores
+
+        self._check_fitted()
+        if int(k) < 1:
+            raise ValueError(f"{self.name}: k must be >= 1, got {k}")
+        items = self._check_items(item_idx)
+        scores = np.asarray(self.similarity[items].todense(), dtype=np.float32)
+        scores[scores == 0] = -np.inf  # only actual neighbours qualify
+        ids, s = rank_scores(scores, int(k))
+        return (ids[0], s[0]) if np.ndim(item_idx) == 0 else (ids, s)
+
+
+# ---- EASE ---------------------------------------------------------------------------------------
+class EASE(_Baseline):
+    """EASE (Steck 2019): closed-form item-item weights ``B = I - P / diag(P)``, ``P = (X^T X +
+    lambda I)^-1``, zero diagonal. Dense ``n_items^2``, so refused above ``max_items``.
+    """
+
+    def __init__(self, lam: float = 500.0, max_items: int = 30_000) -> None:
+        if lam <= 0:
+            raise ValueError(f"lam must be > 0, got {lam}")
+        self.lam, self.max_items = lam, max_items
+        self.name = "ease"
+
+    def get_params(self) -> dict[str, Any]:
+        return {"lam": self.lam}
+
+    def _fit(self, train: Dataset) -> None:
+        if train.n_items > self.max_items:
+            raise ValueError(
+                f"ease: {train.n_items:,} items need a dense {train.n_items}^2 matrix; "
+                f"max_items={self.max_items:,} (raise it if you have the memory)"
+            )
+        x = train.to_csr()
+        x.data[:] = 1.0
+        self.matrix = x
+        g = np.asarray((x.T @ x).todense(), dtype=np.float64)
+        g[np.diag_indices_from(g)] += self.lam
+        p = np.linalg.inv(g)
+        del g
+        p /= -np.diag(p)[None, :]  # in place: B = -P / diag(P), one n_items^2 buffer at a time
+        p[np.diag_indices_from(p)] = 0.0
+        self.weights = p.astype(np.float32)
+
+    def _score(self, users: np.ndarray) -> np.ndarray:
+        return np.asarray(self.matrix[users] @ self.weights)
+
+    def similar_items(self, item_idx: np.ndarray | int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        from movierec.recommender import rank_scores
+
+        self._check_fitted()
+        if int(k) < 1:
+            raise ValueError(f"{self.name}: k must be >= 1, got {k}")
+        items = self._check_items(item_idx)
+        # Row i of B: how much having item i raises each other item's score.
+        scores = self.weights[items].copy()
+        scores[np.arange(len(items)), items] = -np.inf
+        ids, s = rank_scores(scores, int(k))
+        return (ids[0], s[0]) if np.ndim(item_idx) == 0 else (ids, s)
+
+
+# ---- factory ------------------------------------------------------------------------------------
+_REGISTRY: dict[str, tuple[type[_Baseline], dict[str, Any]]] = {
+    "popular": (MostPopular, {}),
+    "bias": (BiasBaseline, {}),
+    "global-mean": (BiasBaseline, {"use_biases": False}),
+    "mf": (BiasedMF, {"objective": "rating"}),
+    "mf-bpr": (BiasedMF, {"objective": "bpr"}),
+    "svd": (SVDRecommender, {"target": "implicit"}),
+    "svd-rating": (SVDRecommender, {"target": "rating"}),
+    "item-knn": (ItemKNN, {}),
+    "ease": (EASE, {}),
+}
+
+BASELINES = tuple(_REGISTRY)
+"""Names accepted by :func:`make_baseline`."""
+
+
+def make_baseline(name: str, **params: Any) -> _Baseline:
+    """Build a baseline by name (see :data:`BASELINES`); ``params`` override its defaults.
+
+    Raises:
+        ValueError: unknown name or parameter.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+    cls, fixed = _REGISTRY[name]
+    try:
+        return cls(**{**fixed, **params})
+    except TypeError as e:
+        raise ValueError(f"baseline {name!r}: {e}") from None
