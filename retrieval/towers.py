@@ -1,0 +1,169 @@
+"""The two towers as plain ``nn.Module``s (no Lightning), so serving can load their weights.
+
+Query side (:class:`UserTower`): user id embedding + pooled embedding of the user's rated
+movies + pooled content vectors of those movies + user features. Candidate side
+(:class:`ItemTower`): item id embedding + genre multi-hot + content vector. Both end in an MLP and
+L2 normalisation, so a dot product is a cosine score.
+
+Id dropout (training only) zeroes the id embedding for a share of rows: a movie nobody rated
+(cold item) or a user known only by a few liked movies (new user) then still gets a vector that
+the model has learned to use.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from retrieval.inputs import Histories, user_batch
+
+
+def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(d_in, hidden),
+        nn.LayerNorm(hidden),
+        nn.GELU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, d_out),
+    )
+
+
+def _drop_ids(has_id: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """(B,) float mask: 1 keeps the id embedding, 0 removes it."""
+    mask = has_id.float()
+    if training and p > 0:
+        mask = mask * (torch.rand_like(mask) >= p).float()
+    return mask
+
+
+class ItemTower(nn.Module):
+    """Candidate tower: (item_idx, has_id, genres (B,G), content (B,C)) -> (B, dim) unit vectors."""
+
+    def __init__(
+        self,
+        n_items: int,
+        n_genres: int,
+        content_dim: int,
+        dim: int = 64,
+        hidden: int = 128,
+        id_dropout: float = 0.3,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.id_dropout = id_dropout
+        self.id_emb = nn.Embedding(max(n_items, 1), dim)
+        nn.init.normal_(self.id_emb.weight, std=0.05)
+        self.genre = nn.Linear(max(n_genres, 1), dim, bias=False)
+        self.content = nn.Linear(max(content_dim, 1), dim, bias=False)
+        self.mlp = _mlp(3 * dim, hidden, dim, dropout)
+
+    def forward(
+        self, item_idx: torch.Tensor, has_id: torch.Tensor, genres: torch.Tensor, content: torch.Tensor
+    ) -> torch.Tensor:
+        keep = _drop_ids(has_id, self.id_dropout, self.training)
+        ids = self.id_emb(item_idx.clamp(0, self.id_emb.num_embeddings - 1)) * keep[:, None]
+        x = torch.cat([ids, self.genre(genres), self.content(content)], dim=1)
+        return F.normalize(self.mlp(x), dim=-1)
+
+
+class UserTower(nn.Module):
+    """Query tower: id, pooled history and user features -> (B, dim) unit vectors.
+
+    History is given as (B, L) item_idx padded with -1 and (B, L) weights (0 on padding); the
+    pooled item embeddings and content vectors are the weighted means over the history.
+    """
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        content_dim: int,
+        n_user_features: int,
+        dim: int = 64,
+        hidden: int = 128,
+        id_dropout: float = 0.3,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.id_dropout = id_dropout
+        self.id_emb = nn.Embedding(max(n_users, 1), dim)
+        nn.init.normal_(self.id_emb.weight, std=0.05)
+        self.hist_emb = nn.EmbeddingBag(max(n_items, 1) + 1, dim, mode="sum", padding_idx=0)
+        nn.init.normal_(self.hist_emb.weight, std=0.05)
+        with torch.no_grad():
+            self.hist_emb.weight[0].zero_()
+        self.hist_content = nn.Linear(max(content_dim, 1), dim, bias=False)
+        self.n_user_features = n_user_features
+        self.features = nn.Linear(max(n_user_features, 1), dim) if n_user_features else None
+        self.mlp = _mlp((4 if n_user_features else 3) * dim, hidden, dim, dropout)
+
+    def forward(
+        self,
+        user_idx: torch.Tensor,
+        has_id: torch.Tensor,
+        hist_items: torch.Tensor,
+        hist_weights: torch.Tensor,
+        hist_content: torch.Tensor,
+        user_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Args:
+        user_idx: (B,) internal user index (any value where ``has_id`` is 0).
+        has_id: (B,) 1 for users seen in training.
+        hist_items: (B, L) item_idx, -1 for padding.
+        hist_weights: (B, L) non-negative pooling weights, 0 on padding.
+        hist_content: (B, C) pooled content vector of the history (precomputed by the caller
+            so that items added after training can contribute).
+        user_features: (B, F) encoded user features, zeros when unknown.
+        """
+        keep = _drop_ids(has_id, self.id_dropout, self.training)
+        ids = self.id_emb(user_idx.clamp(0, self.id_emb.num_embeddings - 1)) * keep[:, None]
+        w = hist_weights / hist_weights.sum(1, keepdim=True).clamp(min=1e-6)
+        hist = self.hist_emb(hist_items + 1, per_sample_weights=w)
+        parts = [ids, hist, self.hist_content(hist_content)]
+        if self.features is not None:
+            feats = user_features if user_features is not None else hist.new_zeros(len(hist), self.n_user_features)
+            parts.append(self.features(feats))
+        return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
+
+
+@torch.no_grad()
+def encode_items(
+    tower: ItemTower,
+    genres: torch.Tensor,
+    content: torch.Tensor,
+    has_id: torch.Tensor,
+    batch_size: int = 8192,
+) -> torch.Tensor:
+    """(n_items, dim) vectors for every item, in eval mode, in batches."""
+    was_training = tower.training
+    tower.eval()
+    out = []
+    n = len(genres)
+    for s in range(0, n, batch_size):
+        idx = torch.arange(s, min(n, s + batch_size))
+        out.append(tower(idx, has_id[idx], genres[idx], content[idx]))
+    tower.train(was_training)
+    return torch.cat(out) if out else genres.new_zeros((0, tower.mlp[-1].out_features))
+
+
+@torch.no_grad()
+def encode_all_users(
+    tower: UserTower,
+    histories: Histories,
+    content: np.ndarray,
+    user_features: np.ndarray,
+    n_model_items: int,
+    history_len: int,
+    batch_size: int = 4096,
+) -> np.ndarray:
+    """(n_users, dim) query vectors from each user's most recent history."""
+    tower.eval()
+    out = []
+    for s in range(0, histories.n_users, batch_size):
+        users = np.arange(s, min(histories.n_users, s + batch_size))
+        hist = histories.padded(users, history_len)
+        b = user_batch(users, hist, content, user_features[users], np.ones(len(users)), n_model_items)
+        out.append(tower(b["user_idx"], b["has_id"], b["hist_items"], b["hist_weights"], b["hist_content"], b.get("user_features")).numpy())
+    return np.concatenate(out) if out else np.zeros((0, tower.mlp[-1].out_features), np.float32)
