@@ -76,6 +76,48 @@ def download(
     typer.echo(f"{name} ready at {path}")
 
 
+@app.command("inspect")
+def inspect_data(
+    data: Annotated[Optional[Path], typer.Option(help="MovieLens-style folder or .zip")] = None,
+    ratings: Annotated[Optional[Path], typer.Option(help="plain CSV: user_id,item_id,rating[,timestamp]")] = None,
+    items: Annotated[Optional[Path], typer.Option(help="plain CSV: item_id,title[,genres][,description]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Load a data set read-only and print its summary: sizes, rating scale, sparsity, genres."""
+    import datetime as dt
+
+    from movierec.data import describe, load_data
+
+    if (data is None) == (ratings is None):
+        raise UsageError("give either --data PATH or --ratings CSV [--items CSV]")
+    if data is not None and items is not None:
+        raise UsageError("--items goes with --ratings, not with --data")
+    info = describe(load_data(data, ratings=ratings, items=items))
+    if as_json:
+        _emit(info)
+        return
+
+    def day(ts: int | None) -> str:
+        return dt.datetime.fromtimestamp(ts, dt.timezone.utc).date().isoformat() if ts else "unknown"
+
+    typer.echo(
+        f"{info['name']}: {info['ratings']:,} ratings, {info['users']:,} users, {info['items']:,} movies "
+        f"({info['rated_items']:,} rated, {info['cold_items']:,} without ratings)"
+    )
+    mean = f" (mean {info['rating_mean']:.3f})" if info["rating_mean"] is not None else ""
+    typer.echo(
+        f"ratings {info['rating_min']:g}..{info['rating_max']:g}{mean}; "
+        f"density {info['density']:.4%}, sparsity {info['sparsity']:.4%}"
+    )
+    typer.echo(f"rated between {day(info['first_rating'])} and {day(info['last_rating'])}")
+    typer.echo(
+        f"{info['items_with_tags']:,} movies with tags, {info['items_with_description']:,} with descriptions; "
+        f"user features: {', '.join(info['user_features']) or 'none'}"
+    )
+    genres = ", ".join(f"{g} {n:,}" for g, n in info["genres"].items())
+    typer.echo(f"genres ({len(info['genres'])}): {genres or 'none'}")
+
+
 def main() -> None:
     """Console entry point: maps input errors to one stderr line and exit code 2."""
     from movierec.artifacts import BundleError

@@ -410,7 +410,9 @@ class _Table:
         dup = ids.duplicated().to_numpy()
         if dup.any():
             row = int(np.flatnonzero(dup)[0])
-            raise self.error(f"duplicate {column} {ids.iat[row]!r}", row=row, column=column)
+            value = ids.iat[row]
+            value = value.item() if isinstance(value, np.generic) else value
+            raise self.error(f"duplicate {column} {value!r}", row=row, column=column)
 
     # -- errors -----------------------------------------------------------------------------
     def error(
@@ -539,7 +541,7 @@ def _ratings_frame(t: _Table) -> pd.DataFrame:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise t.error(
-            f"rating {t.df['rating'].iat[row]!r} is out of range (must be a finite number >= 0)",
+            f"rating {rating[row]:g} is out of range (must be a finite number >= 0)",
             row=row,
             column="rating",
         )
