@@ -131,7 +131,10 @@ def evaluate_topn(
     if candidate_items is not None:
         mask = np.zeros(train.n_items, dtype=bool)
         mask[candidate_items] = True
-        relevant = relevant.multiply(mask[None, :]).tocsr()
+        relevant = sp.csr_matrix(relevant.multiply(mask[None, :]))
+        # multiply keeps explicit zeros in the structure; without this every test user would
+        # count as having a relevant candidate.
+        relevant.eliminate_zeros()
     users = np.flatnonzero(np.diff(relevant.indptr) > 0)
     all_recs = np.full((len(users), kmax), -1, dtype=np.int64)
     batches = range(0, len(users), batch_size)
