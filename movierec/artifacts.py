@@ -117,7 +117,12 @@ class BundleWriter:
         if self.target.exists():
             old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(self.target, old)
-        os.replace(self.path, self.target)
+        try:
+            os.replace(self.path, self.target)
+        except BaseException:
+            if old is not None:  # put the previous bundle back rather than leave no bundle
+                os.replace(old, self.target)
+            raise
         _fsync_dir(self.target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
@@ -130,10 +135,14 @@ class BundleWriter:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
+        if exc_type is not None:
             self.abort()
+            return
+        try:
+            self.commit()
+        except BaseException:
+            self.abort()  # a failed commit must not leave the temp directory behind
+            raise
 
 
 class Bundle:

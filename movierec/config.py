@@ -7,6 +7,8 @@ misspelt key an error that names it. Command-line overrides use dotted keys
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +36,9 @@ class ContentConfig(_Section):
     max_text_chars: int = Field(20_000, ge=100, description="longer text fields are cut (bounds work per item)")
     profile_centering: float = Field(
         1.0, ge=0, le=1, description="share of a user's mean rating subtracted before weighting profile items"
+    )
+    fit_threads: int = Field(
+        1, ge=1, description="BLAS threads while fitting the SVD (OpenBLAS threads collapse when cores are shared)"
     )
 
 
@@ -106,17 +111,39 @@ class ConfigError(ValueError):
     """A config file or override that does not validate; the message names the key."""
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
+def _format_errors(source: str, err: ValidationError, overridden: Collection[str] = ()) -> str:
+    """One line naming every bad key (dotted), whether it came from an override, and for a
+    misspelt key the closest known name."""
     parts = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        parts.append(f"{key}: {e['msg']}")
+        related = (k for k in overridden if key == k or key.startswith(k + ".") or k.startswith(key + "."))
+        origin = "override " if any(related) else ""
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key" + _suggest(e["loc"])
+        parts.append(f"{origin}{key}: {msg}")
     return f"{source}: " + "; ".join(parts)
+
+
+def _suggest(loc: tuple[Any, ...]) -> str:
+    """' (did you mean 'epochs'?)' for a misspelt key, found among its section's fields."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        sub = field.annotation if field is not None else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return ""
+        model = sub
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node = tree
     parts = key.split(".")
+    if not all(p.strip() for p in parts):
+        raise ConfigError(f"override {key!r}: empty key name")
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
@@ -131,7 +158,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         ConfigError: unreadable YAML, an unknown key or a value of the wrong type.
     """
     tree: dict[str, Any] = {}
-    source = "defaults"
+    source = "config"
     if path is not None:
         source = str(path)
         try:
@@ -150,12 +177,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     items = overrides.items() if isinstance(overrides, dict) else (
         _split_override(o) for o in (overrides or [])
     )
+    overridden: set[str] = set()
     for key, value in items:
         _set_dotted(tree, key, value)
+        overridden.add(key)
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_errors(source, e)) from None
+        raise ConfigError(_format_errors(source, e, overridden)) from None
 
 
 def _split_override(text: str) -> tuple[str, Any]:
