@@ -59,30 +59,49 @@ class ContentSimilarity(DenseScorer):
     ) -> None:
         self.model = model
         self.exact = exact
-        self._vectors = np.ascontiguousarray(model.vectors if vectors is None else vectors, dtype=np.float32)
-        self._sparse = (model.sparse if sparse is None else sparse).tocsr()
-        if self._sparse.shape != (len(self._vectors), model.n_features):
+        self._lock = threading.RLock()
+        start = np.ascontiguousarray(model.vectors if vectors is None else vectors, dtype=np.float32)
+        # a buffer with spare rows so that adding movies one by one costs O(1) amortised, not a
+        # full copy of the catalogue each time
+        self._buf = start.copy()
+        self._n = len(start)
+        self._sparse_base = (model.sparse if sparse is None else sparse).tocsr()
+        self._sparse_added: list[sp.csr_matrix] = []
+        if self._sparse_base.shape != (self._n, model.n_features):
             raise ValueError(
-                f"content: sparse rows {self._sparse.shape} do not match {len(self._vectors)} vectors "
+                f"content: sparse rows {self._sparse_base.shape} do not match {self._n} vectors "
                 f"x {model.n_features} features"
             )
         self.index = index if index is not None else build_index(self._vectors, index_config)
-        if len(self.index) != len(self._vectors):
-            raise ValueError(
-                f"content index has {len(self.index)} rows but the model has {len(self._vectors)} item vectors"
-            )
+        if len(self.index) != self._n:
+            raise ValueError(f"content index has {len(self.index)} rows but the catalogue has {self._n} item vectors")
         self._profiles: np.ndarray | None = None
-        self._lock = threading.Lock()
 
     # ---- catalogue ---------------------------------------------------------------------------
     @property
     def n_items(self) -> int:  # type: ignore[override]
-        return int(len(self._vectors))
+        return self._n
 
     @property
     def item_vectors(self) -> np.ndarray:  # type: ignore[override]
-        """(n_items, dim) unit vectors, fitted items first, then added ones."""
-        return self._vectors
+        """(n_items, dim) unit vectors, fitted items first, then added ones (a read-only view)."""
+        view = self._buf[: self._n]
+        view.flags.writeable = False
+        return view
+
+    @property
+    def _vectors(self) -> np.ndarray:
+        return self._buf[: self._n]
+
+    @property
+    def _sparse(self) -> sp.csr_matrix:
+        """Sparse rows of the whole catalogue; added rows are merged lazily (only exact search reads them)."""
+        if self._sparse_added:
+            with self._lock:
+                if self._sparse_added:
+                    self._sparse_base = sp.vstack([self._sparse_base, *self._sparse_added], format="csr")
+                    self._sparse_added = []
+        return self._sparse_base
 
     @property
     def uses_exact(self) -> bool:
@@ -99,9 +118,15 @@ class ContentSimilarity(DenseScorer):
         vectors = self.model.transform(items)
         sparse = self.model.transform_sparse(items)
         with self._lock:
+            n, m = self._n, len(vectors)
+            if n + m > len(self._buf):
+                grown = np.empty((max(2 * len(self._buf), n + m, 16), self._buf.shape[1]), dtype=np.float32)
+                grown[:n] = self._buf[:n]
+                self._buf = grown
+            self._buf[n : n + m] = vectors
             rows = self.index.add(vectors)
-            self._vectors = np.vstack([self._vectors, vectors])
-            self._sparse = sp.vstack([self._sparse, sparse], format="csr")
+            self._sparse_added.append(sparse)
+            self._n = n + m
         log.debug("content: added %d items (now %d)", len(rows), self.n_items)
         return rows
 
