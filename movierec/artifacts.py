@@ -113,6 +113,7 @@ class BundleWriter:
         }
         atomic_write_bytes(self.path / MANIFEST, json.dumps(manifest, indent=1, default=_json_default).encode())
         _fsync_dir(self.path)
+        os.chmod(self.path, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
         old = None
         if self.target.exists():
             old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"

@@ -118,6 +118,50 @@ def inspect_data(
     typer.echo(f"genres ({len(info['genres'])}): {genres or 'none'}")
 
 
+def _data_options(data: Optional[Path], ratings: Optional[Path], items: Optional[Path]) -> object:
+    from movierec.data import load_data
+
+    if (data is None) == (ratings is None):
+        raise UsageError("give either --data PATH or --ratings CSV [--items CSV]")
+    if data is not None and items is not None:
+        raise UsageError("--items goes with --ratings, not with --data")
+    return load_data(data, ratings=ratings, items=items)
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="bundle directory to write (replaced atomically)")],
+    data: Annotated[Optional[Path], typer.Option(help="MovieLens-style folder or .zip")] = None,
+    ratings: Annotated[Optional[Path], typer.Option(help="plain CSV: user_id,item_id,rating[,timestamp]")] = None,
+    items: Annotated[Optional[Path], typer.Option(help="plain CSV: item_id,title[,genres][,description]")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML config (see configs/)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="random seed (overrides the config)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override, e.g. --set retrieval.epochs=5")] = None,
+) -> None:
+    """Train content vectors, the two-tower model, the index and the ranker; write one bundle."""
+    import time
+
+    from movierec.config import load_config
+    from movierec.pipeline import train as train_pipeline
+
+    overrides = list(set_ or [])
+    if seed is not None:
+        overrides.append(f"seed={seed}")
+    cfg = load_config(config, overrides)
+    ds = _data_options(data, ratings, items)
+    t0 = time.perf_counter()
+    path = train_pipeline(ds, out, cfg)
+    from movierec.artifacts import load_bundle
+
+    manifest = load_bundle(path, verify=False).manifest
+    m = manifest.get("metrics", {})
+    typer.echo(f"trained on {ds} in {time.perf_counter() - t0:.1f}s")
+    for stage, values in m.items():
+        shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+        typer.echo(f"  {stage}: {shown}")
+    typer.echo(f"bundle: {path} (version {manifest['model_version']})")
+
+
 def main() -> None:
     """Console entry point: maps input errors to one stderr line and exit code 2."""
     from movierec.artifacts import BundleError

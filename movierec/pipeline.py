@@ -1,0 +1,113 @@
+"""The training pipeline: data -> content -> two-tower -> index -> ranker -> one bundle.
+
+This is the one core module that imports the stages (it wires them together); the stages never
+import it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from movierec.artifacts import BundleWriter
+from movierec.config import Config, dump_config
+from movierec.data import Dataset
+
+log = logging.getLogger(__name__)
+
+
+def save_catalogue(writer: BundleWriter, ds: Dataset) -> None:
+    """Item table, user id map and item statistics that serving and ranking read."""
+    items = ds.items.copy()
+    items["year"] = items["year"].astype("float64")  # parquet-friendly nullable year (NaN)
+    writer.save_frame("items.parquet", items)
+    users = ds.users.drop_duplicates("user_id") if ds.users is not None else None
+    frame = (
+        users.set_index("user_id").reindex(ds.user_ids).reset_index()
+        if users is not None
+        else None
+    )
+    writer.save_frame("users.parquet", frame if frame is not None else _id_frame(ds.user_ids))
+    r = ds.ratings
+    counts = np.bincount(r["item_idx"].to_numpy(), minlength=ds.n_items)
+    sums = np.bincount(r["item_idx"].to_numpy(), weights=r["rating"].to_numpy(np.float64), minlength=ds.n_items)
+    writer.save_array("item_counts.npy", counts.astype(np.int64))
+    writer.save_array("item_rating_sum.npy", sums)
+    writer.save_array("item_last_ts.npy", _last_timestamp(r, ds.n_items))
+    order = np.lexsort((r["timestamp"].to_numpy(), r["user_idx"].to_numpy()))
+    writer.save_array("hist_ratings.npy", r["rating"].to_numpy(np.float32)[order])
+
+
+def _id_frame(ids: np.ndarray) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame({"user_id": ids})
+
+
+def _last_timestamp(r: Any, n_items: int) -> np.ndarray:
+    out = np.zeros(n_items, dtype=np.int64)
+    np.maximum.at(out, r["item_idx"].to_numpy(), r["timestamp"].to_numpy(np.int64))
+    return out
+
+
+def train(ds: Dataset, out: str | Path, config: Config | None = None) -> Path:
+    """Train every stage on ``ds`` and write one bundle at ``out`` (atomically).
+
+    Returns:
+        The bundle path.
+    """
+    from content import ContentModel, ContentSimilarity
+    from retrieval.candidates import RetrievalModel, index_recall
+    from retrieval.two_tower import fit_two_tower
+
+    config = config or Config()
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    log.info("training on %r", ds)
+    with BundleWriter(out) as writer:
+        t = time.perf_counter()
+        content_model = ContentModel.fit(ds.items, config.content, seed=config.seed)
+        content = ContentSimilarity(content_model, config.index)
+        timings["content"] = time.perf_counter() - t
+        log.info("content: %d items -> %d-d vectors in %.1fs", ds.n_items, content_model.dim, timings["content"])
+
+        t = time.perf_counter()
+        tt = fit_two_tower(ds, content_model.vectors, config.retrieval, config.trainer, seed=config.seed, log_dir=writer.path / "logs")
+        timings["two_tower"] = time.perf_counter() - t
+        from retrieval.inputs import Histories
+
+        retrieval = RetrievalModel(
+            tt.user_tower,
+            tt.item_tower,
+            tt.item_vectors,
+            tt.user_vectors,
+            Histories.from_ratings(ds.ratings, ds.n_users),
+            tt.items.genres,
+            tt.items.content,
+            tt.items.has_id,
+            tt.user_features,
+            tt.feature_encoder,
+            {**tt.hparams, "history_len": config.retrieval.history_len, "genres": ds.genre_vocabulary()},
+            index_config=config.index,
+        )
+        recall = index_recall(retrieval)
+        log.info("retrieval index: %s over %d items, recall@10 vs exact %.3f", retrieval.index.kind, retrieval.n_items, recall)
+
+        metrics: dict[str, Any] = {"two_tower": tt.metrics, "index": {"kind": retrieval.index.kind, "recall@10_vs_exact": recall}}
+        save_catalogue(writer, ds)
+        content.save(writer)
+        retrieval.save(writer)
+        writer.meta.update(
+            {
+                "dataset": {"name": ds.name, "fingerprint": ds.fingerprint(), "ratings": len(ds.ratings), "users": ds.n_users, "items": ds.n_items, "rating_scale": list(ds.rating_scale)},
+                "config": dump_config(config),
+                "metrics": metrics,
+                "timings": {k: round(v, 2) for k, v in timings.items()},
+            }
+        )
+    log.info("bundle written to %s in %.1fs", out, time.perf_counter() - t_start)
+    return Path(out)

@@ -1,0 +1,226 @@
+"""Retrieval at run time: the trained towers, item vectors in FAISS, and stored user vectors.
+
+:class:`RetrievalModel` is what a bundle's retrieval part loads into (plain torch modules, no
+Lightning). It answers "which items for these query vectors" with seen items excluded, encodes
+new users from a few liked movies and new movies from their content, and is shared by the batch
+candidate job, the CLI and the HTTP service.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from movierec.artifacts import Bundle, BundleWriter
+from movierec.config import IndexConfig
+from movierec.index import VectorIndex, build_index, recall_against_exact
+from retrieval.inputs import Histories, UserFeatureEncoder, user_batch
+from retrieval.towers import ItemTower, UserTower
+
+log = logging.getLogger(__name__)
+PREFIX = "retrieval/"
+
+
+class RetrievalModel:
+    """Two-tower retrieval over the whole catalogue (cold items included).
+
+    Args:
+        user_tower, item_tower: trained plain modules (eval mode).
+        item_vectors: (n_items, dim) candidate vectors, row = item_idx.
+        user_vectors: (n_users, dim) query vectors of the training users.
+        histories: each user's training items, oldest first (exclusion and pooling).
+        item_genres, item_content, item_has_id: item-side tower inputs.
+        user_features: (n_users, F) encoded user features.
+        encoder: the user feature encoder (for users added at run time).
+        hparams: tower sizes and ``history_len``.
+        index: a FAISS index over ``item_vectors``; built when not given.
+    """
+
+    def __init__(
+        self,
+        user_tower: UserTower,
+        item_tower: ItemTower,
+        item_vectors: np.ndarray,
+        user_vectors: np.ndarray,
+        histories: Histories,
+        item_genres: np.ndarray,
+        item_content: np.ndarray,
+        item_has_id: np.ndarray,
+        user_features: np.ndarray,
+        encoder: UserFeatureEncoder,
+        hparams: dict[str, Any],
+        index: VectorIndex | None = None,
+        index_config: IndexConfig | None = None,
+    ) -> None:
+        self.user_tower = user_tower.eval()
+        self.item_tower = item_tower.eval()
+        self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+        self.user_vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
+        self.histories = histories
+        self.item_genres = item_genres
+        self.item_content = item_content
+        self.item_has_id = item_has_id
+        self.user_features = user_features
+        self.encoder = encoder
+        self.hparams = hparams
+        self.index = index if index is not None else build_index(self.item_vectors, index_config)
+        self.n_model_items = int(hparams["n_items"])
+        self._lock = threading.Lock()
+        if len(self.index) != len(self.item_vectors) or self.index.dim != self.item_vectors.shape[1]:
+            raise ValueError(
+                f"retrieval index is {len(self.index)} x {self.index.dim} but item vectors are {self.item_vectors.shape}"
+            )
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_vectors)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_vectors)
+
+    @property
+    def history_len(self) -> int:
+        return int(self.hparams.get("history_len", 50))
+
+    # ---- queries -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_histories(self, item_lists: list[np.ndarray], user_idx: np.ndarray | None = None) -> np.ndarray:
+        """Query vectors from item histories (new users, or users with live feedback).
+
+        ``user_idx`` gives known users their id embedding and features; -1 (or None) means a
+        user the model has never seen, described by the items alone.
+        """
+        n = len(item_lists)
+        hist = np.full((n, self.history_len), -1, dtype=np.int64)
+        for row, items in enumerate(item_lists):
+            items = np.asarray(items, dtype=np.int64)[-self.history_len :]
+            hist[row, : len(items)] = items
+        users = np.full(n, -1, dtype=np.int64) if user_idx is None else np.asarray(user_idx, dtype=np.int64)
+        known = (users >= 0) & (users < len(self.user_features))
+        feats = np.zeros((n, self.user_features.shape[1]), dtype=np.float32)
+        feats[known] = self.user_features[users[known]]
+        b = user_batch(np.where(known, users, 0), hist, self.item_content, feats, known.astype(np.float32), self.n_model_items)
+        return self.user_tower(**b).numpy()
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude: list[np.ndarray] | sp.csr_matrix | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item_idx per query with each row's excluded items removed.
+
+        Fetches ``k`` plus the row's number of exclusions so that exclusion never shortens
+        the list while enough items remain.
+        """
+        q = np.atleast_2d(queries)
+        ex = _exclusion_lists(exclude, len(q))
+        n_ex = max((len(e) for e in ex), default=0)
+        fetch = min(self.n_items, k + n_ex)
+        ids, scores = self.index.search(q, fetch)
+        out_ids = np.full((len(q), k), -1, dtype=np.int64)
+        out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
+        for row in range(len(q)):
+            keep = ids[row] >= 0
+            if len(ex[row]):
+                keep &= ~np.isin(ids[row], ex[row])
+            r_ids, r_s = ids[row][keep][:k], scores[row][keep][:k]
+            out_ids[row, : len(r_ids)] = r_ids
+            out_s[row, : len(r_s)] = r_s
+        return out_ids, out_s
+
+    def recommend(self, user_idx: np.ndarray | int, k: int, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        users = np.atleast_1d(np.asarray(user_idx, dtype=np.int64))
+        ex = [self.histories.of(u) for u in users] if exclude_seen else None
+        ids, s = self.search(self.user_vectors[users], k, ex)
+        return (ids[0], s[0]) if np.ndim(user_idx) == 0 else (ids, s)
+
+    def score_users(self, user_idx: np.ndarray) -> np.ndarray:
+        """(n, n_items) dot-product scores (for full-ranking evaluation)."""
+        return self.user_vectors[np.asarray(user_idx)] @ self.item_vectors.T
+
+    def similar_items(self, item_idx: np.ndarray | int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        items = np.atleast_1d(np.asarray(item_idx, dtype=np.int64))
+        ids, s = self.search(self.item_vectors[items], k, [np.array([i]) for i in items])
+        return (ids[0], s[0]) if np.ndim(item_idx) == 0 else (ids, s)
+
+    # ---- catalogue changes ----------------------------------------------------------------------
+    @torch.no_grad()
+    def add_items(self, genres: np.ndarray, content: np.ndarray) -> np.ndarray:
+        """Encode movies added after training (no id embedding: content and genres only) and
+        append them to the index; returns their item_idx."""
+        g = torch.from_numpy(np.ascontiguousarray(genres, dtype=np.float32))
+        c = torch.from_numpy(np.ascontiguousarray(content, dtype=np.float32))
+        idx = torch.zeros(len(g), dtype=torch.long)
+        vec = self.item_tower(idx, torch.zeros(len(g)), g, c).numpy()
+        with self._lock:
+            rows = self.index.add(vec)
+            self.item_vectors = np.vstack([self.item_vectors, vec])
+            self.item_genres = np.vstack([self.item_genres, genres.astype(np.float32)])
+            self.item_content = np.vstack([self.item_content, content.astype(np.float32)])
+            self.item_has_id = np.concatenate([self.item_has_id, np.zeros(len(g), np.float32)])
+        return rows
+
+    # ---- persistence ----------------------------------------------------------------------------
+    def save(self, writer: BundleWriter) -> None:
+        writer.save_tensors(f"{PREFIX}user_tower.safetensors", self.user_tower.state_dict())
+        writer.save_tensors(f"{PREFIX}item_tower.safetensors", self.item_tower.state_dict())
+        writer.save_json(f"{PREFIX}hparams.json", self.hparams)
+        writer.save_json(f"{PREFIX}user_encoder.json", self.encoder.to_json())
+        writer.save_array(f"{PREFIX}item_vectors.npy", self.item_vectors)
+        writer.save_array(f"{PREFIX}user_vectors.npy", self.user_vectors)
+        writer.save_array(f"{PREFIX}item_genres.npy", self.item_genres)
+        writer.save_array(f"{PREFIX}item_content.npy", self.item_content)
+        writer.save_array(f"{PREFIX}item_has_id.npy", self.item_has_id)
+        writer.save_array(f"{PREFIX}user_features.npy", self.user_features)
+        writer.save_array(f"{PREFIX}hist_indptr.npy", self.histories.indptr)
+        writer.save_array(f"{PREFIX}hist_items.npy", self.histories.items)
+        self.index.save(writer.file(f"{PREFIX}index.faiss"))
+        writer.save_json(f"{PREFIX}index.json", {"kind": self.index.kind, "n_items": len(self.index), "dim": self.index.dim})
+
+    @classmethod
+    def load(cls, bundle: Bundle, mmap: bool = False) -> "RetrievalModel":
+        hp = bundle.json(f"{PREFIX}hparams.json")
+        user_tower = UserTower(
+            hp["n_users"], hp["n_items"], hp["content_dim"], hp["n_user_features"], hp["dim"], hp["hidden"], hp["id_dropout"], hp["dropout"]
+        )
+        item_tower = ItemTower(hp["n_items"], hp["n_genres"], hp["content_dim"], hp["dim"], hp["hidden"], hp["id_dropout"], hp["dropout"])
+        user_tower.load_state_dict(bundle.tensors(f"{PREFIX}user_tower.safetensors"))
+        item_tower.load_state_dict(bundle.tensors(f"{PREFIX}item_tower.safetensors"))
+        meta = bundle.json(f"{PREFIX}index.json")
+        index = VectorIndex.load(bundle.file(f"{PREFIX}index.faiss"), meta["kind"], mmap=mmap)
+        return cls(
+            user_tower,
+            item_tower,
+            bundle.array(f"{PREFIX}item_vectors.npy"),
+            bundle.array(f"{PREFIX}user_vectors.npy"),
+            Histories(bundle.array(f"{PREFIX}hist_indptr.npy"), bundle.array(f"{PREFIX}hist_items.npy")),
+            bundle.array(f"{PREFIX}item_genres.npy"),
+            bundle.array(f"{PREFIX}item_content.npy"),
+            bundle.array(f"{PREFIX}item_has_id.npy"),
+            bundle.array(f"{PREFIX}user_features.npy"),
+            UserFeatureEncoder.from_json(bundle.json(f"{PREFIX}user_encoder.json")),
+            hp,
+            index=index,
+        )
+
+
+def _exclusion_lists(exclude: list[np.ndarray] | sp.csr_matrix | None, n: int) -> list[np.ndarray]:
+    if exclude is None:
+        return [np.zeros(0, np.int64)] * n
+    if sp.issparse(exclude):
+        ex = exclude.tocsr()
+        return [ex.indices[ex.indptr[i] : ex.indptr[i + 1]] for i in range(n)]
+    if len(exclude) != n:
+        raise ValueError(f"got {len(exclude)} exclusion lists for {n} queries")
+    return [np.asarray(e, dtype=np.int64) for e in exclude]
+
+
+def index_recall(model: RetrievalModel, n_queries: int = 500, k: int = 10, seed: int = 0) -> float:
+    """Recall@k of the model's index against exact search, on a sample of user queries."""
+    rng = np.random.default_rng(seed)
+    users = rng.choice(model.n_users, size=min(n_queries, model.n_users), replace=False)
+    return recall_against_exact(model.index, model.item_vectors, model.user_vectors[users], k)
