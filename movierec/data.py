@@ -763,7 +763,7 @@ def load_movielens_csv(folder: str | Path, name: str | None = None) -> Dataset:
     folder = Path(folder)
     path = folder / "ratings.csv"
     ratings = _ratings_frame(
-        _read_table(path, ",", required=["user_id", "item_id", "rating"], text=[])
+        _read_table(path, ",", required=["user_id", "item_id", "rating"])
     )
     m = _read_table(
         folder / "movies.csv",
