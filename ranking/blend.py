@@ -1,0 +1,364 @@
+"""The final recommender that a bundle loads into: retrieval, content, ranker and catalogue.
+
+:class:`HybridRecommender` is the one object the CLI queries, the batch candidate job and the
+HTTP service share. It speaks outside ids (as in the data) at its surface and internal indices
+inside. It imports only plain modules (no Lightning, no scikit-learn fitting), so serving can
+load it.
+
+Order of a recommendation: two-tower retrieval (filters applied before the cut, so a strict
+filter still yields ``k`` items when ``k`` qualify) -> the ranker re-scores the candidates when
+the bundle has one -> optional diversity re-ranking.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from content import ContentSimilarity
+from movierec.artifacts import Bundle, load_bundle
+from movierec.index import normalize
+from retrieval.candidates import RetrievalModel
+
+log = logging.getLogger(__name__)
+
+SimilarBy = Literal["hybrid", "content", "collaborative"]
+
+
+class UnknownIdError(KeyError):
+    """An outside user or item id the model does not know (HTTP 404)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown id"
+
+
+@dataclass
+class Filters:
+    """Restrictions on what may be recommended; ``None`` fields do not restrict."""
+
+    genres: list[str] | None = None
+    year_min: int | None = None
+    year_max: int | None = None
+    exclude_items: list[Any] | None = None
+
+    def active(self) -> bool:
+        return bool(self.genres) or self.year_min is not None or self.year_max is not None
+
+
+@dataclass
+class Recommendations:
+    """Ranked item_idx and scores for one query, best first."""
+
+    item_idx: np.ndarray
+    scores: np.ndarray
+
+
+class HybridRecommender:
+    """Everything needed to answer recommendation and similarity queries for one bundle."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        items: pd.DataFrame,
+        user_ids: np.ndarray,
+        content: ContentSimilarity,
+        retrieval: RetrievalModel,
+        item_counts: np.ndarray,
+        ranker: Any | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.items = items.reset_index(drop=True)
+        self.user_ids = np.asarray(user_ids)
+        self._user_pos = pd.Index(self.user_ids)
+        self._item_pos = pd.Index(self.items["item_id"].to_numpy())
+        self.content = content
+        self.retrieval = retrieval
+        self.item_counts = np.asarray(item_counts, dtype=np.int64)
+        self.ranker = ranker
+        self.genre_vocab: list[str] = list(retrieval.hparams.get("genres", []))
+        self._lock = threading.RLock()
+        self._title_lower = self.items["title"].str.lower().to_numpy()
+        if len(self.items) != retrieval.n_items or len(self.items) != content.n_items:
+            raise ValueError(
+                f"{bundle.path}: item table has {len(self.items)} rows but retrieval has {retrieval.n_items} "
+                f"and content {content.n_items} items"
+            )
+
+    # ---- loading ----------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, verify: bool = True) -> "HybridRecommender":
+        """Load and verify a bundle (checksums, shapes); executes nothing from it."""
+        bundle = load_bundle(path, verify=verify)
+        items = bundle.frame("items.parquet")
+        items["genres"] = [list(g) if g is not None else [] for g in items["genres"]]
+        items["year"] = pd.to_numeric(items["year"], errors="coerce").astype("Int64")
+        users = bundle.frame("users.parquet")
+        content = ContentSimilarity.load(bundle)
+        retrieval = RetrievalModel.load(bundle)
+        ranker = None
+        if bundle.has("ranking/meta.json"):
+            from ranking.features import load_ranker
+
+            ranker = load_ranker(bundle)
+        return cls(bundle, items, users["user_id"].to_numpy(), content, retrieval, bundle.array("item_counts.npy"), ranker)
+
+    @property
+    def model_version(self) -> str:
+        return self.bundle.model_version
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    # ---- id maps ----------------------------------------------------------------------------------
+    def user_idx(self, user_id: Any) -> int:
+        pos = self._user_pos.get_indexer([_coerce_id(user_id, self.user_ids)])[0]
+        if pos < 0:
+            raise UnknownIdError(f"unknown user_id {user_id!r}")
+        return int(pos)
+
+    def item_idx(self, item_id: Any) -> int:
+        pos = self._item_pos.get_indexer([_coerce_id(item_id, self._item_pos.to_numpy())])[0]
+        if pos < 0:
+            raise UnknownIdError(f"unknown item_id {item_id!r}")
+        return int(pos)
+
+    def item_records(self, idx: np.ndarray, scores: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """Rows of the item table as plain dicts (for JSON)."""
+        out = []
+        for j, i in enumerate(np.asarray(idx)):
+            if i < 0:
+                continue
+            row = self.items.iloc[int(i)]
+            rec = {
+                "item_id": _plain(row["item_id"]),
+                "title": row["title"],
+                "year": None if pd.isna(row["year"]) else int(row["year"]),
+                "genres": list(row["genres"]),
+            }
+            if scores is not None:
+                rec["score"] = float(scores[j])
+            out.append(rec)
+        return out
+
+    # ---- recommendations -----------------------------------------------------------------------
+    def _allowed(self, filters: Filters | None) -> np.ndarray | None:
+        """Boolean mask of items that pass the filters, or None when nothing is filtered."""
+        if filters is None or not filters.active():
+            return None
+        mask = np.ones(self.n_items, dtype=bool)
+        if filters.genres:
+            wanted = set(filters.genres)
+            mask &= np.fromiter((bool(wanted.intersection(g)) for g in self.items["genres"]), bool, self.n_items)
+        years = self.items["year"]
+        if filters.year_min is not None:
+            mask &= (years >= filters.year_min).fillna(False).to_numpy(bool)
+        if filters.year_max is not None:
+            mask &= (years <= filters.year_max).fillna(False).to_numpy(bool)
+        return mask
+
+    def _exclusions(self, seen: np.ndarray, filters: Filters | None) -> np.ndarray:
+        extra = []
+        if filters is not None and filters.exclude_items:
+            for item_id in filters.exclude_items:
+                try:
+                    extra.append(self.item_idx(item_id))
+                except UnknownIdError:
+                    continue
+        return np.unique(np.concatenate([seen, np.asarray(extra, dtype=np.int64)])) if extra else seen
+
+    def _retrieve(self, query: np.ndarray, k: int, exclude: np.ndarray, allowed: np.ndarray | None) -> Recommendations:
+        """Top-k by the two-tower score among allowed, non-excluded items."""
+        if allowed is None:
+            ids, s = self.retrieval.search(query[None, :], k, [exclude])
+            return Recommendations(ids[0][ids[0] >= 0], s[0][ids[0] >= 0])
+        # strict filters: score only the qualifying items, so k come back whenever k qualify
+        cand = np.flatnonzero(allowed)
+        cand = cand[~np.isin(cand, exclude)]
+        scores = self.retrieval.item_vectors[cand] @ query
+        order = np.argsort(-scores, kind="stable")[:k]
+        return Recommendations(cand[order], scores[order].astype(np.float32))
+
+    def _finish(
+        self,
+        user: int,
+        history: np.ndarray,
+        query: np.ndarray,
+        k: int,
+        exclude: np.ndarray,
+        allowed: np.ndarray | None,
+        rank: bool,
+    ) -> Recommendations:
+        pool = k if not (rank and self.ranker is not None) else max(k, self.ranker.n_candidates)
+        recs = self._retrieve(query, pool, exclude, allowed)
+        if rank and self.ranker is not None and len(recs.item_idx):
+            scores = self.ranker.rerank(self, np.array([user]), [history], recs.item_idx[None, :], recs.scores[None, :])[0]
+            order = np.argsort(-scores, kind="stable")
+            recs = Recommendations(recs.item_idx[order], scores[order].astype(np.float32))
+        if len(recs.item_idx) == 0 and (allowed is None or allowed.any()):
+            recs = self._popular(k, exclude, allowed)
+        return Recommendations(recs.item_idx[:k], recs.scores[:k])
+
+    def _popular(self, k: int, exclude: np.ndarray, allowed: np.ndarray | None) -> Recommendations:
+        """Fallback order when a query carries no signal: most rated first."""
+        score = self.item_counts.astype(np.float32)
+        score = np.concatenate([score, np.zeros(self.n_items - len(score), np.float32)])
+        ok = np.ones(self.n_items, bool) if allowed is None else allowed.copy()
+        ok[exclude] = False
+        cand = np.flatnonzero(ok)
+        order = np.argsort(-score[cand], kind="stable")[:k]
+        return Recommendations(cand[order], score[cand][order])
+
+    def recommend_user(
+        self, user_id: Any, k: int = 10, exclude_seen: bool = True, filters: Filters | None = None, rank: bool = True
+    ) -> Recommendations:
+        """Top-k for a known user."""
+        with self._lock:
+            u = self.user_idx(user_id)
+            history = self.retrieval.histories.of(u)
+            exclude = self._exclusions(history if exclude_seen else np.zeros(0, np.int64), filters)
+            return self._finish(u, history, self.retrieval.user_vectors[u], k, exclude, self._allowed(filters), rank)
+
+    def recommend_batch(
+        self, users: np.ndarray, k: int, rank: bool = True, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k for many known users at once (batch candidates, evaluation).
+
+        Args:
+            users: (n,) user_idx.
+        Returns:
+            (item_idx, scores), each (n, k), padded with -1 / -inf.
+        """
+        users = np.asarray(users, dtype=np.int64)
+        hist = self.retrieval.histories
+        exclude = [hist.of(u) for u in users] if exclude_seen else None
+        use_ranker = rank and self.ranker is not None
+        pool = max(k, self.ranker.n_candidates) if use_ranker else k
+        ids, scores = self.retrieval.search(self.retrieval.user_vectors[users], min(pool, self.n_items), exclude)
+        if use_ranker:
+            ranked = self.ranker.rerank(self, users, [hist.of(u) for u in users], ids, scores)
+            ranked = np.where(ids >= 0, ranked, -np.inf)
+            order = np.argsort(-ranked, axis=1, kind="stable")
+            ids = np.take_along_axis(ids, order, 1)
+            scores = np.take_along_axis(ranked, order, 1).astype(np.float32)
+        return ids[:, :k], scores[:, :k]
+
+    def recommend_from_items(
+        self, liked_item_ids: list[Any], k: int = 10, filters: Filters | None = None, rank: bool = True
+    ) -> Recommendations:
+        """Top-k for a new user described only by a few liked movies (no retraining)."""
+        if not liked_item_ids:
+            raise ValueError("liked_items must name at least one movie")
+        with self._lock:
+            liked = np.array([self.item_idx(i) for i in liked_item_ids], dtype=np.int64)
+            query = self.retrieval.encode_histories([liked])[0]
+            exclude = self._exclusions(np.unique(liked), filters)
+            return self._finish(-1, liked, query, k, exclude, self._allowed(filters), rank)
+
+    def similar(self, item_id: Any, k: int = 10, by: SimilarBy = "hybrid") -> Recommendations:
+        """Movies like ``item_id`` by content vectors, two-tower item vectors, or both."""
+        with self._lock:
+            i = self.item_idx(item_id)
+            if by == "content":
+                ids, s = self.content.similar_items(i, k)
+            elif by == "collaborative":
+                ids, s = self.retrieval.similar_items(i, k)
+            elif by == "hybrid":
+                ids, s = self._similar_hybrid(i, k)
+            else:
+                raise ValueError(f"by must be hybrid, content or collaborative, not {by!r}")
+            keep = ids >= 0
+            return Recommendations(ids[keep], s[keep])
+
+    def _similar_hybrid(self, i: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean of content cosine and two-tower cosine over the union of both top lists.
+
+        A movie with no ratings (no id embedding) leans on content, which is all it has.
+        """
+        pool = max(4 * k, 50)
+        c_ids, _ = self.content.similar_items(i, pool)
+        r_ids, _ = self.retrieval.similar_items(i, pool)
+        cand = np.unique(np.concatenate([c_ids[c_ids >= 0], r_ids[r_ids >= 0]]))
+        cand = cand[cand != i]
+        cv = self.content.item_vectors
+        rv = normalize(self.retrieval.item_vectors[np.append(cand, i)])
+        c_sim = cv[cand] @ cv[i]
+        r_sim = rv[:-1] @ rv[-1]
+        w = 0.5 if self.retrieval.item_has_id[i] > 0 else 0.2
+        score = (1 - w) * c_sim + w * r_sim
+        order = np.argsort(-score, kind="stable")[:k]
+        return cand[order], score[order].astype(np.float32)
+
+    # ---- catalogue -----------------------------------------------------------------------------------
+    def search_titles(self, query: str, limit: int = 10) -> list[dict[str, Any]]:
+        """Case-insensitive title search: prefix matches first, then by popularity."""
+        q = query.strip().lower()
+        if not q:
+            return []
+        hits = np.flatnonzero(np.char.find(self._title_lower.astype(str), q) >= 0)
+        if not len(hits):
+            return []
+        counts = np.concatenate([self.item_counts, np.zeros(self.n_items - len(self.item_counts), np.int64)])
+        prefix = np.char.startswith(self._title_lower[hits].astype(str), q)
+        order = np.lexsort((-counts[hits], ~prefix))[:limit]
+        return self.item_records(hits[order])
+
+    def add_item(
+        self, title: str, genres: list[str], description: str = "", item_id: Any | None = None, year: int | None = None
+    ) -> dict[str, Any]:
+        """Add a movie at run time: content vector, two-tower vector (from content and genres),
+        both indexes. It is found by ``similar`` and can be recommended at once."""
+        with self._lock:
+            if item_id is None:
+                ids = self._item_pos.to_numpy()
+                numeric = pd.api.types.is_integer_dtype(ids.dtype)
+                item_id = int(ids.max()) + 1 if numeric and len(ids) else f"new-{len(ids) + 1}"
+            else:
+                item_id = _coerce_id(item_id, self._item_pos.to_numpy())
+                if self._item_pos.get_indexer([item_id])[0] >= 0:
+                    raise ValueError(f"item_id {item_id!r} already exists")
+            row = pd.DataFrame(
+                {
+                    "item_id": [item_id],
+                    "title": [title],
+                    "year": pd.array([year], dtype="Int64"),
+                    "genres": [list(genres)],
+                    "tags": [""],
+                    "description": [description or ""],
+                }
+            )
+            self.content.add_items(row)
+            content_vec = self.content.item_vectors[-1:]
+            g = np.zeros((1, self.retrieval.item_genres.shape[1]), np.float32)
+            for name in genres:
+                if name in self.genre_vocab:
+                    g[0, self.genre_vocab.index(name)] = 1.0
+            self.retrieval.add_items(g, content_vec)
+            extra = [c for c in self.items.columns if c not in row.columns]
+            for c in extra:
+                row[c] = None
+            self.items = pd.concat([self.items, row[self.items.columns]], ignore_index=True)
+            self._item_pos = pd.Index(self.items["item_id"].to_numpy())
+            self._title_lower = self.items["title"].str.lower().to_numpy()
+            log.info("added item %r (%s) as item_idx %d", item_id, title, self.n_items - 1)
+            return self.item_records(np.array([self.n_items - 1]))[0]
+
+
+def _coerce_id(value: Any, ids: np.ndarray) -> Any:
+    """Ids arrive as strings from URLs; match the dtype of the model's ids."""
+    if pd.api.types.is_integer_dtype(np.asarray(ids).dtype):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return value
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
