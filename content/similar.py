@@ -67,6 +67,7 @@ class ContentSimilarity(DenseScorer):
         self._n = len(start)
         self._sparse_base = (model.sparse if sparse is None else sparse).tocsr()
         self._sparse_added: list[sp.csr_matrix] = []
+        self._sparse_t: sp.csr_matrix | None = None
         if self._sparse_base.shape != (self._n, model.n_features):
             raise ValueError(
                 f"content: sparse rows {self._sparse_base.shape} do not match {self._n} vectors "
@@ -101,7 +102,17 @@ class ContentSimilarity(DenseScorer):
                 if self._sparse_added:
                     self._sparse_base = sp.vstack([self._sparse_base, *self._sparse_added], format="csr")
                     self._sparse_added = []
+                    self._sparse_t = None
         return self._sparse_base
+
+    @property
+    def _sparse_transposed(self) -> sp.csr_matrix:
+        """(n_features, n_items) CSR, cached: ``row @ X.T`` would otherwise re-transpose X per query."""
+        x = self._sparse
+        t = self._sparse_t
+        if t is None or t.shape[1] != x.shape[0]:
+            t = self._sparse_t = x.T.tocsr()
+        return t
 
     @property
     def uses_exact(self) -> bool:
@@ -115,8 +126,8 @@ class ContentSimilarity(DenseScorer):
         Their text is encoded with the fitted vocabulary, idf and SVD (no refit); unknown words
         are ignored and a movie with no known term gets the centroid vector.
         """
-        vectors = self.model.transform(items)
         sparse = self.model.transform_sparse(items)
+        vectors = self.model.dense_from_sparse(sparse)
         with self._lock:
             n, m = self._n, len(vectors)
             if n + m > len(self._buf):
@@ -163,7 +174,7 @@ class ContentSimilarity(DenseScorer):
     def _similar_exact(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact sparse cosine; rows without any known term use their dense (centroid) vector."""
         x = self._sparse
-        scores = np.asarray((x[items] @ x.T).todense(), dtype=np.float32)
+        scores = (x[items] @ self._sparse_transposed).toarray().astype(np.float32)
         empty = np.diff(x.indptr)[items] == 0
         if empty.any():
             scores[empty] = self._vectors[items[empty]] @ self._vectors.T

@@ -455,7 +455,7 @@ class ContentModel:
             centroid[0] = 1.0
         model = cls(encoders, components, centroid, config)
         model.sparse = x
-        model.vectors = model._dense(x)
+        model.vectors = model.dense_from_sparse(x)
         log.info(
             "content: fitted %d items, %d features -> dim %d in %.2fs (%d items without known terms)",
             len(items), x.shape[1], model.dim, time.perf_counter() - t0, int((~ok).sum()),
@@ -473,9 +473,10 @@ class ContentModel:
         Items with no known term (or whose terms the SVD did not keep) get the catalogue
         centroid: a valid unit vector, never zeros or NaN.
         """
-        return self._dense(self.transform_sparse(items))
+        return self.dense_from_sparse(self.transform_sparse(items))
 
-    def _dense(self, x: sp.csr_matrix) -> np.ndarray:
+    def dense_from_sparse(self, x: sp.csr_matrix) -> np.ndarray:
+        """(n, dim) unit vectors from :meth:`transform_sparse` rows (SVD projection, centroid fallback)."""
         proj = np.asarray(x.astype(np.float32) @ self._components_t, dtype=np.float32)
         weak = np.linalg.norm(proj, axis=1) < _MIN_PROJECTION
         proj[weak] = self.centroid
