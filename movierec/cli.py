@@ -162,6 +162,80 @@ def train(
     typer.echo(f"bundle: {path} (version {manifest['model_version']})")
 
 
+def _load_model(path: Path) -> object:
+    from ranking.blend import HybridRecommender
+
+    if not path.exists():
+        raise UsageError(f"{path}: no such model directory")
+    return HybridRecommender.load(path)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option(help="bundle directory from movierec train")],
+    test: Annotated[Path, typer.Option(help="CSV with user_id,item_id[,rating] held out from training")],
+    k: Annotated[int, typer.Option(min=1, help="cut-off")] = 10,
+    no_rank: Annotated[bool, typer.Option("--no-rank", help="retrieval order, without the ranker")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Recall, NDCG, hit rate, MRR, precision and coverage at k on a held-out test file."""
+    from movierec.evaluation import evaluate_model, read_test_file
+
+    frame = read_test_file(test)
+    result = evaluate_model(_load_model(model), frame, k=k, rank=not no_rank)
+    if as_json:
+        _emit(result)
+        return
+    typer.echo(f"{result['users']:,} users, {result['pairs']:,} test pairs ({result['skipped_rows']} skipped), k={k}, {'ranked' if result['ranked'] else 'retrieval order'}")
+    for name, value in result["metrics"].items():
+        typer.echo(f"  {name}@{k}: {value:.4f}")
+
+
+@app.command()
+def candidates(
+    model: Annotated[Path, typer.Option(help="bundle directory from movierec train")],
+    out: Annotated[Path, typer.Option(help="parquet file to write (user_id, item_id, rank, score)")],
+    k: Annotated[int, typer.Option(min=1, help="candidates per user (up to the whole catalogue)")] = 100,
+    users: Annotated[Optional[Path], typer.Option(help="CSV with a user_id column (default: every user)")] = None,
+    no_rank: Annotated[bool, typer.Option("--no-rank", help="two-tower retrieval order, without the ranker")] = False,
+    chunk_size: Annotated[int, typer.Option(min=1, help="users per chunk (memory stays flat)")] = 2048,
+) -> None:
+    """Top-k candidates for every user (or a list), items rated in training excluded."""
+    import numpy as np
+
+    from retrieval.candidates import write_candidates
+
+    m = _load_model(model)
+    if users is not None:
+        from movierec.evaluation import _to_index
+        import pandas as pd
+
+        if not users.is_file():
+            raise UsageError(f"{users}: no such file")
+        frame = pd.read_csv(users, dtype=str)
+        if "user_id" not in frame.columns:
+            from movierec.data import DataError
+
+            raise DataError("required column is missing", path=users, column="user_id")
+        idx = _to_index(frame["user_id"], pd.Index(m.user_ids))
+        if (idx < 0).any():
+            bad = frame["user_id"].iloc[int(np.flatnonzero(idx < 0)[0])]
+            raise UsageError(f"{users}: unknown user_id {bad!r}")
+        chosen = idx
+    else:
+        chosen = np.arange(len(m.user_ids))
+    k = min(k, m.n_items)
+    summary = write_candidates(
+        lambda u: m.recommend_batch(u, k, rank=not no_rank),
+        chosen,
+        m.user_ids,
+        m.items["item_id"].to_numpy(),
+        out,
+        chunk_size=chunk_size,
+    )
+    typer.echo(f"wrote {summary['rows']:,} candidates for {summary['users']:,} users to {out} ({summary['users_per_second']:,.0f} users/s)")
+
+
 def main() -> None:
     """Console entry point: maps input errors to one stderr line and exit code 2."""
     from movierec.artifacts import BundleError

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,18 +120,25 @@ class RetrievalModel:
         """
         q = np.atleast_2d(queries)
         ex = _exclusion_lists(exclude, len(q))
-        n_ex = max((len(e) for e in ex), default=0)
+        lengths = np.fromiter((len(e) for e in ex), np.int64, len(ex))
+        n_ex = int(lengths.max()) if len(lengths) else 0
         fetch = min(self.n_items, k + n_ex)
         ids, scores = self.index.search(q, fetch)
+        keep = ids >= 0
+        if n_ex:
+            # vectorised exclusion: (row, item) pairs encoded as one int64 key each
+            rows = np.repeat(np.arange(len(q), dtype=np.int64), lengths)
+            banned = rows * self.n_items + np.concatenate(ex).astype(np.int64)
+            keys = np.arange(len(q), dtype=np.int64)[:, None] * self.n_items + ids
+            keep &= ~np.isin(keys, banned)
+        # compact each row's kept entries to the front, in order, then cut at k
+        pos = np.cumsum(keep, axis=1) - 1
+        take = keep & (pos < k)
         out_ids = np.full((len(q), k), -1, dtype=np.int64)
         out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
-        for row in range(len(q)):
-            keep = ids[row] >= 0
-            if len(ex[row]):
-                keep &= ~np.isin(ids[row], ex[row])
-            r_ids, r_s = ids[row][keep][:k], scores[row][keep][:k]
-            out_ids[row, : len(r_ids)] = r_ids
-            out_s[row, : len(r_s)] = r_s
+        r, c = np.nonzero(take)
+        out_ids[r, pos[r, c]] = ids[r, c]
+        out_s[r, pos[r, c]] = scores[r, c]
         return out_ids, out_s
 
     def recommend(self, user_idx: np.ndarray | int, k: int, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -224,3 +233,77 @@ def index_recall(model: RetrievalModel, n_queries: int = 500, k: int = 10, seed:
     rng = np.random.default_rng(seed)
     users = rng.choice(model.n_users, size=min(n_queries, model.n_users), replace=False)
     return recall_against_exact(model.index, model.item_vectors, model.user_vectors[users], k)
+
+
+def write_candidates(
+    recommend: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    users: np.ndarray,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    out: str | Path,
+    chunk_size: int = 2048,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Stream top-k candidates for ``users`` to parquet, one chunk of users at a time.
+
+    Args:
+        recommend: (chunk,) user_idx -> ((chunk, k) item_idx, (chunk, k) scores), best first,
+            -1 padded; seen items already excluded.
+        users: user_idx to write, in output order.
+        user_ids, item_ids: outside ids (index = internal idx) written to the file.
+        out: parquet path; written to a temp file beside it and renamed, so a crash never leaves
+            a half-written file under that name.
+
+    Returns:
+        Counts and throughput for the log.
+    """
+    import os
+    import tempfile
+    import time
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    users = np.asarray(users, dtype=np.int64)
+    user_type = pa.from_numpy_dtype(np.asarray(user_ids).dtype) if np.asarray(user_ids).dtype != object else pa.string()
+    item_type = pa.from_numpy_dtype(np.asarray(item_ids).dtype) if np.asarray(item_ids).dtype != object else pa.string()
+    schema = pa.schema([("user_id", user_type), ("item_id", item_type), ("rank", pa.int32()), ("score", pa.float32())])
+    t0 = time.perf_counter()
+    rows = 0
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            bar = tqdm(total=len(users), disable=not show_progress, desc="candidates", unit="user")
+            for start in range(0, len(users), chunk_size):
+                chunk = users[start : start + chunk_size]
+                ids, scores = recommend(chunk)
+                valid = ids >= 0
+                n_per = valid.sum(1)
+                ranks = np.broadcast_to(np.arange(1, ids.shape[1] + 1, dtype=np.int32), ids.shape)[valid]
+                table = pa.table(
+                    {
+                        "user_id": pa.array(np.repeat(np.asarray(user_ids)[chunk], n_per), type=user_type),
+                        "item_id": pa.array(np.asarray(item_ids)[ids[valid]], type=item_type),
+                        "rank": pa.array(ranks, type=pa.int32()),
+                        "score": pa.array(scores[valid].astype(np.float32), type=pa.float32()),
+                    },
+                    schema=schema,
+                )
+                writer.write_table(table)
+                rows += len(table)
+                bar.update(len(chunk))
+            bar.close()
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    seconds = time.perf_counter() - t0
+    summary = {"users": len(users), "rows": rows, "seconds": round(seconds, 2), "users_per_second": round(len(users) / max(seconds, 1e-9), 1)}
+    log.info("candidates: %d users, %d rows in %.1fs (%.0f users/s) -> %s", len(users), rows, seconds, summary["users_per_second"], out)
+    return summary
