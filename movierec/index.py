@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
@@ -30,6 +32,52 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
 
 
+class _ReadWriteLock:
+    """Many concurrent searches or one add at a time.
+
+    FAISS releases the GIL while it searches, and an ``add`` may reallocate the storage a
+    concurrent search is reading (a crash, not just a stale answer), so adds wait for running
+    searches and block new ones. A waiting add keeps new searches out so it cannot starve.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            try:
+                while self._writing or self._readers:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
 class VectorIndex:
     """Inner-product search over item vectors, one row per item_idx.
 
@@ -41,7 +89,7 @@ class VectorIndex:
     def __init__(self, index: faiss.Index, kind: str) -> None:
         self.index = index
         self.kind = kind
-        self._lock = threading.Lock()
+        self._lock = _ReadWriteLock()
 
     @property
     def dim(self) -> int:
@@ -59,8 +107,9 @@ class VectorIndex:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if q.shape[1] != self.dim:
             raise ValueError(f"query dimension {q.shape[1]} does not match index dimension {self.dim}")
-        k = int(min(max(k, 1), max(len(self), 1)))
-        scores, ids = self.index.search(q, k)
+        with self._lock.read():
+            k = int(min(max(k, 1), max(len(self), 1)))
+            scores, ids = self.index.search(q, k)
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         return ids.astype(np.int64), scores
 
@@ -69,13 +118,21 @@ class VectorIndex:
         v = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if v.shape[1] != self.dim:
             raise ValueError(f"vector dimension {v.shape[1]} does not match index dimension {self.dim}")
-        with self._lock:
+        with self._lock.write():
             start = len(self)
             self.index.add(v)
             return np.arange(start, start + len(v))
 
     def reconstruct(self, rows: np.ndarray) -> np.ndarray:
-        return np.stack([self.index.reconstruct(int(r)) for r in np.atleast_1d(rows)])
+        """Stored vectors of the given rows (IVF indexes get a direct map on first use)."""
+        if self.kind == "ivf":
+            ivf = faiss.extract_index_ivf(self.index)
+            if ivf.direct_map.type == faiss.DirectMap.NoMap:
+                with self._lock.write():
+                    if ivf.direct_map.type == faiss.DirectMap.NoMap:
+                        ivf.make_direct_map()
+        with self._lock.read():
+            return np.stack([self.index.reconstruct(int(r)) for r in np.atleast_1d(rows)])
 
     def save(self, path: str | Path) -> None:
         faiss.write_index(self.index, str(path))
