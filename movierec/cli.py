@@ -236,6 +236,92 @@ def candidates(
     typer.echo(f"wrote {summary['rows']:,} candidates for {summary['users']:,} users to {out} ({summary['users_per_second']:,.0f} users/s)")
 
 
+def _query_model(model: Path) -> object:
+    """Load a bundle for a one-off query; a missing or broken bundle is a usage error."""
+    from ranking.blend import HybridRecommender
+
+    if not (model / "manifest.json").is_file():
+        raise UsageError(f"{model}: not a model bundle (no manifest.json); train one with movierec train")
+    return HybridRecommender.load(model)
+
+
+def _print_items(items: list[dict[str, object]]) -> None:
+    for rank, item in enumerate(items, 1):
+        year = f" ({item['year']})" if item.get("year") is not None else ""
+        genres = "|".join(item.get("genres") or [])
+        typer.echo(f"{rank:>3}. {item['title']}{year}  [{genres}]  id={item['item_id']}  score={item['score']:.4f}")
+
+
+@app.command()
+def recommend(
+    model: Annotated[Path, typer.Option(help="bundle directory from movierec train")],
+    user: Annotated[str, typer.Option(help="user id as in the data")],
+    k: Annotated[int, typer.Option(min=1, help="how many movies (up to the whole catalogue)")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help='print {"user_id", "items": [{"item_id", "title", "score"}]}')] = False,
+) -> None:
+    """Top-k movies for a known user, movies they rated in training excluded."""
+    import numpy as np
+
+    from ranking.blend import UnknownIdError
+
+    m = _query_model(model)
+    try:
+        recs = m.recommend_user(user, k)
+        user_id = m.user_ids[m.user_idx(user)]
+    except UnknownIdError as e:
+        raise UsageError(str(e)) from None
+    items = m.item_records(recs.item_idx, recs.scores)
+    user_id = user_id.item() if isinstance(user_id, np.generic) else user_id
+    if as_json:
+        _emit({"user_id": user_id, "items": [{"item_id": i["item_id"], "title": i["title"], "score": i["score"]} for i in items]})
+        return
+    typer.echo(f"top {len(items)} for user {user_id} (model {m.model_version}):")
+    _print_items(items)
+
+
+@app.command()
+def similar(
+    model: Annotated[Path, typer.Option(help="bundle directory from movierec train")],
+    item: Annotated[str, typer.Option(help="item id as in the data")],
+    k: Annotated[int, typer.Option(min=1, help="how many movies (up to the whole catalogue)")] = 10,
+    by: Annotated[str, typer.Option(help="hybrid, content or collaborative")] = "hybrid",
+    as_json: Annotated[bool, typer.Option("--json", help='print {"item_id", "items": [{"item_id", "title", "score"}]}')] = False,
+) -> None:
+    """Movies similar to one movie, by content vectors, two-tower vectors, or both."""
+    from ranking.blend import UnknownIdError
+
+    if by not in ("hybrid", "content", "collaborative"):
+        raise UsageError(f"--by must be hybrid, content or collaborative, not {by!r}")
+    m = _query_model(model)
+    try:
+        i = m.item_idx(item)
+        recs = m.similar(item, k, by=by)  # type: ignore[arg-type]
+    except UnknownIdError as e:
+        raise UsageError(str(e)) from None
+    source = m.item_records([i])[0]
+    items = m.item_records(recs.item_idx, recs.scores)
+    if as_json:
+        _emit({"item_id": source["item_id"], "items": [{"item_id": x["item_id"], "title": x["title"], "score": x["score"]} for x in items]})
+        return
+    typer.echo(f"{len(items)} movies like {source['title']} (by {by}):")
+    _print_items(items)
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option(help="bundle directory, or a directory of bundles (newest is served)")],
+    host: Annotated[str, typer.Option(help="address to bind (keep 127.0.0.1 unless behind a proxy)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="worker processes")] = 1,
+) -> None:
+    """Serve the HTTP API and web page with uvicorn (admin key from MOVIEREC_API_KEY)."""
+    from serving.app import run_server
+
+    if not model.exists():
+        raise UsageError(f"{model}: no such model directory")
+    run_server(model, host=host, port=port, workers=workers)
+
+
 def main() -> None:
     """Console entry point: maps input errors to one stderr line and exit code 2."""
     from movierec.artifacts import BundleError

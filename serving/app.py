@@ -1,0 +1,555 @@
+"""The HTTP service: ``create_app(settings)`` builds a FastAPI app over one model bundle.
+
+Nothing is loaded at import time: the lifespan loads the bundle once into a
+:class:`~serving.store.ModelStore` on ``app.state`` and routes receive the current model through
+a dependency, one reference per request, so a hot reload never changes the model under a
+request that is already running. This module imports only run-time code (the recommender,
+retrieval towers, content transform); no Lightning or training modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ranking.blend import Filters, HybridRecommender, UnknownIdError
+from serving.rerank import explain, mmr
+from serving.schemas import (
+    ErrorOut,
+    HealthOut,
+    ItemDetail,
+    NewItemRequest,
+    NewUserRequest,
+    RecommendationsOut,
+    ReloadOut,
+    SearchOut,
+    SearchQuery,
+    SimilarOut,
+    SimilarQuery,
+    StatusOut,
+    UserRecommendationQuery,
+)
+from serving.settings import Settings
+from serving.store import ModelStore, NotReadyError, ReloadError, ServedModel, newest_bundle
+
+log = logging.getLogger(__name__)
+WEB_DIR = Path(__file__).parent / "web"
+API_KEY_HEADER = "X-API-Key"
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "unknown user or item id"},
+    422: {"model": ErrorOut, "description": "invalid parameters"},
+    503: {"model": ErrorOut, "description": "no model loaded yet"},
+}
+_ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "missing or wrong X-API-Key"},
+    403: {"model": ErrorOut, "description": "admin routes are off (no MOVIEREC_API_KEY set)"},
+}
+
+
+# ---- middleware ------------------------------------------------------------------------------------
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    import json
+
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class BodyLimitMiddleware:
+    """413 for request bodies over ``max_bytes``, before any route parses them.
+
+    A declared ``Content-Length`` is checked up front. A chunked body (no length) is read
+    here up to the limit and replayed to the app, so no route ever holds more than
+    ``max_bytes`` of request body.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = None
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        too_large = {"detail": f"request body is larger than {self.max_bytes} bytes"}
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                await _send_json(send, 400, {"detail": "invalid Content-Length header"})
+                return
+            if declared > self.max_bytes:
+                await _send_json(send, 413, too_large)
+                return
+        elif chunked:
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # client went away
+                size += len(message.get("body", b""))
+                if size > self.max_bytes:
+                    await _send_json(send, 413, too_large)
+                    return
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            body = b"".join(chunks)
+            sent = False
+
+            async def replay() -> Message:
+                nonlocal sent
+                if not sent:
+                    sent = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class MetricsMiddleware:
+    """Request counts and latency histograms labelled by route *template* (``/items/{item_id}``),
+    never the raw path, so the number of series stays bounded whatever clients send."""
+
+    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
+        self.app = app
+        self.requests = requests
+        self.latency = latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        t0 = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None)
+            if template is None:
+                template = "/static" if scope["path"].startswith("/static/") else "unmatched"
+            method = scope["method"]
+            self.latency.labels(method, template).observe(time.perf_counter() - t0)
+            self.requests.labels(method, template, str(status)).inc()
+
+
+def _metrics_registry() -> tuple[CollectorRegistry, Counter, Histogram, Counter]:
+    """A registry per app (tests build many apps); with several workers and
+    ``PROMETHEUS_MULTIPROC_DIR`` set, ``/metrics`` aggregates over all worker processes."""
+    registry = CollectorRegistry(auto_describe=True)
+    requests = Counter(
+        "movierec_http_requests_total", "HTTP requests by method, route template and status",
+        ["method", "route", "status"], registry=registry,
+    )
+    latency = Histogram(
+        "movierec_http_request_duration_seconds", "HTTP request latency by method and route template",
+        ["method", "route"], registry=registry,
+        buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    )
+    reloads = Counter("movierec_model_reloads_total", "bundle reloads by outcome", ["outcome"], registry=registry)
+    return registry, requests, latency, reloads
+
+
+def _render_metrics(registry: CollectorRegistry) -> bytes:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)
+    return generate_latest(registry)
+
+
+# ---- dependencies --------------------------------------------------------------------------------
+def get_store(request: Request) -> ModelStore:
+    return request.app.state.store
+
+
+def get_model(store: Annotated[ModelStore, Depends(get_store)]) -> ServedModel:
+    """The model for this request: one reference, held until the answer is sent."""
+    return store.get()
+
+
+StoreDep = Annotated[ModelStore, Depends(get_store)]
+ModelDep = Annotated[ServedModel, Depends(get_model)]
+_api_key = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="admin key (MOVIEREC_API_KEY)")
+
+
+def _check_key(request: Request, given: str | None, required: bool) -> None:
+    settings: Settings = request.app.state.settings
+    if settings.api_key is None:
+        if required:
+            raise HTTPException(403, "admin routes are disabled: no MOVIEREC_API_KEY is configured")
+        return
+    expected = settings.api_key.get_secret_value().encode()
+    # constant-time comparison: response time must not reveal how much of the key matched
+    if given is None or not hmac.compare_digest(given.encode(), expected):
+        raise HTTPException(401, f"missing or wrong {API_KEY_HEADER} header", headers={"WWW-Authenticate": "APIKey"})
+
+
+def require_admin(request: Request, key: Annotated[str | None, Security(_api_key)]) -> None:
+    """Admin routes: 403 when no key is configured, 401 without the right key."""
+    _check_key(request, key, required=True)
+
+
+def admin_if_configured(request: Request, key: Annotated[str | None, Security(_api_key)]) -> None:
+    """Catalogue writes: open when no key is configured, key-protected when one is."""
+    _check_key(request, key, required=False)
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+def _genres(model: HybridRecommender, names: list[str] | None) -> list[str] | None:
+    """Canonical genre names (case-insensitive); 422 for a genre the catalogue does not have."""
+    if not names:
+        return None
+    known = {g.lower(): g for g in model.genre_vocab}
+    out = []
+    for name in names:
+        name = name.strip()
+        if not name:
+            continue
+        if name.lower() not in known:
+            raise ValueError(f"unknown genre {name!r}; known genres: {', '.join(model.genre_vocab)}")
+        out.append(known[name.lower()])
+    return out or None
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _ranked_items(
+    served: ServedModel,
+    fetch: Callable[[int], Any],
+    k: int,
+    diversity: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run a recommendation, over a larger pool when diversity re-ranking will pick from it."""
+    rec = served.recommender
+    pool = k if diversity <= 0 else min(max(3 * k, 50), rec.n_items)
+    result = fetch(pool)
+    idx, scores = result.item_idx, np.nan_to_num(result.scores, nan=0.0, posinf=0.0, neginf=0.0)
+    if diversity > 0 and len(idx) > 1:
+        order = mmr(idx, scores, rec.retrieval.item_vectors[idx], k, diversity)
+        idx, scores = idx[order], scores[order]
+    return idx[:k], scores[:k]
+
+
+def _with_reasons(
+    items: list[dict[str, Any]], served: ServedModel, history: np.ndarray, ratings: np.ndarray | None, idx: np.ndarray, verb: str
+) -> None:
+    for item, because in zip(items, explain(served.recommender, history, ratings, idx, verb=verb)):
+        item["because"] = because
+
+
+# ---- app -----------------------------------------------------------------------------------------
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service. With ``settings=None`` they come from the environment (``MOVIEREC_*``),
+    which is how uvicorn workers started from an import string get them."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = ModelStore(settings.model)
+        app.state.store = store
+        if settings.model is not None:
+            if not settings.model.exists():
+                raise ReloadError(f"{settings.model}: no such bundle or directory")
+            try:
+                newest_bundle(settings.model)
+            except ReloadError as e:
+                # an empty serving directory: start, answer /ready with 503, wait for /admin/reload
+                log.warning("starting without a model: %s", e)
+            else:
+                await asyncio.to_thread(store.reload)  # a broken bundle stops start-up here
+        else:
+            log.warning("no model configured (MOVIEREC_MODEL); /ready answers 503 until /admin/reload")
+        yield
+
+    app = FastAPI(
+        title="movierec",
+        summary="Hybrid movie recommendations: two-tower retrieval, content similarity, ranker.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    registry, requests, latency, reloads = _metrics_registry()
+
+    # ---- errors: always JSON with a message; client mistakes are never 500 -----------------------
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        message = "; ".join(f"{'.'.join(e['loc'][1:]) or e['loc'][0] if e['loc'] else 'request'}: {e['msg']}" for e in errors)
+        return JSONResponse({"detail": message or "invalid request", "errors": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(UnknownIdError)
+    async def _unknown(request: Request, exc: UnknownIdError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(NotReadyError)
+    async def _not_ready(request: Request, exc: NotReadyError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.exception_handler(ValueError)
+    async def _bad_value(request: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+    # ---- health ------------------------------------------------------------------------------------
+    @app.get("/health", response_model=HealthOut, tags=["health"])
+    async def health() -> dict[str, Any]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/ready", response_model=StatusOut, responses={503: {"model": ErrorOut}}, tags=["health"])
+    async def ready(store: StoreDep) -> dict[str, Any]:
+        """Readiness: 200 once a bundle is loaded, else 503."""
+        return {"status": "ready", "model_version": store.get().model_version}
+
+    # ---- recommendations ---------------------------------------------------------------------------
+    @app.get(
+        "/users/{user_id}/recommendations", response_model=RecommendationsOut, responses=_ERRORS, tags=["recommendations"]
+    )
+    def user_recommendations(
+        user_id: Annotated[str, PathParam(min_length=1, max_length=200)],
+        query: Annotated[UserRecommendationQuery, Query()],
+        served: ModelDep,
+    ) -> dict[str, Any]:
+        """Top-k movies for a known user, optionally filtered, diversified and explained."""
+        rec = served.recommender
+        u = rec.user_idx(user_id)
+        genres = _genres(rec, query.genres.split(",") if query.genres else None)
+        filters = Filters(genres=genres, year_min=query.year_min, year_max=query.year_max)
+        idx, scores = _ranked_items(
+            served, lambda n: rec.recommend_user(user_id, n, query.exclude_seen, filters), query.k, query.diversity
+        )
+        items = rec.item_records(idx, scores)
+        if query.explain:
+            hist = rec.retrieval.histories
+            lo, hi = hist.indptr[u], hist.indptr[u + 1]
+            ratings = served.hist_ratings[lo:hi] if served.hist_ratings is not None else None
+            _with_reasons(items, served, hist.items[lo:hi], ratings, idx, "rated")
+        return {"user_id": _plain(rec.user_ids[u]), "model_version": served.model_version, "items": items}
+
+    @app.post("/recommendations", response_model=RecommendationsOut, responses=_ERRORS, tags=["recommendations"])
+    def new_user_recommendations(body: NewUserRequest, served: ModelDep) -> dict[str, Any]:
+        """Top-k for a new user described by liked movies (the user tower pools them; no retraining)."""
+        rec = served.recommender
+        filters = Filters(
+            genres=_genres(rec, body.genres), year_min=body.year_min, year_max=body.year_max, exclude_items=body.exclude_items
+        )
+        idx, scores = _ranked_items(
+            served, lambda n: rec.recommend_from_items(body.liked_items, n, filters), body.k, body.diversity
+        )
+        items = rec.item_records(idx, scores)
+        if body.explain:
+            liked = np.array([rec.item_idx(i) for i in body.liked_items], dtype=np.int64)
+            _with_reasons(items, served, liked, None, idx, "liked")
+        return {"user_id": None, "model_version": served.model_version, "items": items}
+
+    # ---- catalogue ---------------------------------------------------------------------------------
+    @app.get("/items", response_model=SearchOut, responses=_ERRORS, tags=["items"])
+    def search_items(query: Annotated[SearchQuery, Query()], served: ModelDep) -> dict[str, Any]:
+        """Title search: case-insensitive substring, prefix matches first, then by popularity."""
+        return {"query": query.q, "items": served.recommender.search_titles(query.q, query.limit)}
+
+    @app.get("/items/{item_id}", response_model=ItemDetail, responses=_ERRORS, tags=["items"])
+    def get_item(item_id: Annotated[str, PathParam(min_length=1, max_length=200)], served: ModelDep) -> dict[str, Any]:
+        """One movie's metadata."""
+        rec = served.recommender
+        i = rec.item_idx(item_id)
+        out = rec.item_records(np.array([i]))[0]
+        row = rec.items.iloc[i]
+        for col in ("description", "tags"):
+            value = row.get(col)
+            out[col] = value if isinstance(value, str) and value else None
+        out["popularity"] = int(rec.item_counts[i]) if i < len(rec.item_counts) else 0
+        return out
+
+    @app.get("/items/{item_id}/similar", response_model=SimilarOut, responses=_ERRORS, tags=["items"])
+    def similar_items(
+        item_id: Annotated[str, PathParam(min_length=1, max_length=200)],
+        query: Annotated[SimilarQuery, Query()],
+        served: ModelDep,
+    ) -> dict[str, Any]:
+        """Movies like this one by content vectors, two-tower (collaborative) vectors, or both."""
+        rec = served.recommender
+        i = rec.item_idx(item_id)
+        result = rec.similar(item_id, query.k, by=query.by)
+        return {
+            "item_id": _plain(rec.items["item_id"].iat[i]),
+            "by": query.by,
+            "model_version": served.model_version,
+            "items": rec.item_records(result.item_idx, np.nan_to_num(result.scores)),
+        }
+
+    @app.post(
+        "/items",
+        status_code=201,
+        response_model=ItemDetail,
+        responses={**_ERRORS, **_ADMIN_ERRORS, 409: {"model": ErrorOut, "description": "item_id already exists"}},
+        dependencies=[Depends(admin_if_configured)],
+        tags=["items"],
+    )
+    def add_item(body: NewItemRequest, served: ModelDep) -> dict[str, Any]:
+        """Add a movie at run time: it gets content and two-tower vectors from its text and genres,
+        joins both indexes, and is found by /similar and recommendable at once. It lives in the
+        loaded model only: a reload to another bundle drops it."""
+        rec = served.recommender
+        genres = _genres(rec, body.genres) or []
+        if body.item_id is not None:
+            try:
+                rec.item_idx(body.item_id)
+            except UnknownIdError:
+                pass
+            else:
+                raise HTTPException(409, f"item_id {body.item_id!r} already exists")
+        try:
+            out = rec.add_item(body.title, genres, body.description or "", item_id=body.item_id, year=body.year)
+        except ValueError as e:
+            if "already exists" in str(e):  # lost a race with another POST of the same id
+                raise HTTPException(409, str(e)) from e
+            raise
+        out.update({"description": body.description, "tags": None, "popularity": 0})
+        return out
+
+    # ---- admin -------------------------------------------------------------------------------------
+    @app.post(
+        "/admin/reload",
+        response_model=ReloadOut,
+        responses={**_ADMIN_ERRORS, 409: {"model": ErrorOut, "description": "no bundle found or bundle refused"}},
+        dependencies=[Depends(require_admin)],
+        tags=["admin"],
+    )
+    def reload(
+        store: StoreDep, force: Annotated[bool, Query(description="reload even when the newest bundle is already served")] = False
+    ) -> dict[str, Any]:
+        """Swap in the newest bundle; running requests finish on the old one; a bundle that fails
+        verification is refused (409) and the old one keeps serving."""
+        try:
+            result = store.reload(force=force)
+        except ReloadError as e:
+            reloads.labels("refused").inc()
+            raise HTTPException(409, str(e)) from e
+        reloads.labels(result.status).inc()
+        return {
+            "status": result.status,
+            "model_version": result.model_version,
+            "previous_version": result.previous_version,
+            "path": str(result.path),
+        }
+
+    # ---- metrics, docs, page -----------------------------------------------------------------------
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
+    async def metrics() -> PlainTextResponse:
+        """Prometheus text: request counts and latency histograms by route template."""
+        return PlainTextResponse(_render_metrics(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+
+    # outermost first: metrics see every request (413s included), then size limit, then CORS
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, requests=requests, latency=latency)
+    return app
+
+
+def serve(settings: Settings, workers: int = 1) -> None:
+    """Run the service with uvicorn (uvloop + httptools) on ``settings.host:settings.port``.
+
+    One worker serves an app built here. Several workers are separate processes that each build
+    their own app from the import string ``serving.app:create_app``; they read the same
+    settings from ``MOVIEREC_*`` environment variables, which are set here for them.
+    """
+    import tempfile
+
+    import uvicorn
+
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "log_level": settings.log_level,
+        "access_log": False,  # per-request log lines cost more than the request itself here
+    }
+    if workers <= 1:
+        uvicorn.run(create_app(settings), **common)
+        return
+    if settings.model is not None:
+        os.environ["MOVIEREC_MODEL"] = str(settings.model)
+    os.environ["MOVIEREC_MAX_BODY_BYTES"] = str(settings.max_body_bytes)
+    if settings.cors_origins:
+        os.environ["MOVIEREC_CORS_ORIGINS"] = ",".join(settings.cors_origins)
+    if settings.api_key is not None:
+        os.environ["MOVIEREC_API_KEY"] = settings.api_key.get_secret_value()
+    with tempfile.TemporaryDirectory(prefix="movierec-metrics-") as metrics_dir:
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
+        uvicorn.run("serving.app:create_app", factory=True, workers=workers, **common)
+
+
+def run_server(model: Path | str, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """``movierec serve``: the other settings (API key, body limit, CORS) come from the environment."""
+    settings = Settings(model=Path(model), host=host, port=port, workers=workers)
+    serve(settings, workers=workers)

@@ -1,0 +1,47 @@
+"""Serving settings from the environment (prefix ``MOVIEREC_``), kept apart from training config.
+
+``MOVIEREC_MODEL`` is either one bundle directory or a directory holding several bundles (the
+newest valid one is served and ``POST /admin/reload`` moves to a newer one). ``MOVIEREC_API_KEY``
+turns the admin routes on; without it they answer 403.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the HTTP service reads at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="MOVIEREC_", extra="ignore")
+
+    model: Path | None = Field(None, description="bundle directory, or a directory of bundles (newest is served)")
+    api_key: SecretStr | None = Field(None, description="admin key for X-API-Key; admin routes are off without it")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    max_body_bytes: int = Field(64 * 1024, ge=1, description="larger request bodies get 413")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated origins allowed by CORS; empty means CORS off"
+    )
+    log_level: str = "info"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """Accept ``a,b`` from the environment as well as a list in code."""
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        """``MOVIEREC_API_KEY=`` (empty) must not turn admin on with an empty key."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
