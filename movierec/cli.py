@@ -236,6 +236,35 @@ def candidates(
     typer.echo(f"wrote {summary['rows']:,} candidates for {summary['users']:,} users to {out} ({summary['users_per_second']:,.0f} users/s)")
 
 
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="port for the API and web page")] = 8000,
+    host: Annotated[str, typer.Option(help="address to serve on")] = "127.0.0.1",
+    no_serve: Annotated[bool, typer.Option("--no-serve", help="stop after the offline stages")] = False,
+    out: Annotated[Path, typer.Option(help="folder for data, model, candidates and report")] = Path("demo-output"),
+    users: Annotated[int, typer.Option(min=10, help="synthetic users")] = 2_000,
+    items: Annotated[int, typer.Option(min=10, help="synthetic movies")] = 1_500,
+    ratings: Annotated[int, typer.Option(min=100, help="synthetic ratings")] = 100_000,
+    config: Annotated[Optional[Path], typer.Option(help="YAML config")] = None,
+) -> None:
+    """synth -> train -> evaluate -> print samples -> candidates -> serve, on the embedded data."""
+    from movierec.demo import run_demo
+
+    result = run_demo(out, typer.echo, users=users, items=items, ratings=ratings, config_path=config)
+    if no_serve:
+        typer.echo(f"model at {result['model']}; serve it with: movierec serve --model {result['model']}")
+        return
+    typer.echo(f"serving on http://{host}:{port}/ (Ctrl+C to stop)")
+    serve_model(result["model"], host=host, port=port, workers=1)
+
+
+def serve_model(model: Path, host: str, port: int, workers: int) -> None:
+    """Start uvicorn on a bundle (shared by ``serve`` and ``demo``)."""
+    from serving.app import run_server
+
+    run_server(model, host=host, port=port, workers=workers)
+
+
 def _query_model(model: Path) -> object:
     """Load a bundle for a one-off query; a missing or broken bundle is a usage error."""
     from ranking.blend import HybridRecommender
