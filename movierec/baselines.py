@@ -377,9 +377,15 @@ def _damped_biases(train: Dataset, damping: float) -> tuple[float, np.ndarray, n
     rating = r["rating"].to_numpy(np.float64)
     u, i = r["user_idx"].to_numpy(), r["item_idx"].to_numpy()
     mu = float(rating.mean())
-    b_item = np.bincount(i, rating - mu, train.n_items) / (np.bincount(i, minlength=train.n_items) + damping)
-    b_user = np.bincount(u, rating - mu - b_item[i], train.n_users) / (
-        np.bincount(u, minlength=train.n_users) + damping)
+    if damping < 0:
+        raise ValueError(f"damping must be >= 0, got {damping}")
+
+    def _ratio(num: np.ndarray, count: np.ndarray) -> np.ndarray:
+        den = count + damping
+        return np.divide(num, den, out=np.zeros_like(num), where=den > 0)  # unrated -> 0
+
+    b_item = _ratio(np.bincount(i, rating - mu, train.n_items), np.bincount(i, minlength=train.n_items))
+    b_user = _ratio(np.bincount(u, rating - mu - b_item[i], train.n_users), np.bincount(u, minlength=train.n_users))
     return mu, b_user.astype(np.float32), b_item.astype(np.float32)
 
 

@@ -133,6 +133,8 @@ class SynthSpec:
             the user's affinity, before scaling to the range).
         noise: standard deviation of the rating noise (in stars).
         tag_fraction: share of items that get tag rows in ``tags.csv``.
+        item_noise, user_noise: per-dimension noise added to item / user latents: the part of
+            taste that neither genres nor words explain (only collaborative signal finds it).
     """
 
     n_users: int = 2_000
@@ -145,10 +147,12 @@ class SynthSpec:
     rating_step: float = 0.5
     cold_fraction: float = 0.05
     zipf_exponent: float = 0.9
-    beta: float = 3.0
-    alpha: float = 0.7
-    noise: float = 0.6
+    beta: float = 10.0
+    alpha: float = 1.0
+    noise: float = 0.5
     tag_fraction: float = 0.6
+    item_noise: float = 0.15
+    user_noise: float = 0.15
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that cannot work."""
@@ -252,7 +256,7 @@ def _make_world(spec: SynthSpec) -> _World:
     descriptions: list[str] = []
     tag_words: list[list[str]] = []
     item_vec = np.empty((n, d), dtype=np.float32)
-    noise = rng.standard_normal((n, d)) * 0.5
+    noise = rng.standard_normal((n, d)) * spec.item_noise
     # One Python pass per *item* builds the text (catalogues are small next to the ratings).
     for i in range(n):
         gs = rng.choice(len(genre_names), size=n_genres[i], replace=False, p=g_prob)
@@ -305,7 +309,7 @@ def _make_world(spec: SynthSpec) -> _World:
     gumbel = -np.log(rng.exponential(size=(m, len(genre_names))))
     fav = np.argsort(-(logits + gumbel), axis=1)[:, :3]
     fav_w = rng.dirichlet([2.0, 1.0, 0.6], size=m)
-    user_vec = (genre_vec[fav] * fav_w[:, :, None]).sum(1) + 0.45 * rng.standard_normal((m, d))
+    user_vec = (genre_vec[fav] * fav_w[:, :, None]).sum(1) + spec.user_noise * rng.standard_normal((m, d))
     user_vec = user_vec.astype(np.float32)
     user_bias = (0.4 * rng.standard_normal(m)).astype(np.float32)
     activity_w = rng.lognormal(0.0, 1.0, size=m)
@@ -353,8 +357,9 @@ def _ratings_chunk(spec: SynthSpec, world: _World, users: np.ndarray) -> pa.Tabl
     for row, u in enumerate(users):
         g = np.random.default_rng([spec.seed, 1, int(u)])
         g.standard_exponential(out=exp_noise[row], dtype=np.float32)
-        g.standard_normal(out=rating_noise[row], dtype=np.float32)
-        g.random(out=time_frac[row], dtype=np.float32)
+        c = int(counts[row])  # draw exactly the user's own count: kmax depends on the chunk
+        g.standard_normal(out=rating_noise[row, :c], dtype=np.float32)
+        g.random(out=time_frac[row, :c], dtype=np.float32)
     # Gumbel-top-k: the top `count` of keys + Gumbel noise is a sample without replacement from
     # softmax(keys); -log(Exp(1)) is a standard Gumbel draw.
     keys -= np.log(exp_noise, out=exp_noise)
