@@ -76,16 +76,36 @@ def train(ds: Dataset, out: str | Path, config: Config | None = None) -> Path:
         log.info("content: %d items -> %d-d vectors in %.1fs", ds.n_items, content_model.dim, timings["content"])
 
         t = time.perf_counter()
-        tt = fit_two_tower(ds, content_model.vectors, config.retrieval, config.trainer, seed=config.seed, log_dir=writer.path / "logs")
-        timings["two_tower"] = time.perf_counter() - t
         from retrieval.inputs import Histories
+
+        full_histories = Histories.from_ratings(ds.ratings, ds.n_users)
+        ranking = config.ranking.enabled and len(ds.ratings) > 0
+        if ranking:
+            # the two-tower model learns on the earlier part; the ranker learns to order its
+            # candidates for the held-out ratings (ranking/ranker.py explains the protocol)
+            from ranking.ranker import split_for_ranker
+
+            tt_train, held_out = split_for_ranker(ds, config.ranking, seed=config.seed)
+            ranking = len(held_out.ratings) > 0
+        if not ranking:
+            tt_train, held_out = ds, None
+        tt = fit_two_tower(tt_train, content_model.vectors, config.retrieval, config.trainer, seed=config.seed, log_dir=writer.path / "logs")
+        timings["two_tower"] = time.perf_counter() - t
+        user_vectors = tt.user_vectors
+        if ranking:
+            from retrieval.towers import encode_all_users
+
+            # serve-time queries pool each user's full history, held-out part included
+            user_vectors = encode_all_users(
+                tt.user_tower, full_histories, tt.items.content, tt.user_features, ds.n_items, config.retrieval.history_len
+            )
 
         retrieval = RetrievalModel(
             tt.user_tower,
             tt.item_tower,
             tt.item_vectors,
-            tt.user_vectors,
-            Histories.from_ratings(ds.ratings, ds.n_users),
+            user_vectors,
+            full_histories,
             tt.items.genres,
             tt.items.content,
             tt.items.has_id,
@@ -98,9 +118,23 @@ def train(ds: Dataset, out: str | Path, config: Config | None = None) -> Path:
         log.info("retrieval index: %s over %d items, recall@10 vs exact %.3f", retrieval.index.kind, retrieval.n_items, recall)
 
         metrics: dict[str, Any] = {"two_tower": tt.metrics, "index": {"kind": retrieval.index.kind, "recall@10_vs_exact": recall}}
+        ranker = None
+        if ranking:
+            from ranking.ranker import fit_ranker
+
+            t = time.perf_counter()
+            result = fit_ranker(
+                ds, tt_train, held_out, content.item_vectors, tt.items.genres, tt.user_features, tt.user_vectors,
+                tt.item_vectors, config.ranking, config.trainer, seed=config.seed, log_dir=writer.path / "logs",
+            )
+            ranker = result.ranker
+            metrics["ranker"] = result.metrics
+            timings["ranker"] = time.perf_counter() - t
         save_catalogue(writer, ds)
         content.save(writer)
         retrieval.save(writer)
+        if ranker is not None:
+            ranker.save(writer)
         writer.meta.update(
             {
                 "dataset": {"name": ds.name, "fingerprint": ds.fingerprint(), "ratings": len(ds.ratings), "users": ds.n_users, "items": ds.n_items, "rating_scale": list(ds.rating_scale)},

@@ -1,0 +1,535 @@
+"""Features of (user, candidate) pairs and the runtime ranker that scores them.
+
+The ranker sits after two-tower retrieval: retrieval proposes ``C`` candidates per user, and
+:class:`Ranker` re-scores them from features that blend collaborative and content signals.
+:func:`compute_features` is the one function that builds those features; the training code
+(``ranking/ranker.py``), the batch candidate job and the HTTP service all call it, so a feature
+means the same thing everywhere. Everything is vectorised over a whole ``(n, C)`` batch (numpy
+and torch; Python loops only run over users, never over pairs).
+
+Nothing here imports Lightning: a bundle's ranker loads from safetensors weights plus plain JSON
+and ``.npy`` arrays (:func:`load_ranker`).
+
+Items may be added at run time (rows beyond the arrays saved at training): they have zero
+popularity, no id embedding, no collaborative neighbours, and are described by content, genres
+and year alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from movierec.artifacts import Bundle, BundleWriter
+from ranking.net import RankerNet
+
+log = logging.getLogger(__name__)
+PREFIX = "ranking/"
+
+FEATURES: tuple[str, ...] = (
+    "tt_score",  # two-tower dot product of user and candidate
+    "tt_rank",  # log1p of the candidate's position by two-tower score within the user's list
+    "content_mean",  # mean cosine of the candidate's content vector to the user's history
+    "content_max",  # max cosine to any history item
+    "content_liked",  # cosine weighted by the user's centred ratings of the history items
+    "genre_affinity",  # user's genre distribution . candidate's genre distribution
+    "collab",  # item-item score: sum over history of W[history item, candidate]
+    "collab_rank",  # log1p of the candidate's position by ``collab`` within the list
+    "collab_liked",  # item-item score weighted by the user's centred ratings
+    "item_pop",  # log1p(number of training ratings)
+    "item_mean",  # damped mean rating of the candidate
+    "item_age",  # catalogue's newest year minus the movie's year (0 when unknown)
+    "year_missing",  # 1 when the movie has no year
+    "year_gap",  # movie year minus the mean year of the user's history
+    "user_activity",  # log1p(history length)
+    "user_mean",  # damped mean rating of the user
+)
+"""Dense pair features, in column order (user features, when present, follow them)."""
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "content": ("content_mean", "content_max", "content_liked", "genre_affinity", "year_gap"),
+    "collab": ("collab", "collab_rank", "collab_liked"),
+}
+"""Named feature groups that an ablation can leave out (``RankingConfig.exclude``)."""
+
+MAX_HISTORY = 256
+"""Most recent history items a pair feature looks at (bounds work per user)."""
+
+
+@dataclass
+class FeatureContext:
+    """Per-item and per-user arrays the features read, from one snapshot of the ratings.
+
+    Training builds one from the earlier part of the data and serving one from all of it, so the
+    same code sees "the past" in both cases.
+
+    Args:
+        content: (n_items, d) unit content vectors of the whole current catalogue.
+        genres: (n_items, G) genre multi-hot of the whole current catalogue.
+        years: (n_items,) release year, NaN when unknown.
+        item_counts: (I0,) ratings per item in the snapshot (items beyond I0 count 0).
+        item_mean: (I0,) damped mean rating per item.
+        collab: (I0, I0) sparse item-item weights; row = history item, column = candidate.
+        user_mean: (n_users,) damped mean rating per user.
+        user_features: (n_users, F) encoded user features (zeros for unknown users).
+        global_mean: mean rating of the snapshot (what unknown means default to).
+        ref_year: newest release year in the catalogue (for ``item_age``).
+    """
+
+    content: np.ndarray
+    genres: np.ndarray
+    years: np.ndarray
+    item_counts: np.ndarray
+    item_mean: np.ndarray
+    collab: sp.csr_matrix
+    user_mean: np.ndarray
+    user_features: np.ndarray
+    global_mean: float
+    ref_year: float
+
+    @property
+    def n_user_features(self) -> int:
+        return int(self.user_features.shape[1])
+
+    @property
+    def content_tensor(self) -> torch.Tensor:
+        """``content`` as a torch tensor, made once per context (a read-only view is copied)."""
+        cached = self.__dict__.get("_content_t")
+        if cached is None or len(cached) != len(self.content):
+            arr = np.ascontiguousarray(self.content, dtype=np.float32)
+            cached = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+            self.__dict__["_content_t"] = cached
+        return cached
+
+
+@dataclass
+class PaddedHistories:
+    """(n, L) history item_idx (-1 padded) and the user's centred rating of each (0 padded)."""
+
+    items: np.ndarray
+    centred: np.ndarray
+    lengths: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.lengths = (self.items >= 0).sum(1)
+
+
+def pad_histories(
+    histories: list[np.ndarray], ratings: list[np.ndarray | None], user_mean: np.ndarray, max_len: int = MAX_HISTORY
+) -> PaddedHistories:
+    """Pad the most recent ``max_len`` items of each history; ratings are centred on the user's
+    mean (a history without ratings, e.g. a new user's liked movies, centres to 0)."""
+    n = len(histories)
+    lens = np.array([min(len(h), max_len) for h in histories], dtype=np.int64)
+    width = max(int(lens.max()) if n else 0, 1)
+    items = np.full((n, width), -1, dtype=np.int64)
+    centred = np.zeros((n, width), dtype=np.float32)
+    if n and lens.sum():
+        rows = np.repeat(np.arange(n), lens)
+        cols = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+        items[rows, cols] = np.concatenate([np.asarray(h, dtype=np.int64)[len(h) - m :] for h, m in zip(histories, lens)])
+        vals = []
+        for h, r, m, mu in zip(histories, ratings, lens, user_mean):
+            vals.append(np.zeros(m, np.float32) if r is None else np.asarray(r, np.float32)[len(h) - m :] - mu)
+        centred[rows, cols] = np.concatenate(vals)
+    return PaddedHistories(items, centred)
+
+
+def _rank_within(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """log1p of each entry's 0-based position by descending score within its row."""
+    s = np.where(valid, scores, -np.inf)
+    order = np.argsort(-s, axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(s.shape[1])[None, :].repeat(len(s), 0), 1)
+    return np.log1p(rank).astype(np.float32)
+
+
+def _gather(values: np.ndarray, idx: np.ndarray, default: float) -> np.ndarray:
+    """values[idx] where 0 <= idx < len(values), else ``default`` (padding, run-time items)."""
+    ok = (idx >= 0) & (idx < len(values))
+    out = np.full(idx.shape, default, dtype=np.float32)
+    out[ok] = values[idx[ok]]
+    return out
+
+
+def _collab_scores(collab: sp.csr_matrix, hist: PaddedHistories, cand: np.ndarray, chunk_cells: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+    """Item-item scores of each candidate given the history: plain and rating-weighted sums.
+
+    Builds the (users x I0) history matrix once, multiplies by the sparse item-item matrix in
+    user chunks (dense chunk of at most ``chunk_cells`` cells) and gathers the candidates.
+    """
+    n, c = cand.shape
+    i0 = collab.shape[0]
+    plain = np.zeros((n, c), np.float32)
+    liked = np.zeros((n, c), np.float32)
+    if i0 == 0 or n == 0:
+        return plain, liked
+    ok = (hist.items >= 0) & (hist.items < i0)
+    rows, cols = np.nonzero(ok)
+    ones = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, hist.items[rows, cols])), shape=(n, i0))
+    cent = sp.csr_matrix((hist.centred[rows, cols], (rows, hist.items[rows, cols])), shape=(n, i0))
+    cand_ok = (cand >= 0) & (cand < i0)
+    safe = np.where(cand_ok, cand, 0)
+    step = max(1, chunk_cells // max(i0, 1))
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        for x, out in ((ones, plain), (cent, liked)):
+            dense = sp.csr_matrix(x[s:e] @ collab).toarray()
+            out[s:e] = np.where(cand_ok[s:e], np.take_along_axis(dense, safe[s:e], 1), 0.0)
+    return plain, liked
+
+
+@torch.no_grad()
+def _content_scores(vec: torch.Tensor, hist: PaddedHistories, cand: np.ndarray, chunk: int = 128) -> tuple[np.ndarray, ...]:
+    """Mean, max and rating-weighted mean cosine of each candidate to the history items."""
+    n, c = cand.shape
+    outs = [np.zeros((n, c), np.float32) for _ in range(3)]
+    if n == 0:
+        return tuple(outs)
+    n_items = len(vec)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        h = torch.from_numpy(hist.items[s:e])
+        hmask = (h >= 0) & (h < n_items)
+        hv = vec[torch.where(hmask, h, 0)] * hmask[..., None]  # (b, L, d)
+        ci = torch.from_numpy(cand[s:e])
+        cmask = (ci >= 0) & (ci < n_items)
+        cv = vec[torch.where(cmask, ci, 0)]  # (b, C, d)
+        sim = torch.bmm(cv, hv.transpose(1, 2))  # (b, C, L)
+        cnt = hmask.sum(1).clamp(min=1).float()[:, None]
+        mean = sim.sum(2) / cnt
+        mx = torch.where(hmask[:, None, :], sim, torch.tensor(-1.0)).amax(2) if hv.shape[1] else torch.zeros_like(mean)
+        mx = torch.where(hmask.any(1)[:, None], mx, torch.zeros_like(mx))
+        w = torch.from_numpy(hist.centred[s:e])[:, None, :]
+        liked = (sim * w).sum(2) / cnt
+        for out, val in zip(outs, (mean, mx, liked)):
+            out[s:e] = torch.where(cmask, val, torch.zeros_like(val)).numpy()
+    return tuple(outs)
+
+
+def compute_features(
+    ctx: FeatureContext,
+    users: np.ndarray,
+    hist: PaddedHistories,
+    cand: np.ndarray,
+    cand_scores: np.ndarray,
+) -> np.ndarray:
+    """Dense features of every (user, candidate) pair of a batch.
+
+    Args:
+        ctx: arrays of the snapshot the features describe.
+        users: (n,) user_idx; -1 (or beyond ``ctx``) is a user the model has not seen.
+        hist: the users' padded histories (see :func:`pad_histories`).
+        cand: (n, C) candidate item_idx, -1 = padding.
+        cand_scores: (n, C) two-tower scores of the candidates.
+
+    Returns:
+        (n, C, len(FEATURES) + F) float32 in :data:`FEATURES` order then user features; padding
+        rows hold zeros. Raw values (normalisation is the ranker's job); NaN is possible only
+        when an input carries NaN, and the ranker replaces it.
+    """
+    users = np.asarray(users, dtype=np.int64)
+    cand = np.asarray(cand, dtype=np.int64)
+    n, c = cand.shape
+    valid = cand >= 0
+    scores = np.where(valid, np.asarray(cand_scores, dtype=np.float32), 0.0)
+    known = (users >= 0) & (users < len(ctx.user_mean))
+    safe_users = np.where(known, users, 0)
+
+    tt_rank = _rank_within(scores, valid)
+    c_mean, c_max, c_liked = _content_scores(ctx.content_tensor, hist, cand)
+
+    # genre affinity: share of the user's history in each genre . candidate's genre shares
+    g = ctx.genres
+    hmask = (hist.items >= 0) & (hist.items < len(g))
+    hg = (g[np.where(hmask, hist.items, 0)] * hmask[..., None]).sum(1)
+    hg /= np.maximum(hg.sum(1, keepdims=True), 1e-9)
+    cmask = valid & (cand < len(g))
+    cg = g[np.where(cmask, cand, 0)] * cmask[..., None]
+    cg = cg / np.maximum(cg.sum(2, keepdims=True), 1e-9)
+    genre_aff = np.einsum("ncg,ng->nc", cg, hg).astype(np.float32)
+
+    collab, collab_liked = _collab_scores(ctx.collab, hist, cand)
+    collab_rank = _rank_within(collab, valid)
+
+    years = _gather(ctx.years, cand, np.nan)
+    missing = np.isnan(years)
+    item_age = np.where(missing, 0.0, ctx.ref_year - years).astype(np.float32)
+    hy = _gather(ctx.years, hist.items, np.nan)
+    hy_ok = ~np.isnan(hy)
+    user_year = np.where(hy_ok.any(1), np.nansum(np.where(hy_ok, hy, 0.0), 1) / np.maximum(hy_ok.sum(1), 1), np.nan)
+    year_gap = np.where(missing | np.isnan(user_year)[:, None], 0.0, years - user_year[:, None]).astype(np.float32)
+
+    item_pop = np.log1p(_gather(ctx.item_counts.astype(np.float32), cand, 0.0))
+    item_mean = _gather(ctx.item_mean, cand, ctx.global_mean)
+    user_mean = np.where(known, ctx.user_mean[safe_users], ctx.global_mean).astype(np.float32)
+    activity = np.log1p(hist.lengths).astype(np.float32)
+
+    cols = [
+        scores, tt_rank, c_mean, c_max, c_liked, genre_aff, collab, collab_rank, collab_liked,
+        item_pop, item_mean, item_age, missing.astype(np.float32), year_gap,
+        np.broadcast_to(activity[:, None], (n, c)), np.broadcast_to(user_mean[:, None], (n, c)),
+    ]
+    out = np.empty((n, c, len(FEATURES) + ctx.n_user_features), dtype=np.float32)
+    for j, col in enumerate(cols):
+        out[:, :, j] = col
+    if ctx.n_user_features:
+        uf = np.where(known[:, None], ctx.user_features[safe_users], 0.0)
+        out[:, :, len(FEATURES) :] = uf[:, None, :]
+    out[~valid] = 0.0
+    return out
+
+
+def feature_names(n_user_features: int) -> list[str]:
+    return list(FEATURES) + [f"user_feature_{i}" for i in range(n_user_features)]
+
+
+def damped_means(
+    idx: np.ndarray, ratings: np.ndarray, n: int, global_mean: float, damping: float = 5.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(counts, damped mean) per index: ``(sum + damping * global_mean) / (count + damping)``."""
+    counts = np.bincount(idx, minlength=n).astype(np.float64)
+    sums = np.bincount(idx, weights=ratings.astype(np.float64), minlength=n)
+    return counts, ((sums + damping * global_mean) / (counts + damping)).astype(np.float32)
+
+
+def item_item_matrix(
+    x: sp.csr_matrix, lam: float = 300.0, neighbors: int = 256, dense_max_items: int = 6000, block: int = 512
+) -> sp.csr_matrix:
+    """Item-item weights from a users x items 0/1 matrix, kept sparse (top ``neighbors`` per candidate).
+
+    EASE (Steck 2019: ``B = I - P / diag(P)``, ``P = (X^T X + lam I)^-1``) when the catalogue has
+    at most ``dense_max_items`` items (the inverse is cubic), else cosine item-kNN computed in
+    column blocks. Per candidate column only the ``neighbors`` largest weights by magnitude are
+    kept, so memory is ``O(items * neighbors)`` and a user's score is one sparse product.
+
+    Returns:
+        (I, I) CSR, row = history item, column = candidate, zero diagonal.
+    """
+    x = sp.csr_matrix(x, dtype=np.float32, copy=True)
+    x.data[:] = 1.0
+    n_items = x.shape[1]
+    if n_items == 0:
+        return sp.csr_matrix((0, 0), dtype=np.float32)
+    keep = min(neighbors, n_items)
+    if n_items <= dense_max_items:
+        g = np.asarray((x.T @ x).todense(), dtype=np.float64)
+        g[np.diag_indices_from(g)] += lam
+        p = np.linalg.inv(g)
+        p /= -np.diag(p)[None, :]
+        p[np.diag_indices_from(p)] = 0.0
+        return _prune_columns(p.astype(np.float32), keep)
+    norms = np.sqrt(np.asarray(x.sum(0)).ravel())
+    xn = x @ sp.diags(1.0 / np.maximum(norms, 1e-9))
+    xt = xn.T.tocsr()
+    parts = []
+    for s in range(0, n_items, block):
+        sim = (xt @ xn[:, s : s + block]).toarray()
+        sim[np.arange(s, min(s + block, n_items)), np.arange(sim.shape[1])] = 0.0
+        parts.append(_prune_columns(sim, keep))
+    return sp.hstack(parts).tocsr()
+
+
+def _prune_columns(w: np.ndarray, keep: int) -> sp.csr_matrix:
+    """Keep the ``keep`` largest-magnitude entries of each column of a dense block."""
+    if keep < w.shape[0]:
+        top = np.argpartition(-np.abs(w), keep - 1, axis=0)[:keep]
+        cols = np.broadcast_to(np.arange(w.shape[1]), top.shape)
+        vals = w[top, cols]
+        return sp.csr_matrix((vals.ravel(), (top.ravel(), cols.ravel())), shape=w.shape)
+    return sp.csr_matrix(w)
+
+
+class _Model(Protocol):
+    """What the ranker reads from the runtime recommender (ranking.blend.HybridRecommender)."""
+
+    retrieval: Any
+    content: Any
+    items: Any
+
+
+class Ranker:
+    """The runtime ranker a bundle loads: feature arrays, normalisation and the plain net.
+
+    Args:
+        net: trained :class:`RankerNet` (eval mode).
+        meta: JSON-able settings: feature columns kept, normalisation mean/std, rating scale,
+            candidate pool size.
+        arrays: per-item and per-user statistics of the full training data (see ``save``).
+        collab: (I0, I0) sparse item-item weights from the full training data.
+    """
+
+    def __init__(self, net: RankerNet, meta: dict[str, Any], arrays: dict[str, np.ndarray], collab: sp.csr_matrix) -> None:
+        self.net = net.eval()
+        self.meta = meta
+        self.arrays = arrays
+        self.collab = collab.tocsr()
+        self.columns = np.asarray(meta["columns"], dtype=np.int64)
+        self.mean = np.asarray(meta["mean"], dtype=np.float32)
+        self.std = np.asarray(meta["std"], dtype=np.float32)
+        self.rating_min, self.rating_max = (float(v) for v in meta["rating_scale"])
+        self._cached: tuple[int, FeatureContext] | None = None
+
+    @property
+    def n_candidates(self) -> int:
+        return int(self.meta["candidates"])
+
+    # ---- features --------------------------------------------------------------------------
+    def context(self, model: _Model) -> FeatureContext:
+        """Feature arrays for the model's current catalogue (rebuilt when items were added)."""
+        n_items = len(model.items)
+        if self._cached is None or self._cached[0] != n_items:
+            years = np.asarray(model.items["year"].astype("Float64").to_numpy(np.float64, na_value=np.nan), np.float64)
+            ctx = FeatureContext(
+                content=np.asarray(model.content.item_vectors),
+                genres=np.asarray(model.retrieval.item_genres, np.float32),
+                years=years,
+                item_counts=self.arrays["item_counts"],
+                item_mean=self.arrays["item_mean"],
+                collab=self.collab,
+                user_mean=self.arrays["user_mean"],
+                user_features=np.asarray(model.retrieval.user_features, np.float32),
+                global_mean=float(self.meta["global_mean"]),
+                ref_year=float(self.meta["ref_year"]),
+            )
+            self._cached = (n_items, ctx)
+        return self._cached[1]
+
+    def _ratings_of(self, users: np.ndarray, histories: list[np.ndarray]) -> list[np.ndarray | None]:
+        """Stored ratings of each known user's history when the history is the stored one."""
+        indptr, vals = self.arrays["hist_indptr"], self.arrays["hist_ratings"]
+        out: list[np.ndarray | None] = []
+        for u, h in zip(users, histories):
+            if 0 <= u < len(indptr) - 1 and indptr[u + 1] - indptr[u] == len(h):
+                out.append(vals[indptr[u] : indptr[u + 1]])
+            else:
+                out.append(None)  # live feedback or a new user: ratings unknown, centred to 0
+        return out
+
+    def features(self, model: _Model, users: np.ndarray, histories: list[np.ndarray], cand: np.ndarray, cand_scores: np.ndarray) -> np.ndarray:
+        """Normalised net input (n, C, F'), NaN replaced by 0 (the training mean)."""
+        ctx = self.context(model)
+        users = np.asarray(users, dtype=np.int64)
+        known = (users >= 0) & (users < len(ctx.user_mean))
+        mu = np.where(known, ctx.user_mean[np.where(known, users, 0)], ctx.global_mean)
+        hist = pad_histories(histories, self._ratings_of(users, histories), mu)
+        raw = compute_features(ctx, users, hist, cand, cand_scores)
+        return self.normalise(raw)
+
+    def normalise(self, raw: np.ndarray) -> np.ndarray:
+        x = (raw[..., self.columns] - self.mean) / self.std
+        return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+    # ---- scoring ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def _net(self, x: np.ndarray, users: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        score, rating = self.net(torch.from_numpy(x), torch.from_numpy(np.asarray(users, np.int64)), torch.from_numpy(cand))
+        return score.numpy(), rating.numpy()
+
+    def rerank(self, model: _Model, users: np.ndarray, histories: list[np.ndarray], cand: np.ndarray, cand_scores: np.ndarray) -> np.ndarray:
+        """Scores (n, C), higher is better; -inf at padding.
+
+        Fallbacks, so a request never fails here: a row whose net scores are not finite keeps
+        the two-tower order; a user with no history and no id (nothing personal to rank on)
+        gets popularity order with the two-tower score breaking ties.
+        """
+        cand = np.asarray(cand, dtype=np.int64)
+        cand_scores = np.asarray(cand_scores, dtype=np.float32)
+        users = np.asarray(users, dtype=np.int64)
+        n, c = cand.shape
+        valid = cand >= 0
+        out = np.full((n, c), -np.inf, dtype=np.float32)
+        if n == 0 or c == 0 or not valid.any():
+            return out
+        x = self.features(model, users, histories, cand, cand_scores)
+        score, _ = self._net(x, users, cand)
+        fallback = _fallback_scores(cand, cand_scores, self.arrays["item_counts"])
+        lengths = np.array([len(h) for h in histories])
+        cold = (lengths == 0) & ~((users >= 0) & (users < len(self.arrays["user_mean"])))
+        bad = ~np.isfinite(np.where(valid, score, 0.0)).all(1) | cold
+        if bad.any():
+            log.debug("ranker fallback for %d of %d rows", int(bad.sum()), n)
+            score = np.where(bad[:, None], fallback, score)
+        return np.where(valid, score, -np.inf).astype(np.float32)
+
+    def predict_ratings(self, model: _Model, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Rating-head predictions for (user, item) pairs, on the data's rating scale.
+
+        Each user's pairs are scored inside the user's retrieval candidate list, the same
+        context the head was trained in (the rank features are relative to that list).
+        """
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        out = np.full(len(users), float(self.meta["global_mean"]), dtype=np.float32)
+        if not len(users):
+            return out
+        order = np.argsort(users, kind="stable")
+        su, si = users[order], items[order]
+        bounds = np.flatnonzero(np.diff(su)) + 1
+        groups = np.split(np.arange(len(su)), bounds)
+        uniq = su[np.r_[0, bounds]] if len(su) else su
+        retr = model.retrieval
+        pool = self.n_candidates
+        for s in range(0, len(uniq), 256):
+            ub = uniq[s : s + 256]
+            gb = groups[s : s + 256]
+            known = (ub >= 0) & (ub < retr.n_users)
+            hists = [retr.histories.of(u) if k else np.zeros(0, np.int64) for u, k in zip(ub, known)]
+            ids, _ = retr.search(retr.user_vectors[np.where(known, ub, 0)], min(pool, retr.n_items), hists)
+            rows = []
+            for r, g in enumerate(gb):
+                extra = si[g]
+                base = ids[r][(ids[r] >= 0) & ~np.isin(ids[r], extra)]
+                rows.append(np.concatenate([extra, base]))
+            width = max(len(x) for x in rows)
+            cand = np.full((len(ub), width), -1, dtype=np.int64)
+            for r, x in enumerate(rows):
+                cand[r, : len(x)] = x
+            safe = np.where(cand >= 0, cand, 0)
+            qv = retr.user_vectors[np.where(known, ub, 0)]
+            cs = np.einsum("nd,ncd->nc", qv, retr.item_vectors[safe]).astype(np.float32)
+            x = self.features(model, ub, hists, cand, cs)
+            _, rating = self._net(x, ub, cand)
+            for r, g in enumerate(gb):
+                out[order[g]] = rating[r, : len(g)]
+        return np.clip(out, self.rating_min, self.rating_max)
+
+    # ---- persistence -----------------------------------------------------------------------
+    def save(self, writer: BundleWriter) -> None:
+        writer.save_tensors(f"{PREFIX}net.safetensors", self.net.state_dict())
+        writer.save_json(f"{PREFIX}meta.json", self.meta)
+        for name, arr in self.arrays.items():
+            writer.save_array(f"{PREFIX}{name}.npy", arr)
+        writer.save_array(f"{PREFIX}collab_indptr.npy", self.collab.indptr.astype(np.int64))
+        writer.save_array(f"{PREFIX}collab_indices.npy", self.collab.indices.astype(np.int32))
+        writer.save_array(f"{PREFIX}collab_data.npy", self.collab.data.astype(np.float32))
+
+
+ARRAYS = ("item_counts", "item_mean", "user_mean", "hist_indptr", "hist_ratings")
+
+
+def _fallback_scores(cand: np.ndarray, cand_scores: np.ndarray, item_counts: np.ndarray) -> np.ndarray:
+    """Popularity order, two-tower score breaking ties (and ordering run-time items, count 0)."""
+    pop = np.log1p(_gather(item_counts.astype(np.float32), cand, 0.0))
+    tt = np.nan_to_num(cand_scores, nan=0.0, posinf=0.0, neginf=0.0)
+    span = np.abs(tt).max() + 1.0
+    return (pop + 1e-3 * tt / span).astype(np.float32)
+
+
+def load_ranker(bundle: Bundle) -> Ranker:
+    """Load the ranker of a bundle (plain module + arrays; no Lightning, no pickle)."""
+    meta = bundle.json(f"{PREFIX}meta.json")
+    net = RankerNet(**meta["net"])
+    net.load_state_dict(bundle.tensors(f"{PREFIX}net.safetensors"))
+    arrays = {name: bundle.array(f"{PREFIX}{name}.npy") for name in ARRAYS}
+    i0 = int(meta["collab_items"])
+    collab = sp.csr_matrix(
+        (bundle.array(f"{PREFIX}collab_data.npy"), bundle.array(f"{PREFIX}collab_indices.npy"), bundle.array(f"{PREFIX}collab_indptr.npy")),
+        shape=(i0, i0),
+    )
+    return Ranker(net, meta, arrays, collab)

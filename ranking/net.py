@@ -1,0 +1,86 @@
+"""The ranking network: a plain ``nn.Module`` (no Lightning) so serving can load its weights.
+
+Input per (user, candidate): the normalised dense features of ``ranking.features`` plus learned
+user and item id embeddings and their product. DCN-v2 style cross layers (Wang et al. 2021:
+``x_{l+1} = x_0 * (W x_l + b) + x_l``) learn explicit feature crosses such as "two-tower score
+x collaborative score", then an MLP with layer norm and dropout feeds two heads: a ranking score
+(order within a user's candidate list) and a rating prediction on the data's scale.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RankerNet(nn.Module):
+    """Scores (user, candidate) pairs.
+
+    Args:
+        n_dense: dense feature columns.
+        n_users, n_items: sizes of the id tables at training; ids outside them (new users,
+            run-time items, padding) share one "unknown" row each.
+        emb_dim: id embedding size; 0 switches id embeddings off.
+        hidden: MLP widths.
+        cross_layers: number of DCN-v2 cross layers.
+        dropout: dropout after each hidden layer.
+        rating_center, rating_scale: the rating head predicts ``center + scale * out``.
+    """
+
+    def __init__(
+        self,
+        n_dense: int,
+        n_users: int,
+        n_items: int,
+        emb_dim: int = 16,
+        hidden: list[int] | tuple[int, ...] = (128, 64),
+        cross_layers: int = 2,
+        dropout: float = 0.1,
+        rating_center: float = 3.0,
+        rating_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.n_users, self.n_items, self.emb_dim = n_users, n_items, emb_dim
+        if emb_dim > 0:
+            self.user_emb = nn.Embedding(n_users + 1, emb_dim)
+            self.item_emb = nn.Embedding(n_items + 1, emb_dim)
+            nn.init.normal_(self.user_emb.weight, std=0.01)
+            nn.init.normal_(self.item_emb.weight, std=0.01)
+        d_in = n_dense + 3 * emb_dim
+        self.cross = nn.ModuleList(nn.Linear(d_in, d_in) for _ in range(cross_layers))
+        layers: list[nn.Module] = []
+        d = d_in
+        for h in hidden:
+            layers += [nn.Linear(d, h), nn.LayerNorm(h), nn.ReLU(), nn.Dropout(dropout)]
+            d = h
+        self.mlp = nn.Sequential(*layers)
+        self.score_head = nn.Linear(d + d_in, 1)
+        self.rating_head = nn.Linear(d + d_in, 1)
+        self.register_buffer("rating_center", torch.tensor(float(rating_center)))
+        self.register_buffer("rating_scale", torch.tensor(float(rating_scale)))
+
+    def _ids(self, idx: torch.Tensor, n: int) -> torch.Tensor:
+        return torch.where((idx >= 0) & (idx < n), idx, torch.full_like(idx, n))
+
+    def forward(self, dense: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score and rating of each pair.
+
+        Args:
+            dense: (B, C, F) normalised features.
+            users: (B,) user_idx (-1 = unknown).
+            items: (B, C) item_idx (-1 = padding).
+        Returns:
+            (score, rating), each (B, C).
+        """
+        x0 = dense
+        if self.emb_dim > 0:
+            u = self.user_emb(self._ids(users, self.n_users))[:, None, :].expand(-1, items.shape[1], -1)
+            i = self.item_emb(self._ids(items, self.n_items))
+            x0 = torch.cat([dense, u, i, u * i], dim=-1)
+        x = x0
+        for layer in self.cross:
+            x = x0 * layer(x) + x
+        h = torch.cat([self.mlp(x), x], dim=-1)
+        score = self.score_head(h).squeeze(-1)
+        rating = self.rating_center + self.rating_scale * self.rating_head(h).squeeze(-1)
+        return score, rating

@@ -1,0 +1,456 @@
+"""Training the ranker with Lightning on ratings the two-tower model did not see.
+
+Protocol (see :func:`split_for_ranker` and :func:`fit_ranker`): the training data is split per
+user into a "past" part, on which the two-tower model is trained, and a held-out part. For every
+user with held-out ratings, one list is built: the two-tower model's top ``candidates`` items
+(hard negatives unless held out), the held-out items it missed (for the rating head only; in the
+ranking loss they would leak "outside the pool means relevant"), and a few random items. The
+ranking loss is a listwise softmax over each list with the held-out items as targets
+(ListNet top-one); the rating head regresses held-out rating values. Early stopping and
+checkpointing watch the same ``val/ndcg@10`` (in-list, on validation users).
+
+At serve time the runtime :class:`~ranking.features.Ranker` recomputes the same features from
+the full training data.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from movierec.config import RankingConfig, TrainerConfig
+from movierec.data import Dataset
+from movierec.metrics import top_k
+from movierec.splits import holdout_per_user, temporal_per_user
+from ranking.features import (
+    FEATURES,
+    GROUPS,
+    FeatureContext,
+    Ranker,
+    compute_features,
+    damped_means,
+    feature_names,
+    item_item_matrix,
+    pad_histories,
+)
+from ranking.net import RankerNet
+
+log = logging.getLogger(__name__)
+
+
+def split_for_ranker(ds: Dataset, config: RankingConfig, seed: int = 42) -> tuple[Dataset, Dataset]:
+    """(past, held_out): the two-tower model trains on ``past``, the ranker on ``held_out``.
+
+    ``temporal`` holds out each user's latest ratings (what production ranking predicts: the
+    next movies); ``random`` holds out a random share (what the P2 protocol measures).
+    """
+    if config.holdout == "temporal":
+        return temporal_per_user(ds, fraction=config.holdout_fraction)
+    return holdout_per_user(ds, fraction=config.holdout_fraction, seed=seed + 1)
+
+
+def item_years(ds: Dataset) -> np.ndarray:
+    """(n_items,) float year, NaN when unknown."""
+    return ds.items["year"].astype("Float64").to_numpy(np.float64, na_value=np.nan)
+
+
+@dataclass
+class Snapshot:
+    """Feature arrays of one set of ratings plus its histories with ratings (time order)."""
+
+    ctx: FeatureContext
+    hist_indptr: np.ndarray
+    hist_items: np.ndarray
+    hist_ratings: np.ndarray
+    item_counts: np.ndarray
+
+
+def snapshot(
+    ds: Dataset, content: np.ndarray, genres: np.ndarray, user_features: np.ndarray, config: RankingConfig
+) -> Snapshot:
+    """Everything :func:`compute_features` needs about ``ds``'s ratings."""
+    r = ds.ratings
+    ratings = r["rating"].to_numpy(np.float64)
+    mu = float(ratings.mean()) if len(ratings) else 0.0
+    item_counts, item_mean = damped_means(r["item_idx"].to_numpy(), ratings, ds.n_items, mu)
+    _, user_mean = damped_means(r["user_idx"].to_numpy(), ratings, ds.n_users, mu)
+    collab = item_item_matrix(ds.to_csr(), config.collab_lambda, config.collab_neighbors, config.collab_dense_max_items)
+    years = item_years(ds)
+    order = np.lexsort((r["timestamp"].to_numpy(), r["user_idx"].to_numpy()))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(r["user_idx"].to_numpy(), minlength=ds.n_users))]).astype(np.int64)
+    ctx = FeatureContext(
+        content=np.ascontiguousarray(content, np.float32),
+        genres=np.asarray(genres, np.float32),
+        years=years,
+        item_counts=item_counts.astype(np.int64),
+        item_mean=item_mean,
+        collab=collab,
+        user_mean=user_mean,
+        user_features=np.asarray(user_features, np.float32),
+        global_mean=mu,
+        ref_year=float(np.nanmax(years)) if np.isfinite(years).any() else 0.0,
+    )
+    return Snapshot(ctx, indptr, r["item_idx"].to_numpy(np.int64)[order], ratings.astype(np.float32)[order], item_counts.astype(np.int64))
+
+
+@dataclass
+class Lists:
+    """Training lists: one row per user, padded with -1."""
+
+    users: np.ndarray  # (n,)
+    cand: np.ndarray  # (n, W)
+    scores: np.ndarray  # (n, W) two-tower scores
+    in_loss: np.ndarray  # (n, W) rows of the ranking loss (retrieved + random)
+    label: np.ndarray  # (n, W) held-out item
+    rating: np.ndarray  # (n, W) held-out rating, NaN elsewhere
+
+
+def build_lists(
+    past: Snapshot,
+    held_out: Dataset,
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    config: RankingConfig,
+    seed: int,
+) -> Lists:
+    """One candidate list per user with held-out ratings (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    h = held_out.ratings
+    users = np.unique(h["user_idx"].to_numpy())
+    if len(users) > config.max_users:
+        users = np.sort(rng.choice(users, config.max_users, replace=False))
+    h = h[np.isin(h["user_idx"].to_numpy(), users)]
+    n_items = len(item_vectors)
+    pos_order = np.argsort(h["user_idx"].to_numpy(), kind="stable")
+    pu = h["user_idx"].to_numpy()[pos_order]
+    pi = h["item_idx"].to_numpy()[pos_order]
+    pr = h["rating"].to_numpy(np.float32)[pos_order]
+    pos_ptr = np.searchsorted(pu, users), np.searchsorted(pu, users, side="right")
+    c = min(config.candidates, n_items)
+    rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    for s in range(0, len(users), 1024):
+        ub = users[s : s + 1024]
+        sc = user_vectors[ub] @ item_vectors.T
+        for r, u in enumerate(ub):
+            sc[r, past.hist_items[past.hist_indptr[u] : past.hist_indptr[u + 1]]] = -np.inf
+        top = top_k(sc, c)
+        for r, u in enumerate(ub):
+            j = s + r
+            items, ratings = pi[pos_ptr[0][j] : pos_ptr[1][j]], pr[pos_ptr[0][j] : pos_ptr[1][j]]
+            retrieved = top[r][np.isfinite(sc[r, top[r]])]
+            missed = items[~np.isin(items, retrieved)]
+            rand = rng.integers(0, n_items, size=config.negatives)
+            seen = past.hist_items[past.hist_indptr[u] : past.hist_indptr[u + 1]]
+            rand = np.unique(rand[~np.isin(rand, np.concatenate([seen, items, retrieved]))])
+            cand = np.concatenate([retrieved, missed, rand])
+            in_loss = np.r_[np.ones(len(retrieved), bool), np.zeros(len(missed), bool), np.ones(len(rand), bool)]
+            rows.append((cand, in_loss, items, ratings))
+    width = max((len(x[0]) for x in rows), default=1)
+    n = len(rows)
+    out = Lists(
+        users=users.astype(np.int64),
+        cand=np.full((n, width), -1, np.int64),
+        scores=np.zeros((n, width), np.float32),
+        in_loss=np.zeros((n, width), bool),
+        label=np.zeros((n, width), bool),
+        rating=np.full((n, width), np.nan, np.float32),
+    )
+    for r, (cand, in_loss, items, ratings) in enumerate(rows):
+        m = len(cand)
+        out.cand[r, :m] = cand
+        out.in_loss[r, :m] = in_loss
+        pos = {int(i): float(v) for i, v in zip(items, ratings)}
+        lab = np.array([int(i) in pos for i in cand])
+        out.label[r, :m] = lab
+        out.rating[r, :m] = [pos.get(int(i), np.nan) for i in cand]
+        out.scores[r, :m] = item_vectors[cand] @ user_vectors[users[r]]
+    return out
+
+
+def list_features(snap: Snapshot, lists: Lists) -> np.ndarray:
+    """Raw features (n, W, F) of the training lists from the past snapshot."""
+    hists = [snap.hist_items[snap.hist_indptr[u] : snap.hist_indptr[u + 1]] for u in lists.users]
+    rats = [snap.hist_ratings[snap.hist_indptr[u] : snap.hist_indptr[u + 1]] for u in lists.users]
+    out = []
+    for s in range(0, len(lists.users), 256):
+        e = s + 256
+        hp = pad_histories(hists[s:e], rats[s:e], snap.ctx.user_mean[lists.users[s:e]])
+        out.append(compute_features(snap.ctx, lists.users[s:e], hp, lists.cand[s:e], lists.scores[s:e]))
+    return np.concatenate(out) if out else np.zeros((0, lists.cand.shape[1], len(FEATURES)), np.float32)
+
+
+def feature_columns(n_user_features: int, exclude: list[str]) -> np.ndarray:
+    """Indices of the feature columns kept after leaving out the ``exclude`` groups."""
+    names = feature_names(n_user_features)
+    drop = {f for g in exclude if g in GROUPS for f in GROUPS[g]}
+    return np.array([i for i, n in enumerate(names) if n not in drop], dtype=np.int64)
+
+
+# ---- Lightning -------------------------------------------------------------------------------
+class RankerModule(L.LightningModule):
+    """Wraps :class:`RankerNet` for the listwise + rating loss, optimiser and validation."""
+
+    def __init__(
+        self,
+        n_dense: int,
+        n_users: int,
+        n_items: int,
+        emb_dim: int = 16,
+        hidden: list[int] | None = None,
+        cross_layers: int = 2,
+        dropout: float = 0.1,
+        rating_center: float = 3.0,
+        rating_scale: float = 1.0,
+        lr: float = 2e-3,
+        weight_decay: float = 1e-5,
+        rating_weight: float = 0.5,
+        id_dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = RankerNet(n_dense, n_users, n_items, emb_dim, list(hidden or [128, 64]), cross_layers, dropout, rating_center, rating_scale)
+        self._val: dict[str, list[float]] = {}
+
+    def net_kwargs(self) -> dict[str, Any]:
+        hp = self.hparams
+        return {k: (list(hp[k]) if k == "hidden" else hp[k]) for k in (
+            "n_dense", "n_users", "n_items", "emb_dim", "hidden", "cross_layers", "dropout", "rating_center", "rating_scale")}
+
+    def _losses(self, batch: list[torch.Tensor], train: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, users, cand, in_loss, label, rating = batch
+        if train and self.hparams.id_dropout > 0:
+            users = torch.where(torch.rand(users.shape) < self.hparams.id_dropout, torch.full_like(users, -1), users)
+            cand = torch.where(torch.rand(cand.shape) < self.hparams.id_dropout, torch.full_like(cand, -1), cand)
+        score, pred = self.net(x, users, cand)
+        logits = score.masked_fill(~in_loss, -1e9)
+        target = (label & in_loss).float()
+        n_pos = target.sum(1)
+        has = n_pos > 0
+        rank_loss = -(target * F.log_softmax(logits, 1)).sum(1)[has] / n_pos[has]
+        rank_loss = rank_loss.mean() if has.any() else score.sum() * 0
+        rated = ~torch.isnan(rating)
+        scale = self.net.rating_scale
+        err = (pred - torch.nan_to_num(rating)) / scale
+        mse = (err[rated] ** 2).mean() if rated.any() else score.sum() * 0
+        loss = rank_loss + self.hparams.rating_weight * mse
+        return loss, rank_loss, mse, score
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, rank_loss, mse, _ = self._losses(batch, train=True)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"ranker loss is {loss.item()} at step {self.global_step}; lower ranking.lr")
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch[0]))
+        return loss
+
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        loss, rank_loss, mse, score = self._losses(batch, train=False)
+        n = len(batch[0])
+        _, _, cand, in_loss, label, rating = batch
+        s = score.masked_fill(~in_loss, -float("inf"))
+        top = torch.topk(s, min(10, s.shape[1]), dim=1).indices
+        hits = torch.gather(label & in_loss, 1, top).float()
+        disc = 1.0 / torch.log2(torch.arange(2, top.shape[1] + 2).float())
+        n_rel = (label & in_loss).sum(1)
+        ideal = torch.cumsum(disc, 0)[(n_rel.clamp(1, top.shape[1]) - 1)]
+        ndcg = ((hits * disc).sum(1) / ideal)[n_rel > 0]
+        self.log("val/loss", loss, batch_size=n)
+        self.log("val/rank_loss", rank_loss, batch_size=n)
+        self.log("val/rmse", mse.sqrt() * self.net.rating_scale, batch_size=n)
+        self.log("val/ndcg@10", ndcg.mean() if len(ndcg) else torch.tensor(0.0), prog_bar=True, batch_size=max(len(ndcg), 1))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+@dataclass
+class RankerResult:
+    ranker: Ranker
+    metrics: dict[str, Any]
+
+
+def _tensors(x: np.ndarray, lists: Lists, rows: np.ndarray) -> TensorDataset:
+    return TensorDataset(
+        torch.from_numpy(x[rows]),
+        torch.from_numpy(lists.users[rows]),
+        torch.from_numpy(lists.cand[rows]),
+        torch.from_numpy(lists.in_loss[rows]),
+        torch.from_numpy(lists.label[rows]),
+        torch.from_numpy(lists.rating[rows]),
+    )
+
+
+def fit_ranker(
+    full: Dataset,
+    past: Dataset,
+    held_out: Dataset,
+    content: np.ndarray,
+    genres: np.ndarray,
+    user_features: np.ndarray,
+    past_user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    config: RankingConfig,
+    trainer_config: TrainerConfig | None = None,
+    seed: int = 42,
+    log_dir: str | Path | None = None,
+) -> RankerResult:
+    """Train the ranker and return its runtime form with full-data feature arrays.
+
+    Args:
+        full: all training ratings (the serve-time snapshot).
+        past: the part the two-tower model was trained on (features of training lists).
+        held_out: the held-out ratings (targets).
+        content: (n_items, d) unit content vectors; genres: (n_items, G) multi-hot.
+        user_features: (n_users, F) encoded user features.
+        past_user_vectors: (n_users, dim) two-tower query vectors from ``past`` histories.
+        item_vectors: (n_items, dim) two-tower candidate vectors.
+    """
+    from retrieval.two_tower import show_progress
+
+    trainer_config = trainer_config or TrainerConfig()
+    torch.set_num_threads(config.threads)
+    L.seed_everything(seed, workers=True, verbose=False)
+    t0 = time.perf_counter()
+    snap = snapshot(past, content, genres, user_features, config)
+    lists = build_lists(snap, held_out, past_user_vectors, item_vectors, config, seed)
+    raw = list_features(snap, lists)
+    columns = feature_columns(snap.ctx.n_user_features, config.exclude)
+    t_feat = time.perf_counter() - t0
+
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(lists.users))
+    n_val = max(1, int(round(len(perm) * config.val_fraction))) if len(perm) > 1 else 0
+    val_rows, fit_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    valid = lists.cand[fit_rows] >= 0
+    sel = raw[fit_rows][valid][:, columns].astype(np.float64)
+    mean = np.nan_to_num(np.nanmean(sel, 0)) if len(sel) else np.zeros(len(columns))
+    std = np.nan_to_num(np.nanstd(sel, 0)) if len(sel) else np.ones(len(columns))
+    std = np.where(std > 1e-6, std, 1.0)
+    x = np.nan_to_num((raw[..., columns] - mean) / std).astype(np.float32)
+    x[lists.cand < 0] = 0.0
+
+    lo, hi = full.rating_scale
+    use_ids = "ids" not in config.exclude
+    module = RankerModule(
+        n_dense=len(columns),
+        n_users=full.n_users,
+        n_items=full.n_items,
+        emb_dim=config.emb_dim if use_ids else 0,
+        hidden=list(config.hidden),
+        cross_layers=config.cross_layers,
+        dropout=config.dropout,
+        rating_center=snap.ctx.global_mean,
+        rating_scale=max((hi - lo) / 2.0, 1e-3),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        rating_weight=config.rating_weight,
+        id_dropout=config.id_dropout if use_ids else 0.0,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    train_dl = DataLoader(_tensors(x, lists, fit_rows), batch_size=config.batch_size, shuffle=True, generator=gen)
+    val_dl = DataLoader(_tensors(x, lists, val_rows), batch_size=256)
+    monitor = "val/ndcg@10"
+    with tempfile.TemporaryDirectory(prefix="movierec-ranker-") as ckpt_dir:
+        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", save_top_k=1, save_weights_only=True)
+        trainer = L.Trainer(
+            max_epochs=config.epochs,
+            accelerator=trainer_config.accelerator,
+            devices=trainer_config.devices,
+            num_nodes=trainer_config.num_nodes,
+            strategy=trainer_config.strategy,
+            callbacks=[EarlyStopping(monitor=monitor, mode="max", patience=config.patience), checkpoint],
+            logger=CSVLogger(str(log_dir), name="ranker", version="") if log_dir else False,
+            enable_progress_bar=show_progress(trainer_config),
+            enable_model_summary=False,
+            deterministic=True,
+            num_sanity_val_steps=0,
+            log_every_n_steps=5,
+        )
+        before = trainer.validate(module, val_dl, verbose=False)[0] if len(val_rows) else {}
+        trainer.fit(module, train_dl, val_dl)
+        best = checkpoint.best_model_score
+        if checkpoint.best_model_path:
+            module.load_state_dict(torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
+        after = trainer.validate(module, val_dl, verbose=False)[0] if len(val_rows) else {}
+    module.eval()
+
+    serve = snapshot(full, content, genres, user_features, config)
+    meta = {
+        "candidates": int(config.candidates),
+        "columns": columns.tolist(),
+        "feature_names": [feature_names(snap.ctx.n_user_features)[i] for i in columns],
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+        "rating_scale": [float(lo), float(hi)],
+        "global_mean": serve.ctx.global_mean,
+        "ref_year": serve.ctx.ref_year,
+        "collab_items": int(serve.ctx.collab.shape[0]),
+        "net": module.net_kwargs(),
+        "holdout": config.holdout,
+        "exclude": list(config.exclude),
+    }
+    arrays = {
+        "item_counts": serve.item_counts,
+        "item_mean": serve.ctx.item_mean,
+        "user_mean": serve.ctx.user_mean,
+        "hist_indptr": serve.hist_indptr,
+        "hist_ratings": serve.hist_ratings,
+    }
+    metrics = {
+        "val_ndcg@10_in_list": float(best) if best is not None else float("nan"),
+        "lists": int(len(lists.users)),
+        "list_width": int(lists.cand.shape[1]),
+        "epochs": int(trainer.current_epoch),
+        "val_loss_untrained": float(before.get("val/loss", float("nan"))),
+        "val_loss": float(after.get("val/loss", float("nan"))),
+        "val_rmse": float(after.get("val/rmse", float("nan"))),
+        "feature_seconds": round(t_feat, 2),
+        "train_seconds": round(time.perf_counter() - t0, 2),
+    }
+    log.info(
+        "ranker: %d lists x %d, in-list val ndcg@10 %.4f after %d epochs in %.1fs (features %.1fs)",
+        metrics["lists"], metrics["list_width"], metrics["val_ndcg@10_in_list"], metrics["epochs"], metrics["train_seconds"], t_feat,
+    )
+    return RankerResult(Ranker(module.net, meta, arrays, serve.ctx.collab), metrics)
+
+
+def refit_ranker(
+    model: Any,
+    ds: Dataset,
+    config: RankingConfig,
+    trainer_config: TrainerConfig | None = None,
+    seed: int = 42,
+) -> RankerResult:
+    """Train a new ranker for a loaded bundle's retrieval model (ablations, tuning).
+
+    ``ds`` must be the data the bundle was trained on and ``config`` must hold out the same part
+    as at training (same ``holdout``, ``holdout_fraction`` and seed): the two-tower model saw
+    only the past part, and the past query vectors are re-encoded from it with the bundle's tower.
+
+    Args:
+        model: a :class:`ranking.blend.HybridRecommender`.
+    """
+    from retrieval.inputs import Histories
+    from retrieval.towers import encode_all_users
+
+    retr = model.retrieval
+    past, held_out = split_for_ranker(ds, config, seed=seed)
+    past_uv = encode_all_users(
+        retr.user_tower, Histories.from_ratings(past.ratings, past.n_users), retr.item_content[: ds.n_items],
+        retr.user_features, retr.n_model_items, retr.history_len,
+    )
+    return fit_ranker(
+        ds, past, held_out, np.asarray(model.content.item_vectors)[: ds.n_items], retr.item_genres[: ds.n_items],
+        retr.user_features, past_uv, retr.item_vectors[: ds.n_items], config, trainer_config, seed=seed,
+    )

@@ -1,0 +1,113 @@
+"""Features on a hand-built example whose every value can be worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from ranking.features import FEATURES, FeatureContext, compute_features, item_item_matrix, pad_histories
+
+
+def col(name: str) -> int:
+    return FEATURES.index(name)
+
+
+@pytest.fixture()
+def ctx() -> FeatureContext:
+    # 5 items in the catalogue; the training arrays know only items 0..3 (item 4 was added later)
+    content = np.array([[1, 0], [0, 1], [1, 0], [0.6, 0.8], [0, 1]], dtype=np.float32)
+    genres = np.array([[1, 0], [1, 0], [0, 1], [1, 1], [0, 1]], dtype=np.float32)
+    years = np.array([1990, 2000, np.nan, 1995, 2001], dtype=np.float64)
+    collab = sp.csr_matrix(np.array([[0, 0, 0.5, 0.1], [0, 0, 0.2, -0.3], [0.5, 0.2, 0, 0], [0.1, -0.3, 0, 0]], np.float32))
+    return FeatureContext(
+        content=content,
+        genres=genres,
+        years=years,
+        item_counts=np.array([10, 4, 0, 2]),
+        item_mean=np.array([4.0, 3.0, 3.5, 2.5], np.float32),
+        collab=collab,
+        user_mean=np.array([3.0, 4.0], np.float32),
+        user_features=np.array([[1.0, 0.0], [0.0, 1.0]], np.float32),
+        global_mean=3.5,
+        ref_year=2001.0,
+    )
+
+
+def test_features_match_hand_computation(ctx: FeatureContext) -> None:
+    # user 0 rated item 0 (5 stars) then item 1 (1 star); mean 3 -> centred +2, -2
+    hist = pad_histories([np.array([0, 1])], [np.array([5.0, 1.0])], np.array([3.0]))
+    cand = np.array([[3, 2, 4, -1]])
+    tt = np.array([[0.1, 0.9, 0.5, 0.0]], np.float32)
+    f = compute_features(ctx, np.array([0]), hist, cand, tt)
+    assert f.shape == (1, 4, len(FEATURES) + 2)
+    c3, c2, c4 = f[0, 0], f[0, 1], f[0, 2]
+    # two-tower score and its rank within the list (log1p of the 0-based position)
+    assert c3[col("tt_score")] == pytest.approx(0.1)
+    assert c2[col("tt_rank")] == pytest.approx(0.0) and c4[col("tt_rank")] == pytest.approx(np.log1p(1))
+    assert c3[col("tt_rank")] == pytest.approx(np.log1p(2))
+    # content: item 3 = (0.6, 0.8): cosines 0.6 to item 0 and 0.8 to item 1
+    assert c3[col("content_mean")] == pytest.approx(0.7)
+    assert c3[col("content_max")] == pytest.approx(0.8)
+    assert c3[col("content_liked")] == pytest.approx((0.6 * 2 + 0.8 * -2) / 2)
+    # genres: the history is all genre 0; item 3 is half genre 0, item 2 none of it
+    assert c3[col("genre_affinity")] == pytest.approx(0.5)
+    assert c2[col("genre_affinity")] == pytest.approx(0.0)
+    # collab: column 3 of W summed over history rows 0 and 1, and weighted by centred ratings
+    assert c3[col("collab")] == pytest.approx(0.1 - 0.3)
+    assert c3[col("collab_liked")] == pytest.approx(0.1 * 2 + -0.3 * -2)
+    assert c2[col("collab")] == pytest.approx(0.7)
+    assert c2[col("collab_rank")] == pytest.approx(0.0)  # highest collab score in the list
+    # item statistics; item 2 has no year
+    assert c3[col("item_pop")] == pytest.approx(np.log1p(2))
+    assert c3[col("item_mean")] == pytest.approx(2.5)
+    assert c3[col("item_age")] == pytest.approx(6.0)
+    assert c2[col("year_missing")] == 1.0 and c2[col("item_age")] == 0.0 and c2[col("year_gap")] == 0.0
+    assert c3[col("year_gap")] == pytest.approx(1995 - 1995)  # history years 1990 and 2000
+    # user side, broadcast over candidates
+    assert c3[col("user_activity")] == pytest.approx(np.log1p(2))
+    assert c3[col("user_mean")] == pytest.approx(3.0)
+    assert list(c3[len(FEATURES):]) == [1.0, 0.0]
+    # item 4 was added after training: content and genres known, no popularity or neighbours
+    assert c4[col("item_pop")] == 0.0 and c4[col("collab")] == 0.0 and c4[col("item_mean")] == pytest.approx(3.5)
+    assert c4[col("content_max")] == pytest.approx(1.0)
+    # padding is all zeros
+    assert not f[0, 3].any()
+
+
+def test_unknown_user_and_empty_history_give_finite_defaults(ctx: FeatureContext) -> None:
+    hist = pad_histories([np.zeros(0, np.int64)], [None], np.array([3.5]))
+    f = compute_features(ctx, np.array([-1]), hist, np.array([[0, 1]]), np.array([[0.3, 0.2]], np.float32))
+    assert np.isfinite(f).all()
+    assert f[0, 0, col("user_mean")] == pytest.approx(3.5)
+    assert f[0, 0, col("content_mean")] == 0.0 and f[0, 0, col("user_activity")] == 0.0
+    assert not f[0, 0, len(FEATURES):].any()  # unknown user: no user features
+
+
+def test_pad_histories_keeps_most_recent_items_and_centres_ratings() -> None:
+    hist = pad_histories([np.arange(5), np.array([7])], [np.array([1.0, 2, 3, 4, 5]), None], np.array([3.0, 4.0]), max_len=3)
+    assert hist.items.tolist() == [[2, 3, 4], [7, -1, -1]]
+    assert hist.centred.tolist() == [[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]]
+    assert hist.lengths.tolist() == [3, 1]
+
+
+def test_item_item_matrix_is_ease_when_small_and_pruned_knn_when_large() -> None:
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix((rng.random((60, 12)) < 0.3).astype(np.float32))
+    w = item_item_matrix(x, lam=5.0, neighbors=12).toarray()
+    g = (x.T @ x).toarray().astype(np.float64) + 5.0 * np.eye(12)
+    p = np.linalg.inv(g)
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    np.testing.assert_allclose(w, b, rtol=1e-4, atol=1e-6)
+
+    knn = item_item_matrix(x, neighbors=3, dense_max_items=5, block=4).toarray()
+    assert (np.count_nonzero(knn, axis=0) <= 3).all()
+    assert not np.diag(knn).any()
+    xn = x.toarray() / np.sqrt(np.maximum(x.toarray().sum(0), 1e-9))
+    cos = xn.T @ xn
+    np.fill_diagonal(cos, 0.0)
+    for j in range(12):
+        kept = np.flatnonzero(knn[:, j])
+        np.testing.assert_allclose(knn[kept, j], cos[kept, j], rtol=1e-5)
+        assert set(kept) <= set(np.argsort(-cos[:, j])[:4])  # the largest ones (ties allowed)

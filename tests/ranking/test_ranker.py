@@ -1,0 +1,139 @@
+"""Training, reordering, fallbacks and bundle round trip of the ranker (one trained bundle)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from movierec.artifacts import BundleWriter, load_bundle
+from ranking.features import Ranker, load_ranker
+from tests.ranking.conftest import Trained, ndcg10
+
+
+@pytest.fixture(scope="module")
+def refit(trained: Trained):
+    """A ranker trained in this process (the bundle's was trained inside the pipeline)."""
+    from ranking.ranker import refit_ranker
+
+    return refit_ranker(trained.model, trained.train, trained.config.ranking, trained.config.trainer, seed=trained.config.seed)
+
+
+def test_pipeline_bundle_has_a_ranker(trained: Trained) -> None:
+    assert isinstance(trained.model.ranker, Ranker)
+    meta = load_bundle(trained.bundle).manifest["metrics"]["ranker"]
+    assert meta["lists"] > 100 and meta["epochs"] >= 1
+
+
+def test_training_lowers_validation_loss(refit) -> None:
+    m = refit.metrics
+    assert np.isfinite(m["val_loss_untrained"]) and np.isfinite(m["val_loss"])
+    assert m["val_loss"] < 0.95 * m["val_loss_untrained"]
+
+
+def test_ranker_reorders_and_beats_retrieval_order_on_planted_tastes(trained: Trained) -> None:
+    model = trained.model
+    rel = trained.test.to_csr().tocsr()
+    users = np.flatnonzero(np.diff(rel.indptr) > 0)
+    retrieval_ids, _ = model.recommend_batch(users, 10, rank=False)
+    ranked_ids, ranked_scores = model.recommend_batch(users, 10, rank=True)
+    assert (ranked_ids != retrieval_ids).any(axis=1).mean() > 0.5  # it actually reorders
+    assert np.all(np.diff(ranked_scores, axis=1) <= 0)
+    assert ndcg10(ranked_ids, trained.test, users) > ndcg10(retrieval_ids, trained.test, users) + 0.01
+
+
+def test_rating_head_predicts_on_the_data_scale_better_than_the_mean(trained: Trained) -> None:
+    r = trained.test.ratings
+    pred = trained.model.ranker.predict_ratings(trained.model, r["user_idx"].to_numpy(), r["item_idx"].to_numpy())
+    lo, hi = trained.ds.rating_scale
+    assert pred.shape == (len(r),) and (pred >= lo).all() and (pred <= hi).all()
+    truth = r["rating"].to_numpy()
+    mean_rmse = np.sqrt(np.mean((truth - trained.train.ratings["rating"].mean()) ** 2))
+    assert np.sqrt(np.mean((truth - pred) ** 2)) < 0.97 * mean_rmse
+
+
+def test_bundle_round_trip_gives_identical_scores(trained: Trained, refit, tmp_path) -> None:
+    with BundleWriter(tmp_path / "b") as w:
+        refit.ranker.save(w)
+    loaded = load_ranker(load_bundle(tmp_path / "b"))
+    model = trained.model
+    users = np.arange(20)
+    hists = [model.retrieval.histories.of(u) for u in users]
+    ids, scores = model.retrieval.search(model.retrieval.user_vectors[users], 40, hists)
+    a = refit.ranker.rerank(model, users, hists, ids, scores)
+    b = loaded.rerank(model, users, hists, ids, scores)
+    np.testing.assert_array_equal(a, b)
+    r = trained.test.ratings.head(50)
+    np.testing.assert_array_equal(
+        refit.ranker.predict_ratings(model, r["user_idx"].to_numpy(), r["item_idx"].to_numpy()),
+        loaded.predict_ratings(model, r["user_idx"].to_numpy(), r["item_idx"].to_numpy()),
+    )
+
+
+# ---- fallbacks ------------------------------------------------------------------------------------
+def _cands(model, users, k=30):
+    hists = [model.retrieval.histories.of(u) for u in users]
+    ids, s = model.retrieval.search(model.retrieval.user_vectors[users], k, hists)
+    return hists, ids, s
+
+
+def test_new_user_without_history_gets_popularity_order(trained: Trained) -> None:
+    model = trained.model
+    ranker = model.ranker
+    _, ids, s = _cands(model, np.array([0]))
+    out = ranker.rerank(model, np.array([-1]), [np.zeros(0, np.int64)], ids, s)
+    assert np.isfinite(out).all()
+    counts = ranker.arrays["item_counts"][ids[0]]
+    assert np.all(np.diff(counts[np.argsort(-out[0], kind="stable")]) <= 0)
+
+
+def test_all_candidates_filtered_out_and_empty_batches(trained: Trained) -> None:
+    model = trained.model
+    out = model.ranker.rerank(model, np.array([0, 1]), [np.array([1]), np.array([2])], np.full((2, 5), -1), np.full((2, 5), -np.inf))
+    assert out.shape == (2, 5) and np.isneginf(out).all()
+    assert model.ranker.rerank(model, np.zeros(0, np.int64), [], np.zeros((0, 5), np.int64), np.zeros((0, 5))).shape == (0, 5)
+    assert model.ranker.predict_ratings(model, np.zeros(0, np.int64), np.zeros(0, np.int64)).shape == (0,)
+    # a filter nothing passes: the recommender answers with an empty list, not an error
+    from ranking.blend import Filters
+
+    recs = model.recommend_user(trained.train.user_ids[0], k=5, filters=Filters(year_min=3000))
+    assert len(recs.item_idx) == 0
+
+
+def test_nan_features_and_nan_net_fall_back_without_crashing(trained: Trained, monkeypatch) -> None:
+    model = trained.model
+    ranker = model.ranker
+    users = np.array([0, 1, 2])
+    hists, ids, s = _cands(model, users)
+    s_nan = s.copy()
+    s_nan[0, :5] = np.nan
+    out = ranker.rerank(model, users, hists, ids, s_nan)
+    assert np.isfinite(out).all()  # NaN features are replaced by the training mean
+    # a broken net (NaN weights) falls back to popularity order, two-tower score breaking ties
+    broken = Ranker(ranker.net, ranker.meta, ranker.arrays, ranker.collab)
+    import copy
+
+    broken.net = copy.deepcopy(ranker.net)
+    with torch.no_grad():
+        broken.net.score_head.weight.fill_(float("nan"))
+    out = broken.rerank(model, users, hists, ids, s)
+    assert np.isfinite(out).all()
+    counts = ranker.arrays["item_counts"][ids[1]]
+    assert np.all(np.diff(counts[np.argsort(-out[1], kind="stable")]) <= 0)
+
+
+def test_items_added_at_run_time_and_new_users_are_ranked(trained: Trained) -> None:
+    from ranking.blend import HybridRecommender
+
+    model = HybridRecommender.load(trained.bundle)  # a private copy: add_item mutates it
+    genres = list(model.items["genres"].iloc[0])
+    rec = model.add_item("A Brand New Film", genres, description="space adventure", year=2020)
+    new_idx = model.item_idx(rec["item_id"])
+    users = np.array([0, 1])
+    hists = [model.retrieval.histories.of(u) for u in users]
+    cand = np.array([[new_idx, 0, 1], [2, new_idx, -1]])
+    out = model.ranker.rerank(model, users, hists, cand, np.array([[0.5, 0.4, 0.3], [0.2, 0.1, 0.0]], np.float32))
+    assert np.isfinite(out[:, :2]).all() and np.isneginf(out[1, 2])
+    liked = list(trained.train.items["item_id"].iloc[:3])
+    recs = model.recommend_from_items(liked, k=5)
+    assert len(recs.item_idx) == 5 and np.isfinite(recs.scores).all()
