@@ -177,7 +177,8 @@ class ContentSimilarity(DenseScorer):
         scores = (x[items] @ self._sparse_transposed).toarray().astype(np.float32)
         empty = np.diff(x.indptr)[items] == 0
         if empty.any():
-            scores[empty] = self._vectors[items[empty]] @ self._vectors.T
+            vec = self._vectors[: x.shape[0]]  # same rows as the sparse snapshot (adds may run concurrently)
+            scores[empty] = vec[items[empty]] @ vec.T
         return self._top(scores, items, k)
 
     def _top(self, scores: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
