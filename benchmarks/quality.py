@@ -86,7 +86,7 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
     "svd-rating": {"n_components": [4, 8, 16, 32], "damping": [5, 10, 25]},
     "mf-bpr": {"dim": [32, 64], "reg": [0.002, 0.01, 0.05]},
     "svd": {"n_components": [8, 16, 32, 64]},
-    "item-knn": {"k_neighbors": [25, 50, 100, 200], "shrinkage": [0, 10, 50]},
+    "item-knn": {"k_neighbors": [10, 25, 50, 100], "shrinkage": [10, 50, 100, 200]},
     "ease": {"lam": [50, 100, 200, 500, 1000]},
 }
 RATING_MODELS = {"bias", "mf", "svd-rating"}
