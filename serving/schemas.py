@@ -15,8 +15,9 @@ MAX_LIKED = 500
 MAX_GENRES = 50
 
 Id = int | str
-# ids coming in: bounded so a huge number or string cannot reach the id maps (int64 indexes)
-InId = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | Annotated[str, Field(min_length=1, max_length=200)]
+# ids coming in: bounded so a huge number or string cannot reach the id maps (int64 indexes);
+# +-2**53 is exact in JSON/JavaScript numbers, so clients and the schema agree on the bound
+InId = Annotated[int, Field(ge=-(2**53), le=2**53)] | Annotated[str, Field(min_length=1, max_length=200)]
 SimilarBy = Literal["hybrid", "content", "collaborative"]
 
 

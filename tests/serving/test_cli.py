@@ -1,0 +1,114 @@
+"""movierec recommend / similar / serve: JSON shapes from DESIGN.md, exit code 2 for unknown ids,
+and a real ``movierec serve`` process queried over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ranking.blend import HybridRecommender
+from tests.serving.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the console entry point in-process (exit-code mapping included)."""
+    from movierec.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["movierec", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_recommend_json_matches_the_model(bundle_path: Path, monkeypatch, capsys) -> None:
+    code, out, _ = run_cli(monkeypatch, capsys, "recommend", "--model", str(bundle_path), "--user", "7", "--k", "5", "--json")
+    assert code == 0
+    body = json.loads(out)
+    model = HybridRecommender.load(bundle_path)
+    expected = model.recommend_user(7, 5)
+    assert body["user_id"] == 7
+    assert [i["item_id"] for i in body["items"]] == model.items["item_id"].to_numpy()[expected.item_idx].tolist()
+    assert all(set(i) == {"item_id", "title", "score"} for i in body["items"])
+
+
+def test_recommend_k_may_exceed_the_api_cap(bundle_path: Path, monkeypatch, capsys) -> None:
+    code, out, _ = run_cli(monkeypatch, capsys, "recommend", "--model", str(bundle_path), "--user", "7", "--k", "5000", "--json")
+    assert code == 0 and 0 < len(json.loads(out)["items"]) <= 150
+
+
+def test_similar_json_and_text(bundle_path: Path, monkeypatch, capsys) -> None:
+    code, out, _ = run_cli(monkeypatch, capsys, "similar", "--model", str(bundle_path), "--item", "3", "--k", "4", "--by", "content", "--json")
+    assert code == 0
+    body = json.loads(out)
+    assert body["item_id"] == 3 and len(body["items"]) == 4 and 3 not in [i["item_id"] for i in body["items"]]
+    code, out, _ = run_cli(monkeypatch, capsys, "similar", "--model", str(bundle_path), "--item", "3", "--k", "2")
+    assert code == 0 and "movies like" in out and out.count("score=") == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["recommend", "--user", "999999"], "unknown user_id"),
+        (["similar", "--item", "999999"], "unknown item_id"),
+        (["similar", "--item", "1", "--by", "vibes"], "--by must be"),
+    ],
+)
+def test_unknown_ids_exit_2_with_one_line(bundle_path: Path, monkeypatch, capsys, args: list[str], message: str) -> None:
+    code, out, err = run_cli(monkeypatch, capsys, args[0], "--model", str(bundle_path), *args[1:])
+    assert code == 2 and out == ""
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err
+
+
+def test_missing_model_exits_2(tmp_path: Path, monkeypatch, capsys) -> None:
+    code, _, err = run_cli(monkeypatch, capsys, "recommend", "--model", str(tmp_path / "nope"), "--user", "1")
+    assert code == 2 and "not a model bundle" in err
+
+
+def test_movierec_serve_answers_over_http(bundle_path: Path) -> None:
+    """A real ``movierec serve`` process on a free port: ready, recommendations, page; always killed."""
+    port = free_port()
+    env = {**os.environ, "MOVIEREC_API_KEY": "k"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "movierec.cli", "serve", "--model", str(bundle_path), "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, f"server exited: {proc.stderr.read()[-2000:] if proc.stderr else ''}"
+            try:
+                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server not ready within 90 s"
+            time.sleep(0.3)
+        with httpx.Client(base_url=base, timeout=10) as http:
+            r = http.get("/users/1/recommendations", params={"k": 3})
+            assert r.status_code == 200 and len(r.json()["items"]) == 3
+            assert http.post("/recommendations", json={"liked_items": [1, 2]}).json()["user_id"] is None
+            assert http.post("/admin/reload", headers={"X-API-Key": "k"}).json()["status"] == "unchanged"
+            assert http.post("/admin/reload").status_code == 401
+            assert "search-input" in http.get("/").text
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
