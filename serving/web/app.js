@@ -8,6 +8,7 @@ async function api(path, options) {
   const res = await fetch(path, options);
   const body = await res.json().catch(() => ({}));
   if (!res.ok) throw new Error(body.detail || `${res.status} ${res.statusText}`);
+  $("error").hidden = true; // a good answer clears an old error
   return body;
 }
 
@@ -42,7 +43,12 @@ function itemRow(item, { like = true } = {}) {
   title.title = "show similar movies";
   title.addEventListener("click", () => showSimilar(item.item_id, item.title));
   main.append(title, el("div", "meta", meta(item)));
-  for (const b of item.because || []) main.append(el("div", "because", b.reason));
+  // explanations: the strongest reason in full, the other movies by title
+  const because = item.because || [];
+  if (because.length) {
+    const others = because.slice(1).map((b) => b.title);
+    main.append(el("div", "because", because[0].reason + (others.length ? ` · also ${others.join(", ")}` : "")));
+  }
   li.append(main);
   if (typeof item.score === "number") li.append(el("span", "score", item.score.toFixed(3)));
   if (like) {
