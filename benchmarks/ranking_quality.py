@@ -106,11 +106,9 @@ def run_validate(ds: Dataset, workdir: Path) -> dict[str, Any]:
         res = {"retrieval": ordered_metrics(model, val, rank=False), "ranked": ordered_metrics(model, val, rank=True), "train_seconds": secs}
         print(f"  val holdout={holdout}: retrieval {res['retrieval']['ndcg@10']:.4f} ranked {res['ranked']['ndcg@10']:.4f} ({secs:.0f}s)", flush=True)
         variants: dict[str, dict[str, Any]] = {
-            "candidates=100": {"candidates": 100},
             "emb_dim=0": {"emb_dim": 0},
             "collab_neighbors=1682": {"collab_neighbors": 1682},
-            "collab_lambda=100": {"collab_lambda": 100.0},
-        }
+        } if holdout == "random" else {}
         for vname, changes in variants.items():
             rc = cfg.ranking.model_copy(update=changes)
             model.ranker = refit_ranker(model, fit, rc, cfg.trainer, seed=cfg.seed).ranker
@@ -201,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--p3", action="store_true")
     p.add_argument("--set", nargs="*", default=[], help="config overrides section.key=value for --p1/--p2/--p3")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "ranking_quality.json")
+    p.add_argument("--workdir", type=Path, help="keep the trained bundles here (default: a temp dir, removed)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     _quiet()
@@ -214,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.out.is_file():
         results = {**json.loads(args.out.read_text()), **results}
     with tempfile.TemporaryDirectory(prefix="movierec-rankq-") as tmp:
-        work = Path(tmp)
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         if args.validate:
             results["validate"] = run_validate(ds, work)
         if args.p2:

@@ -38,9 +38,10 @@ FEATURES: tuple[str, ...] = (
     "content_max",  # max cosine to any history item
     "content_liked",  # cosine weighted by the user's centred ratings of the history items
     "genre_affinity",  # user's genre distribution . candidate's genre distribution
-    "collab",  # item-item score: sum over history of W[history item, candidate]
-    "collab_rank",  # log1p of the candidate's position by ``collab`` within the list
-    "collab_liked",  # item-item score weighted by the user's centred ratings
+    "tt_z",  # two-tower score standardised within the user's list
+    "collab_z",  # item-item score (sum over history of W[history item, candidate]), standardised within the list
+    "collab_rank",  # log1p of the candidate's position by the item-item score within the list
+    "collab_liked_z",  # item-item score weighted by the user's centred ratings, standardised within the list
     "item_pop",  # log1p(number of training ratings)
     "item_mean",  # damped mean rating of the candidate
     "item_age",  # catalogue's newest year minus the movie's year (0 when unknown)
@@ -53,7 +54,7 @@ FEATURES: tuple[str, ...] = (
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "content": ("content_mean", "content_max", "content_liked", "genre_affinity", "year_gap"),
-    "collab": ("collab", "collab_rank", "collab_liked"),
+    "collab": ("collab_z", "collab_rank", "collab_liked_z"),
 }
 """Named feature groups that an ablation can leave out (``RankingConfig.exclude``)."""
 
@@ -147,6 +148,20 @@ def _rank_within(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(s.shape[1])[None, :].repeat(len(s), 0), 1)
     return np.log1p(rank).astype(np.float32)
+
+
+def _z_within(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Standardise each row over its valid entries.
+
+    Raw item-item sums grow with history length and two-tower scores shift when the user vector
+    pools a longer history; the ranker is trained on a shorter "past" snapshot than it serves
+    from, so within-list standardised values keep train and serve features on one scale.
+    """
+    n = np.maximum(valid.sum(1, keepdims=True), 1)
+    v = np.where(valid, values, 0.0)
+    mean = v.sum(1, keepdims=True) / n
+    var = (np.where(valid, values - mean, 0.0) ** 2).sum(1, keepdims=True) / n
+    return np.where(valid, (values - mean) / np.sqrt(var + 1e-12), 0.0).astype(np.float32)
 
 
 def _gather(values: np.ndarray, idx: np.ndarray, default: float) -> np.ndarray:
@@ -256,6 +271,8 @@ def compute_features(
 
     collab, collab_liked = _collab_scores(ctx.collab, hist, cand)
     collab_rank = _rank_within(collab, valid)
+    finite = valid & np.isfinite(scores)
+    tt_z = _z_within(np.where(finite, scores, 0.0), finite)
 
     years = _gather(ctx.years, cand, np.nan)
     missing = np.isnan(years)
@@ -271,7 +288,8 @@ def compute_features(
     activity = np.log1p(hist.lengths).astype(np.float32)
 
     cols = [
-        scores, tt_rank, c_mean, c_max, c_liked, genre_aff, collab, collab_rank, collab_liked,
+        scores, tt_rank, c_mean, c_max, c_liked, genre_aff, tt_z, _z_within(collab, valid), collab_rank,
+        _z_within(collab_liked, valid),
         item_pop, item_mean, item_age, missing.astype(np.float32), year_gap,
         np.broadcast_to(activity[:, None], (n, c)), np.broadcast_to(user_mean[:, None], (n, c)),
     ]

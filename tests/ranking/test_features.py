@@ -53,10 +53,15 @@ def test_features_match_hand_computation(ctx: FeatureContext) -> None:
     # genres: the history is all genre 0; item 3 is half genre 0, item 2 none of it
     assert c3[col("genre_affinity")] == pytest.approx(0.5)
     assert c2[col("genre_affinity")] == pytest.approx(0.0)
-    # collab: column 3 of W summed over history rows 0 and 1, and weighted by centred ratings
-    assert c3[col("collab")] == pytest.approx(0.1 - 0.3)
-    assert c3[col("collab_liked")] == pytest.approx(0.1 * 2 + -0.3 * -2)
-    assert c2[col("collab")] == pytest.approx(0.7)
+    # collab: column j of W summed over history rows 0 and 1 (and weighted by centred ratings),
+    # standardised over the list's three valid candidates
+    def z(values: list[float]) -> np.ndarray:
+        v = np.array(values)
+        return (v - v.mean()) / v.std()
+
+    np.testing.assert_allclose(f[0, :3, col("collab_z")], z([0.1 - 0.3, 0.5 + 0.2, 0.0]), rtol=1e-5)
+    np.testing.assert_allclose(f[0, :3, col("collab_liked_z")], z([0.1 * 2 + -0.3 * -2, 0.5 * 2 + 0.2 * -2, 0.0]), rtol=1e-5)
+    np.testing.assert_allclose(f[0, :3, col("tt_z")], z([0.1, 0.9, 0.5]), rtol=1e-5)
     assert c2[col("collab_rank")] == pytest.approx(0.0)  # highest collab score in the list
     # item statistics; item 2 has no year
     assert c3[col("item_pop")] == pytest.approx(np.log1p(2))
@@ -69,7 +74,7 @@ def test_features_match_hand_computation(ctx: FeatureContext) -> None:
     assert c3[col("user_mean")] == pytest.approx(3.0)
     assert list(c3[len(FEATURES):]) == [1.0, 0.0]
     # item 4 was added after training: content and genres known, no popularity or neighbours
-    assert c4[col("item_pop")] == 0.0 and c4[col("collab")] == 0.0 and c4[col("item_mean")] == pytest.approx(3.5)
+    assert c4[col("item_pop")] == 0.0 and c4[col("item_mean")] == pytest.approx(3.5)
     assert c4[col("content_max")] == pytest.approx(1.0)
     # padding is all zeros
     assert not f[0, 3].any()

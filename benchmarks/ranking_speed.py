@@ -1,0 +1,101 @@
+"""Ranking speed (issue 5): re-scoring 100 candidates for one user, and batch users/s.
+
+    python benchmarks/ranking_speed.py --model MODEL_DIR            # an existing bundle with a ranker
+    python benchmarks/ranking_speed.py --data ../shared/data/ml-100k  # trains one first (P2 train side)
+
+Single user: the time of ``Ranker.rerank`` for one user and their top-100 retrieval candidates
+(features + net, what a request adds on top of retrieval), p50/p99 over many users, one thread.
+Batch: ``HybridRecommender.recommend_batch(users, k=100, rank=True)`` over every user in chunks
+of 1,000 (retrieval + ranking), users per second, next to the same call with ``rank=False``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from ranking.blend import HybridRecommender  # noqa: E402
+
+
+def single_user(model: HybridRecommender, n_candidates: int = 100, repeats: int = 2000, seed: int = 0) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    retr = model.retrieval
+    users = rng.integers(0, retr.n_users, size=repeats)
+    times = []
+    for i, u in enumerate(users):
+        hist = retr.histories.of(u)
+        ids, s = retr.search(retr.user_vectors[u][None, :], n_candidates, [hist])
+        t = time.perf_counter()
+        model.ranker.rerank(model, np.array([u]), [hist], ids, s)
+        if i >= 50:  # warm-up
+            times.append(time.perf_counter() - t)
+    ms = np.array(times) * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)), "n": len(ms)}
+
+
+def batch(model: HybridRecommender, rank: bool, k: int = 100, chunk: int = 1000) -> dict[str, float]:
+    users = np.arange(model.retrieval.n_users)
+    model.recommend_batch(users[: min(chunk, len(users))], k, rank=rank)  # warm-up
+    t = time.perf_counter()
+    for s in range(0, len(users), chunk):
+        model.recommend_batch(users[s : s + chunk], k, rank=rank)
+    secs = time.perf_counter() - t
+    return {"users": int(len(users)), "seconds": secs, "users_per_s": len(users) / secs}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=Path)
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ml-100k")
+    p.add_argument("--repeats", type=int, default=2000)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "ranking_speed.json")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("MOVIEREC_PROGRESS", "0")
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="movierec-ranks-") as tmp:
+        path = args.model
+        if path is None:
+            from movierec.config import Config
+            from movierec.data import load_dataset
+            from movierec.pipeline import train
+            from movierec.splits import holdout_per_user
+
+            train_ds, _ = holdout_per_user(load_dataset(args.data), 0.2, 42)
+            config = Config()
+            config.trainer.progress = False
+            path = train(train_ds, Path(tmp) / "bundle", config)
+        model = HybridRecommender.load(path)
+        if model.ranker is None:
+            raise SystemExit(f"{path}: bundle has no ranker")
+        out = {
+            "catalogue": {"users": model.retrieval.n_users, "items": model.n_items},
+            "single_user_100_candidates": single_user(model, 100, args.repeats),
+            "batch_ranked_k100": batch(model, rank=True),
+            "batch_retrieval_only_k100": batch(model, rank=False),
+        }
+    s = out["single_user_100_candidates"]
+    print(f"| rerank 100 candidates, one user | p50 {s['p50_ms']:.2f} ms | p90 {s['p90_ms']:.2f} ms | p99 {s['p99_ms']:.2f} ms |")
+    for name in ("batch_ranked_k100", "batch_retrieval_only_k100"):
+        print(f"| {name} | {out[name]['users_per_s']:,.0f} users/s |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
