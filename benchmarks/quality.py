@@ -183,7 +183,7 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {n} | {m['rmse']:.4f} | {m['mae']:.4f} | {m['fit_seconds']:.1f} |")
         lines.append("")
     if result.get("P2"):
-        lines += ["P2 (20% per user held out, seed %d, full ranking):" % result["seed"], "",
+        lines += [f"P2 (20% per user held out, seed {result['seed']}, full ranking):", "",
                   "| model | Recall@10 | NDCG@10 | Recall@50 | Coverage@10 | fit s | eval s |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for n, m in result["P2"].items():
