@@ -362,8 +362,8 @@ def _ratings_chunk(spec: SynthSpec, world: _World, users: np.ndarray) -> pa.Tabl
         g.random(out=time_frac[row, :c], dtype=np.float32)
     # Gumbel-top-k: the top `count` of keys + Gumbel noise is a sample without replacement from
     # softmax(keys); -log(Exp(1)) is a standard Gumbel draw.
-    # A float32 Exp(1) draw can be exactly 0 (about once in 2^24 draws); log(0) would make the
-    # key +inf, or NaN for a cold item (-inf + inf), and a cold item could then be "rated".
+    # A float32 Exp(1) draw can be exactly 0 (about once in 2^24 draws); log(0) would make that
+    # item's key +inf (always picked) and a cold item's key NaN (-inf + inf), with warnings.
     np.maximum(exp_noise, np.finfo(np.float32).tiny, out=exp_noise)
     keys -= np.log(exp_noise, out=exp_noise)
     if kmax < n_items:
