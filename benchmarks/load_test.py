@@ -146,7 +146,10 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=500, help="target requests/s of the steady-load runs")
     parser.add_argument("--rate-connections", type=int, default=8, help="connections sharing the steady load")
     parser.add_argument("--max-connections", type=int, default=16, help="connections of the max-throughput runs")
-    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    parser.add_argument(
+        "--servers", default="1:ranked,2:ranked,1:retrieval",
+        help="comma-separated WORKERS:MODE, MODE ranked (the bundle's ranker) or retrieval (MOVIEREC_RANK=0)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -165,14 +168,17 @@ def main() -> None:
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     delay_ms = 1000.0 * args.rate_connections / args.rate
     results = []
-    for workers in [int(w) for w in args.workers.split(",")]:
+    for spec in args.servers.split(","):
+        w, mode = spec.split(":")
+        workers = int(w)
+        server_env = {**env, "MOVIEREC_RANK": "1" if mode == "ranked" else "0"}
         port, empty_port = _free_port(), _free_port()
         servers = []
         try:
             servers.append(
                 _start(
                     [sys.executable, "-m", "movierec.cli", "serve", "--model", str(args.model), "--port", str(port), "--workers", str(workers)],
-                    port, "/ready", env,
+                    port, "/ready", server_env,
                 )
             )
             servers.append(
@@ -188,11 +194,11 @@ def main() -> None:
                 run_wrk(url, _lua(kind, users, items, None), args.max_connections, 2)  # warm-up
                 peak = run_wrk(url, _lua(kind, users, items, None), args.max_connections, args.duration)
                 steady = run_wrk(url, _lua(kind, users, items, delay_ms), args.rate_connections, args.duration)
-                row = {"workers": workers, "endpoint": kind, "max": peak, "rate": steady}
+                row = {"workers": workers, "mode": mode, "endpoint": kind, "max": peak, "rate": steady}
                 results.append(row)
                 log.info(
-                    "workers=%d %-16s max %7.0f req/s p50 %6.2f p99 %6.2f ms | at %d req/s: got %5.0f p50 %6.2f p99 %6.2f ms (errors %d/%d)",
-                    workers, kind, peak["rps"], peak["p50_ms"], peak["p99_ms"], args.rate,
+                    "workers=%d %-9s %-16s max %7.0f req/s p50 %6.2f p99 %6.2f ms | at %d req/s: got %5.0f p50 %6.2f p99 %6.2f ms (errors %d/%d)",
+                    workers, mode, kind, peak["rps"], peak["p50_ms"], peak["p99_ms"], args.rate,
                     steady["rps"], steady["p50_ms"], steady["p99_ms"], peak["errors"], steady["errors"],
                 )
         finally:
@@ -200,14 +206,14 @@ def main() -> None:
                 _stop(proc)
 
     lines = [
-        f"| workers | endpoint | max req/s | p50 ms | p99 ms | at {args.rate} req/s: achieved | p50 ms | p99 ms | vs empty (max req/s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| workers | mode | endpoint | max req/s | p50 ms | p99 ms | at {args.rate} req/s: achieved | p50 ms | p99 ms | vs empty (max req/s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results:
-        empty = next(r for r in results if r["workers"] == row["workers"] and r["endpoint"] == "empty")
+        empty = next(r for r in results if r["workers"] == row["workers"] and r["mode"] == row["mode"] and r["endpoint"] == "empty")
         ratio = row["max"]["rps"] / empty["max"]["rps"]
         lines.append(
-            f"| {row['workers']} | {row['endpoint']} | {row['max']['rps']:,.0f} | {row['max']['p50_ms']:.2f} | {row['max']['p99_ms']:.2f} "
+            f"| {row['workers']} | {row['mode']} | {row['endpoint']} | {row['max']['rps']:,.0f} | {row['max']['p50_ms']:.2f} | {row['max']['p99_ms']:.2f} "
             f"| {row['rate']['rps']:,.0f} | {row['rate']['p50_ms']:.2f} | {row['rate']['p99_ms']:.2f} | {ratio:.2f} |"
         )
     sys.stdout.write("\n".join(lines) + "\n")

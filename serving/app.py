@@ -375,9 +375,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         genres = _genres(rec, query.genres.split(",") if query.genres else None)
         filters = Filters(genres=genres, year_min=query.year_min, year_max=query.year_max)
         idx, scores = _ranked_items(
-            served, lambda n: rec.recommend_user(user_id, n, query.exclude_seen, filters), query.k, query.diversity
+            served, lambda n: rec.recommend_user(user_id, n, query.exclude_seen, filters, rank=settings.rank), query.k, query.diversity
         )
-        items = rec.item_records(idx, scores)
+        items = served.records(idx, scores)
         if query.explain:
             hist = rec.retrieval.histories
             lo, hi = hist.indptr[u], hist.indptr[u + 1]
@@ -393,9 +393,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             genres=_genres(rec, body.genres), year_min=body.year_min, year_max=body.year_max, exclude_items=body.exclude_items
         )
         idx, scores = _ranked_items(
-            served, lambda n: rec.recommend_from_items(body.liked_items, n, filters), body.k, body.diversity
+            served, lambda n: rec.recommend_from_items(body.liked_items, n, filters, rank=settings.rank), body.k, body.diversity
         )
-        items = rec.item_records(idx, scores)
+        items = served.records(idx, scores)
         if body.explain:
             liked = np.array([rec.item_idx(i) for i in body.liked_items], dtype=np.int64)
             _with_reasons(items, served, liked, None, idx, "liked")
@@ -434,7 +434,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "item_id": _plain(rec.items["item_id"].iat[i]),
             "by": query.by,
             "model_version": served.model_version,
-            "items": rec.item_records(result.item_idx, np.nan_to_num(result.scores)),
+            "items": served.records(result.item_idx, np.nan_to_num(result.scores)),
         }
 
     @app.post(

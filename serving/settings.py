@@ -29,6 +29,7 @@ class Settings(BaseSettings):
         default_factory=list, description="comma-separated origins allowed by CORS; empty means CORS off"
     )
     log_level: str = "info"
+    rank: bool = Field(True, description="re-score candidates with the bundle's ranker (off: two-tower order, much faster)")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
