@@ -101,6 +101,7 @@ class RankingConfig(_Section):
     patience: int = Field(4, ge=1)
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of ranker training users kept for early stopping")
     rating_weight: float = Field(0.5, ge=0, description="weight of the rating head's MSE next to the listwise loss")
+    refit_rating_head: bool = Field(True, description="refit the linear rating head in closed form on the trained trunk")
     collab_lambda: float = Field(300.0, gt=0, description="EASE L2 weight of the item-item feature")
     collab_neighbors: int = Field(256, ge=1, description="item-item weights kept per candidate item")
     collab_dense_max_items: int = Field(6000, ge=1, description="EASE up to this many items, cosine item-kNN above")

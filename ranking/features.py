@@ -542,6 +542,14 @@ def _fallback_scores(cand: np.ndarray, cand_scores: np.ndarray, item_counts: np.
 def load_ranker(bundle: Bundle) -> Ranker:
     """Load the ranker of a bundle (plain module + arrays; no Lightning, no pickle)."""
     meta = bundle.json(f"{PREFIX}meta.json")
+    columns = [int(i) for i in meta["columns"]]
+    names = feature_names(max(max(columns, default=0) + 1 - len(FEATURES), 0))
+    expected = [names[i] for i in columns]
+    if list(meta["feature_names"]) != expected:  # a bundle from an older feature layout
+        raise ValueError(
+            f"{bundle.path}: the ranker was trained on features {meta['feature_names']} but this version "
+            f"computes {expected} in those columns; retrain the bundle"
+        )
     net = RankerNet(**meta["net"])
     net.load_state_dict(bundle.tensors(f"{PREFIX}net.safetensors"))
     arrays = {name: bundle.array(f"{PREFIX}{name}.npy") for name in ARRAYS}

@@ -72,6 +72,13 @@ class RankerNet(nn.Module):
         Returns:
             (score, rating), each (B, C).
         """
+        h = self.head_input(dense, users, items)
+        score = self.score_head(h).squeeze(-1)
+        rating = self.rating_center + self.rating_scale * self.rating_head(h).squeeze(-1)
+        return score, rating
+
+    def head_input(self, dense: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(B, C, H) shared input of both heads: MLP output next to the crossed features."""
         x0 = dense
         if self.emb_dim > 0:
             u = self.user_emb(self._ids(users, self.n_users))[:, None, :].expand(-1, items.shape[1], -1)
@@ -80,7 +87,4 @@ class RankerNet(nn.Module):
         x = x0
         for layer in self.cross:
             x = x0 * layer(x) + x
-        h = torch.cat([self.mlp(x), x], dim=-1)
-        score = self.score_head(h).squeeze(-1)
-        rating = self.rating_center + self.rating_scale * self.rating_head(h).squeeze(-1)
-        return score, rating
+        return torch.cat([self.mlp(x), x], dim=-1)

@@ -274,6 +274,46 @@ class RankerModule(L.LightningModule):
         return torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 
+@torch.no_grad()
+def _head_inputs(net: RankerNet, x: np.ndarray, lists: Lists, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs of the rating head (frozen trunk, eval mode) and targets of the rated pairs."""
+    net.eval()
+    hs, ys = [], []
+    for s in range(0, len(rows), 128):
+        r = rows[s : s + 128]
+        h = net.head_input(torch.from_numpy(x[r]), torch.from_numpy(lists.users[r]), torch.from_numpy(lists.cand[r])).numpy()
+        rated = ~np.isnan(lists.rating[r])
+        hs.append(h[rated])
+        ys.append(lists.rating[r][rated])
+    return np.concatenate(hs).astype(np.float64), np.concatenate(ys).astype(np.float64)
+
+
+def refit_rating_head(net: RankerNet, x: np.ndarray, lists: Lists, fit_rows: np.ndarray, val_rows: np.ndarray) -> float:
+    """Refit the linear rating head in closed form (ridge) on the frozen trunk; returns val RMSE.
+
+    Early stopping picks the epoch where the *order* is best, which comes well before the rating
+    regression converges (it has fewer, noisier targets). A linear head on fixed inputs has an
+    exact least-squares solution, so no extra epochs are needed; the ridge weight is chosen on
+    the validation users.
+    """
+    h, y = _head_inputs(net, x, lists, fit_rows)
+    hv, yv = _head_inputs(net, x, lists, val_rows)
+    center, scale = float(net.rating_center), float(net.rating_scale)
+    hb, hvb = np.c_[h, np.ones(len(h))], np.c_[hv, np.ones(len(hv))]
+    gram, rhs = hb.T @ hb, hb.T @ ((y - center) / scale)
+    best: tuple[float, np.ndarray] | None = None
+    for lam in (0.1, 1.0, 10.0, 100.0, 1000.0):
+        w = np.linalg.solve(gram + lam * np.diag(np.r_[np.ones(h.shape[1]), 0.0]), rhs)
+        rmse = float(np.sqrt(np.mean((center + scale * (hvb @ w) - yv) ** 2)))
+        if best is None or rmse < best[0]:
+            best = (rmse, w)
+    assert best is not None
+    with torch.no_grad():
+        net.rating_head.weight.copy_(torch.from_numpy(best[1][:-1]).float()[None, :])
+        net.rating_head.bias.fill_(float(best[1][-1]))
+    return best[0]
+
+
 @dataclass
 class RankerResult:
     ranker: Ranker
@@ -383,6 +423,8 @@ def fit_ranker(
         if checkpoint.best_model_path:
             module.load_state_dict(torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
         after = trainer.validate(module, val_dl, verbose=False)[0] if len(val_rows) else {}
+        if config.refit_rating_head and len(val_rows):
+            after["val/rmse"] = refit_rating_head(module.net, x, lists, fit_rows, val_rows)
     module.eval()
 
     serve = snapshot(full, content, genres, user_features, config)

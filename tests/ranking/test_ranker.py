@@ -137,3 +137,12 @@ def test_items_added_at_run_time_and_new_users_are_ranked(trained: Trained) -> N
     liked = list(trained.train.items["item_id"].iloc[:3])
     recs = model.recommend_from_items(liked, k=5)
     assert len(recs.item_idx) == 5 and np.isfinite(recs.scores).all()
+
+
+def test_bundle_from_another_feature_layout_is_refused(trained: Trained, tmp_path) -> None:
+    ranker = trained.model.ranker
+    meta = dict(ranker.meta, feature_names=list(reversed(ranker.meta["feature_names"])))
+    with BundleWriter(tmp_path / "b") as w:
+        Ranker(ranker.net, meta, ranker.arrays, ranker.collab).save(w)
+    with pytest.raises(ValueError, match="retrain the bundle"):
+        load_ranker(load_bundle(tmp_path / "b"))
