@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.nn import functional as F
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from movierec.config import RetrievalConfig, TrainerConfig
 from movierec.data import Dataset
@@ -51,6 +51,44 @@ class ItemFeatures:
     has_id: np.ndarray  # (n_items,) 1 where the item has training interactions
 
 
+class ShardedBatches(Sampler[list[int]]):
+    """Global batches of ``batch_size`` positives, each split into ``world`` equal slices.
+
+    Rank ``r`` yields slice ``r`` of every global batch, so the union over ranks of one step is
+    exactly the batch a single process would see with the same generator (one ``randperm`` of
+    the positives, cut into batches). Every rank gets the same number of equally sized slices:
+    DDP needs the same number of steps on every rank, and the cross-rank gather of candidates in
+    :meth:`TwoTowerModule.training_step` needs equal shapes. With ``world == 1`` this is
+    ``BatchSampler(RandomSampler(..., generator), batch_size, drop_last)``.
+    """
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world: int = 1) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside world of {world}")
+        if batch_size < world:
+            raise ValueError(f"batch_size {batch_size} is smaller than the {world} processes it is split across")
+        self.n, self.batch_size, self.generator, self.rank, self.world = n, batch_size, generator, rank, world
+        # the single-process loader drops the last partial batch unless it is the only one
+        self.drop_last = n > batch_size
+
+    def _global_batches(self) -> int:
+        return self.n // self.batch_size if self.drop_last else (1 if self.n else 0)
+
+    def __len__(self) -> int:
+        return self._global_batches()
+
+    def __iter__(self):
+        perm = torch.randperm(self.n, generator=self.generator).tolist()
+        for b in range(self._global_batches()):
+            batch = perm[b * self.batch_size : (b + 1) * self.batch_size]
+            share = len(batch) // self.world
+            yield batch[self.rank * share : (self.rank + 1) * share]
+
+
+def _rank_world(trainer: L.Trainer | None) -> tuple[int, int]:
+    return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+
 class TwoTowerData(L.LightningDataModule):
     """Positives (user, item) from the fit split; validation users scored against held-out items."""
 
@@ -78,6 +116,13 @@ class TwoTowerData(L.LightningDataModule):
     def attach(self, content: np.ndarray, user_features: np.ndarray) -> None:
         self.content, self.user_features = content, user_features
 
+    def setup(self, stage: str) -> None:
+        from retrieval.distributed import worker_threads
+
+        # runs inside each DDP worker (see worker_threads for why one thread there)
+        _, world = _rank_world(self.trainer)
+        torch.set_num_threads(worker_threads(self.config.threads, world))
+
     def _collate(self, rows: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Build one training batch at once (the sampler yields whole batches of indices)."""
         users, items = rows[0].numpy(), rows[1].numpy()
@@ -87,14 +132,24 @@ class TwoTowerData(L.LightningDataModule):
         return batch
 
     def train_dataloader(self) -> DataLoader:
+        """Batches of positives; under DDP each rank gets its slice of every global batch
+        (``config.batch_size`` stays the global batch, so results do not depend on the number of
+        processes)."""
         ds = TensorDataset(torch.from_numpy(self.pos_users), torch.from_numpy(self.pos_items))
         gen = torch.Generator().manual_seed(self.seed + self.trainer.current_epoch if self.trainer else self.seed)
-        drop_last = len(ds) > self.config.batch_size
-        sampler = BatchSampler(RandomSampler(ds, generator=gen), self.config.batch_size, drop_last)
+        rank, world = _rank_world(self.trainer)
+        sampler = ShardedBatches(len(ds), self.config.batch_size, gen, rank, world)
         return DataLoader(ds, sampler=sampler, batch_size=None, collate_fn=self._collate)
 
+    def val_users(self) -> np.ndarray:
+        """Every validation user (user_idx), sorted."""
+        return np.unique(self.val_ds.ratings["user_idx"].to_numpy()) if self.val_ds is not None else np.zeros(0, np.int64)
+
     def val_dataloader(self) -> DataLoader:
-        users = np.unique(self.val_ds.ratings["user_idx"].to_numpy()) if self.val_ds is not None else np.zeros(0, np.int64)
+        """This rank's share of the validation users (every ``world``-th one); the module sums
+        hits and user counts across ranks, so the metric is the single-process one."""
+        rank, world = _rank_world(self.trainer)
+        users = self.val_users()[rank::world]
         return DataLoader(TensorDataset(torch.from_numpy(users)), batch_size=512, shuffle=False)
 
 
@@ -143,16 +198,35 @@ class TwoTowerModule(L.LightningModule):
         )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """In-batch softmax over the global batch.
+
+        Under DDP each rank holds a slice of the global batch; the candidate (item) vectors of all
+        ranks are gathered with gradients (``all_gather(sync_grads=True)``), so every query scores
+        against the same candidates as in single-process training and, after DDP averages the
+        gradients, a step equals the single-process step on the whole batch.
+        """
         items = batch["item_idx"]
+        n = len(items)
         u = self._user_vectors(batch)
         v = self.item_tower(items, self._has_id[items], self._genres[items], self._content[items])
-        logits = u @ v.T / self.hparams.temperature - self._log_q[items][None, :]
-        same = items[None, :] == items[:, None]
-        logits = logits.masked_fill(same & ~torch.eye(len(items), dtype=torch.bool), float("-inf"))
-        loss = F.cross_entropy(logits, torch.arange(len(items)))
+        _, world = _rank_world(self._trainer)
+        if world > 1:
+            v_all = self.all_gather(v, sync_grads=True).reshape(-1, v.shape[1])
+            items_all = self.all_gather(items).reshape(-1)
+            offset = self.global_rank * n
+        else:
+            v_all, items_all, offset = v, items, 0
+        target = torch.arange(n) + offset
+        logits = u @ v_all.T / self.hparams.temperature - self._log_q[items_all][None, :]
+        # the same item elsewhere in the batch is not a negative for this query
+        same = items[:, None] == items_all[None, :]
+        own = torch.zeros_like(same)
+        own[torch.arange(n), target] = True
+        logits = logits.masked_fill(same & ~own, float("-inf"))
+        loss = F.cross_entropy(logits, target)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"two-tower loss became {loss.item()} at step {self.global_step}")
-        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(items))
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=n, sync_dist=world > 1)
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -161,6 +235,13 @@ class TwoTowerModule(L.LightningModule):
 
     def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
         users = batch[0].numpy()
+        self._val_hits += self.recall_sum(users)
+        self._val_users += len(users)
+
+    @torch.no_grad()
+    def recall_sum(self, users: np.ndarray) -> float:
+        """Sum over ``users`` of recall@val_k against their validation items (seen items
+        excluded); needs the item vectors from :meth:`on_validation_epoch_start`."""
         hist = self.data.histories.padded(users, self.hparams_history_len)
         inputs = user_batch(users, hist, self.items.content, self.data.user_features[users], np.ones(len(users)), self.hparams.n_items)
         u = self._user_vectors(inputs)
@@ -172,12 +253,18 @@ class TwoTowerModule(L.LightningModule):
         truth = self._val[users]
         hits = np.asarray(truth[np.repeat(np.arange(len(users)), k), top.ravel()]).reshape(len(users), k).sum(1)
         n_rel = np.diff(truth.indptr)
-        self._val_hits += float((hits / np.maximum(n_rel, 1)).sum())
-        self._val_users += len(users)
+        return float((hits / np.maximum(n_rel, 1)).sum())
 
     def on_validation_epoch_end(self) -> None:
-        recall = self._val_hits / max(self._val_users, 1)
-        self.log(f"val/recall@{self.hparams.val_k}", recall, prog_bar=True)
+        # mean over all validation users: sum hits and user counts over the ranks first (a mean
+        # of per-rank means would weight ranks, and rank 0's shard alone would be a sample)
+        totals = torch.tensor([self._val_hits, float(self._val_users)], dtype=torch.float64)
+        if self._trainer is not None:
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        recall = float(totals[0] / max(float(totals[1]), 1.0))
+        # the value is already global and identical on every rank; sync_dist (a mean of equal
+        # values) only tells Lightning it is a cross-rank value
+        self.log(f"val/recall@{self.hparams.val_k}", recall, prog_bar=True, sync_dist=_rank_world(self._trainer)[1] > 1)
 
     @property
     def hparams_history_len(self) -> int:
@@ -207,29 +294,56 @@ def show_progress(config: TrainerConfig) -> bool:
     return config.progress and os.environ.get("MOVIEREC_PROGRESS", "1") != "0"
 
 
-def fit_two_tower(
-    train: Dataset,
-    content: np.ndarray,
-    config: RetrievalConfig,
-    trainer_config: TrainerConfig | None = None,
-    seed: int = 42,
-    val_fraction: float | None = None,
-    log_dir: str | Path | None = None,
-) -> TwoTowerResult:
-    """Train on ``train`` (a validation split is carved from it) and encode every user and item.
+class _KeepBest(L.Callback):
+    """At the end of fitting, every rank loads the best checkpoint's weights.
 
-    Args:
-        train: training ratings; every catalogue item gets a vector, cold ones from content.
-        content: (n_items, C) content vectors in item_idx order.
-        config: model and optimiser settings.
-        log_dir: where Lightning's CSV logs go (training curves for the report).
+    Only global rank 0 writes and reads the checkpoint file (on a multi-node run the other
+    nodes cannot see its disk), then broadcasts the weights, so every process ends with the same
+    best model. Under ``ddp_spawn`` the launcher then copies rank 0's weights into the launching
+    process, and the best score and epoch count travel in ``callback_metrics`` (the launcher
+    forwards those, but not the checkpoint callback's score).
+    """
+
+    def __init__(self, checkpoint: ModelCheckpoint) -> None:
+        self.checkpoint = checkpoint
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state = None
+        if trainer.is_global_zero and self.checkpoint.best_model_path:
+            state = torch.load(self.checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        state = trainer.strategy.broadcast(state, src=0)
+        if state is not None:
+            pl_module.load_state_dict(state)
+        best = self.checkpoint.best_model_score
+        trainer.callback_metrics[BEST_KEY] = torch.tensor(float(best) if best is not None else float("nan"))
+        trainer.callback_metrics[EPOCHS_KEY] = torch.tensor(float(trainer.current_epoch))
+
+
+BEST_KEY = "best/val_recall@50"
+EPOCHS_KEY = "best/epochs"
+
+
+@dataclass
+class _Setup:
+    """Everything :func:`fit_two_tower` builds before the Trainer runs."""
+
+    module: TwoTowerModule
+    data: TwoTowerData
+    items: ItemFeatures
+    encoder: UserFeatureEncoder
+    user_features: np.ndarray
+
+
+def build_two_tower(
+    train: Dataset, content: np.ndarray, config: RetrievalConfig, seed: int = 42, val_fraction: float | None = None
+) -> _Setup:
+    """The seeded validation split, item/user inputs, data module and (untrained) module.
+
+    Shared by :func:`fit_two_tower` and by :func:`validation_recall`, which recomputes the
+    validation metric in one process for any trained weights.
     """
     from movierec.splits import validation_split
 
-    trainer_config = trainer_config or TrainerConfig()
-    torch.set_num_threads(config.threads)
-    L.seed_everything(seed, workers=True, verbose=False)
-    t0 = time.perf_counter()
     fit_ds, val_ds = validation_split(train, val_fraction or config.val_fraction, seed=seed)
     vocab = train.genre_vocabulary()
     counts = np.bincount(train.ratings["item_idx"].to_numpy(), minlength=train.n_items)
@@ -253,17 +367,63 @@ def fit_two_tower(
         weight_decay=config.weight_decay,
     )
     module.bind(data, items)
+    return _Setup(module, data, items, encoder, user_features)
+
+
+@torch.no_grad()
+def validation_recall(setup: _Setup, batch_size: int = 512) -> float:
+    """Validation recall@50 of ``setup.module``'s current weights, computed in this process over
+    every validation user: the single-process definition the distributed metric must equal."""
+    module = setup.module
+    module.eval()
+    module.on_validation_epoch_start()
+    users = setup.data.val_users()
+    hits = sum(module.recall_sum(users[s : s + batch_size]) for s in range(0, len(users), batch_size))
+    return hits / max(len(users), 1)
+
+
+def fit_two_tower(
+    train: Dataset,
+    content: np.ndarray,
+    config: RetrievalConfig,
+    trainer_config: TrainerConfig | None = None,
+    seed: int = 42,
+    val_fraction: float | None = None,
+    log_dir: str | Path | None = None,
+) -> TwoTowerResult:
+    """Train on ``train`` (a validation split is carved from it) and encode every user and item.
+
+    With ``trainer_config.strategy == "ddp"`` training runs data-parallel (see
+    :func:`retrieval.distributed.resolve_strategy`): started from one process, the workers are
+    spawned and this process receives the best weights; started by torchrun or SLURM, every
+    rank returns the same trained model. ``retrieval.batch_size`` stays the global batch.
+
+    Args:
+        train: training ratings; every catalogue item gets a vector, cold ones from content.
+        content: (n_items, C) content vectors in item_idx order.
+        config: model and optimiser settings.
+        trainer_config: accelerator, devices, nodes and strategy.
+        log_dir: where Lightning's CSV logs go (training curves for the report; rank 0 writes).
+    """
+    from retrieval.distributed import resolve_strategy
+
+    trainer_config = trainer_config or TrainerConfig()
+    torch.set_num_threads(config.threads)
+    L.seed_everything(seed, workers=True, verbose=False)
+    t0 = time.perf_counter()
+    setup = build_two_tower(train, content, config, seed, val_fraction)
+    module, data, items = setup.module, setup.data, setup.items
     monitor = "val/recall@50"
     with tempfile.TemporaryDirectory(prefix="movierec-ckpt-") as ckpt_dir:
         checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", save_top_k=1, save_weights_only=True)
-        callbacks = [EarlyStopping(monitor=monitor, mode="max", patience=config.patience), checkpoint]
+        callbacks = [EarlyStopping(monitor=monitor, mode="max", patience=config.patience), checkpoint, _KeepBest(checkpoint)]
         logger = CSVLogger(str(log_dir), name="two_tower", version="") if log_dir else False
         trainer = L.Trainer(
             max_epochs=config.epochs,
             accelerator=trainer_config.accelerator,
             devices=trainer_config.devices,
             num_nodes=trainer_config.num_nodes,
-            strategy=trainer_config.strategy,
+            strategy=resolve_strategy(trainer_config),
             callbacks=callbacks,
             logger=logger,
             enable_progress_bar=show_progress(trainer_config),
@@ -271,30 +431,35 @@ def fit_two_tower(
             deterministic=True,
             num_sanity_val_steps=0,
             log_every_n_steps=10,
+            # the data module shards batches and validation users itself (ShardedBatches)
+            use_distributed_sampler=False,
         )
         trainer.fit(module, datamodule=data)
-        best = checkpoint.best_model_score
-        if checkpoint.best_model_path:
-            state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-            module.load_state_dict(state)
+        best = float(trainer.callback_metrics.get(BEST_KEY, torch.tensor(float("nan"))))
+        epochs = int(trainer.callback_metrics.get(EPOCHS_KEY, torch.tensor(float(trainer.current_epoch))))
+    torch.set_num_threads(config.threads)
     module.eval()
     item_vecs = encode_items(module.item_tower, module._genres, module._content, module._has_id).numpy()
     full_hist = Histories.from_ratings(train.ratings, train.n_users)
-    user_vecs = encode_all_users(module.user_tower, full_hist, items.content, user_features, train.n_items, config.history_len)
+    user_vecs = encode_all_users(module.user_tower, full_hist, items.content, setup.user_features, train.n_items, config.history_len)
     metrics = {
-        "val_recall@50": float(best) if best is not None else float("nan"),
-        "epochs": int(trainer.current_epoch),
+        "val_recall@50": best,
+        "epochs": epochs,
         "train_seconds": round(time.perf_counter() - t0, 2),
+        "world_size": int(trainer.world_size),
     }
-    log.info("two-tower: val recall@50 %.4f after %d epochs in %.1fs", metrics["val_recall@50"], metrics["epochs"], metrics["train_seconds"])
+    log.info(
+        "two-tower: val recall@50 %.4f after %d epochs in %.1fs (%d processes)",
+        metrics["val_recall@50"], metrics["epochs"], metrics["train_seconds"], metrics["world_size"],
+    )
     return TwoTowerResult(
         user_tower=module.user_tower,
         item_tower=module.item_tower,
         item_vectors=item_vecs,
         user_vectors=user_vecs,
         items=items,
-        user_features=user_features,
-        feature_encoder=encoder,
+        user_features=setup.user_features,
+        feature_encoder=setup.encoder,
         hparams=dict(module.hparams),
         metrics=metrics,
         log_dir=str(log_dir) if log_dir else None,
