@@ -132,6 +132,9 @@ def run_wrk(url: str, script: str, connections: int, duration: float) -> dict[st
         os.unlink(f.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, flags=re.M))
+    if "50" not in lat or "99" not in lat:  # no request finished within the run
+        log.warning("wrk reported no latencies:\n%s", out)
+        return {"rps": rps, "p50_ms": float("nan"), "p99_ms": float("nan"), "errors": 0}
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", out))
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if sock:
@@ -191,7 +194,7 @@ def main() -> None:
             )
             for kind in ["empty", "recommendations", "similar", "new_user"]:
                 url = f"http://127.0.0.1:{empty_port if kind == 'empty' else port}"
-                run_wrk(url, _lua(kind, users, items, None), args.max_connections, 2)  # warm-up
+                run_wrk(url, _lua(kind, users, items, None), args.max_connections, 3)  # warm-up
                 peak = run_wrk(url, _lua(kind, users, items, None), args.max_connections, args.duration)
                 steady = run_wrk(url, _lua(kind, users, items, delay_ms), args.rate_connections, args.duration)
                 row = {"workers": workers, "mode": mode, "endpoint": kind, "max": peak, "rate": steady}
