@@ -175,8 +175,9 @@ def _gather(values: np.ndarray, idx: np.ndarray, default: float) -> np.ndarray:
 def _collab_scores(collab: sp.csr_matrix, hist: PaddedHistories, cand: np.ndarray, chunk_cells: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
     """Item-item scores of each candidate given the history: plain and rating-weighted sums.
 
-    Builds the (users x I0) history matrix once, multiplies by the sparse item-item matrix in
-    user chunks (dense chunk of at most ``chunk_cells`` cells) and gathers the candidates.
+    Reads the CSR rows of the history items straight from the arrays and accumulates them with
+    one ``bincount`` per user chunk (a dense chunk of at most ``chunk_cells`` cells), then
+    gathers the candidates. Plain numpy, so a single request pays no sparse-matrix overhead.
     """
     n, c = cand.shape
     i0 = collab.shape[0]
@@ -184,18 +185,27 @@ def _collab_scores(collab: sp.csr_matrix, hist: PaddedHistories, cand: np.ndarra
     liked = np.zeros((n, c), np.float32)
     if i0 == 0 or n == 0:
         return plain, liked
-    ok = (hist.items >= 0) & (hist.items < i0)
-    rows, cols = np.nonzero(ok)
-    ones = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, hist.items[rows, cols])), shape=(n, i0))
-    cent = sp.csr_matrix((hist.centred[rows, cols], (rows, hist.items[rows, cols])), shape=(n, i0))
+    indptr, indices, data = collab.indptr, collab.indices, collab.data
     cand_ok = (cand >= 0) & (cand < i0)
     safe = np.where(cand_ok, cand, 0)
-    step = max(1, chunk_cells // max(i0, 1))
+    step = max(1, chunk_cells // i0)
     for s in range(0, n, step):
         e = min(n, s + step)
-        for x, out in ((ones, plain), (cent, liked)):
-            dense = sp.csr_matrix(x[s:e] @ collab).toarray()
-            out[s:e] = np.where(cand_ok[s:e], np.take_along_axis(dense, safe[s:e], 1), 0.0)
+        items = hist.items[s:e]
+        ok = (items >= 0) & (items < i0)
+        rows, cols = np.nonzero(ok)
+        it = items[rows, cols]
+        starts = indptr[it]
+        lens = indptr[it + 1] - starts
+        seg = np.repeat(np.arange(len(it)), lens)
+        pos = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens) + starts[seg]
+        key = rows[seg] * i0 + indices[pos]
+        vals = data[pos].astype(np.float64)
+        size = (e - s) * i0
+        dense_plain = np.bincount(key, weights=vals, minlength=size).reshape(e - s, i0)
+        dense_liked = np.bincount(key, weights=vals * hist.centred[s:e][rows, cols][seg], minlength=size).reshape(e - s, i0)
+        plain[s:e] = np.where(cand_ok[s:e], np.take_along_axis(dense_plain, safe[s:e], 1), 0.0)
+        liked[s:e] = np.where(cand_ok[s:e], np.take_along_axis(dense_liked, safe[s:e], 1), 0.0)
     return plain, liked
 
 
