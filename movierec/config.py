@@ -66,6 +66,7 @@ class RetrievalConfig(_Section):
     id_dropout: float = Field(0.3, ge=0, lt=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     temperature: float = Field(0.05, gt=0)
+    logq_weight: float = Field(1.0, ge=0, le=1, description="strength of the popularity (log-q) correction of in-batch negatives")
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-6, ge=0)
     batch_size: int = Field(1024, ge=8)

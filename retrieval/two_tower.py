@@ -168,6 +168,7 @@ class TwoTowerModule(L.LightningModule):
         id_dropout: float = 0.3,
         dropout: float = 0.1,
         temperature: float = 0.05,
+        logq_weight: float = 1.0,
         lr: float = 3e-3,
         weight_decay: float = 1e-6,
         val_k: int = 50,
@@ -217,7 +218,7 @@ class TwoTowerModule(L.LightningModule):
         else:
             v_all, items_all, offset = v, items, 0
         target = torch.arange(n) + offset
-        logits = u @ v_all.T / self.hparams.temperature - self._log_q[items_all][None, :]
+        logits = u @ v_all.T / self.hparams.temperature - self.hparams.logq_weight * self._log_q[items_all][None, :]
         # the same item elsewhere in the batch is not a negative for this query
         same = items[:, None] == items_all[None, :]
         own = torch.zeros_like(same)
@@ -363,6 +364,7 @@ def build_two_tower(
         id_dropout=config.id_dropout,
         dropout=config.dropout,
         temperature=config.temperature,
+        logq_weight=config.logq_weight,
         lr=config.lr,
         weight_decay=config.weight_decay,
     )
