@@ -246,3 +246,13 @@ def test_cors_is_off_unless_configured(client: TestClient, bundle_path) -> None:
 def test_scores_are_finite_json_numbers(client: TestClient) -> None:
     items = client.get("/users/1/recommendations", params={"k": 1000}).json()["items"]
     assert len(items) > 0 and np.isfinite([i["score"] for i in items]).all()
+
+
+def test_rank_switch_serves_the_two_tower_order(bundle_path, model: HybridRecommender) -> None:
+    from serving.app import create_app
+    from serving.settings import Settings
+
+    with TestClient(create_app(Settings(model=bundle_path, rank=False))) as c:
+        body = c.get("/users/9/recommendations", params={"k": 5}).json()
+    expected = model.recommend_user(9, 5, rank=False)
+    assert [i["item_id"] for i in body["items"]] == model.items["item_id"].to_numpy()[expected.item_idx].tolist()
