@@ -199,6 +199,10 @@ def candidates(
     users: Annotated[Optional[Path], typer.Option(help="CSV with a user_id column (default: every user)")] = None,
     no_rank: Annotated[bool, typer.Option("--no-rank", help="two-tower retrieval order, without the ranker")] = False,
     chunk_size: Annotated[int, typer.Option(min=1, help="users per chunk (memory stays flat)")] = 2048,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, max=256, help="worker processes (Lightning DDP predict loop); above 1, --out is a directory of one parquet part per worker"),
+    ] = 1,
 ) -> None:
     """Top-k candidates for every user (or a list), items rated in training excluded."""
     import numpy as np
@@ -225,6 +229,17 @@ def candidates(
     else:
         chosen = np.arange(len(m.user_ids))
     k = min(k, m.n_items)
+    if workers > 1:
+        from retrieval.distributed import write_candidates_distributed
+
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"{out}: with --workers {workers} the output is a directory of parquet parts, and this is a file")
+        summary = write_candidates_distributed(model, chosen, out, k, rank=not no_rank, workers=workers, chunk_size=chunk_size, model=m)
+        typer.echo(
+            f"wrote {summary['rows']:,} candidates for {summary['users']:,} users to {out}/ in {summary['parts']} parts "
+            f"({summary['users_per_second']:,.0f} users/s)"
+        )
+        return
     summary = write_candidates(
         lambda u: m.recommend_batch(u, k, rank=not no_rank),
         chosen,

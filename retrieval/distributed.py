@@ -123,9 +123,10 @@ def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
 class CandidateTask(L.LightningModule):
     """Predict-loop wrapper around a loaded bundle: a batch of user_idx in, top-k out.
 
-    The bundle is loaded in :meth:`setup`, inside each worker, so spawning pickles a path and a
-    user list rather than the model. It has no parameters and is never wrapped in DDP (Lightning
-    wraps only for fitting).
+    The bundle is loaded in :meth:`setup`, inside each worker, unless a loaded ``model`` is given:
+    forked workers then share its arrays copy-on-write (one copy of the index and vectors for
+    all workers), while spawned ones pickle only a path and a user list. It has no parameters and
+    is never wrapped in DDP (Lightning wraps only for fitting).
 
     Args:
         model_dir: bundle directory.
@@ -134,16 +135,24 @@ class CandidateTask(L.LightningModule):
         rank_candidates: re-score with the ranker (False: two-tower order, like ``--no-rank``).
         chunk_size: users per predict batch.
         threads: torch threads per worker.
+        model: the bundle already loaded in the launching process (forked workers only).
     """
 
     def __init__(
-        self, model_dir: str | Path, users: np.ndarray, k: int, rank_candidates: bool = True, chunk_size: int = 2048, threads: int = 1
+        self,
+        model_dir: str | Path,
+        users: np.ndarray,
+        k: int,
+        rank_candidates: bool = True,
+        chunk_size: int = 2048,
+        threads: int = 1,
+        model: Any = None,
     ) -> None:
         super().__init__()
         self.model_dir = str(model_dir)
         self.users = np.asarray(users, dtype=np.int64)
         self.k, self.rank_candidates, self.chunk_size, self.threads = k, rank_candidates, chunk_size, threads
-        self.model: Any = None
+        self.model: Any = model
         self.user_ids: np.ndarray | None = None
         self.item_ids: np.ndarray | None = None
 
@@ -151,8 +160,9 @@ class CandidateTask(L.LightningModule):
         from ranking.blend import HybridRecommender
 
         torch.set_num_threads(self.threads)
-        # the launching process verified the checksums; each worker only reads
-        self.model = HybridRecommender.load(self.model_dir, verify=False)
+        if self.model is None:
+            # the launching process verified the checksums; each worker only reads
+            self.model = HybridRecommender.load(self.model_dir, verify=False)
         self.user_ids = np.asarray(self.model.user_ids)
         self.item_ids = self.model.items["item_id"].to_numpy()
         self.k = min(self.k, self.model.n_items)
@@ -246,6 +256,7 @@ def write_candidates_distributed(
     chunk_size: int = 2048,
     threads: int = 1,
     show_progress: bool = True,
+    model: Any = None,
 ) -> dict[str, Any]:
     """Top-k candidates for ``users`` written by ``workers`` processes (per node) as parquet parts.
 
@@ -261,6 +272,10 @@ def write_candidates_distributed(
         rank: re-score with the ranker (False: two-tower retrieval order).
         workers: processes per node; ``num_nodes``: nodes (each started with the same command
             and ``MASTER_ADDR``/``MASTER_PORT``/``NODE_RANK`` set, see docs/scaling.md).
+        threads: torch threads per worker (1 is safe in forked workers, see
+            :func:`worker_threads`).
+        model: ``model_dir`` already loaded here; forked workers share it instead of loading
+            their own copies (ignored when workers are spawned).
 
     Returns:
         Counts and throughput for the log.
@@ -277,12 +292,13 @@ def write_candidates_distributed(
     users = np.asarray(users, dtype=np.int64)
     t0 = time.perf_counter()
     try:
-        task = CandidateTask(model_dir, users, k, rank, chunk_size, threads)
+        start = worker_start_method("cpu")
+        task = CandidateTask(model_dir, users, k, rank, chunk_size, threads, model=model if start == "fork" else None)
         trainer = L.Trainer(
             accelerator="cpu",
             devices=workers,
             num_nodes=num_nodes,
-            strategy=DDPStrategy(start_method="spawn") if workers * num_nodes > 1 else "auto",
+            strategy=DDPStrategy(start_method=start) if workers * num_nodes > 1 else "auto",
             callbacks=[ParquetPartWriter(tmp)],
             logger=False,
             enable_progress_bar=show_progress,
