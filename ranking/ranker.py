@@ -356,6 +356,7 @@ def fit_ranker(
         past_user_vectors: (n_users, dim) two-tower query vectors from ``past`` histories.
         item_vectors: (n_items, dim) two-tower candidate vectors.
     """
+    from retrieval.distributed import resolve_strategy
     from retrieval.two_tower import show_progress
 
     trainer_config = trainer_config or TrainerConfig()
@@ -408,7 +409,7 @@ def fit_ranker(
             accelerator=trainer_config.accelerator,
             devices=trainer_config.devices,
             num_nodes=trainer_config.num_nodes,
-            strategy=trainer_config.strategy,
+            strategy=resolve_strategy(trainer_config),  # ddp: workers forked from this process (retrieval.distributed)
             callbacks=[EarlyStopping(monitor=monitor, mode="max", patience=config.patience), checkpoint],
             logger=CSVLogger(str(log_dir), name="ranker", version="") if log_dir else False,
             enable_progress_bar=show_progress(trainer_config),
