@@ -30,6 +30,17 @@ def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
     )
 
 
+def _id_table(n: int, dim: int) -> nn.Embedding:
+    table = nn.Embedding(max(n, 1), dim)
+    nn.init.normal_(table.weight, std=0.05)
+    return table
+
+
+def _id_vectors(table: nn.Embedding, idx: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Id embeddings times the keep mask; out-of-table ids (added later) must have keep 0."""
+    return table(idx.clamp(0, table.num_embeddings - 1)) * keep[:, None]
+
+
 def _drop_ids(has_id: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """(B,) float mask: 1 keeps the id embedding, 0 removes it."""
     mask = has_id.float()
@@ -53,8 +64,7 @@ class ItemTower(nn.Module):
     ) -> None:
         super().__init__()
         self.id_dropout = id_dropout
-        self.id_emb = nn.Embedding(max(n_items, 1), dim)
-        nn.init.normal_(self.id_emb.weight, std=0.05)
+        self.id_emb = _id_table(n_items, dim)
         self.genre = nn.Linear(max(n_genres, 1), dim, bias=False)
         self.content = nn.Linear(max(content_dim, 1), dim, bias=False)
         self.mlp = _mlp(3 * dim, hidden, dim, dropout)
@@ -63,7 +73,7 @@ class ItemTower(nn.Module):
         self, item_idx: torch.Tensor, has_id: torch.Tensor, genres: torch.Tensor, content: torch.Tensor
     ) -> torch.Tensor:
         keep = _drop_ids(has_id, self.id_dropout, self.training)
-        ids = self.id_emb(item_idx.clamp(0, self.id_emb.num_embeddings - 1)) * keep[:, None]
+        ids = _id_vectors(self.id_emb, item_idx, keep)
         x = torch.cat([ids, self.genre(genres), self.content(content)], dim=1)
         return F.normalize(self.mlp(x), dim=-1)
 
@@ -88,8 +98,7 @@ class UserTower(nn.Module):
     ) -> None:
         super().__init__()
         self.id_dropout = id_dropout
-        self.id_emb = nn.Embedding(max(n_users, 1), dim)
-        nn.init.normal_(self.id_emb.weight, std=0.05)
+        self.id_emb = _id_table(n_users, dim)
         self.hist_emb = nn.EmbeddingBag(max(n_items, 1) + 1, dim, mode="sum", padding_idx=0)
         nn.init.normal_(self.hist_emb.weight, std=0.05)
         with torch.no_grad():
@@ -118,7 +127,7 @@ class UserTower(nn.Module):
         user_features: (B, F) encoded user features, zeros when unknown.
         """
         keep = _drop_ids(has_id, self.id_dropout, self.training)
-        ids = self.id_emb(user_idx.clamp(0, self.id_emb.num_embeddings - 1)) * keep[:, None]
+        ids = _id_vectors(self.id_emb, user_idx, keep)
         w = hist_weights / hist_weights.sum(1, keepdim=True).clamp(min=1e-6)
         hist = self.hist_emb(hist_items + 1, per_sample_weights=w)
         parts = [ids, hist, self.hist_content(hist_content)]
