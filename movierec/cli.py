@@ -34,7 +34,7 @@ def _setup_logging(verbose: bool = False) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "faiss", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
