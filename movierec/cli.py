@@ -366,6 +366,30 @@ def serve(
     run_server(model, host=host, port=port, workers=workers)
 
 
+@app.command()
+def report(
+    model: Annotated[Path, typer.Option(help="bundle directory from movierec train")],
+    out: Annotated[Path, typer.Option(help="HTML file to write (self-contained, images inline)")],
+    quality: Annotated[Optional[Path], typer.Option(help="quality table JSON (movierec evaluate --json, or the demo's)")] = None,
+    test: Annotated[Optional[Path], typer.Option(help="held-out CSV user_id,item_id[,rating]: evaluate here when no --quality")] = None,
+) -> None:
+    """One HTML report: the data, training curves, quality against baselines, the map of movies, samples."""
+    from movierec.report import ReportError, quality_from_test, read_quality, write_report
+
+    if not model.is_dir():
+        raise UsageError(f"{model}: no such model directory")
+    if quality is not None and test is not None:
+        raise UsageError("give --quality JSON or --test CSV, not both")
+    try:
+        table = read_quality(quality) if quality is not None else None
+    except ReportError as e:
+        raise UsageError(str(e)) from None
+    if test is not None:
+        table = quality_from_test(model, test)
+    path = write_report(model, out, table)
+    typer.echo(f"report: {path}")
+
+
 def main() -> None:
     """Console entry point: maps input errors to one stderr line and exit code 2."""
     from movierec.artifacts import BundleError

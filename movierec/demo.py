@@ -69,8 +69,12 @@ def run_demo(
         model.items["item_id"].to_numpy(), out / "candidates.parquet", show_progress=False,
     )
     echo(f"      {summary['rows']:,} rows at {summary['users_per_second']:,.0f} users/s")
+    from movierec.report import write_report
+
+    report = write_report(model_dir, out / "report.html", quality=rows)
+    echo(f"      report (data, training curves, quality, map of movies, samples): {report}")
     echo(f"done in {time.perf_counter() - t0:.1f}s")
-    return {"model": model_dir, "data": data_dir, "metrics": rows}
+    return {"model": model_dir, "data": data_dir, "metrics": rows, "report": report}
 
 
 def _quality_table(model: Any, train_ds: Any, test_ds: Any, make_baseline: Callable[..., Any]) -> dict[str, dict[str, float]]:
