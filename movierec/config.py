@@ -47,14 +47,23 @@ class ContentConfig(_Section):
 
 
 class IndexConfig(_Section):
-    """FAISS: exact inner product below ``ann_threshold`` items, HNSW or IVF above."""
+    """FAISS: exact inner product below ``ann_threshold`` items, HNSW or IVF above.
 
-    kind: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
+    ``ivfpq`` (IVF with product-quantised codes) is for catalogues of millions: it stores
+    ``pq_m * pq_nbits / 8`` bytes per vector instead of ``4 * dim`` and is trained on a sample.
+    """
+
+    kind: Literal["auto", "flat", "hnsw", "ivf", "ivfpq"] = "auto"
     ann_threshold: int = Field(50_000, ge=1)
     hnsw_m: int = Field(32, ge=4)
     ef_search: int = Field(128, ge=1)
-    nlist: int | None = Field(None, ge=1)
-    nprobe: int = Field(16, ge=1)
+    nlist: int | None = Field(None, ge=1, description="IVF lists (None: 4 * sqrt(n_items))")
+    nprobe: int = Field(16, ge=1, description="IVF lists scanned per query")
+    pq_m: int = Field(16, ge=1, description="ivfpq: sub-quantizers (must divide the vector dimension)")
+    pq_nbits: int = Field(8, ge=4, le=12, description="ivfpq: bits per sub-quantizer code")
+    train_size: int | None = Field(
+        None, ge=1, description="IVF/ivfpq: vectors sampled to train the quantizers (None: 64 per list, at least 64 per PQ centroid)"
+    )
 
 
 class RetrievalConfig(_Section):

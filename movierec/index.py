@@ -1,7 +1,9 @@
 """A small wrapper over FAISS inner-product indexes, shared by the content and retrieval stages.
 
 Row ``i`` of the index is item_idx ``i``; items added later get the next rows. Exact search
-(``IndexFlatIP``) for small catalogues; HNSW or IVF above ``ann_threshold`` items. Vectors meant
+(``IndexFlatIP``) for small catalogues; HNSW or IVF above ``ann_threshold`` items; IVF-PQ
+(compressed codes, trained on a sample) for millions of items. Any kind loads memory-mapped
+read-only (``VectorIndex.load(..., mmap=True)``) so serving replicas share the file's pages. Vectors meant
 for cosine similarity are L2-normalised by the caller (see :func:`normalize`).
 
 This lives in the core rather than in ``retrieval/`` (as DESIGN.md's layout has it) because the
@@ -145,7 +147,7 @@ class VectorIndex:
 
     def reconstruct(self, rows: np.ndarray) -> np.ndarray:
         """Stored vectors of the given rows (IVF indexes get a direct map on first use)."""
-        if self.kind == "ivf":
+        if self.kind in ("ivf", "ivfpq"):
             ivf = faiss.extract_index_ivf(self.index)
             if ivf.direct_map.type == faiss.DirectMap.NoMap:
                 with self._lock.write():
@@ -188,15 +190,50 @@ def build_index(vectors: np.ndarray, config: IndexConfig | None = None, seed: in
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
-        sample = v[rng.choice(n, size=min(n, nlist * 256), replace=False)] if n else v
+        sample = v[rng.choice(n, size=min(n, config.train_size or nlist * 256), replace=False)] if n else v
         index.train(sample)
         index.nprobe = min(config.nprobe, nlist)
+    elif kind == "ivfpq":
+        index = _ivfpq(v, config, seed)
     else:
         raise ValueError(f"unknown index kind {kind!r}")
     if n:
         index.add(v)
     log.debug("built %s index over %d x %d in %.2fs", kind, n, d, time.perf_counter() - t0)
     return VectorIndex(index, kind)
+
+
+def _ivfpq(v: np.ndarray, config: IndexConfig, seed: int) -> faiss.Index:
+    """An untrained-then-trained ``IndexIVFPQ`` (inner product) over ``v``'s dimension.
+
+    Coarse lists and PQ codebooks are trained on a random sample, not on every vector: k-means
+    cost grows with the sample, and FAISS itself uses at most 256 points per centroid. Codes
+    are residuals to the list centroid (``by_residual``), which is what makes 8-bit codes
+    accurate enough at 16-32 sub-quantizers for 64-dimensional vectors.
+
+    Raises:
+        ValueError: ``pq_m`` does not divide the dimension, or too few vectors to train.
+    """
+    n, d = v.shape
+    if d % config.pq_m:
+        raise ValueError(f"index.pq_m={config.pq_m} must divide the vector dimension {d}")
+    centroids = 2**config.pq_nbits
+    nlist = config.nlist or max(1, int(4 * np.sqrt(max(n, 1))))
+    if n < max(nlist, centroids):
+        raise ValueError(
+            f"ivfpq needs at least max(nlist={nlist}, 2**pq_nbits={centroids}) vectors to train, got {n}; "
+            "use kind flat or hnsw for a catalogue this small"
+        )
+    size = config.train_size or max(64 * nlist, 64 * centroids)
+    rng = np.random.default_rng(seed)
+    sample = v[np.sort(rng.choice(n, size=min(n, size), replace=False))]
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFPQ(quantizer, d, nlist, config.pq_m, config.pq_nbits, faiss.METRIC_INNER_PRODUCT)
+    t0 = time.perf_counter()
+    index.train(sample)
+    log.debug("ivfpq: trained %d lists x %d sub-quantizers on %d vectors in %.2fs", nlist, config.pq_m, len(sample), time.perf_counter() - t0)
+    index.nprobe = min(config.nprobe, nlist)
+    return index
 
 
 def recall_against_exact(index: VectorIndex, vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
