@@ -114,8 +114,16 @@ class BundleWriter:
         atomic_write_bytes(self.path / MANIFEST, json.dumps(manifest, indent=1, default=_json_default).encode())
         _fsync_dir(self.path)
         os.chmod(self.path, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+        if self.target.exists() and _exchange(self.path, self.target):
+            # one atomic syscall: the target is the old bundle or the new one at every instant,
+            # even if the process is SIGKILLed; the old bundle now sits in our hidden temp dir
+            _fsync_dir(self.target.parent)
+            shutil.rmtree(self.path, ignore_errors=True)
+            return self.target
         old = None
         if self.target.exists():
+            # fallback without renameat2: a kill between these two renames leaves the previous
+            # bundle under the hidden ".<name>.old-*" name (recoverable by hand, never served)
             old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(self.target, old)
         try:
@@ -214,6 +222,36 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         if verify and _sha256(fpath) != digest:
             raise BundleError(f"{path}: checksum mismatch for {name!r}; the bundle was modified or truncated")
     return Bundle(path, manifest)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux ``renameat2(RENAME_EXCHANGE)``.
+
+    Replacing a non-empty directory with ``os.replace`` is impossible, so without this a bundle
+    swap takes two renames and a SIGKILL between them leaves *no* bundle at the target. Returns
+    False when the call is unavailable (not Linux, old libc, a filesystem without support) so
+    the caller falls back to the two-rename swap; any other failure raises ``OSError``.
+    """
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EXDEV):
+        return False
+    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -146,7 +146,12 @@ def test_writer_error_keeps_previous_bundle_and_no_temp_dir(tmp_path: Path) -> N
     assert residue(tmp_path, "model") == []
 
 
-def test_failed_commit_keeps_previous_bundle_and_no_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("swap", ["exchange", "two-renames"])
+def test_failed_commit_keeps_previous_bundle_and_no_temp_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: str
+) -> None:
+    import movierec.artifacts as artifacts
+
     path = make_bundle(tmp_path / "model", scale=1.0)
     real_replace = os.replace
 
@@ -155,7 +160,14 @@ def test_failed_commit_keeps_previous_bundle_and_no_temp_dir(tmp_path: Path, mon
             raise OSError(28, "No space left on device")
         real_replace(src, dst)
 
-    monkeypatch.setattr(os, "replace", flaky_replace)
+    def flaky_exchange(a: Path, b: Path) -> bool:
+        raise OSError(28, "No space left on device")
+
+    if swap == "exchange":  # renameat2(RENAME_EXCHANGE) fails
+        monkeypatch.setattr(artifacts, "_exchange", flaky_exchange)
+    else:  # no renameat2 here: the fallback's second rename fails
+        monkeypatch.setattr(artifacts, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(os, "replace", flaky_replace)
     with pytest.raises(OSError, match="No space left"):
         with BundleWriter(path, model_version="v2") as w:
             w.save_json("id_maps.json", {"items": []})
