@@ -440,10 +440,14 @@ def _plain_log_ticks(ax: Any) -> None:
         axis.set_minor_formatter(NullFormatter())
 
 
-def _fig_sparsity(data: _Interactions, per_user: np.ndarray, per_item: np.ndarray, max_cells: int = 120) -> bytes:
-    """Binned density of the sorted matrix; binning keeps the picture readable at any size."""
-    from matplotlib.colors import LogNorm
+def _block_density(data: _Interactions, per_user: np.ndarray, per_item: np.ndarray, max_cells: int = 120) -> np.ndarray:
+    """Share of rated cells per block of the user x movie matrix, rows and columns sorted by activity.
 
+    Binning to at most ``max_cells`` blocks a side keeps the picture readable at any size.
+
+    Returns:
+        (rows, cols) shares in [0, 1]; row 0 holds the most active users, column 0 the most rated movies.
+    """
     u_rank = np.empty(data.n_users, np.int64)
     u_rank[np.argsort(-per_user, kind="stable")] = np.arange(data.n_users)
     i_rank = np.empty(data.n_items, np.int64)
@@ -455,7 +459,13 @@ def _fig_sparsity(data: _Interactions, per_user: np.ndarray, per_item: np.ndarra
     grid = np.zeros((rows, cols))
     np.add.at(grid, (r_block[u_rank[data.user]], c_block[i_rank[data.item]]), 1.0)
     cells = np.outer(np.bincount(r_block, minlength=rows), np.bincount(c_block, minlength=cols))
-    share = grid / cells
+    return grid / cells
+
+
+def _fig_sparsity(data: _Interactions, per_user: np.ndarray, per_item: np.ndarray) -> bytes:
+    from matplotlib.colors import LogNorm
+
+    share = _block_density(data, per_user, per_item)
     density = len(data.user) / max(data.n_users * data.n_items, 1)
     fig = _figure(7.5, 5.2)
     ax = fig.add_subplot()
