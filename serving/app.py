@@ -66,7 +66,9 @@ _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 # ---- middleware ------------------------------------------------------------------------------------
-async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     import json
 
     payload = json.dumps(body).encode()
@@ -74,7 +76,11 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *(headers or []),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": payload})
@@ -140,6 +146,47 @@ class BodyLimitMiddleware:
             await self.app(scope, replay, send)
             return
         await self.app(scope, receive, send)
+
+
+class TimeoutMiddleware:
+    """503 JSON for a request that runs longer than ``seconds``, so one slow or stuck request
+    (a huge filter, a starved thread pool) cannot hold a client forever.
+
+    The handler task is cancelled; a synchronous route keeps its worker thread until it returns
+    (Python threads cannot be stopped) but its late answer is dropped. Admin routes are exempt:
+    a reload legitimately takes as long as loading a bundle. If the response had already
+    started when time ran out it cannot be replaced, and the connection is closed unfinished.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float, exempt: tuple[str, ...] = ("/admin/",)) -> None:
+        self.app = app
+        self.seconds = seconds
+        self.exempt = exempt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.seconds <= 0 or scope["path"].startswith(self.exempt):
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await asyncio.wait_for(self.app(scope, receive, tracking_send), timeout=self.seconds)
+        except asyncio.TimeoutError:
+            log.warning("%s %s exceeded the %.3gs request budget", scope["method"], scope["path"], self.seconds)
+            if started:
+                raise
+            await _send_json(
+                send,
+                503,
+                {"detail": f"request took longer than {self.seconds:g} s and was abandoned; retry later"},
+                headers=[(b"retry-after", b"1")],
+            )
 
 
 class MetricsMiddleware:
@@ -510,6 +557,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
         )
+    app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout)  # inside the size limit
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, requests=requests, latency=latency)
     return app
@@ -540,6 +588,7 @@ def serve(settings: Settings, workers: int = 1) -> None:
     if settings.model is not None:
         os.environ["MOVIEREC_MODEL"] = str(settings.model)
     os.environ["MOVIEREC_MAX_BODY_BYTES"] = str(settings.max_body_bytes)
+    os.environ["MOVIEREC_REQUEST_TIMEOUT"] = str(settings.request_timeout)
     if settings.cors_origins:
         os.environ["MOVIEREC_CORS_ORIGINS"] = ",".join(settings.cors_origins)
     if settings.api_key is not None:
