@@ -137,6 +137,9 @@ def train(
     config: Annotated[Optional[Path], typer.Option(help="YAML config (see configs/)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="random seed (overrides the config)")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override, e.g. --set retrieval.epochs=5")] = None,
+    feedback: Annotated[
+        Optional[Path], typer.Option(help="feedback log of the service (JSON lines) to fold into the ratings, latest rating wins")
+    ] = None,
 ) -> None:
     """Train content vectors, the two-tower model, the index and the ranker; write one bundle."""
     import time
@@ -149,6 +152,12 @@ def train(
         overrides.append(f"seed={seed}")
     cfg = load_config(config, overrides)
     ds = _data_options(data, ratings, items)
+    if feedback is not None:
+        from serving.store import fold_feedback
+
+        if not feedback.is_file():
+            raise UsageError(f"{feedback}: no such feedback log")
+        ds = fold_feedback(ds, feedback)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     path = train_pipeline(ds, out, cfg)
     from movierec.artifacts import load_bundle
@@ -294,6 +303,8 @@ def _print_items(items: list[dict[str, object]]) -> None:
         year = f" ({item['year']})" if item.get("year") is not None else ""
         genres = "|".join(item.get("genres") or [])
         typer.echo(f"{rank:>3}. {item['title']}{year}  [{genres}]  id={item['item_id']}  score={item['score']:.4f}")
+        for because in item.get("because") or []:
+            typer.echo(f"       because: {because['reason']}")
 
 
 @app.command()
@@ -302,22 +313,46 @@ def recommend(
     user: Annotated[str, typer.Option(help="user id as in the data")],
     k: Annotated[int, typer.Option(min=1, help="how many movies (up to the whole catalogue)")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help='print {"user_id", "items": [{"item_id", "title", "score"}]}')] = False,
+    explain: Annotated[bool, typer.Option("--explain", help="name up to three of the user's rated movies behind each result")] = False,
+    genres: Annotated[Optional[str], typer.Option(help="comma-separated genres; any of them qualifies")] = None,
+    year_min: Annotated[Optional[int], typer.Option(help="earliest release year")] = None,
+    year_max: Annotated[Optional[int], typer.Option(help="latest release year")] = None,
 ) -> None:
     """Top-k movies for a known user, movies they rated in training excluded."""
     import numpy as np
 
-    from ranking.blend import UnknownIdError
+    from ranking.blend import Filters, UnknownIdError
 
+    if year_min is not None and year_max is not None and year_min > year_max:
+        raise UsageError(f"--year-min {year_min} is after --year-max {year_max}")
     m = _query_model(model)
+    wanted = None
+    if genres:
+        known = {g.lower(): g for g in m.genre_vocab}
+        names = [g.strip() for g in genres.split(",") if g.strip()]
+        bad = [g for g in names if g.lower() not in known]
+        if bad:
+            raise UsageError(f"unknown genre {bad[0]!r}; known genres: {', '.join(m.genre_vocab)}")
+        wanted = [known[g.lower()] for g in names] or None
+    filters = Filters(genres=wanted, year_min=year_min, year_max=year_max)
     try:
-        recs = m.recommend_user(user, k)
-        user_id = m.user_ids[m.user_idx(user)]
+        recs = m.recommend_user(user, k, filters=filters)
+        u = m.user_idx(user)
+        user_id = m.user_ids[u]
     except UnknownIdError as e:
         raise UsageError(str(e)) from None
     items = m.item_records(recs.item_idx, recs.scores)
+    if explain:
+        from serving.rerank import explain as explain_items
+
+        lo, hi = m.retrieval.histories.indptr[u], m.retrieval.histories.indptr[u + 1]
+        ratings = m.bundle.array("hist_ratings.npy")[lo:hi] if m.bundle.has("hist_ratings.npy") else None
+        for item, because in zip(items, explain_items(m, m.retrieval.histories.items[lo:hi], ratings, recs.item_idx)):
+            item["because"] = because
     user_id = user_id.item() if isinstance(user_id, np.generic) else user_id
     if as_json:
-        _emit({"user_id": user_id, "items": [{"item_id": i["item_id"], "title": i["title"], "score": i["score"]} for i in items]})
+        keys = ("item_id", "title", "score", "because") if explain else ("item_id", "title", "score")
+        _emit({"user_id": user_id, "items": [{key: i[key] for key in keys} for i in items]})
         return
     typer.echo(f"top {len(items)} for user {user_id} (model {m.model_version}):")
     _print_items(items)
@@ -349,6 +384,31 @@ def similar(
         return
     typer.echo(f"{len(items)} movies like {source['title']} (by {by}):")
     _print_items(items)
+
+
+@app.command()
+def tune(
+    out: Annotated[Path, typer.Option(help="YAML file for the best config (loadable by train --config); trials go to the .csv beside it")],
+    trials: Annotated[int, typer.Option(min=1, help="number of trials (each trains the pipeline with capped epochs)")] = 20,
+    data: Annotated[Optional[Path], typer.Option(help="MovieLens-style folder or .zip (training data only)")] = None,
+    ratings: Annotated[Optional[Path], typer.Option(help="plain CSV: user_id,item_id,rating[,timestamp]")] = None,
+    items: Annotated[Optional[Path], typer.Option(help="plain CSV: item_id,title[,genres][,description]")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="base YAML config the search starts from")] = None,
+    seed: Annotated[int, typer.Option(help="seeds the validation split, the sampler and training")] = 42,
+    retrieval_epochs: Annotated[int, typer.Option(min=1, help="two-tower epochs per trial")] = 5,
+    ranking_epochs: Annotated[int, typer.Option(min=1, help="ranker epochs per trial")] = 3,
+) -> None:
+    """Search the main hyper-parameters with Optuna on a validation split of the training data."""
+    from movierec.config import load_config
+    from movierec.tune import METRIC, tune as run_tune
+
+    base = load_config(config)
+    ds = _data_options(data, ratings, items)
+    result = run_tune(ds, trials, out, base=base, trial_epochs=(retrieval_epochs, ranking_epochs), seed=seed)  # type: ignore[arg-type]
+    typer.echo(f"best validation {METRIC}: {result.best_value:.4f}")
+    for key, value in result.best_params.items():
+        typer.echo(f"  {key} = {value}")
+    typer.echo(f"config: {result.config_path}  trials: {result.trials_path}")
 
 
 @app.command()

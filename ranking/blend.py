@@ -349,6 +349,76 @@ class HybridRecommender:
             log.info("added item %r (%s) as item_idx %d", item_id, title, self.n_items - 1)
             return self.item_records(np.array([self.n_items - 1]))[0]
 
+    # ---- live feedback ---------------------------------------------------------------------------------
+    def record_ratings(self, user_id: Any, item_ids: list[Any], ratings: list[float]) -> dict[str, Any]:
+        """Fold new ratings into one user's history and query vector, effective at once.
+
+        The user tower pools a user's history, so re-encoding the updated history
+        (``retrieval.encode_histories``) moves the query vector without retraining; the next
+        ``recommend_user`` retrieves with it and excludes the newly rated movies. Re-rated movies
+        move to the most recent end of the history (the tower pools the latest ``history_len``).
+        An unknown user is created: a new row in the id map, a vector from the rated movies
+        alone (no id embedding, no user features). Everything is swapped in under the model's
+        lock, so a concurrent recommendation sees the old or the new state, never a mix.
+        Durability (the feedback log) is the caller's job; this changes memory only.
+
+        Args:
+            user_id: outside user id (known or new).
+            item_ids: outside ids of the rated movies (all must exist).
+            ratings: one rating per movie, same order; a repeated movie keeps its last rating.
+        Returns:
+            ``{"user_idx", "created", "history", "kept", "ratings"}``: the user's row, whether
+            it was created, the new history (item_idx, oldest first), a mask over the old history
+            row of the entries that stayed (in order, before the new ones) and the ratings of the
+            new entries (after de-duplication) -- serving uses the last two to keep per-entry
+            ratings aligned with the history.
+        Raises:
+            UnknownIdError: an item id the model does not know.
+            ValueError: lengths differ, nothing to record, or a new user id that does not fit
+                the model's id type (e.g. text where user ids are integers).
+        """
+        from retrieval.inputs import Histories
+
+        if len(item_ids) != len(ratings):
+            raise ValueError(f"{len(item_ids)} item ids but {len(ratings)} ratings")
+        if not item_ids:
+            raise ValueError("no ratings to record")
+        with self._lock:
+            items = np.array([self.item_idx(i) for i in item_ids], dtype=np.int64)
+            # a movie rated twice in one call counts once, at its last position, with its last rating
+            first_rev = np.sort(np.unique(items[::-1], return_index=True)[1])
+            new = items[::-1][first_rev][::-1]
+            new_ratings = np.asarray(ratings, dtype=np.float32)[::-1][first_rev][::-1]
+            hist = self.retrieval.histories
+            try:
+                u = self.user_idx(user_id)
+                created = False
+            except UnknownIdError:
+                new_id = _coerce_id(user_id, self.user_ids)
+                if pd.api.types.is_integer_dtype(self.user_ids.dtype) and not isinstance(new_id, (int, np.integer)):
+                    raise ValueError(f"user_id {user_id!r} is not an integer like this model's user ids") from None
+                u, created = len(self.user_ids), True
+            old = hist.of(u) if u < hist.n_users else np.zeros(0, np.int64)
+            kept = ~np.isin(old, new)
+            row = np.concatenate([old[kept], new])
+            query = self.retrieval.encode_histories([row], np.array([-1 if created else u]))[0]
+            if created:
+                self.user_ids = np.append(self.user_ids, np.asarray([new_id], dtype=self.user_ids.dtype))
+                self._user_pos = pd.Index(self.user_ids)
+                self.retrieval.user_vectors = np.vstack([self.retrieval.user_vectors, query[None, :].astype(np.float32)])
+                indptr = np.append(hist.indptr, hist.indptr[-1] + len(row))
+                self.retrieval.histories = Histories(indptr, np.concatenate([hist.items, row]))
+            else:
+                lo, hi = hist.indptr[u], hist.indptr[u + 1]
+                indptr = hist.indptr.copy()
+                indptr[u + 1 :] += len(row) - (hi - lo)
+                self.retrieval.histories = Histories(indptr, np.concatenate([hist.items[:lo], row, hist.items[hi:]]))
+                # in place (readers of one user hold the lock; a batch job at worst sees this row
+                # before or after), so feedback costs O(history) rather than a copy of every user
+                self.retrieval.user_vectors[u] = query
+            log.info("recorded %d ratings for user %r (%s); history now %d", len(new), user_id, "new" if created else "known", len(row))
+            return {"user_idx": u, "created": created, "history": row, "kept": kept, "ratings": new_ratings}
+
 
 def _coerce_id(value: Any, ids: np.ndarray) -> Any:
     """Ids arrive as strings from URLs; match the dtype of the model's ids."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request, Security
+from fastapi import Body, Depends, FastAPI, HTTPException, Path as PathParam, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
@@ -33,11 +33,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ranking.blend import Filters, HybridRecommender, UnknownIdError
 from serving.rerank import explain, mmr
 from serving.schemas import (
+    MAX_LIKED,
     ErrorOut,
+    FeedbackOut,
     HealthOut,
     ItemDetail,
     NewItemRequest,
     NewUserRequest,
+    RatingIn,
     RecommendationsOut,
     ReloadOut,
     SearchOut,
@@ -46,9 +49,10 @@ from serving.schemas import (
     SimilarQuery,
     StatusOut,
     UserRecommendationQuery,
+    VersionsOut,
 )
 from serving.settings import Settings
-from serving.store import ModelStore, NotReadyError, ReloadError, ServedModel, newest_bundle
+from serving.store import FeedbackLog, ModelStore, NotReadyError, ReloadError, ServedModel, newest_bundle
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
@@ -342,6 +346,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = ModelStore(settings.model)
         app.state.store = store
+        app.state.feedback = FeedbackLog(settings.feedback_path)
         if settings.model is not None:
             if not settings.model.exists():
                 raise ReloadError(f"{settings.model}: no such bundle or directory")
@@ -420,17 +425,67 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rec = served.recommender
         u = rec.user_idx(user_id)
         genres = _genres(rec, query.genres.split(",") if query.genres else None)
-        filters = Filters(genres=genres, year_min=query.year_min, year_max=query.year_max)
+        exclude = [e.strip() for e in query.exclude.split(",") if e.strip()] if query.exclude else None
+        filters = Filters(genres=genres, year_min=query.year_min, year_max=query.year_max, exclude_items=exclude)
         idx, scores = _ranked_items(
             served, lambda n: rec.recommend_user(user_id, n, query.exclude_seen, filters, rank=settings.rank), query.k, query.diversity
         )
         items = served.records(idx, scores)
         if query.explain:
-            hist = rec.retrieval.histories
-            lo, hi = hist.indptr[u], hist.indptr[u + 1]
-            ratings = served.hist_ratings[lo:hi] if served.hist_ratings is not None else None
-            _with_reasons(items, served, hist.items[lo:hi], ratings, idx, "rated")
+            history, ratings = served.user_history(u)  # live feedback included
+            _with_reasons(items, served, history, ratings, idx, "rated")
         return {"user_id": _plain(rec.user_ids[u]), "model_version": served.model_version, "items": items}
+
+    @app.post(
+        "/users/{user_id}/ratings", response_model=FeedbackOut, responses=_ERRORS, tags=["recommendations"]
+    )
+    def record_ratings(
+        user_id: Annotated[str, PathParam(min_length=1, max_length=200)],
+        body: Annotated[list[RatingIn], Body(min_length=1, max_length=MAX_LIKED)],
+        served: ModelDep,
+        request: Request,
+    ) -> dict[str, Any]:
+        """Live feedback: the ratings are appended to the durable feedback log (fsync'ed before
+        this answers), then the user's query vector is re-pooled from the updated history, so
+        the next recommendation reflects them. An unknown user is created. The log is folded
+        into training by ``movierec train --feedback LOG``. With several workers only the
+        worker that took the request updates its in-memory model (all share the log)."""
+        rec = served.recommender
+        item_ids = [_plain(r.item_id) for r in body]
+        for item_id in item_ids:
+            rec.item_idx(item_id)  # 404 before anything is logged
+        lo, hi = (float(v) for v in rec.bundle.manifest.get("dataset", {}).get("rating_scale", (-np.inf, np.inf)))
+        for r in body:
+            if not lo <= r.rating <= hi:
+                raise ValueError(f"rating {r.rating:g} for item {r.item_id!r} is outside this model's scale {lo:g}..{hi:g}")
+        try:
+            rec.user_idx(user_id)
+            new_user = False
+        except UnknownIdError:
+            new_user = True
+            if np.issubdtype(np.asarray(rec.user_ids).dtype, np.integer):
+                try:
+                    out_id: Any = int(user_id)
+                except ValueError:
+                    raise ValueError(f"user_id {user_id!r}: this model's user ids are integers") from None
+            else:
+                out_id = user_id
+        if not new_user:
+            out_id = _plain(rec.user_ids[rec.user_idx(user_id)])
+        ratings = [r.rating for r in body]
+        try:
+            request.app.state.feedback.append(out_id, item_ids, ratings, served.model_version)
+        except OSError as e:
+            log.error("feedback log %s not writable: %s", request.app.state.feedback.path, e)
+            raise HTTPException(503, "feedback log is not writable; ratings not recorded") from e
+        result = served.record_feedback(out_id, item_ids, ratings)
+        return {
+            "user_id": out_id,
+            "created": result["created"],
+            "recorded": len(body),
+            "history_length": len(result["history"]),
+            "model_version": served.model_version,
+        }
 
     @app.post("/recommendations", response_model=RecommendationsOut, responses=_ERRORS, tags=["recommendations"])
     def new_user_recommendations(body: NewUserRequest, served: ModelDep) -> dict[str, Any]:
@@ -533,11 +588,45 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reloads.labels("refused").inc()
             raise HTTPException(409, str(e)) from e
         reloads.labels(result.status).inc()
+        if result.status == "reloaded":
+            store.prune(settings.keep_bundles)
         return {
             "status": result.status,
             "model_version": result.model_version,
             "previous_version": result.previous_version,
             "path": str(result.path),
+        }
+
+    @app.post(
+        "/admin/rollback",
+        response_model=ReloadOut,
+        responses={**_ADMIN_ERRORS, 409: {"model": ErrorOut, "description": "no older bundle, or it was refused"}},
+        dependencies=[Depends(require_admin)],
+        tags=["admin"],
+    )
+    def rollback(store: StoreDep) -> dict[str, Any]:
+        """Go back to the bundle before the served one; model and indexes switch together, and
+        running requests finish on the model they started with."""
+        try:
+            result = store.rollback()
+        except ReloadError as e:
+            reloads.labels("rollback_refused").inc()
+            raise HTTPException(409, str(e)) from e
+        reloads.labels(result.status).inc()
+        return {
+            "status": result.status,
+            "model_version": result.model_version,
+            "previous_version": result.previous_version,
+            "path": str(result.path),
+        }
+
+    @app.get("/admin/versions", response_model=VersionsOut, responses=_ADMIN_ERRORS, dependencies=[Depends(require_admin)], tags=["admin"])
+    def versions(store: StoreDep) -> dict[str, Any]:
+        """Bundles in the serving directory, newest first; ``active`` marks the served one."""
+        return {
+            "versions": [
+                {"version": v.version, "path": str(v.path), "created": v.created, "active": v.active} for v in store.versions()
+            ]
         }
 
     # ---- metrics, docs, page -----------------------------------------------------------------------

@@ -89,10 +89,40 @@ class SearchOut(BaseModel):
 
 
 class ReloadOut(BaseModel):
-    status: Literal["reloaded", "unchanged"]
+    status: Literal["reloaded", "unchanged", "rolled_back"]
     model_version: str
     previous_version: str | None
     path: str
+
+
+class VersionOut(BaseModel):
+    """One bundle in the serving directory."""
+
+    version: str
+    path: str
+    created: str | None
+    active: bool
+
+
+class VersionsOut(BaseModel):
+    versions: list[VersionOut] = Field(description="newest first")
+
+
+class RatingIn(BaseModel):
+    """One live rating (``POST /users/{user_id}/ratings``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: InId
+    rating: float = Field(..., allow_inf_nan=False, description="on the data's rating scale (checked against the bundle)")
+
+
+class FeedbackOut(BaseModel):
+    user_id: Id
+    created: bool = Field(description="the user was new and has been added")
+    recorded: int = Field(description="ratings written to the feedback log")
+    history_length: int = Field(description="movies in the user's history after the update")
+    model_version: str
 
 
 class _Filters(BaseModel):
@@ -114,6 +144,7 @@ class UserRecommendationQuery(_Filters):
     k: int = Field(10, ge=1, le=MAX_K)
     exclude_seen: bool = True
     genres: str | None = Field(None, max_length=2000, description="comma-separated; any of them qualifies")
+    exclude: str | None = Field(None, max_length=20_000, description="comma-separated item ids never to recommend")
 
 
 class NewUserRequest(_Filters):

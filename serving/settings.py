@@ -1,12 +1,15 @@
 """Serving settings from the environment (prefix ``MOVIEREC_``), kept apart from training config.
 
 ``MOVIEREC_MODEL`` is either one bundle directory or a directory holding several bundles (the
-newest valid one is served and ``POST /admin/reload`` moves to a newer one). ``MOVIEREC_API_KEY``
+newest valid one is served, ``POST /admin/reload`` moves to a newer one, ``POST /admin/rollback``
+back to the previous one; the newest ``MOVIEREC_KEEP_BUNDLES`` are kept). Live ratings go to
+``MOVIEREC_FEEDBACK_LOG`` (default ``MOVIEREC_STATE_DIR/feedback.jsonl``). ``MOVIEREC_API_KEY``
 turns the admin routes on; without it they answer 403.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +36,17 @@ class Settings(BaseSettings):
     )
     log_level: str = "info"
     rank: bool = Field(True, description="re-score candidates with the bundle's ranker (off: two-tower order, much faster)")
+    state_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "movierec",
+        description="writable directory for run-time state (the feedback log); never inside a bundle, "
+        "which is checksummed, replaced on retraining and may be read-only",
+    )
+    feedback_log: Path | None = Field(None, description="JSON-lines log of live ratings (default: STATE_DIR/feedback.jsonl)")
+    keep_bundles: int = Field(3, ge=1, le=100, description="bundles kept in a serving directory; older ones are deleted after a reload")
+
+    @property
+    def feedback_path(self) -> Path:
+        return self.feedback_log if self.feedback_log is not None else self.state_dir / "feedback.jsonl"
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from movierec.artifacts import MANIFEST, BundleError
+from movierec.data import Dataset
 from ranking.blend import HybridRecommender
 
 log = logging.getLogger(__name__)
@@ -54,10 +59,54 @@ class ServedModel:
     loaded_at: float = field(default_factory=time.time)
     _records: list[dict[str, Any]] = field(default_factory=list, repr=False)
     _records_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # ratings of histories changed by live feedback, aligned with the user's current history row
+    # (the bundle's hist_ratings stays as trained; its rows no longer line up for those users)
+    _feedback_ratings: dict[int, np.ndarray | None] = field(default_factory=dict, repr=False)
+    _feedback_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _trained_indptr: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._trained_indptr = self.recommender.retrieval.histories.indptr.copy()
 
     @property
     def model_version(self) -> str:
         return self.recommender.model_version
+
+    def user_history(self, u: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(item_idx, ratings or None) of user row ``u``, read consistently with live feedback.
+
+        The bundle's ``hist_ratings`` is laid out by the histories *as trained*
+        (``_trained_indptr``); feedback rewrites the live histories, so rows are looked up by
+        the trained layout and users changed since then by their own aligned copy.
+        """
+        with self._feedback_lock:
+            hist = self.recommender.retrieval.histories
+            items = hist.of(u) if 0 <= u < hist.n_users else np.zeros(0, np.int64)
+            if u in self._feedback_ratings:
+                return items, self._feedback_ratings[u]
+            indptr = self._trained_indptr
+            if self.hist_ratings is None or indptr is None or not 0 <= u < len(indptr) - 1:
+                return items, None
+            ratings = self.hist_ratings[indptr[u] : indptr[u + 1]]
+            return items, ratings if len(ratings) == len(items) else None
+
+    def record_feedback(self, user_id: Any, item_ids: list[Any], ratings: list[float]) -> dict[str, Any]:
+        """Apply ratings to the in-memory model (``HybridRecommender.record_ratings``) and keep
+        the per-entry ratings of that user's history aligned, for "you rated 5" explanations."""
+        with self._feedback_lock:
+            u_before = None
+            try:
+                u_before = self.recommender.user_idx(user_id)
+            except KeyError:
+                pass
+            old_ratings = self.user_history(u_before)[1] if u_before is not None else np.zeros(0, np.float32)
+            out = self.recommender.record_ratings(user_id, item_ids, ratings)
+            kept = out["kept"]
+            if old_ratings is not None and len(old_ratings) == len(kept):
+                self._feedback_ratings[out["user_idx"]] = np.concatenate([old_ratings[kept], out["ratings"]])
+            else:
+                self._feedback_ratings[out["user_idx"]] = None
+            return out
 
     def records(self, idx: np.ndarray, scores: np.ndarray | None = None) -> list[dict[str, Any]]:
         """Like ``HybridRecommender.item_records`` but from plain dicts built once per item.
@@ -199,3 +248,206 @@ class ModelStore:
             self.reloads += 1
             log.info("now serving %s (was %s)", model.model_version, previous_version)
             return ReloadResult("reloaded", model.model_version, previous_version, path)
+
+    # ---- versions and rollback -------------------------------------------------------------------
+    def versions(self) -> list[BundleVersion]:
+        """Bundles available under :attr:`source`, newest first, the served one marked active.
+
+        A single-bundle source lists just that bundle (``movierec train --out`` replaces it in
+        place, so there is nothing older on disk to go back to).
+        """
+        if self.source is None:
+            return []
+        current = self._current
+        active = current.path.resolve() if current is not None else None
+        return [
+            BundleVersion(
+                _manifest_version(p) or "?", p, _manifest_created(p), active is not None and p.resolve() == active
+            )
+            for p in bundles_newest_first(self.source)
+        ]
+
+    def rollback(self) -> ReloadResult:
+        """Serve the bundle just older than the served one, swapped in as one object.
+
+        The previous bundle is loaded and verified completely before the single swap, so the
+        two-tower model, its index, the content index and the ranker change together; if it
+        fails verification nothing changes. ``POST /admin/reload`` later returns to the newest.
+
+        Raises:
+            ReloadError: no model served, no older bundle, or the older bundle was refused.
+        """
+        if self.source is None:
+            raise ReloadError("no model directory configured (set MOVIEREC_MODEL or --model)")
+        with self._reload_lock:
+            current = self._current
+            if current is None:
+                raise ReloadError("no bundle is being served, nothing to roll back from")
+            found = bundles_newest_first(self.source)
+            served = [i for i, p in enumerate(found) if p.resolve() == current.path.resolve()]
+            if not served or served[0] + 1 >= len(found):
+                raise ReloadError(f"no bundle older than {current.model_version} under {self.source}")
+            path = found[served[0] + 1]
+            try:
+                model = ServedModel.load(path)
+            except (BundleError, ValueError, KeyError, OSError, RuntimeError) as e:
+                log.error("rollback refused, still serving %s: %s", current.model_version, e)
+                raise ReloadError(f"bundle {path} refused: {e}") from e
+            self.swap(model)
+            self.reloads += 1
+            log.warning("rolled back from %s to %s (%s)", current.model_version, model.model_version, path)
+            return ReloadResult("rolled_back", model.model_version, current.model_version, path)
+
+    def prune(self, keep: int) -> list[Path]:
+        """Delete bundles beyond the newest ``keep`` under a directory of bundles.
+
+        The served bundle is never deleted (after a rollback it may be older than the cut).
+        Only directories with a manifest are touched; a single-bundle source is left alone.
+
+        Returns:
+            The deleted paths.
+        """
+        if self.source is None or (self.source / MANIFEST).is_file() or keep < 1:
+            return []
+        current = self._current
+        active = current.path.resolve() if current is not None else None
+        removed = []
+        for p in bundles_newest_first(self.source)[keep:]:
+            if p.resolve() == active:
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+            log.info("pruned old bundle %s (keeping the newest %d)", p, keep)
+        return removed
+
+
+@dataclass
+class BundleVersion:
+    """One bundle under the serving directory (``GET /admin/versions``)."""
+
+    version: str
+    path: Path
+    created: str | None
+    active: bool
+
+
+def _manifest_created(path: Path) -> str | None:
+    try:
+        value = json.loads((path / MANIFEST).read_text()).get("created")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(value) if value is not None else None
+
+
+def bundles_newest_first(source: Path) -> list[Path]:
+    """Every bundle under ``source``, newest first, in the order :func:`newest_bundle` uses."""
+    source = Path(source)
+    if (source / MANIFEST).is_file():
+        return [source]
+    if not source.is_dir():
+        return []
+    found = [p for p in source.iterdir() if not p.name.startswith(".") and p.is_dir() and (p / MANIFEST).is_file()]
+    return sorted(found, key=lambda p: ((p / MANIFEST).stat().st_mtime_ns, p.name), reverse=True)
+
+
+# ---- live feedback log -----------------------------------------------------------------------------
+class FeedbackLog:
+    """Append-only JSON-lines log of live ratings: the durable side of ``POST /users/{id}/ratings``.
+
+    One line per rating: ``{"ts", "user_id", "item_id", "rating", "model_version"}``. A request's
+    lines go out in one ``write`` on a file opened with ``O_APPEND``, then ``flush`` and
+    ``fsync`` before the request is answered, so an acknowledged rating survives a crash or
+    power loss. Earlier lines are never rewritten; a crash mid-write can at worst leave one
+    torn last line, which the next append starts after (a newline first) and
+    :func:`read_feedback` skips. An ``flock`` serialises writers across worker processes.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def append(self, user_id: Any, item_ids: list[Any], ratings: list[float], model_version: str | None = None) -> int:
+        """Durably append one line per rating; returns the number of lines written."""
+        import fcntl
+
+        now = time.time()
+        lines = "".join(
+            json.dumps({"ts": now, "user_id": user_id, "item_id": i, "rating": float(r), "model_version": model_version}) + "\n"
+            for i, r in zip(item_ids, ratings)
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)  # read: torn-line check
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                size = os.fstat(fd).st_size
+                if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
+                    lines = "\n" + lines  # a torn last line from a crash: never glue onto it
+                data = lines.encode()
+                written = 0
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+                os.fsync(fd)
+            finally:
+                os.close(fd)  # also releases the flock
+        return len(item_ids)
+
+
+def read_feedback(path: Path) -> pd.DataFrame:
+    """The ratings of a feedback log as ``user_id, item_id, rating, timestamp`` (int seconds).
+
+    Lines that do not parse or lack a field (a torn last line after a crash) are skipped with
+    a warning naming the line.
+
+    Raises:
+        FileNotFoundError: no log at ``path``.
+    """
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                rating = float(rec["rating"])
+                if not math.isfinite(rating):
+                    raise ValueError("rating is not finite")
+                rows.append((rec["user_id"], rec["item_id"], rating, int(rec.get("ts") or 0)))
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("%s line %d: skipped (%s)", path, n, e)
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+
+
+def fold_feedback(ds: Dataset, path: Path) -> Dataset:
+    """``ds`` plus the ratings of a feedback log, for ``movierec train --feedback``.
+
+    Feedback lines become ratings with their log timestamps; a (user, item) pair rated both in
+    the data and in the log (or several times in the log) keeps the latest rating. New users
+    get new ids; ratings of movies the catalogue lacks (e.g. added at run time through
+    ``POST /items``) are skipped with a warning, since training has no content for them.
+    """
+    fb = read_feedback(path)
+    if fb.empty:
+        log.warning("%s: no feedback ratings", path)
+        return ds
+    for col, ids in (("user_id", ds.user_ids), ("item_id", ds.item_ids)):
+        if pd.api.types.is_integer_dtype(np.asarray(ids).dtype):
+            fb[col] = pd.to_numeric(fb[col], errors="coerce")
+            bad = fb[col].isna()
+            if bad.any():
+                log.warning("%s: %d feedback ratings skipped: %s is not an integer id", path, int(bad.sum()), col)
+                fb = fb[~bad]
+            fb[col] = fb[col].astype(np.asarray(ids).dtype)
+        else:
+            fb[col] = fb[col].astype(str)
+    known = fb["item_id"].isin(ds.item_ids)
+    if not known.all():
+        log.warning("%s: %d feedback ratings skipped: movies not in the catalogue", path, int((~known).sum()))
+        fb = fb[known]
+    base = ds.ratings[["user_id", "item_id", "rating", "timestamp"]]
+    both = pd.concat([base, fb], ignore_index=True)
+    # keep the latest rating of each (user, item): log lines come after the data on equal times
+    both = both.iloc[np.lexsort((np.arange(len(both)), both["timestamp"].to_numpy()))]
+    both = both.drop_duplicates(["user_id", "item_id"], keep="last").sort_index()
+    log.info("folded %d feedback ratings from %s (%d ratings after de-duplication)", len(fb), path, len(both))
+    return Dataset(both.reset_index(drop=True), ds.items, users=ds.users, name=f"{ds.name}+feedback")
