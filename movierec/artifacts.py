@@ -186,9 +186,14 @@ class Bundle:
         return pd.read_parquet(self.file(name))
 
     def tensors(self, name: str) -> dict[str, Any]:
+        """Tensors from a safetensors file (a plain header plus raw bytes: nothing is unpickled)."""
         from safetensors.torch import load_file
 
-        return load_file(str(self.file(name)))
+        path = self.file(name)
+        try:
+            return load_file(str(path))
+        except Exception as e:  # SafetensorError derives from Exception only; callers expect BundleError
+            raise BundleError(f"{path}: not a valid safetensors file ({e})") from e
 
     def __repr__(self) -> str:
         return f"Bundle({str(self.path)!r}, version={self.model_version})"
