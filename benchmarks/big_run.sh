@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# End-to-end run at scale: synth -> train -> candidates, each stage under /usr/bin/time -v
+# (wall time and peak RSS per stage), as recorded in benchmarks/RESULTS.md "Scale (issue 8)".
+#
+#   nice -n 10 benchmarks/big_run.sh WORKDIR [USERS ITEMS RATINGS [WORKERS]]
+#
+# Defaults are the issue-8 size: 200,000 users, 100,000 items, 20,000,000 ratings, candidates with
+# 1 worker. Each stage's full `time -v` report is kept in WORKDIR/<stage>.time; a summary table is
+# printed at the end.
+set -euo pipefail
+
+work=${1:?usage: big_run.sh WORKDIR [USERS ITEMS RATINGS [WORKERS]]}
+users=${2:-200000}
+items=${3:-100000}
+ratings=${4:-20000000}
+workers=${5:-1}
+here=$(cd "$(dirname "$0")/.." && pwd)
+movierec="$here/.venv/bin/movierec"
+config="$here/configs/synthetic-large.yaml"
+mkdir -p "$work"
+
+stage() {  # stage NAME COMMAND...
+  local name=$1; shift
+  echo "== $name: $*" >&2
+  /usr/bin/time -v -o "$work/$name.time" "$@" > "$work/$name.out" 2> "$work/$name.log"
+  tail -n 3 "$work/$name.out" >&2
+}
+
+export MOVIEREC_PROGRESS=0
+[ -f "$work/data/ratings.csv" ] || stage synth "$movierec" synth --out "$work/data" --users "$users" --items "$items" --ratings "$ratings"
+stage train "$movierec" train --data "$work/data" --out "$work/model" --config "$config"
+if [ "$workers" -gt 1 ]; then
+  stage candidates "$movierec" candidates --model "$work/model" --out "$work/candidates" --k 100 --workers "$workers"
+else
+  stage candidates "$movierec" candidates --model "$work/model" --out "$work/candidates.parquet" --k 100
+fi
+
+echo
+echo "| stage | wall | peak RSS MB | CPU s (user+sys) |"
+echo "|---|---:|---:|---:|"
+for name in synth train candidates; do
+  f="$work/$name.time"
+  [ -f "$f" ] || continue
+  wall=$(grep "Elapsed (wall clock)" "$f" | awk '{print $NF}')
+  rss=$(grep "Maximum resident set size" "$f" | awk '{printf "%.0f", $NF/1024}')
+  cpu=$(grep -E "User time|System time" "$f" | awk '{s+=$NF} END {printf "%.0f", s}')
+  echo "| $name | $wall | $rss | $cpu |"
+done
