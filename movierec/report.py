@@ -49,6 +49,7 @@ _N_SAMPLE_RECS = 5
 _N_TYPICAL_TITLES = 5
 _MAX_GENRE_COLOURS = 9  # tab10 minus the grey kept for "other"
 _DPI = 100
+_MAX_WIDTH = 11.0  # inches; at _DPI this fits the page column unscaled, so text keeps its size
 
 # Okabe-Ito-like qualitative palette from tab10; grey is reserved for "other"/"no genre"
 _TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
@@ -224,7 +225,7 @@ class _Section:
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;margin:0;background:#fafafa}
-main{max-width:1100px;margin:0 auto;padding:24px 32px 64px;background:#fff}
+main{max-width:1180px;margin:0 auto;padding:24px 32px 64px;background:#fff}
 h1{margin:0 0 4px;font-size:28px} h2{margin-top:40px;border-bottom:2px solid #e4e4e4;padding-bottom:4px}
 h3{margin:24px 0 8px;font-size:17px}
 .sub{color:#666;margin:0 0 12px} .note{background:#fff8e1;border-left:4px solid #f0b400;padding:8px 12px}
@@ -256,15 +257,17 @@ def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _table(header: list[str], rows: list[list[Any]], numeric: set[int] | None = None, bold: set[tuple[int, int]] | None = None) -> str:
+def _table(header: list[str] | None, rows: list[list[Any]], numeric: set[int] | None = None, bold: set[tuple[int, int]] | None = None) -> str:
     numeric, bold = numeric or set(), bold or set()
 
     def cell(tag: str, i: int, j: int, v: Any) -> str:
         cls = " ".join(c for c, on in (("num", j in numeric), ("best", (i, j) in bold)) if on)
         return f'<{tag} class="{cls}">{v}</{tag}>' if cls else f"<{tag}>{v}</{tag}>"
 
-    head = "".join(cell("th", -1, j, _esc(h)) for j, h in enumerate(header))
     body = "".join("<tr>" + "".join(cell("td", i, j, v) for j, v in enumerate(r)) + "</tr>" for i, r in enumerate(rows))
+    if header is None:  # a key/value table
+        return f"<table><tbody>{body}</tbody></table>"
+    head = "".join(cell("th", -1, j, _esc(h)) for j, h in enumerate(header))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -334,7 +337,7 @@ def _section_summary(bundle: Bundle) -> _Section:
     timings = m.get("timings") or {}
     if timings:
         rows.append(["training time", ", ".join(f"{_esc(k)} {v:.1f}s" for k, v in timings.items())])
-    s.body.append(_table(["", ""], rows))
+    s.body.append(_table(None, rows))
     s.p(
         "Training metrics are measured on the validation split held out during training; "
         "the quality section below compares against baselines on a separate test set when one is given."
@@ -359,8 +362,8 @@ def _section_data(bundle: Bundle) -> _Section:
         f"<b>{n:,}</b> ratings by <b>{data.n_users:,}</b> users on <b>{data.n_items:,}</b> movies "
         f"({cold:,} movies without a rating in training). The user x movie matrix is "
         f"<b>{density:.2%}</b> filled, so <b>{1 - density:.2%}</b> sparse. The top 10% of movies hold "
-        f"<b>{top_share:.0%}</b> of all ratings; the median user rated {np.median(per_user):.0f} movies "
-        f"and the median movie has {np.median(per_item):.0f} ratings."
+        f"<b>{top_share:.0%}</b> of all ratings; the median user rated {np.median(per_user[per_user > 0]):.0f} movies "
+        f"and the median rated movie has {np.median(per_item[per_item > 0]):.0f} ratings."
     )
     s.figure(_fig_ratings(data.rating), "histogram of rating values", "How users rate: the share of each rating value.")
     s.figure(
@@ -386,12 +389,15 @@ def _fig_ratings(ratings: np.ndarray) -> bytes:
     if len(values) <= 25:  # a discrete scale (stars): one bar per value
         step = np.min(np.diff(values)) if len(values) > 1 else 1.0
         bars = ax.bar(values, share, width=0.8 * step, color=_TAB10[0])
-        ax.bar_label(bars, labels=[f"{v:.0%}" if v >= 0.01 else f"{v:.1%}" for v in share], fontsize=8, padding=2)
+        texts = ax.bar_label(bars, labels=[f"{v:.0%}" if v >= 0.01 else f"{v:.1%}" for v in share], fontsize=8, padding=2)
+        for t in texts:  # the mean line passes behind the labels, not through them
+            t.set_bbox({"facecolor": "white", "edgecolor": "none", "pad": 0.5})
+            t.set_zorder(4)
         ax.set_xticks(values, [f"{v:g}" for v in values])
     else:  # continuous ratings
         ax.hist(ratings, bins=30, weights=np.full(len(ratings), 1 / len(ratings)), color=_TAB10[0])
     mean = float(ratings.mean())
-    ax.axvline(mean, color=_TAB10[3], linestyle="--", linewidth=1.2, label=f"mean {mean:.2f}")
+    ax.axvline(mean, color=_TAB10[3], linestyle="--", linewidth=1.2, label=f"mean {mean:.2f}", zorder=3)
     ax.yaxis.set_major_formatter(_percent())
     ax.set_ylim(0, float(share.max()) * 1.18 if len(values) <= 25 else None)
     ax.set_xlabel("rating")
@@ -416,7 +422,7 @@ def _fig_long_tail(per_user: np.ndarray, per_item: np.ndarray) -> bytes:
         rank = np.arange(1, len(c) + 1)
         ax.plot(rank, c, color=colour, linewidth=2, label=f"ratings per {who}")
         med = float(np.median(c))
-        ax.axhline(med, color="#555", linestyle=":", linewidth=1.2, label=f"median {med:.0f}")
+        ax.axhline(med, color="#555", linestyle=":", linewidth=1.2, label=f"median {med:.0f}" + (" (of rated)" if who == "movie" else ""))
         ax.set_xscale("log")
         ax.set_yscale("log")
         _plain_log_ticks(ax)
@@ -479,8 +485,12 @@ def _fig_sparsity(data: _Interactions, per_user: np.ndarray, per_item: np.ndarra
     )
     ax.set_facecolor("#f0f0f0")  # empty blocks
     bar = fig.colorbar(img, ax=ax, label="share of the block that is rated (log scale)")
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    # labels at 1, 2, 5 per decade only: every minor tick labelled would pile up near a decade
+    bar.ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     bar.ax.yaxis.set_major_formatter(_percent())
-    bar.ax.yaxis.set_minor_formatter(_percent())
+    bar.ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("movies, most rated first")
     ax.set_ylabel("users, most active first")
     ax.set_title(f"Rated cells of the user x movie matrix: {density:.2%} filled, {1 - density:.2%} sparse", fontsize=11)
@@ -520,7 +530,6 @@ def _section_training(bundle: Bundle) -> _Section:
         if png is None:
             s.note(f"The log <code>{_esc(name)}</code> has no epochs to plot.")
             continue
-        s.body.append(f"<h3>{_esc(_STAGE_NAMES.get(stage, stage))}</h3>")
         s.figure(png, f"training curves of {stage}")
     return s
 
@@ -567,7 +576,7 @@ def _fig_training(frame: pd.DataFrame, stage: str) -> bytes | None:
         return None
     kinds = [k for k in ("loss", "quality", "error") if any(_metric_kind(c) == k for c in epochs.columns)]
     titles = {"loss": "Loss (lower is better)", "quality": "Validation ranking quality (higher is better)", "error": "Validation rating error (lower is better)"}
-    fig = _figure(min(5 * len(kinds), 15), 3.6)
+    fig = _figure(min(4.5 * len(kinds), _MAX_WIDTH), 3.6)
     axes = np.atleast_1d(fig.subplots(1, len(kinds)))
     x = epochs.index.to_numpy() + 1  # humans count epochs from 1
     for ax, kind in zip(axes, kinds):
@@ -638,7 +647,7 @@ def _section_quality(table: QualityTable | None) -> _Section:
 def _fig_quality(table: QualityTable, metrics: list[str]) -> bytes:
     names = list(table)
     colours = {n: _TAB10[i % len(_TAB10)] for i, n in enumerate(names)}
-    fig = _figure(min(3.2 * len(metrics) + 2.5, 15), 0.45 * len(names) + 1.6)
+    fig = _figure(min(2.4 * len(metrics) + 2.5, _MAX_WIDTH), 0.45 * len(names) + 1.6)
     axes = np.atleast_1d(fig.subplots(1, len(metrics), sharey=True))
     y = np.arange(len(names))[::-1]  # first model on top
     for ax, m in zip(axes, metrics):
@@ -731,7 +740,7 @@ def _fig_map(xy: np.ndarray, genres: np.ndarray, counts: np.ndarray, labels: np.
     size = 6 + 60 * np.sqrt(counts / max(float(counts.max()), 1.0))
     # popular movies on top, so the big points are not hidden under small ones
     order = np.argsort(counts, kind="stable")
-    fig = _figure(13, 6.2)
+    fig = _figure(_MAX_WIDTH, 5.6)
     left, right = fig.subplots(1, 2)
     ranked = [g for g, _ in Counter(genres.tolist()).most_common() if g != "(none)"]
     shown = ranked[:_MAX_GENRE_COLOURS]
@@ -769,14 +778,14 @@ def _fig_map(xy: np.ndarray, genres: np.ndarray, counts: np.ndarray, labels: np.
 
 
 def _typical(vectors: np.ndarray, members: np.ndarray, centroid: np.ndarray, counts: np.ndarray, n: int) -> np.ndarray:
-    """Among the ``3n`` members closest to the centre, the ``n`` most rated.
+    """Among the members closest to the centre (``3n`` or the closest tenth), the ``n`` most rated.
 
     Closest-to-centre alone favours obscure movies with few ratings (their vectors come mostly
     from content and sit near the middle); preferring popular ones among the close ones gives
     titles a reader recognises that still typify the cluster.
     """
     sims = vectors[members] @ centroid
-    close = members[np.argsort(-sims, kind="stable")[: 3 * n]]
+    close = members[np.argsort(-sims, kind="stable")[: max(3 * n, len(members) // 10)]]
     return close[np.argsort(-counts[close], kind="stable")[:n]]
 
 
