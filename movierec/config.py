@@ -96,6 +96,7 @@ class RankingConfig(_Section):
 
     enabled: bool = True
     candidates: int = Field(200, ge=10, description="retrieval candidates the ranker re-scores per user")
+    collab_candidates: int = Field(50, ge=0, description="extra candidates from the item-item model, merged with the two-tower ones")
     holdout: Literal["temporal", "random"] = "random"
     holdout_fraction: float = Field(0.2, gt=0, lt=0.9)
     negatives: int = Field(20, ge=0, description="random negatives per user list, besides the retrieval candidates")
@@ -197,10 +198,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
             text = Path(path).read_text()
         except OSError as e:
             raise ConfigError(f"{path}: cannot read config ({e.strerror or e})") from e
+        except UnicodeDecodeError as e:  # a binary or non-UTF-8 file: say so instead of a traceback
+            raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        except (RecursionError, ValueError) as e:  # "[[[[...]]]]" nesting; an int of 5,000 digits
+            raise ConfigError(f"{path}: YAML nested too deeply or a number too long ({type(e).__name__})") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -225,7 +230,7 @@ def _split_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError, ValueError):  # not YAML, absurdly nested or long: keep the text
         value = raw
     return key.strip(), value
 

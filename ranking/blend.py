@@ -24,6 +24,7 @@ import pandas as pd
 from content import ContentSimilarity
 from movierec.artifacts import Bundle, load_bundle
 from movierec.index import normalize
+from ranking.features import merge_candidates
 from retrieval.candidates import RetrievalModel
 
 log = logging.getLogger(__name__)
@@ -195,15 +196,34 @@ class HybridRecommender:
         allowed: np.ndarray | None,
         rank: bool,
     ) -> Recommendations:
-        pool = k if not (rank and self.ranker is not None) else max(k, self.ranker.n_candidates)
+        use_ranker = rank and self.ranker is not None
+        pool = k if not use_ranker else max(k, self.ranker.n_candidates)
         recs = self._retrieve(query, pool, exclude, allowed)
-        if rank and self.ranker is not None and len(recs.item_idx):
+        if use_ranker:
+            recs = self._add_collab_candidates(recs, history, exclude, allowed, query)
+        if use_ranker and len(recs.item_idx):
             scores = self.ranker.rerank(self, np.array([user]), [history], recs.item_idx[None, :], recs.scores[None, :])[0]
             order = np.argsort(-scores, kind="stable")
             recs = Recommendations(recs.item_idx[order], scores[order].astype(np.float32))
         if len(recs.item_idx) == 0 and (allowed is None or allowed.any()):
             recs = self._popular(k, exclude, allowed)
         return Recommendations(recs.item_idx[:k], recs.scores[:k])
+
+    def _add_collab_candidates(
+        self, recs: Recommendations, history: np.ndarray, exclude: np.ndarray, allowed: np.ndarray | None, query: np.ndarray
+    ) -> Recommendations:
+        """Merge the ranker's item-item candidates into the two-tower pool (as in its training)."""
+        if not getattr(self.ranker, "n_collab_candidates", 0) or not len(history):
+            return recs
+        extra = self.ranker.collab_candidates([history], [exclude])[0]
+        extra = extra[extra >= 0]
+        if allowed is not None:
+            extra = extra[allowed[extra]]
+        extra = extra[~np.isin(extra, recs.item_idx)]
+        if not len(extra):
+            return recs
+        scores = self.retrieval.item_vectors[extra] @ query
+        return Recommendations(np.concatenate([recs.item_idx, extra]), np.concatenate([recs.scores, scores.astype(np.float32)]))
 
     def _popular(self, k: int, exclude: np.ndarray, allowed: np.ndarray | None) -> Recommendations:
         """Fallback order when a query carries no signal: most rated first."""
@@ -240,9 +260,17 @@ class HybridRecommender:
         exclude = [hist.of(u) for u in users] if exclude_seen else None
         use_ranker = rank and self.ranker is not None
         pool = max(k, self.ranker.n_candidates) if use_ranker else k
-        ids, scores = self.retrieval.search(self.retrieval.user_vectors[users], min(pool, self.n_items), exclude)
+        queries = self.retrieval.user_vectors[users]
+        ids, scores = self.retrieval.search(queries, min(pool, self.n_items), exclude)
         if use_ranker:
-            ranked = self.ranker.rerank(self, users, [hist.of(u) for u in users], ids, scores)
+            histories = [hist.of(u) for u in users]
+            if getattr(self.ranker, "n_collab_candidates", 0):
+                banned = exclude if exclude is not None else [np.zeros(0, np.int64)] * len(users)
+                ids = merge_candidates(ids, self.ranker.collab_candidates(histories, banned), self.n_items)
+                safe = np.where(ids >= 0, ids, 0)
+                scores = np.einsum("nkd,nd->nk", self.retrieval.item_vectors[safe], queries).astype(np.float32)
+                scores[ids < 0] = -np.inf
+            ranked = self.ranker.rerank(self, users, histories, ids, scores)
             ranked = np.where(ids >= 0, ranked, -np.inf)
             order = np.argsort(-ranked, axis=1, kind="stable")
             ids = np.take_along_axis(ids, order, 1)

@@ -172,41 +172,93 @@ def _gather(values: np.ndarray, idx: np.ndarray, default: float) -> np.ndarray:
     return out
 
 
-def _collab_scores(collab: sp.csr_matrix, hist: PaddedHistories, cand: np.ndarray, chunk_cells: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
-    """Item-item scores of each candidate given the history: plain and rating-weighted sums.
+def _collab_dense(collab: sp.csr_matrix, items: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(b, i0) item-item score of every item given each padded history row, and the version
+    weighted by ``weights`` (b, L) when given.
 
     Reads the CSR rows of the history items straight from the arrays and accumulates them with
-    one ``bincount`` per user chunk (a dense chunk of at most ``chunk_cells`` cells), then
-    gathers the candidates. Plain numpy, so a single request pays no sparse-matrix overhead.
+    one ``bincount`` (plain numpy, so a single request pays no sparse-matrix overhead).
     """
+    i0 = collab.shape[0]
+    indptr, indices, data = collab.indptr, collab.indices, collab.data
+    ok = (items >= 0) & (items < i0)
+    rows, cols = np.nonzero(ok)
+    it = items[rows, cols]
+    starts = indptr[it]
+    lens = indptr[it + 1] - starts
+    seg = np.repeat(np.arange(len(it)), lens)
+    pos = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens) + starts[seg]
+    key = rows[seg] * i0 + indices[pos]
+    vals = data[pos].astype(np.float64)
+    size = len(items) * i0
+    plain = np.bincount(key, weights=vals, minlength=size).reshape(len(items), i0)
+    if weights is None:
+        return plain, None
+    weighted = np.bincount(key, weights=vals * weights[rows, cols][seg], minlength=size).reshape(len(items), i0)
+    return plain, weighted
+
+
+def _collab_scores(collab: sp.csr_matrix, hist: PaddedHistories, cand: np.ndarray, chunk_cells: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+    """Item-item scores of each candidate given the history: plain and rating-weighted sums,
+    computed densely per user chunk (at most ``chunk_cells`` cells) and gathered."""
     n, c = cand.shape
     i0 = collab.shape[0]
     plain = np.zeros((n, c), np.float32)
     liked = np.zeros((n, c), np.float32)
     if i0 == 0 or n == 0:
         return plain, liked
-    indptr, indices, data = collab.indptr, collab.indices, collab.data
     cand_ok = (cand >= 0) & (cand < i0)
     safe = np.where(cand_ok, cand, 0)
     step = max(1, chunk_cells // i0)
     for s in range(0, n, step):
         e = min(n, s + step)
-        items = hist.items[s:e]
-        ok = (items >= 0) & (items < i0)
-        rows, cols = np.nonzero(ok)
-        it = items[rows, cols]
-        starts = indptr[it]
-        lens = indptr[it + 1] - starts
-        seg = np.repeat(np.arange(len(it)), lens)
-        pos = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens) + starts[seg]
-        key = rows[seg] * i0 + indices[pos]
-        vals = data[pos].astype(np.float64)
-        size = (e - s) * i0
-        dense_plain = np.bincount(key, weights=vals, minlength=size).reshape(e - s, i0)
-        dense_liked = np.bincount(key, weights=vals * hist.centred[s:e][rows, cols][seg], minlength=size).reshape(e - s, i0)
+        dense_plain, dense_liked = _collab_dense(collab, hist.items[s:e], hist.centred[s:e])
         plain[s:e] = np.where(cand_ok[s:e], np.take_along_axis(dense_plain, safe[s:e], 1), 0.0)
         liked[s:e] = np.where(cand_ok[s:e], np.take_along_axis(dense_liked, safe[s:e], 1), 0.0)
     return plain, liked
+
+
+def collab_top(
+    collab: sp.csr_matrix, histories: list[np.ndarray], exclude: list[np.ndarray], k: int, chunk_cells: int = 1 << 22
+) -> np.ndarray:
+    """(n, k) items with the highest item-item score given each history, excluded items and
+    items with no item-item evidence left out (-1 padded). The second candidate source next to
+    the two-tower index: it brings in what the collaborative feature ranks high but the towers
+    missed, in training and at serve time alike."""
+    n, i0 = len(histories), collab.shape[0]
+    out = np.full((n, k), -1, dtype=np.int64)
+    if n == 0 or i0 == 0 or k <= 0:
+        return out
+    hist = pad_histories(histories, [None] * n, np.zeros(n))
+    step = max(1, chunk_cells // i0)
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        dense, _ = _collab_dense(collab, hist.items[s:e])
+        dense[dense <= 0] = -np.inf
+        for r in range(e - s):
+            ex = np.asarray(exclude[s + r], dtype=np.int64)
+            dense[r, ex[(ex >= 0) & (ex < i0)]] = -np.inf
+        kk = min(k, i0)
+        top = np.argpartition(-dense, kk - 1, axis=1)[:, :kk]
+        vals = np.take_along_axis(dense, top, 1)
+        order = np.argsort(-vals, axis=1, kind="stable")
+        top, vals = np.take_along_axis(top, order, 1), np.take_along_axis(vals, order, 1)
+        out[s:e, :kk] = np.where(np.isfinite(vals), top, -1)
+    return out
+
+
+def merge_candidates(ids: np.ndarray, extra: np.ndarray, n_items: int) -> np.ndarray:
+    """Append each row's ``extra`` items that ``ids`` lacks (order kept, -1 padded)."""
+    n = len(ids)
+    rows = np.arange(n, dtype=np.int64)[:, None]
+    keys = np.where(ids >= 0, rows * n_items + ids, -1)
+    ekeys = np.where(extra >= 0, rows * n_items + extra, -2)
+    dup = np.isin(ekeys, keys)
+    extra = np.where(dup, -1, extra)
+    merged = np.concatenate([ids, extra], axis=1)
+    # compact each row so valid entries come first
+    order = np.argsort(merged < 0, axis=1, kind="stable")
+    return np.take_along_axis(merged, order, 1)
 
 
 @torch.no_grad()
@@ -406,6 +458,14 @@ class Ranker:
     @property
     def n_candidates(self) -> int:
         return int(self.meta["candidates"])
+
+    @property
+    def n_collab_candidates(self) -> int:
+        return int(self.meta.get("collab_candidates", 0))
+
+    def collab_candidates(self, histories: list[np.ndarray], exclude: list[np.ndarray]) -> np.ndarray:
+        """(n, n_collab_candidates) extra candidates from the item-item model (-1 padded)."""
+        return collab_top(self.collab, histories, exclude, self.n_collab_candidates)
 
     # ---- features --------------------------------------------------------------------------
     def context(self, model: _Model) -> FeatureContext:

@@ -39,6 +39,7 @@ from ranking.features import (
     GROUPS,
     FeatureContext,
     Ranker,
+    collab_top,
     compute_features,
     damped_means,
     feature_names,
@@ -146,10 +147,14 @@ def build_lists(
         for r, u in enumerate(ub):
             sc[r, past.hist_items[past.hist_indptr[u] : past.hist_indptr[u + 1]]] = -np.inf
         top = top_k(sc, c)
+        seen_lists = [past.hist_items[past.hist_indptr[u] : past.hist_indptr[u + 1]] for u in ub]
+        extra = collab_top(past.ctx.collab, seen_lists, seen_lists, config.collab_candidates)
         for r, u in enumerate(ub):
             j = s + r
             items, ratings = pi[pos_ptr[0][j] : pos_ptr[1][j]], pr[pos_ptr[0][j] : pos_ptr[1][j]]
             retrieved = top[r][np.isfinite(sc[r, top[r]])]
+            more = extra[r][(extra[r] >= 0) & ~np.isin(extra[r], retrieved)]
+            retrieved = np.concatenate([retrieved, more])
             missed = items[~np.isin(items, retrieved)]
             rand = rng.integers(0, n_items, size=config.negatives)
             seen = past.hist_items[past.hist_indptr[u] : past.hist_indptr[u + 1]]
@@ -431,6 +436,7 @@ def fit_ranker(
     serve = snapshot(full, content, genres, user_features, config)
     meta = {
         "candidates": int(config.candidates),
+        "collab_candidates": int(config.collab_candidates),
         "columns": columns.tolist(),
         "feature_names": [feature_names(snap.ctx.n_user_features)[i] for i in columns],
         "mean": mean.tolist(),
