@@ -467,8 +467,17 @@ def main() -> None:
     except Exception as e:  # click usage errors
         import click
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
+        # typer 0.29 raises from its own vendored click (typer._click), which is not a subclass
+        # of the installed click's exceptions; both must map to exit code 2
+        usage_errors: tuple[type[Exception], ...] = (click.exceptions.ClickException,)
+        try:
+            from typer._click.exceptions import ClickException as VendoredClickException
+
+            usage_errors += (VendoredClickException,)
+        except ImportError:  # typer versions that use the installed click
+            pass
+        if isinstance(e, usage_errors):
+            e.show()  # type: ignore[attr-defined]
             raise SystemExit(2) from None
         if isinstance(e, click.exceptions.Exit):
             raise SystemExit(e.exit_code) from None

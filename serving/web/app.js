@@ -130,6 +130,11 @@ async function recommendUser(event) {
   const params = new URLSearchParams({ k: String(Number($("user-k").value) || 10), explain: String($("user-explain").checked) });
   const genres = $("user-genre").value.trim();
   if (genres) params.set("genres", genres);
+  for (const [field, key] of [["user-year-min", "year_min"], ["user-year-max", "year_max"]]) {
+    const value = $(field).value.trim();
+    if (value) params.set(key, value);
+  }
+  params.set("diversity", $("user-diversity").value);
   try {
     const data = await api(`/users/${encodeURIComponent(user)}/recommendations?${params}`);
     fill($("user-results"), data.items, "No recommendations.");
