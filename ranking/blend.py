@@ -84,6 +84,8 @@ class HybridRecommender:
         self.ranker = ranker
         self.genre_vocab: list[str] = list(retrieval.hparams.get("genres", []))
         self._lock = threading.RLock()
+        self.cache_users = 50_000
+        self._cache: dict[int, dict[tuple, Recommendations]] = {}
         self._title_lower = self.items["title"].str.lower().to_numpy()
         if len(self.items) != retrieval.n_items or len(self.items) != content.n_items:
             raise ValueError(
@@ -241,9 +243,37 @@ class HybridRecommender:
         """Top-k for a known user."""
         with self._lock:
             u = self.user_idx(user_id)
+            key = (k, exclude_seen, rank, _filters_key(filters))
+            cached = self._cache.get(u, {}).get(key)
+            if cached is not None:
+                return Recommendations(cached.item_idx.copy(), cached.scores.copy())
             history = self.retrieval.histories.of(u)
             exclude = self._exclusions(history if exclude_seen else np.zeros(0, np.int64), filters)
-            return self._finish(u, history, self.retrieval.user_vectors[u], k, exclude, self._allowed(filters), rank)
+            recs = self._finish(u, history, self.retrieval.user_vectors[u], k, exclude, self._allowed(filters), rank)
+            self._remember(u, key, recs)
+            return Recommendations(recs.item_idx.copy(), recs.scores.copy())
+
+    def _remember(self, user: int, key: tuple, recs: Recommendations) -> None:
+        """Keep a user's finished list until their history, the catalogue or the model changes.
+
+        Ranking a user's candidates costs milliseconds; returning users ask again and again
+        (paging, refreshes), so answers are kept per user, bounded in users (oldest dropped).
+        """
+        if self.cache_users <= 0:
+            return
+        entry = self._cache.pop(user, {})
+        entry[key] = recs
+        self._cache[user] = entry
+        while len(self._cache) > self.cache_users:
+            self._cache.pop(next(iter(self._cache)))
+
+    def forget(self, user: int | None = None) -> None:
+        """Drop cached answers for one user (new ratings) or everyone (catalogue change)."""
+        with self._lock:
+            if user is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(user, None)
 
     def recommend_batch(
         self, users: np.ndarray, k: int, rank: bool = True, exclude_seen: bool = True
@@ -374,6 +404,7 @@ class HybridRecommender:
             self.items = pd.concat([self.items, row[self.items.columns]], ignore_index=True)
             self._item_pos = pd.Index(self.items["item_id"].to_numpy())
             self._title_lower = self.items["title"].str.lower().to_numpy()
+            self.forget()  # the new movie can be recommended at once
             log.info("added item %r (%s) as item_idx %d", item_id, title, self.n_items - 1)
             return self.item_records(np.array([self.n_items - 1]))[0]
 
@@ -444,8 +475,20 @@ class HybridRecommender:
                 # in place (readers of one user hold the lock; a batch job at worst sees this row
                 # before or after), so feedback costs O(history) rather than a copy of every user
                 self.retrieval.user_vectors[u] = query
+            self.forget(u)
             log.info("recorded %d ratings for user %r (%s); history now %d", len(new), user_id, "new" if created else "known", len(row))
             return {"user_idx": u, "created": created, "history": row, "kept": kept, "ratings": new_ratings}
+
+
+def _filters_key(filters: Filters | None) -> tuple:
+    if filters is None or (not filters.active() and not filters.exclude_items):
+        return ()
+    return (
+        tuple(filters.genres or ()),
+        filters.year_min,
+        filters.year_max,
+        tuple(str(i) for i in filters.exclude_items or ()),
+    )
 
 
 def _coerce_id(value: Any, ids: np.ndarray) -> Any:
