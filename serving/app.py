@@ -344,7 +344,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = ModelStore(settings.model)
+        store = ModelStore(settings.model, feedback_log=settings.feedback_path)
         app.state.store = store
         app.state.feedback = FeedbackLog(settings.feedback_path)
         if settings.model is not None:

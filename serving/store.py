@@ -90,6 +90,35 @@ class ServedModel:
             ratings = self.hist_ratings[indptr[u] : indptr[u + 1]]
             return items, ratings if len(ratings) == len(items) else None
 
+    def replay(self, feedback: pd.DataFrame, since: float = 0.0) -> int:
+        """Apply logged ratings newer than ``since`` (unix seconds), user by user in log order.
+
+        Lines this bundle cannot apply (a movie it lacks, a user id of the wrong type) are
+        skipped with a warning: the log outlives bundles. Returns the ratings applied.
+        """
+        rows = feedback[feedback["timestamp"] >= int(since)] if len(feedback) else feedback
+        applied = 0
+        for user_id, group in rows.groupby("user_id", sort=False):
+            keep = []
+            for item_id in group["item_id"]:
+                try:
+                    self.recommender.item_idx(item_id)
+                    keep.append(True)
+                except KeyError:
+                    keep.append(False)
+            group = group[keep]
+            if group.empty:
+                continue
+            try:
+                self.record_feedback(_plain_id(user_id), [_plain_id(i) for i in group["item_id"]], group["rating"].tolist())
+            except (ValueError, KeyError) as e:
+                log.warning("feedback for user %r not replayed on %s: %s", user_id, self.path, e)
+                continue
+            applied += len(group)
+        if applied:
+            log.info("replayed %d logged ratings newer than the bundle onto %s", applied, self.path)
+        return applied
+
     def record_feedback(self, user_id: Any, item_ids: list[Any], ratings: list[float]) -> dict[str, Any]:
         """Apply ratings to the in-memory model (``HybridRecommender.record_ratings``) and keep
         the per-entry ratings of that user's history aligned, for "you rated 5" explanations."""
@@ -195,8 +224,9 @@ class ModelStore:
         source: a bundle directory or a directory of bundles (see :func:`newest_bundle`).
     """
 
-    def __init__(self, source: Path | None) -> None:
+    def __init__(self, source: Path | None, feedback_log: Path | None = None) -> None:
         self.source = Path(source) if source is not None else None
+        self.feedback_log = Path(feedback_log) if feedback_log is not None else None
         self._current: ServedModel | None = None
         self._reload_lock = threading.Lock()  # one reload at a time; reads never wait on it
         self.reloads = 0
@@ -240,7 +270,7 @@ class ModelStore:
             ):
                 return ReloadResult("unchanged", previous_version, previous_version, path)
             try:
-                model = ServedModel.load(path)
+                model = self._load(path)
             except (BundleError, ValueError, KeyError, OSError, RuntimeError) as e:
                 log.error("reload refused, still serving %s: %s", previous_version, e)
                 raise ReloadError(f"bundle {path} refused: {e}") from e
@@ -248,6 +278,19 @@ class ModelStore:
             self.reloads += 1
             log.info("now serving %s (was %s)", model.model_version, previous_version)
             return ReloadResult("reloaded", model.model_version, previous_version, path)
+
+    def _load(self, path: Path) -> ServedModel:
+        """Load a bundle and re-apply the live feedback logged after it was trained.
+
+        Without this, ratings acknowledged by ``POST /users/{id}/ratings`` would stop counting
+        at the next restart, reload or rollback until a retraining folded them in; a bundle
+        trained with ``--feedback`` already contains the older lines, so only lines newer than
+        its ``created`` time are replayed.
+        """
+        model = ServedModel.load(path)
+        if self.feedback_log is not None and self.feedback_log.is_file():
+            model.replay(read_feedback(self.feedback_log), since=_created_ts(path))
+        return model
 
     # ---- versions and rollback -------------------------------------------------------------------
     def versions(self) -> list[BundleVersion]:
@@ -289,7 +332,7 @@ class ModelStore:
                 raise ReloadError(f"no bundle older than {current.model_version} under {self.source}")
             path = found[served[0] + 1]
             try:
-                model = ServedModel.load(path)
+                model = self._load(path)
             except (BundleError, ValueError, KeyError, OSError, RuntimeError) as e:
                 log.error("rollback refused, still serving %s: %s", current.model_version, e)
                 raise ReloadError(f"bundle {path} refused: {e}") from e
@@ -329,6 +372,21 @@ class BundleVersion:
     path: Path
     created: str | None
     active: bool
+
+
+def _plain_id(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _created_ts(path: Path) -> float:
+    """Unix time of a bundle's manifest ``created`` (its manifest mtime when unparseable)."""
+    import datetime as dt
+
+    created = _manifest_created(path)
+    try:
+        return dt.datetime.strptime(created or "", "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except ValueError:
+        return (path / MANIFEST).stat().st_mtime
 
 
 def _manifest_created(path: Path) -> str | None:

@@ -149,3 +149,18 @@ def test_fold_feedback_appends_ratings_and_keeps_the_latest(bundle_path: Path, t
     assert r.loc[r["user_id"] == new_user, "rating"].tolist() == [4.0]
     assert new_user in set(folded.user_ids.tolist()) and folded.n_users == ds.n_users + 1
     assert pd.api.types.is_integer_dtype(r["timestamp"]) and r.loc[r["user_id"] == new_user, "timestamp"].iat[0] > 0
+
+
+def test_logged_feedback_is_replayed_when_the_service_restarts(bundle_path: Path, model: HybridRecommender, tmp_path: Path) -> None:
+    settings = Settings(model=bundle_path, state_dir=tmp_path / "state")
+    ids = model.items["item_id"].to_numpy()
+    new_user = int(model.user_ids.max()) + 7
+    rated = [int(ids[i]) for i in _horror(model)[:3]]
+    with TestClient(create_app(settings)) as c:
+        assert c.post(f"/users/{new_user}/ratings", json=[{"item_id": i, "rating": 4.5} for i in rated]).status_code == 200
+        first = c.get(f"/users/{new_user}/recommendations", params={"k": 5}).json()["items"]
+    with TestClient(create_app(settings)) as c:  # a restart: the bundle knows nothing of this user
+        r = c.get(f"/users/{new_user}/recommendations", params={"k": 5})
+        assert r.status_code == 200 and r.json()["items"] == first
+        history, ratings = c.app.state.store.get().user_history(len(model.user_ids))  # the new row
+        assert ids[history].tolist() == rated and ratings.tolist() == [4.5, 4.5, 4.5]
