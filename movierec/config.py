@@ -116,6 +116,9 @@ class RankingConfig(_Section):
     collab_lambda: float = Field(300.0, gt=0, description="EASE L2 weight of the item-item feature")
     collab_neighbors: int = Field(256, ge=1, description="item-item weights kept per candidate item")
     collab_dense_max_items: int = Field(6000, ge=1, description="EASE up to this many items, cosine item-kNN above")
+    residual_feature: str | None = Field(
+        None, description="the ranking score starts from this feature's order and learns corrections (None: plain net)"
+    )
     exclude: list[Literal["content", "collab", "ids"]] = Field(default_factory=list, description="feature groups left out (ablations)")
     max_users: int = Field(50_000, ge=10, description="users sampled for ranker training lists (bounds time on big data)")
     threads: int = Field(1, ge=1)

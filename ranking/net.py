@@ -25,6 +25,7 @@ class RankerNet(nn.Module):
         cross_layers: number of DCN-v2 cross layers.
         dropout: dropout after each hidden layer.
         rating_center, rating_scale: the rating head predicts ``center + scale * out``.
+        base_column: dense column the score starts from (residual ranking); -1 for none.
     """
 
     def __init__(
@@ -38,8 +39,10 @@ class RankerNet(nn.Module):
         dropout: float = 0.1,
         rating_center: float = 3.0,
         rating_scale: float = 1.0,
+        base_column: int = -1,
     ) -> None:
         super().__init__()
+        self.base_column = base_column
         self.n_users, self.n_items, self.emb_dim = n_users, n_items, emb_dim
         if emb_dim > 0:
             self.user_emb = nn.Embedding(n_users + 1, emb_dim)
@@ -56,6 +59,13 @@ class RankerNet(nn.Module):
         self.mlp = nn.Sequential(*layers)
         self.score_head = nn.Linear(d + d_in, 1)
         self.rating_head = nn.Linear(d + d_in, 1)
+        if base_column >= 0:
+            # residual ranking: start from one strong feature's order (the item-item score) and
+            # learn corrections on top, so a small training set cannot make the order worse
+            # than that feature alone without early stopping seeing it
+            self.base_weight = nn.Parameter(torch.tensor(2.0))
+            nn.init.zeros_(self.score_head.weight)
+            nn.init.zeros_(self.score_head.bias)
         self.register_buffer("rating_center", torch.tensor(float(rating_center)))
         self.register_buffer("rating_scale", torch.tensor(float(rating_scale)))
 
@@ -74,6 +84,8 @@ class RankerNet(nn.Module):
         """
         h = self.head_input(dense, users, items)
         score = self.score_head(h).squeeze(-1)
+        if self.base_column >= 0:
+            score = score + self.base_weight * dense[..., self.base_column]
         rating = self.rating_center + self.rating_scale * self.rating_head(h).squeeze(-1)
         return score, rating
 

@@ -203,6 +203,14 @@ def feature_columns(n_user_features: int, exclude: list[str]) -> np.ndarray:
     return np.array([i for i, n in enumerate(names) if n not in drop], dtype=np.int64)
 
 
+def _base_column(columns: np.ndarray, n_user_features: int, config: RankingConfig) -> int:
+    """Position (among the kept columns) of the feature the residual score starts from, or -1."""
+    if not config.residual_feature:
+        return -1
+    names = [feature_names(n_user_features)[i] for i in columns]
+    return names.index(config.residual_feature) if config.residual_feature in names else -1
+
+
 # ---- Lightning -------------------------------------------------------------------------------
 class RankerModule(L.LightningModule):
     """Wraps :class:`RankerNet` for the listwise + rating loss, optimiser and validation."""
@@ -222,16 +230,20 @@ class RankerModule(L.LightningModule):
         weight_decay: float = 1e-5,
         rating_weight: float = 0.5,
         id_dropout: float = 0.1,
+        base_column: int = -1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = RankerNet(n_dense, n_users, n_items, emb_dim, list(hidden or [128, 64]), cross_layers, dropout, rating_center, rating_scale)
+        self.net = RankerNet(
+            n_dense, n_users, n_items, emb_dim, list(hidden or [128, 64]), cross_layers, dropout, rating_center, rating_scale, base_column
+        )
         self._val: dict[str, list[float]] = {}
 
     def net_kwargs(self) -> dict[str, Any]:
         hp = self.hparams
         return {k: (list(hp[k]) if k == "hidden" else hp[k]) for k in (
-            "n_dense", "n_users", "n_items", "emb_dim", "hidden", "cross_layers", "dropout", "rating_center", "rating_scale")}
+            "n_dense", "n_users", "n_items", "emb_dim", "hidden", "cross_layers", "dropout", "rating_center", "rating_scale",
+            "base_column")}
 
     def _losses(self, batch: list[torch.Tensor], train: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         x, users, cand, in_loss, label, rating = batch
@@ -402,6 +414,7 @@ def fit_ranker(
         weight_decay=config.weight_decay,
         rating_weight=config.rating_weight,
         id_dropout=config.id_dropout if use_ids else 0.0,
+        base_column=_base_column(columns, snap.ctx.n_user_features, config),
     )
     gen = torch.Generator().manual_seed(seed)
     train_dl = DataLoader(_tensors(x, lists, fit_rows), batch_size=config.batch_size, shuffle=True, generator=gen)
