@@ -150,11 +150,27 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-def soak(model: Path, duration: float, rate: float, clients: int, reload_every: float, max_requests: int, rank: bool) -> dict[str, Any]:
-    """Run the soak and return its measurements (see the module docstring)."""
+def soak(
+    model: Path,
+    duration: float,
+    rate: float,
+    clients: int,
+    reload_every: float,
+    max_requests: int,
+    rank: bool,
+    malloc_arena_max: int | None = None,
+) -> dict[str, Any]:
+    """Run the soak and return its measurements (see the module docstring).
+
+    ``malloc_arena_max`` sets glibc's ``MALLOC_ARENA_MAX`` for the server: each thread-pool
+    thread that allocates can get its own malloc arena, and freed model memory fragmented over
+    many arenas shows up as RSS that climbs for minutes before it levels off.
+    """
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ, MOVIEREC_API_KEY=API_KEY, MOVIEREC_RANK="1" if rank else "0", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if malloc_arena_max is not None:
+        env["MALLOC_ARENA_MAX"] = str(malloc_arena_max)
     cmd = [str(Path(sys.executable).parent / "movierec"), "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port)]
     server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
@@ -245,6 +261,7 @@ def soak(model: Path, duration: float, rate: float, clients: int, reload_every: 
         "rate_achieved": round(len(all_lat) / elapsed, 1),
         "clients": clients,
         "rank": rank,
+        "malloc_arena_max": malloc_arena_max,
         "requests": len(all_lat),
         "failed": len(tally.failures),
         "failures_sample": tally.failures[:10],
@@ -271,10 +288,14 @@ def main() -> None:
     p.add_argument("--reload-every", type=float, default=30.0)
     p.add_argument("--max-requests", type=int, default=100_000, help="hard cap on requests sent")
     p.add_argument("--json", type=Path, default=None, help="write the result here as well")
+    p.add_argument("--malloc-arena-max", type=int, default=None, help="MALLOC_ARENA_MAX for the server (glibc)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would swamp the log
     rank = os.environ.get("MOVIEREC_RANK", "1").lower() not in ("0", "false", "no")
-    result = soak(args.model, args.duration, args.rate, args.clients, args.reload_every, args.max_requests, rank)
+    result = soak(
+        args.model, args.duration, args.rate, args.clients, args.reload_every, args.max_requests, rank, args.malloc_arena_max
+    )
     text = json.dumps(result, indent=1)
     if args.json:
         args.json.write_text(text)
