@@ -151,12 +151,12 @@ def train(
     if seed is not None:
         overrides.append(f"seed={seed}")
     cfg = load_config(config, overrides)
+    if feedback is not None and not feedback.is_file():
+        raise UsageError(f"{feedback}: no such feedback log")
     ds = _data_options(data, ratings, items)
     if feedback is not None:
         from serving.store import fold_feedback
 
-        if not feedback.is_file():
-            raise UsageError(f"{feedback}: no such feedback log")
         ds = fold_feedback(ds, feedback)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     path = train_pipeline(ds, out, cfg)

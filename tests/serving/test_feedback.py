@@ -164,3 +164,16 @@ def test_logged_feedback_is_replayed_when_the_service_restarts(bundle_path: Path
         assert r.status_code == 200 and r.json()["items"] == first
         history, ratings = c.app.state.store.get().user_history(len(model.user_ids))  # the new row
         assert ids[history].tolist() == rated and ratings.tolist() == [4.5, 4.5, 4.5]
+
+
+def test_train_feedback_flag_refuses_a_missing_log(bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    from movierec.cli import main
+
+    args = ["movierec", "train", "--data", str(bundle_path.parent / "data"), "--out", str(tmp_path / "m"), "--feedback", str(tmp_path / "none.jsonl")]
+    monkeypatch.setattr(sys, "argv", args)
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2 and "no such feedback log" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
