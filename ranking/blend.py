@@ -462,7 +462,9 @@ class HybridRecommender:
             row = np.concatenate([old[kept], new])
             query = self.retrieval.encode_histories([row], np.array([-1 if created else u]))[0]
             if created:
-                self.user_ids = np.append(self.user_ids, np.asarray([new_id], dtype=self.user_ids.dtype))
+                # keep integer/object id arrays as they are; fixed-width text widens instead of truncating
+                same = self.user_ids.dtype if self.user_ids.dtype.kind in "iuO" else None
+                self.user_ids = np.append(self.user_ids, np.asarray([new_id], dtype=same))
                 self._user_pos = pd.Index(self.user_ids)
                 self.retrieval.user_vectors = np.vstack([self.retrieval.user_vectors, query[None, :].astype(np.float32)])
                 indptr = np.append(hist.indptr, hist.indptr[-1] + len(row))
@@ -473,7 +475,7 @@ class HybridRecommender:
                 indptr[u + 1 :] += len(row) - (hi - lo)
                 self.retrieval.histories = Histories(indptr, np.concatenate([hist.items[:lo], row, hist.items[hi:]]))
                 # in place (readers of one user hold the lock; a batch job at worst sees this row
-                # before or after), so feedback costs O(history) rather than a copy of every user
+                # before or after): no copy of every user's vector per call
                 self.retrieval.user_vectors[u] = query
             self.forget(u)
             log.info("recorded %d ratings for user %r (%s); history now %d", len(new), user_id, "new" if created else "known", len(row))

@@ -468,6 +468,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     out_id: Any = int(user_id)
                 except ValueError:
                     raise ValueError(f"user_id {user_id!r}: this model's user ids are integers") from None
+                if abs(out_id) > 2**53:  # the id bound of the API (exact in JSON numbers, fits int64)
+                    raise ValueError(f"user_id {user_id!r} is out of range (|id| <= 2**53)")
             else:
                 out_id = user_id
         if not new_user:

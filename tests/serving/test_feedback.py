@@ -112,6 +112,7 @@ def test_bad_feedback_is_refused_before_anything_is_logged(fb_client: TestClient
         ("/users/1/ratings", [], 422, "at least 1"),
         ("/users/1/ratings", [{"item_id": first}], 422, "rating"),
         ("/users/not-a-number/ratings", [{"item_id": first, "rating": 3}], 422, "integers"),
+        (f"/users/{10**30}/ratings", [{"item_id": first, "rating": 3}], 422, "out of range"),
     ]
     for path, body, status, detail in cases:
         r = fb_client.post(path, json=body)
