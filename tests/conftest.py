@@ -29,3 +29,9 @@ def ml_latest_small_path() -> Path:
     if not (path / "ratings.csv").is_file():
         pytest.skip("../shared/data/ml-latest-small not present")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _private_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep run-time state (the live-feedback log) out of the user's home during tests."""
+    monkeypatch.setenv("MOVIEREC_STATE_DIR", str(tmp_path_factory.mktemp("state")))
