@@ -120,7 +120,8 @@ def load_worker(
             if now < next_t:
                 time.sleep(next_t - now)
             elif now - next_t > interval:
-                tally.late_ticks += 1
+                with tally.lock:
+                    tally.late_ticks += 1
             next_t += interval
             with tally.lock:
                 if budget[0] <= 0:
