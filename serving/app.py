@@ -337,6 +337,21 @@ def _with_reasons(
 
 
 # ---- app -----------------------------------------------------------------------------------------
+def _report_path(settings: Settings, store: ModelStore) -> Path | None:
+    """``MOVIEREC_REPORT``, else ``report.html`` inside the served bundle or beside it (the demo
+    writes ``demo-output/report.html`` next to ``demo-output/model``)."""
+    if settings.report is not None:
+        return settings.report if settings.report.is_file() else None
+    try:
+        bundle = store.get().path
+    except Exception:  # no model loaded yet: no report either
+        return None
+    for candidate in (bundle / "report.html", bundle.parent / "report.html"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. With ``settings=None`` they come from the environment (``MOVIEREC_*``),
     which is how uvicorn workers started from an import string get them."""
@@ -640,6 +655,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+
+    @app.get("/report", include_in_schema=False, responses={404: {"model": ErrorOut}})
+    def report(store: StoreDep) -> FileResponse:
+        """The HTML report of the served model (``movierec report``), when one was written."""
+        path = _report_path(settings, store)
+        if path is None:
+            raise StarletteHTTPException(404, "no report for this model; write one with movierec report --model DIR --out DIR/report.html")
+        return FileResponse(path, media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 

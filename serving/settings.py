@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated origins allowed by CORS; empty means CORS off"
     )
+    report: Path | None = Field(None, description="HTML report linked from the page (default: report.html in or beside the bundle)")
     log_level: str = "info"
     rank: bool = Field(True, description="re-score candidates with the bundle's ranker (off: two-tower order, much faster)")
     state_dir: Path = Field(

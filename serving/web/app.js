@@ -153,6 +153,7 @@ async function init() {
     const cur = showSimilar.current;
     if (cur) showSimilar(cur.itemId, cur.title);
   });
+  fetch("/report", { method: "HEAD" }).then((res) => { $("report-link").hidden = !res.ok; }).catch(() => {});
   try {
     const ready = await api("/ready");
     $("model-version").textContent = ready.model_version;
