@@ -141,10 +141,10 @@ def test_sigkill_movierec_candidates_leaves_old_file_or_complete_new_one(tmp_pat
     outcomes = []
     for run in range(_runs(2)):
         proc = start(
-            [str(MOVIEREC), "candidates", "--model", str(bundle_path), "--out", str(out), "--k", "20", "--chunk-size", "8"]
+            [str(MOVIEREC), "candidates", "--model", str(bundle_path), "--out", str(out), "--k", "20", "--chunk-size", "2"]
         )
         wait_for(lambda: bool(hidden_leftovers(tmp_path, "cands.parquet")), proc, 120)
-        time.sleep(rng.uniform(0.0, 0.4))
+        time.sleep(rng.uniform(0.0, 0.25))
         killed = sigkill(proc)
         data = out.read_bytes()
         if data == old:
