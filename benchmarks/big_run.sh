@@ -22,8 +22,13 @@ mkdir -p "$work"
 stage() {  # stage NAME COMMAND...
   local name=$1; shift
   echo "== $name: $*" >&2
-  /usr/bin/time -v -o "$work/$name.time" "$@" > "$work/$name.out" 2> "$work/$name.log"
+  /usr/bin/time -v -o "$work/$name.time" "$@" > "$work/$name.out" 2> "$work/$name.log" || true
   tail -n 3 "$work/$name.out" >&2
+  # GNU time exits 0 when the command was killed by a signal: read the recorded status instead
+  if ! grep -q "Exit status: 0" "$work/$name.time"; then
+    echo "== $name failed or was stopped (see $work/$name.log)" >&2
+    exit 1
+  fi
 }
 
 export MOVIEREC_PROGRESS=0
