@@ -83,11 +83,16 @@ class Histories:
 
 
 def pooled_content(hist: np.ndarray, content: np.ndarray) -> np.ndarray:
-    """Mean content vector of each padded history row (zeros for an empty row)."""
-    mask = hist >= 0
-    vec = content[np.where(mask, hist, 0)] * mask[..., None]
-    n = mask.sum(1, keepdims=True)
-    return (vec.sum(1) / np.maximum(n, 1)).astype(np.float32)
+    """Mean content vector of each padded history row (zeros for an empty row).
+
+    One sparse (rows x items) averaging matrix times ``content``: it touches only the history
+    entries, where gathering a dense (rows, L, C) block cost a third of a training step.
+    """
+    rows, cols = np.nonzero(hist >= 0)
+    n = np.bincount(rows, minlength=len(hist))
+    weights = 1.0 / n[rows]
+    avg = sp.csr_matrix((weights.astype(np.float32), (rows, hist[rows, cols])), shape=(len(hist), len(content)))
+    return np.asarray(avg @ content, dtype=np.float32)
 
 
 def user_batch(
