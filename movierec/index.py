@@ -117,13 +117,14 @@ class VectorIndex:
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         return ids.astype(np.int64), scores
 
-    def _search_exact_batch(self, q: np.ndarray, k: int, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    def _search_exact_batch(self, q: np.ndarray, k: int, cells: int = 1 << 25) -> tuple[np.ndarray, np.ndarray]:
         """Exact batch search as blocked matmul + top-k in torch over the flat index's own
         storage (zero copy). Measured about 3x faster than ``IndexFlatIP.search`` for batches
         with large k (the batch candidate job), and the block size keeps memory flat."""
         import torch
 
         n, d = len(self), self.dim
+        block = max(8, min(256, cells // max(n, 1)))  # scores per block stay near 128 MB at any size
         stored = faiss.rev_swig_ptr(self.index.get_xb(), n * d)
         items = torch.from_numpy(np.asarray(stored).reshape(n, d))
         ids = np.empty((len(q), k), dtype=np.int64)

@@ -528,7 +528,7 @@ class Ranker:
         """
         cand = np.asarray(cand, dtype=np.int64)
         cand_scores = np.asarray(cand_scores, dtype=np.float32)
-        users = np.asarray(users, dtype=np.int64)
+        users = np.ascontiguousarray(users, dtype=np.int64)  # reversed/strided views break torch.from_numpy
         n, c = cand.shape
         valid = cand >= 0
         out = np.full((n, c), -np.inf, dtype=np.float32)
