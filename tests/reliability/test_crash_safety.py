@@ -124,8 +124,13 @@ def test_sigkill_movierec_train_keeps_previous_bundle(tmp_path: Path, bundle_pat
         )
         time.sleep(rng.uniform(0.0, 3.0))
         assert sigkill(proc), f"run {run}: training finished before the kill; the test did not test anything"
-        assert (target / MANIFEST).read_bytes() == manifest_before
-        assert load_bundle(target).model_version == version
+        # killed before the swap: the previous bundle byte for byte; killed after it (a fast
+        # machine can finish training within the random delay): the complete new bundle
+        if (target / MANIFEST).read_bytes() == manifest_before:
+            assert load_bundle(target).model_version == version
+        else:
+            assert load_bundle(target).model_version != version  # verified: every checksum holds
+            manifest_before, version = (target / MANIFEST).read_bytes(), load_bundle(target).model_version
         rec = HybridRecommender.load(target)
         assert rec.n_items == 150 and len(rec.recommend_user(rec.user_ids[0], 5).item_idx) == 5
         assert_no_leftover_is_a_model(tmp_path, "model", target)
