@@ -49,7 +49,7 @@ def test_unknown_key_error_names_the_key(tmp_path: Path) -> None:
 def test_wrong_type_error_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"c\.yaml: retrieval\.epochs: Input should be a valid integer"):
         load_config(write(tmp_path, "retrieval:\n  epochs: many\n"))
-    with pytest.raises(ConfigError, match=r"index\.kind: Input should be 'auto', 'flat', 'hnsw' or 'ivf'"):
+    with pytest.raises(ConfigError, match=r"index\.kind: Input should be 'auto', 'flat', 'hnsw', 'ivf' or 'ivfpq'"):
         load_config(write(tmp_path, "index:\n  kind: annoy\n"))
     with pytest.raises(ConfigError, match=r"retrieval\.dropout: Input should be less than 1"):
         load_config(write(tmp_path, "retrieval:\n  dropout: 1.5\n"))
