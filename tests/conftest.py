@@ -4,6 +4,7 @@ generated data sets."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import torch
 
 torch.set_num_threads(1)
 os.environ.setdefault("MOVIEREC_PROGRESS", "0")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for tests/cli_helpers.py
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

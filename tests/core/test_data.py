@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from movierec.data import DataError, Dataset, describe, load_csv, load_data, load_dataset, load_ml100k
+from cli_helpers import run_cli
 
 
 def write(path: Path, text: str | bytes, encoding: str = "utf-8") -> Path:
@@ -276,17 +277,6 @@ def test_load_data_argument_rules(tmp_path: Path) -> None:
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    from movierec.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["movierec", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_inspect_prints_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

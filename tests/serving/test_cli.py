@@ -15,22 +15,11 @@ import pytest
 
 from ranking.blend import HybridRecommender
 from tests.serving.conftest import free_port
+from cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run the console entry point in-process (exit-code mapping included)."""
-    from movierec.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["movierec", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_recommend_json_matches_the_model(bundle_path: Path, monkeypatch, capsys) -> None:

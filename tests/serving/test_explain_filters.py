@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from movierec.index import normalize
 from ranking.blend import HybridRecommender
+from cli_helpers import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -96,17 +97,6 @@ def test_exclude_list_combines_with_exclude_seen_and_filters(client: TestClient,
     assert client.get(f"/users/{user}/recommendations", params={"exclude": "999999,abc"}).status_code == 200
 
 
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    from movierec.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["movierec", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_recommend_explains_and_filters(bundle_path: Path, model: HybridRecommender, monkeypatch, capsys) -> None:
