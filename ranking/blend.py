@@ -287,13 +287,13 @@ class HybridRecommender:
         """
         users = np.asarray(users, dtype=np.int64)
         hist = self.retrieval.histories
-        exclude = [hist.of(u) for u in users] if exclude_seen else None
+        histories = [hist.of(u) for u in users]
+        exclude = histories if exclude_seen else None
         use_ranker = rank and self.ranker is not None
         pool = max(k, self.ranker.n_candidates) if use_ranker else k
         queries = self.retrieval.user_vectors[users]
         ids, scores = self.retrieval.search(queries, min(pool, self.n_items), exclude)
         if use_ranker:
-            histories = [hist.of(u) for u in users]
             if getattr(self.ranker, "n_collab_candidates", 0):
                 banned = exclude if exclude is not None else [np.zeros(0, np.int64)] * len(users)
                 ids = merge_candidates(ids, self.ranker.collab_candidates(histories, banned), self.n_items)
