@@ -100,11 +100,11 @@ class RankingConfig(_Section):
     holdout: Literal["temporal", "random"] = "random"
     holdout_fraction: float = Field(0.2, gt=0, lt=0.9)
     negatives: int = Field(20, ge=0, description="random negatives per user list, besides the retrieval candidates")
-    # Default: a linear score over the features (no MLP, cross layers or id embeddings). On
-    # ML-100K's validation split (benchmarks/RESULTS.md, issue 5) it was the only form that beat
-    # EASE for every seed (NDCG@10 0.2729 mean of 3 vs EASE 0.2693); the DCN and MLP forms
-    # ranged 0.24-0.27 across seeds on ~850 training lists. Raise these for larger data.
-    hidden: list[int] = Field(default_factory=list, description="MLP widths ([]: none)")
+    # Default: an MLP over the features without cross layers or id embeddings. On ML-100K's
+    # validation split (benchmarks/RESULTS.md, issue 5) it was the only form that beat EASE for
+    # every seed (NDCG@10 0.2729 mean of 3 vs EASE 0.2693); with DCN cross layers or id
+    # embeddings it ranged 0.24-0.27 across seeds on ~850 training lists. Add them for larger data.
+    hidden: list[int] = Field(default_factory=lambda: [128, 64], description="MLP widths ([]: a linear score)")
     cross_layers: int = Field(0, ge=0, le=6, description="DCN-v2 cross layers")
     emb_dim: int = Field(0, ge=0, le=256, description="user/item id embedding size (0: no id embeddings)")
     id_dropout: float = Field(0.1, ge=0, lt=1, description="share of training ids replaced by the unknown row")

@@ -235,7 +235,7 @@ class RankerModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.net = RankerNet(
-            n_dense, n_users, n_items, emb_dim, list(hidden or [128, 64]), cross_layers, dropout, rating_center, rating_scale, base_column
+            n_dense, n_users, n_items, emb_dim, list(hidden) if hidden is not None else [128, 64], cross_layers, dropout, rating_center, rating_scale, base_column
         )
         self._val: dict[str, list[float]] = {}
 

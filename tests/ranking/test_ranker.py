@@ -146,3 +146,16 @@ def test_bundle_from_another_feature_layout_is_refused(trained: Trained, tmp_pat
         Ranker(ranker.net, meta, ranker.arrays, ranker.collab).save(w)
     with pytest.raises(ValueError, match="retrain the bundle"):
         load_ranker(load_bundle(tmp_path / "b"))
+
+
+@pytest.mark.parametrize("hidden,cross,emb", [([], 0, 0), ([8], 0, 0), ([8, 4], 2, 4)])
+def test_net_shapes_from_config_rebuild_from_saved_kwargs(hidden, cross, emb) -> None:
+    """The saved net kwargs rebuild exactly the trained net (an empty MLP once fell back to the
+    default widths, so the bundle's weights did not load)."""
+    from ranking.net import RankerNet
+    from ranking.ranker import RankerModule
+
+    module = RankerModule(n_dense=5, n_users=3, n_items=4, emb_dim=emb, hidden=hidden, cross_layers=cross)
+    rebuilt = RankerNet(**module.net_kwargs())
+    rebuilt.load_state_dict(module.net.state_dict())  # strict: same layers, same shapes
+    assert len([m for m in rebuilt.mlp if isinstance(m, torch.nn.Linear)]) == len(hidden)
