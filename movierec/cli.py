@@ -187,7 +187,7 @@ def evaluate(
     no_rank: Annotated[bool, typer.Option("--no-rank", help="retrieval order, without the ranker")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Recall, NDCG, hit rate, MRR, precision and coverage at k on a held-out test file."""
+    """Recall, NDCG, hit rate, MRR, precision and coverage at k on a held-out test file (and RMSE/MAE when it has ratings)."""
     from movierec.evaluation import evaluate_model, read_test_file
 
     frame = read_test_file(test)
@@ -198,6 +198,9 @@ def evaluate(
     typer.echo(f"{result['users']:,} users, {result['pairs']:,} test pairs ({result['skipped_rows']} skipped), k={k}, {'ranked' if result['ranked'] else 'retrieval order'}")
     for name, value in result["metrics"].items():
         typer.echo(f"  {name}@{k}: {value:.4f}")
+    if result.get("rating"):
+        r = result["rating"]
+        typer.echo(f"  rmse: {r['rmse']:.4f}  mae: {r['mae']:.4f}  ({r['pairs']:,} rated pairs, {r['model']})")
 
 
 @app.command()

@@ -86,6 +86,36 @@ class RetrievalConfig(_Section):
     threads: int = Field(1, ge=1)
 
 
+class RatingConfig(_Section):
+    """Dedicated rating model (ranking/rating.py): biases, item kNN-baseline, biased MF and
+    I-AutoRec blended by a ridge stacker fitted on a validation split carved from training.
+    Defaults chosen on ``validation_split(u1.base, 0.2, seed=0)`` of MovieLens 100K
+    (benchmarks/rating_quality.py --validate)."""
+
+    enabled: bool = Field(True, description="train the rating model with the ranker (P1 predictions)")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of each user's ratings held out for early stopping and the stacker")
+    refit: bool = Field(True, description="retrain the components on all training ratings for the epochs found")
+    bias_damping: float = Field(5.0, ge=0, description="pseudo-counts shrinking user and item biases")
+    knn_k: int = Field(40, ge=0, description="neighbours per prediction of the item kNN-baseline (0: off)")
+    knn_keep: int = Field(200, ge=1, description="similar items stored per item")
+    knn_shrinkage: float = Field(100.0, ge=0, description="Pearson-baseline similarity shrinkage by co-rater count")
+    knn_max_items: int = Field(30_000, ge=1, description="the kNN component is skipped above this many items (quadratic)")
+    mf_dim: int = Field(64, ge=0, description="biased MF factors (0: off)")
+    mf_lr: float = Field(5e-3, gt=0)
+    mf_reg: float = Field(0.1, ge=0)
+    mf_epochs: int = Field(40, ge=1)
+    autorec_hidden: int = Field(500, ge=0, description="I-AutoRec hidden units (0: off)")
+    autorec_reg: float = Field(30.0, ge=0, description="I-AutoRec L2 weight (the paper's lambda)")
+    autorec_lr: float = Field(3e-4, gt=0)
+    autorec_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on I-AutoRec's hidden layer while training")
+    autorec_batch_items: int = Field(64, ge=1)
+    autorec_epochs: int = Field(200, ge=1)
+    autorec_max_users: int = Field(200_000, ge=1, description="I-AutoRec is skipped above this many users (its layers are n_users wide)")
+    patience: int = Field(10, ge=1, description="epochs without a better validation RMSE before a component stops")
+    stack_ridge: float = Field(1e-4, ge=0, description="ridge weight of the stacker (per validation rating)")
+    threads: int = Field(1, ge=1)
+
+
 class RankingConfig(_Section):
     """Ranker over (user, candidate) features, trained on a held-out slice of the training data.
 
@@ -126,6 +156,7 @@ class RankingConfig(_Section):
     exclude: list[Literal["content", "collab", "ids"]] = Field(default_factory=list, description="feature groups left out (ablations)")
     max_users: int = Field(50_000, ge=10, description="users sampled for ranker training lists (bounds time on big data)")
     threads: int = Field(1, ge=1)
+    rating: RatingConfig = Field(default_factory=RatingConfig)
 
 
 class TrainerConfig(_Section):

@@ -15,7 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from movierec.data import DataError
-from movierec.metrics import topn_metrics
+from movierec.metrics import mae, rmse, topn_metrics
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ def _to_index(ids: pd.Series, index: pd.Index) -> np.ndarray:
 
 
 def evaluate_model(model: Any, test: pd.DataFrame, k: int = 10, rank: bool = True, batch_size: int = 1024) -> dict[str, Any]:
-    """Top-k metrics of ``model`` against every test (user, item) pair it knows.
+    """Top-k metrics of ``model`` against every test (user, item) pair it knows, and RMSE/MAE
+    (``"rating"``) when the file has ratings and the model predicts them.
 
     Test rows with users or items the model never saw are counted and skipped. Items the user
     rated in training are excluded from their ranking (full-ranking protocol).
@@ -75,6 +76,14 @@ def evaluate_model(model: Any, test: pd.DataFrame, k: int = 10, rank: bool = Tru
         ids, _ = model.recommend_batch(test_users[s : s + batch_size], k, rank=rank)
         recs[s : s + len(ids), : ids.shape[1]] = ids
     metrics = topn_metrics(recs, relevant[test_users], k, n_items=model.n_items)
+    rating = None
+    predict = getattr(model, "predict_ratings", None)
+    if "rating" in test.columns and predict is not None:
+        pred = predict(users, items)
+        if pred is not None:  # a bundle without a rating model or ranker predicts no ratings
+            y = test["rating"].to_numpy(np.float64)[known]
+            rating = {"rmse": rmse(y, pred), "mae": mae(y, pred), "pairs": int(len(y)),
+                      "model": "rating model" if getattr(model, "rating_model", None) is not None else "ranker head"}
     return {
         "k": k,
         "metrics": {name.split("@")[0]: value for name, value in metrics.items()},
@@ -82,4 +91,5 @@ def evaluate_model(model: Any, test: pd.DataFrame, k: int = 10, rank: bool = Tru
         "pairs": int(known.sum()),
         "skipped_rows": skipped,
         "ranked": bool(rank and getattr(model, "ranker", None) is not None),
+        "rating": rating,
     }

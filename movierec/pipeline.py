@@ -130,11 +130,22 @@ def train(ds: Dataset, out: str | Path, config: Config | None = None) -> Path:
             ranker = result.ranker
             metrics["ranker"] = result.metrics
             timings["ranker"] = time.perf_counter() - t
+        rating_model = None
+        if ranking and config.ranking.rating.enabled:
+            from ranking.rating import fit_rating_model
+
+            t = time.perf_counter()
+            rated = fit_rating_model(ds, config.ranking.rating, seed=config.seed, log_dir=writer.path / "logs")
+            rating_model = rated.model
+            metrics["rating_model"] = rated.metrics
+            timings["rating_model"] = time.perf_counter() - t
         save_catalogue(writer, ds)
         content.save(writer)
         retrieval.save(writer)
         if ranker is not None:
             ranker.save(writer)
+        if rating_model is not None:
+            rating_model.save(writer)
         writer.meta.update(
             {
                 "dataset": {"name": ds.name, "fingerprint": ds.fingerprint(), "ratings": len(ds.ratings), "users": ds.n_users, "items": ds.n_items, "rating_scale": list(ds.rating_scale)},

@@ -72,6 +72,7 @@ class HybridRecommender:
         retrieval: RetrievalModel,
         item_counts: np.ndarray,
         ranker: Any | None = None,
+        rating_model: Any | None = None,
     ) -> None:
         self.bundle = bundle
         self.items = items.reset_index(drop=True)
@@ -82,6 +83,7 @@ class HybridRecommender:
         self.retrieval = retrieval
         self.item_counts = np.asarray(item_counts, dtype=np.int64)
         self.ranker = ranker
+        self.rating_model = rating_model  # ranking.rating.RatingModel: P1 rating predictions
         self.genre_vocab: list[str] = list(retrieval.hparams.get("genres", []))
         self._lock = threading.RLock()
         self.cache_users = 50_000
@@ -109,7 +111,13 @@ class HybridRecommender:
             from ranking.features import load_ranker
 
             ranker = load_ranker(bundle)
-        return cls(bundle, items, users["user_id"].to_numpy(), content, retrieval, bundle.array("item_counts.npy"), ranker)
+        rating_model = None
+        if bundle.has("rating/meta.json"):
+            from ranking.rating import load_rating_model
+
+            rating_model = load_rating_model(bundle)
+        return cls(bundle, items, users["user_id"].to_numpy(), content, retrieval, bundle.array("item_counts.npy"), ranker,
+                   rating_model)
 
     @property
     def model_version(self) -> str:
@@ -236,6 +244,15 @@ class HybridRecommender:
         cand = np.flatnonzero(ok)
         order = np.argsort(-score[cand], kind="stable")[:k]
         return Recommendations(cand[order], score[cand][order])
+
+    def predict_ratings(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray | None:
+        """Ratings for (user_idx, item_idx) pairs on the data's scale: the dedicated rating model
+        when the bundle has one (the P1 model), else the ranker's rating head, else None."""
+        if self.rating_model is not None:
+            return self.rating_model.predict(np.asarray(user_idx, np.int64), np.asarray(item_idx, np.int64))
+        if self.ranker is not None:
+            return self.ranker.predict_ratings(self, np.asarray(user_idx, np.int64), np.asarray(item_idx, np.int64))
+        return None
 
     def recommend_user(
         self, user_id: Any, k: int = 10, exclude_seen: bool = True, filters: Filters | None = None, rank: bool = True

@@ -1,0 +1,169 @@
+"""The dedicated rating model (ranking/rating.py): planted ratings, scale, fallbacks, persistence."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from movierec.artifacts import BundleWriter, load_bundle
+from movierec.baselines import BiasBaseline
+from movierec.config import RatingConfig
+from movierec.data import Dataset
+from movierec.metrics import rmse
+from movierec.splits import holdout_per_user
+from ranking.rating import RatingModel, fit_rating_model, knn_residual, load_rating_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def planted(scale: tuple[float, float] = (1.0, 5.0), n_users: int = 220, n_items: int = 160, density: float = 0.25,
+            seed: int = 0) -> Dataset:
+    """Ratings = biases + a rank-3 interaction + a little noise, rounded to the half-steps of ``scale``.
+
+    The interaction carries most of the variance, so a model that only learns biases is clearly beaten.
+    """
+    rng = np.random.default_rng(seed)
+    p, q = rng.normal(size=(n_users, 3)), rng.normal(size=(n_items, 3))
+    bu, bi = rng.normal(0, 0.3, n_users), rng.normal(0, 0.3, n_items)
+    z = 3.0 + bu[:, None] + bi[None, :] + 0.6 * p @ q.T + rng.normal(0, 0.2, (n_users, n_items))
+    z = np.clip(np.round(z * 2) / 2, 1.0, 5.0)
+    lo, hi = scale
+    r = lo + (z - 1.0) / 4.0 * (hi - lo)
+    u, i = np.nonzero(rng.random((n_users, n_items)) < density)
+    ratings = pd.DataFrame({"user_id": u, "item_id": i, "rating": r[u, i], "timestamp": np.arange(len(u))})
+    return Dataset(ratings, pd.DataFrame({"item_id": np.arange(n_items), "title": [f"m{j}" for j in range(n_items)]}))
+
+
+def small(**changes: object) -> RatingConfig:
+    base = dict(autorec_hidden=48, autorec_epochs=60, autorec_lr=3e-3, autorec_reg=10.0, mf_dim=8, mf_epochs=30,
+                mf_lr=1e-2, mf_reg=0.02, knn_k=20, knn_keep=50, knn_shrinkage=10.0, patience=5)
+    return RatingConfig(**{**base, **changes})
+
+
+def _score(model: object, test: Dataset) -> float:
+    r = test.ratings
+    return rmse(r["rating"].to_numpy(), model.predict(r["user_idx"].to_numpy(), r["item_idx"].to_numpy()))
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[Dataset, Dataset, object]:
+    train, test = holdout_per_user(planted(), 0.2, seed=42)
+    return train, test, fit_rating_model(train, small(), seed=7)
+
+
+def test_recovers_planted_ratings_better_than_bias_baseline(fitted: tuple) -> None:
+    train, test, fit = fitted
+    bias = _score(BiasBaseline().fit(train), test)
+    ours = _score(fit.model, test)
+    assert ours < bias - 0.1, (ours, bias)
+    # the blend is no worse than its best component on the stacker's validation ratings
+    val = fit.metrics["val_rmse"]
+    assert val["blend"] <= min(v for k, v in val.items() if k != "blend") + 1e-3, val
+
+
+def test_validation_loss_goes_down(fitted: tuple) -> None:
+    train_record = fitted[2].metrics["train"]
+    for name in ("mf", "autorec"):
+        hist = train_record[name]["history"]
+        assert len(hist) >= 2, name
+        assert min(hist) < hist[0] - 0.05, (name, hist[:5])
+        assert train_record[name]["val_rmse"] == pytest.approx(min(hist))
+
+
+def test_other_rating_scale_is_read_and_clipped() -> None:
+    train, test = holdout_per_user(planted(scale=(-10.0, 10.0), seed=1), 0.2, seed=42)
+    fit = fit_rating_model(train, small(refit=False), seed=0)
+    assert (fit.model.rating_min, fit.model.rating_max) == (-10.0, 10.0)
+    r = test.ratings
+    pred = fit.model.predict(r["user_idx"].to_numpy(), r["item_idx"].to_numpy())
+    assert pred.min() >= -10.0 and pred.max() <= 10.0
+    assert _score(fit.model, test) < _score(BiasBaseline().fit(train), test) - 0.4  # 5x the 1..5 margin
+    # a stacker pushed far off the scale is clipped to its ends
+    model = RatingModel({**fit.model.meta, "weights": [1e6] + [0.0] * len(fit.model.components)}, fit.model.arrays)
+    assert np.all(model.predict(r["user_idx"].to_numpy()[:20], r["item_idx"].to_numpy()[:20]) == 10.0)
+
+
+def test_unknown_users_and_items_fall_back_to_biases(fitted: tuple) -> None:
+    train, _, fit = fitted
+    m = fit.model
+    a = m.arrays
+    out = m.predict(np.array([-1, m.n_users + 5, 3, 3, -1]), np.array([4, 4, -1, m.n_items + 2, m.n_items + 9]))
+    expect = np.array([m.mu + a["b_item"][4], m.mu + a["b_item"][4], m.mu + a["b_user"][3], m.mu + a["b_user"][3], m.mu])
+    np.testing.assert_allclose(out, np.clip(expect, m.rating_min, m.rating_max), rtol=1e-6)
+    assert np.isfinite(out).all()
+    # a user in the id map without training ratings (all held out) is unknown as well
+    r = train.ratings
+    ds = train.with_ratings(r[r["user_idx"] != 0])
+    fit0 = fit_rating_model(ds, small(refit=False, autorec_epochs=3, mf_epochs=3), seed=0)
+    assert fit0.model.predict(np.array([0]), np.array([4]))[0] == pytest.approx(
+        np.clip(fit0.model.mu + fit0.model.arrays["b_item"][4], 1, 5), rel=1e-6)
+
+
+def test_bad_input_is_refused_with_the_parameter_named(fitted: tuple) -> None:
+    m = fitted[2].model
+    with pytest.raises(ValueError, match="user_idx"):
+        m.predict(np.array([0.5]), np.array([1]))
+    with pytest.raises(ValueError, match="differ in shape"):
+        m.predict(np.array([0, 1]), np.array([1]))
+    with pytest.raises(ValueError, match="without ratings"):
+        fit_rating_model(fitted[0].with_ratings(fitted[0].ratings.iloc[:0]), small())
+
+
+def test_save_load_round_trip_is_bit_identical(fitted: tuple, tmp_path: Path) -> None:
+    _, test, fit = fitted
+    with BundleWriter(tmp_path / "b") as w:
+        fit.model.save(w)
+    loaded = load_rating_model(load_bundle(tmp_path / "b"))
+    assert sorted(loaded.arrays) == sorted(fit.model.arrays)
+    for name, arr in fit.model.arrays.items():
+        assert loaded.arrays[name].dtype == arr.dtype and np.array_equal(loaded.arrays[name], arr), name
+    r = test.ratings
+    u, i = r["user_idx"].to_numpy(), r["item_idx"].to_numpy()
+    assert np.array_equal(loaded.predict(u, i), fit.model.predict(u, i))
+
+
+def test_training_is_deterministic(fitted: tuple) -> None:
+    train, test, fit = fitted
+    again = fit_rating_model(train, small(), seed=7)
+    r = test.ratings
+    u, i = r["user_idx"].to_numpy(), r["item_idx"].to_numpy()
+    assert np.array_equal(again.model.predict(u, i), fit.model.predict(u, i))
+
+
+def test_knn_residual_matches_a_hand_computation() -> None:
+    import scipy.sparse as sp
+
+    # item 0's neighbours: item 1 (0.9), item 2 (0.5), item 3 (0.1); user 0 rated items 1 and 3, user 1 none
+    sim = sp.csr_matrix(np.array([[0, 0.9, 0.5, 0.1], [0.9, 0, 0, 0], [0.5, 0, 0, 0], [0.1, 0, 0, 0]], np.float32))
+    res = sp.csr_matrix(np.array([[0, 1.0, 0, -2.0], [0, 0, 0, 0]], np.float32))
+    out = knn_residual(sim, res, np.array([0, 0, 1]), np.array([0, 0, 0]), k=2)
+    assert out[0] == pytest.approx((0.9 * 1.0 + 0.1 * -2.0) / 1.0)
+    out1 = knn_residual(sim, res, np.array([0]), np.array([0]), k=1)
+    assert out1[0] == pytest.approx(1.0)
+    assert out[2] == 0.0
+
+
+def test_loading_side_does_not_import_lightning_or_torch() -> None:
+    code = "import sys, ranking.rating; bad = [m for m in ('lightning', 'torch') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_pipeline_bundle_carries_the_rating_model(trained: object) -> None:
+    from movierec.evaluation import evaluate_model
+
+    model = trained.model
+    assert model.rating_model is not None
+    assert trained.bundle.joinpath("rating", "meta.json").is_file()
+    r = trained.test.ratings
+    pred = model.predict_ratings(r["user_idx"].to_numpy(), r["item_idx"].to_numpy())
+    assert np.array_equal(pred, model.rating_model.predict(r["user_idx"].to_numpy(), r["item_idx"].to_numpy()))
+    frame = pd.DataFrame({"user_id": r["user_id"].astype(str), "item_id": r["item_id"].astype(str), "rating": r["rating"]})
+    result = evaluate_model(model, frame, k=10)
+    assert result["rating"]["model"] == "rating model"
+    assert result["rating"]["rmse"] == pytest.approx(rmse(r["rating"].to_numpy(), pred), rel=1e-6)
