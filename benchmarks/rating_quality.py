@@ -104,7 +104,7 @@ def run_p1(ds: Dataset, data: Path, cfg: RatingConfig) -> dict[str, Any]:
             rows.setdefault(f"rating model: {cname} alone", []).append(s)
         rows.setdefault("rating model (blend)", []).append(score(res.model, test))
         print(f"  {fold}: " + " ".join(f"{k} {v[-1]['rmse']:.4f}" for k, v in rows.items())
-              + f" | fit {secs['rating model (blend)'][-1]:.0f}s weights {res.metrics['weights']}", flush=True)
+              + f" | fit {secs['rating model (blend)'][-1]:.0f}s, inner val blend {res.metrics['val_rmse']['blend']:.4f}", flush=True)
     out: dict[str, Any] = {}
     print("\n| model | " + " | ".join(FOLDS) + " | mean RMSE | mean MAE | fit s/fold (median) |")
     print("|---|" + "---:|" * (len(FOLDS) + 3))

@@ -113,6 +113,7 @@ class RatingConfig(_Section):
     autorec_max_users: int = Field(200_000, ge=1, description="I-AutoRec is skipped above this many users (its layers are n_users wide)")
     patience: int = Field(10, ge=1, description="epochs without a better validation RMSE before a component stops")
     stack_ridge: float = Field(1e-4, ge=0, description="ridge weight of the stacker (per validation rating)")
+    stack_support: bool = Field(True, description="stacker weights vary with the user's and item's rating counts (feature-weighted stacking)")
     threads: int = Field(1, ge=1)
 
 

@@ -126,7 +126,7 @@ class RatingModel:
         self.meta = meta
         self.arrays = arrays
         self.components: list[str] = list(meta["components"])
-        self.weights = np.asarray(meta["weights"], dtype=np.float64)  # intercept, then one per component
+        self.weights = np.asarray(meta["weights"], dtype=np.float64)  # see stack_design
         self.rating_min, self.rating_max = (float(v) for v in meta["rating_scale"])
         self.mu = float(meta["mu"])
         self.n_users, self.n_items = int(meta["n_users"]), int(meta["n_items"])
@@ -137,7 +137,8 @@ class RatingModel:
                 sp.csr_matrix((a["knn_sim_data"], a["knn_sim_indices"], a["knn_sim_indptr"]), shape=(self.n_items, self.n_items)),
                 sp.csr_matrix((a["knn_res_data"], a["knn_res_indices"], a["knn_res_indptr"]), shape=(self.n_users, self.n_items)),
             )
-        if len(self.weights) != len(self.components) + 1:
+        n_support = 3 if meta.get("stack_support") else 1
+        if len(self.weights) != (len(self.components) + 1) * n_support:
             raise ValueError(f"rating model: {len(self.weights)} stacker weights for {len(self.components)} components")
 
     def __repr__(self) -> str:
@@ -171,6 +172,25 @@ class RatingModel:
                 raise ValueError(f"rating model: unknown component {name!r}")
         return np.stack(cols, 1) if cols else np.zeros((len(users), 0))
 
+    def support(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """(n, S) stacker gates: a constant, and with ``stack_support`` the centred log rating
+        counts of the user and the item (components differ in how they cope with little data)."""
+        ones = np.ones((len(users), 1))
+        if not self.meta.get("stack_support"):
+            return ones
+        cu, ci = self.meta["support_center"]
+        su = np.log1p(self.arrays["user_counts"][users]) - cu
+        si = np.log1p(self.arrays["item_counts"][items]) - ci
+        return np.column_stack([ones, su, si])
+
+    def stack_design(self, comp: np.ndarray, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Stacker inputs: each component's prediction minus the global mean times each gate, then
+        the gates themselves; the blend is ``mu + design @ weights`` (feature-weighted linear
+        stacking, Sill et al. 2009, reduced to a plain linear blend without support gates)."""
+        g = self.support(users, items)
+        c = comp - self.mu
+        return np.column_stack([(c[:, :, None] * g[:, None, :]).reshape(len(c), -1), g])
+
     def predict(self, user_idx: np.ndarray | int, item_idx: np.ndarray | int) -> np.ndarray:
         """Predicted ratings (float32, clipped to the training scale) for (user, item) pairs.
 
@@ -193,7 +213,7 @@ class RatingModel:
         both = ku & ki
         if both.any():
             comp = self.component_predictions(users[both], items[both])
-            out[both] = self.weights[0] + comp @ self.weights[1:]
+            out[both] = self.mu + self.stack_design(comp, users[both], items[both]) @ self.weights
         out = np.nan_to_num(out, nan=self.mu, posinf=self.rating_max, neginf=self.rating_min)
         return np.clip(out, self.rating_min, self.rating_max).astype(np.float32)
 
@@ -248,7 +268,7 @@ def _fit_parts(data: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.nd
     u, i, r = data
     mu, bu, bi = damped_biases(u, i, r, n_users, n_items, cfg.bias_damping)
     meta: dict[str, Any] = {"format": FORMAT, "mu": mu, "rating_scale": list(scale), "n_users": n_users, "n_items": n_items,
-                            "components": components, "weights": [0.0, 1.0] + [0.0] * (len(components) - 1)}
+                            "components": components, "weights": [1.0] + [0.0] * len(components), "stack_support": False}
     arrays: dict[str, np.ndarray] = {
         "b_user": bu, "b_item": bi,
         "user_counts": np.bincount(u, minlength=n_users).astype(np.int64),
@@ -281,12 +301,9 @@ def _fit_parts(data: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.nd
     return meta, arrays, record
 
 
-def fit_stacker(preds: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
-    """Ridge least squares ``y ~ w0 + preds @ w`` (intercept not penalised); returns (w0, w...)."""
-    x = np.column_stack([np.ones(len(y)), preds])
-    pen = ridge * len(y) * np.eye(x.shape[1])
-    pen[0, 0] = 0.0
-    return np.linalg.solve(x.T @ x + pen, x.T @ y)
+def fit_stacker(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
+    """Ridge least squares ``y ~ x @ w``, the ridge scaled by the number of rows."""
+    return np.linalg.solve(x.T @ x + ridge * len(y) * np.eye(x.shape[1]), x.T @ y)
 
 
 def fit_rating_model(train: Dataset, cfg: Any, seed: int = 42, log_dir: str | Path | None = None) -> RatingFit:
@@ -316,20 +333,23 @@ def fit_rating_model(train: Dataset, cfg: Any, seed: int = 42, log_dir: str | Pa
     ku, ki = stage._known(vu, vi)
     both = ku & ki
     comp = stage.component_predictions(vu[both], vi[both])
-    weights = fit_stacker(comp, vr[both], cfg.stack_ridge)
+    stage.meta["stack_support"] = bool(cfg.stack_support)
+    stage.meta["support_center"] = [float(np.log1p(arrays["user_counts"][vu[both]]).mean()),
+                                    float(np.log1p(arrays["item_counts"][vi[both]]).mean())]
+    weights = fit_stacker(stage.stack_design(comp, vu[both], vi[both]), vr[both] - stage.mu, cfg.stack_ridge)
     val_rmse = {name: float(np.sqrt(np.mean((np.clip(comp[:, j], *scale) - vr[both]) ** 2))) for j, name in enumerate(components)}
     stage.meta["weights"] = weights.tolist()
     stage.weights = weights
     blend = stage.predict(vu, vi)
     val_rmse["blend"] = float(np.sqrt(np.mean((blend - vr) ** 2)))
-    metrics.update({"val_rmse": val_rmse, "weights": dict(zip(["intercept", *components], weights.tolist())),
+    metrics.update({"val_rmse": val_rmse, "weights": weights.tolist(),
                     "train": record, "val_pairs": int(len(vr))})
     log.info("rating model: validation RMSE %s", {k: round(v, 4) for k, v in val_rmse.items()})
     model = stage
     if cfg.refit:
         epochs = {name: max(1, int(rec["epochs"])) for name, rec in record.items() if "epochs" in rec}
         meta, arrays, refit_record = _fit_parts(_triples(train), None, n_users, n_items, scale, cfg, components, epochs, seed, None)
-        meta["weights"] = weights.tolist()
+        meta.update({k: stage.meta[k] for k in ("weights", "stack_support", "support_center")})
         model = RatingModel(meta, arrays)
         metrics["refit"] = {name: {"seconds": rec["seconds"]} for name, rec in refit_record.items()}
     metrics["seconds"] = time.perf_counter() - t0

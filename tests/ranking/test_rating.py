@@ -84,7 +84,9 @@ def test_other_rating_scale_is_read_and_clipped() -> None:
     assert pred.min() >= -10.0 and pred.max() <= 10.0
     assert _score(fit.model, test) < _score(BiasBaseline().fit(train), test) - 0.4  # 5x the 1..5 margin
     # a stacker pushed far off the scale is clipped to its ends
-    model = RatingModel({**fit.model.meta, "weights": [1e6] + [0.0] * len(fit.model.components)}, fit.model.arrays)
+    weights = np.zeros_like(fit.model.weights)
+    weights[len(fit.model.components) * (3 if fit.model.meta["stack_support"] else 1)] = 1e6  # the constant gate
+    model = RatingModel({**fit.model.meta, "weights": weights.tolist()}, fit.model.arrays)
     assert np.all(model.predict(r["user_idx"].to_numpy()[:20], r["item_idx"].to_numpy()[:20]) == 10.0)
 
 
