@@ -143,13 +143,13 @@ def run_p2(ds: Dataset, workdir: Path, config: Config) -> dict[str, Any]:
     return out
 
 
-def run_p1(ds: Dataset, data: Path, workdir: Path, config: Config) -> dict[str, Any]:
+def run_p1(ds: Dataset, data: Path, workdir: Path, config: Config, folds: tuple[str, ...] = ("u1", "u2", "u3", "u4", "u5")) -> dict[str, Any]:
     """Each official fold: the bundle's P1 predictions (its dedicated rating model, ranking/rating.py,
     when it has one) and, for comparison, the ranker's rating head."""
     rows: dict[str, list[tuple[float, float]]] = {}
-    for fold in ("u1", "u2", "u3", "u4", "u5"):
+    for fold in folds:
         train, test = ml100k_fold(ds, data, fold)
-        model, _ = fit_bundle(train, config, workdir, f"p1-{fold}")
+        model, secs = fit_bundle(train, config, workdir, f"p1-{fold}")
         r = test.ratings
         u, i, y = r["user_idx"].to_numpy(), r["item_idx"].to_numpy(), r["rating"].to_numpy()
         preds = {"bundle (P1 model)": model.predict_ratings(u, i)}
@@ -157,12 +157,14 @@ def run_p1(ds: Dataset, data: Path, workdir: Path, config: Config) -> dict[str, 
             preds["ranker rating head"] = model.ranker.predict_ratings(model, u, i)
         for name, pred in preds.items():
             rows.setdefault(name, []).append((rmse(y, pred), mae(y, pred)))
-        print(f"  P1 {fold}: " + "; ".join(f"{n} RMSE {v[-1][0]:.4f} MAE {v[-1][1]:.4f}" for n, v in rows.items()), flush=True)
+        timings = model.bundle.manifest.get("timings", {})
+        print(f"  P1 {fold}: " + "; ".join(f"{n} RMSE {v[-1][0]:.4f} MAE {v[-1][1]:.4f}" for n, v in rows.items())
+              + f" (pipeline {secs:.0f}s, rating model {timings.get('rating_model', float('nan')):.0f}s)", flush=True)
     out: dict[str, Any] = {}
     for name, v in rows.items():
         rm, ma = [a for a, _ in v], [b for _, b in v]
         out[name] = {"rmse": float(np.mean(rm)), "rmse_std": float(np.std(rm)), "mae": float(np.mean(ma)), "folds": rm}
-        print(f"| P1 {name} (u1..u5 mean) | RMSE {out[name]['rmse']:.4f} ± {out[name]['rmse_std']:.4f} | MAE {out[name]['mae']:.4f} |")
+        print(f"| P1 {name} ({'..'.join(folds[::max(1, len(folds) - 1)])} mean) | RMSE {out[name]['rmse']:.4f} ± {out[name]['rmse_std']:.4f} | MAE {out[name]['mae']:.4f} |")
     out.update(out["bundle (P1 model)"])  # the system's P1 number at the top level, as before
     return out
 
@@ -207,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--p2", action="store_true")
     p.add_argument("--p1", action="store_true")
     p.add_argument("--p3", action="store_true")
+    p.add_argument("--folds", default="u1,u2,u3,u4,u5", help="P1 folds, comma separated")
     p.add_argument("--set", nargs="*", default=[], help="config overrides section.key=value for --p1/--p2/--p3")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "ranking_quality.json")
     p.add_argument("--workdir", type=Path, help="keep the trained bundles here (default: a temp dir, removed)")
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.p2:
             results["P2"] = run_p2(ds, work, config)
         if args.p1:
-            results["P1"] = run_p1(ds, args.data, work, config)
+            results["P1"] = run_p1(ds, args.data, work, config, tuple(args.folds.split(",")))
         if args.p3:
             results["P3"] = run_p3(ds, work, config)
     args.out.parent.mkdir(parents=True, exist_ok=True)
