@@ -200,7 +200,7 @@ def evaluate(
         typer.echo(f"  {name}@{k}: {value:.4f}")
     if result.get("rating"):
         r = result["rating"]
-        typer.echo(f"  rmse: {r['rmse']:.4f}  mae: {r['mae']:.4f}  ({r['pairs']:,} rated pairs, {r['model']})")
+        typer.echo(f"  rmse: {r['rmse']:.4f}  mae: {r['mae']:.4f}  ({r['pairs']:,} rated pairs, rating model)")
 
 
 @app.command()

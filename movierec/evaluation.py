@@ -54,7 +54,7 @@ def _to_index(ids: pd.Series, index: pd.Index) -> np.ndarray:
 
 def evaluate_model(model: Any, test: pd.DataFrame, k: int = 10, rank: bool = True, batch_size: int = 1024) -> dict[str, Any]:
     """Top-k metrics of ``model`` against every test (user, item) pair it knows, and RMSE/MAE
-    (``"rating"``) when the file has ratings and the model predicts them.
+    (``"rating"``) when the file has ratings and the bundle has a rating model.
 
     Test rows with users or items the model never saw are counted and skipped. Items the user
     rated in training are excluded from their ranking (full-ranking protocol).
@@ -77,13 +77,11 @@ def evaluate_model(model: Any, test: pd.DataFrame, k: int = 10, rank: bool = Tru
         recs[s : s + len(ids), : ids.shape[1]] = ids
     metrics = topn_metrics(recs, relevant[test_users], k, n_items=model.n_items)
     rating = None
-    predict = getattr(model, "predict_ratings", None)
-    if "rating" in test.columns and predict is not None:
-        pred = predict(users, items)
-        if pred is not None:  # a bundle without a rating model or ranker predicts no ratings
-            y = test["rating"].to_numpy(np.float64)[known]
-            rating = {"rmse": rmse(y, pred), "mae": mae(y, pred), "pairs": int(len(y)),
-                      "model": "rating model" if getattr(model, "rating_model", None) is not None else "ranker head"}
+    rating_model = getattr(model, "rating_model", None)  # the bundle's P1 model (ranking/rating.py)
+    if "rating" in test.columns and rating_model is not None:
+        pred = rating_model.predict(users, items)
+        y = test["rating"].to_numpy(np.float64)[known]
+        rating = {"rmse": rmse(y, pred), "mae": mae(y, pred), "pairs": int(len(y))}
     return {
         "k": k,
         "metrics": {name.split("@")[0]: value for name, value in metrics.items()},
