@@ -109,8 +109,8 @@ def full_report(small: dict[str, Path]) -> Path:
 def test_full_report_has_every_section_and_decodable_image(full_report: Path) -> None:
     page = parse(full_report)
     assert page.sections == SECTIONS
-    # data: ratings, long tail, sparsity; training: two-tower and ranker; quality chart; map
-    assert {k: len(v) for k, v in page.images.items()} == {"data": 3, "training": 2, "quality": 1, "map": 1}
+    # data: ratings, long tail, sparsity; training: two-tower, ranker, rating model (AutoRec, MF); quality chart; map
+    assert {k: len(v) for k, v in page.images.items()} == {"data": 3, "training": 4, "quality": 1, "map": 1}
     for src in (s for srcs in page.images.values() for s in srcs):
         w, h = png_size(src)
         assert 300 <= w <= 1600 and 200 <= h <= 1000
