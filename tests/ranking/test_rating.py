@@ -168,3 +168,17 @@ def test_pipeline_bundle_carries_the_rating_model(trained: object) -> None:
     frame = pd.DataFrame({"user_id": r["user_id"].astype(str), "item_id": r["item_id"].astype(str), "rating": r["rating"]})
     result = evaluate_model(model, frame, k=10)
     assert result["rating"]["rmse"] == pytest.approx(rmse(r["rating"].to_numpy(), pred), rel=1e-6)
+
+
+def test_cli_evaluate_prints_rmse_of_the_rating_model(trained: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from cli_helpers import run_cli
+
+    r = trained.test.ratings
+    csv = tmp_path / "test.csv"
+    pd.DataFrame({"user_id": r["user_id"], "item_id": r["item_id"], "rating": r["rating"]}).to_csv(csv, index=False)
+    code, out, err = run_cli(monkeypatch, capsys, "evaluate", "--model", str(trained.bundle), "--test", str(csv))
+    assert code == 0, err
+    expect = rmse(r["rating"].to_numpy(), trained.model.rating_model.predict(r["user_idx"].to_numpy(), r["item_idx"].to_numpy()))
+    line = next(x for x in out.splitlines() if "rmse:" in x)
+    assert float(line.split("rmse:")[1].split()[0]) == pytest.approx(expect, abs=1e-4)
