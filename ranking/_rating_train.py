@@ -101,12 +101,21 @@ class AutoRecModule(L.LightningModule):
     """
 
     def __init__(self, n_users: int, hidden: int, lr: float, reg: float, dropout: float, n_obs: int,
-                 inputs: torch.Tensor, lo: float, span: float) -> None:
+                 inputs: sp.csr_matrix, lo: float, span: float) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["inputs"])
         self.net = AutoRecNet(n_users, hidden)
-        self.inputs = inputs  # (n_items, n_users) dense training ratings on the 1..5 scale, 0 where missing
-        self.mask = inputs != 0
+        self.inputs = inputs  # (n_items, n_users) sparse training ratings on the 1..5 scale
+
+    def rows(self, items: torch.Tensor) -> torch.Tensor:
+        """Dense input rows of a batch of items (only a batch is ever dense: memory stays O(ratings))."""
+        return torch.from_numpy(self.inputs[items.numpy()].toarray())
+
+    @torch.no_grad()
+    def codes(self, items: np.ndarray, block: int = 1024) -> torch.Tensor:
+        """Hidden codes (n, hidden) of items, encoded a block at a time."""
+        return torch.cat([self.net.encode(self.rows(torch.as_tensor(items[s : s + block])))
+                          for s in range(0, len(items), block)]) if len(items) else torch.zeros(0, self.hparams.hidden)
 
     def _penalty(self) -> torch.Tensor:
         return self.hparams.reg / (2 * self.hparams.n_obs) * (
@@ -115,7 +124,8 @@ class AutoRecModule(L.LightningModule):
 
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         (items,) = batch
-        x, m = self.inputs[items], self.mask[items]
+        x = self.rows(items)
+        m = x != 0
         h = nn.functional.dropout(self.net.encode(x), self.hparams.dropout, training=True)
         err = (self.net.decoder(h) - x)[m]
         mse = err.pow(2).mean() if err.numel() else torch.zeros((), requires_grad=True)
@@ -131,7 +141,8 @@ class AutoRecModule(L.LightningModule):
         self.log("val/rmse", torch.sqrt(torch.mean((pred - ratings) ** 2)), on_epoch=True, batch_size=len(users))
 
     def predict_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        code = self.net.encode(self.inputs[items])
+        uniq, inv = torch.unique(items, return_inverse=True)
+        code = self.codes(uniq.numpy())[inv]
         z = (code * self.net.decoder.weight[users]).sum(-1) + self.net.decoder.bias[users]
         return self.hparams.lo + (z - 1) * self.hparams.span / 4
 
@@ -140,11 +151,10 @@ class AutoRecModule(L.LightningModule):
 
 
 def item_matrix(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int, lo: float,
-                span: float) -> torch.Tensor:
-    """Dense (n_items, n_users) float32 ratings mapped to 1..5, 0 where missing."""
+                span: float) -> sp.csr_matrix:
+    """Sparse (n_items, n_users) float32 ratings mapped to 1..5 (missing entries are 0)."""
     vals = (1 + 4 * (ratings - lo) / span).astype(np.float32)
-    mat = sp.csr_matrix((vals, (items, users)), shape=(n_items, n_users), dtype=np.float32)
-    return torch.from_numpy(mat.toarray())
+    return sp.csr_matrix((vals, (items, users)), shape=(n_items, n_users), dtype=np.float32)
 
 
 def pair_loader(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
@@ -173,8 +183,7 @@ def fit_autorec(fit: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.nd
     train_loader = DataLoader(items, batch_size=None, sampler=sampler)
     val_loader = pair_loader(*val, 65536, False, seed) if val is not None else None
     best_epochs, best, history = fit_loop(module, train_loader, val_loader, epochs, cfg.patience, log_dir, "rating_autorec")
-    with torch.no_grad():
-        codes = module.net.encode(inputs).numpy()
+    codes = module.codes(np.arange(n_items)).numpy()
     net = module.net
     return {
         "codes": codes.astype(np.float32),

@@ -53,7 +53,7 @@ def damped_biases(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_u
     return mu, bu.astype(np.float32), bi.astype(np.float32)
 
 
-def knn_similarity(resid: sp.csr_matrix, shrinkage: float, keep: int, block: int = 1024) -> sp.csr_matrix:
+def knn_similarity(resid: sp.csr_matrix, shrinkage: float, keep: int, block: int | None = None) -> sp.csr_matrix:
     """Item-item Pearson correlation of baseline residuals over co-raters, shrunk by
     ``(n - 1) / (n - 1 + shrinkage)`` (n co-raters), keeping each item's ``keep`` largest
     positive similarities (Koren's kNN-baseline / Surprise ``pearson_baseline``).
@@ -68,6 +68,7 @@ def knn_similarity(resid: sp.csr_matrix, shrinkage: float, keep: int, block: int
     e2 = e.multiply(e).tocsc()
     et, xt, e2t = e.T.tocsr(), x.T.tocsr(), e2.T.tocsr()
     keep = max(1, min(keep, n_items - 1))
+    block = block or max(16, min(1024, 5_000_000 // max(n_items, 1)))  # five dense (block, n_items) slabs
     rows, cols, vals = [], [], []
     for lo in range(0, n_items, block):
         hi = min(lo + block, n_items)
