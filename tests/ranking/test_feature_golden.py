@@ -1,0 +1,73 @@
+"""The fast feature paths compute what the plain implementation computed (issue 5 speed work).
+
+``data/feature_golden.npz`` holds a fixed batch with every awkward case (see
+``data/make_feature_golden.py``) and the features the pre-optimisation code gave for it. Columns
+are matched by name, so adding a feature later does not invalidate the reference.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ranking.features import FEATURES, compute_features, pad_histories
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def _golden_module():
+    spec = importlib.util.spec_from_file_location("make_feature_golden", DATA / "make_feature_golden.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def golden():
+    mod = _golden_module()
+    stored = dict(np.load(DATA / "feature_golden.npz"))
+    return mod, stored
+
+
+def _compare(new: np.ndarray, old: np.ndarray, old_names: list[str]) -> None:
+    assert new.shape[:2] == old.shape[:2]
+    for j, name in enumerate(old_names):
+        if name in FEATURES:
+            np.testing.assert_allclose(new[..., FEATURES.index(name)], old[..., j], rtol=1e-5, atol=1e-5, equal_nan=True, err_msg=name)
+    n_uf = old.shape[2] - len(old_names)
+    np.testing.assert_allclose(new[..., len(FEATURES) :], old[..., len(old_names) :], rtol=1e-6, atol=1e-6)
+    assert new.shape[2] - len(FEATURES) == n_uf
+
+
+def test_batch_matches_reference(golden) -> None:
+    mod, stored = golden
+    ctx, users, histories, ratings, cand, scores = mod.build(stored)
+    hist = pad_histories(histories, ratings, mod.user_means(ctx, users))
+    new = compute_features(ctx, users, hist, cand, scores)
+    _compare(new, stored["features"], [str(s) for s in stored["feature_names"]])
+
+
+@pytest.mark.parametrize("row", range(9))
+def test_single_user_matches_reference(golden, row: int) -> None:
+    """One user per call (the request path) gives the same numbers as the batch."""
+    mod, stored = golden
+    ctx, users, histories, ratings, cand, scores = mod.build(stored)
+    u = users[row : row + 1]
+    hist = pad_histories(histories[row : row + 1], ratings[row : row + 1], mod.user_means(ctx, u))
+    new = compute_features(ctx, u, hist, cand[row : row + 1], scores[row : row + 1])
+    _compare(new, stored["features"][row : row + 1], [str(s) for s in stored["feature_names"]])
+
+
+def test_reference_covers_the_awkward_cases(golden) -> None:
+    """The stored batch really has the cases the fast paths special-case."""
+    mod, stored = golden
+    ctx, users, histories, ratings, cand, scores = mod.build(stored)
+    i0 = ctx.collab.shape[0]
+    assert (cand < 0).any() and (cand >= i0).any() and any(h.size and (h >= i0).any() for h in histories)
+    assert any(len(h) == 0 for h in histories) and any(len(h) > 256 for h in histories)
+    assert any(len(np.unique(h)) < len(h) for h in histories) and any(r is None for r in ratings)
+    assert (users < 0).any() and (users >= len(ctx.user_mean)).any() and np.isnan(scores).any()
+    assert np.nansum(np.abs(stored["features"])) > 0
