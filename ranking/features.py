@@ -18,6 +18,7 @@ and year alone.
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -107,6 +108,106 @@ class FeatureContext:
             self.__dict__["_content_t"] = cached
         return cached
 
+    @property
+    def item_tables(self) -> ItemTables:
+        """Per-item lookup tables of the catalogue, made once per context (see :class:`ItemTables`)."""
+        cached = self.__dict__.get("_item_tables")
+        if cached is None or cached.n_items != len(self.content):
+            cached = ItemTables.build(self)
+            self.__dict__["_item_tables"] = cached
+        return cached
+
+    @property
+    def collab_columns(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``collab`` by candidate column, padded to the longest column (see :func:`_padded_columns`)."""
+        return _per_matrix(self.collab, "columns", _padded_columns)
+
+
+@dataclass
+class ItemTables:
+    """Per-item arrays of a context with one extra last row for "no item" (padding, or an index
+    beyond the arrays), so one gather replaces a masked lookup per feature and request.
+
+    Every value is the one the per-request code computed: content rows are float32 (zero in the
+    extra row), genre rows are normalised to shares, years are float32 (NaN when unknown), and
+    ``static`` holds ``item_pop, item_mean, item_age, year_missing`` per item.
+    """
+
+    n_items: int
+    content: np.ndarray
+    genres: np.ndarray
+    genre_shares: np.ndarray
+    years: np.ndarray
+    static: np.ndarray
+
+    @classmethod
+    def build(cls, ctx: FeatureContext) -> ItemTables:
+        n = len(ctx.content)
+        idx = np.arange(n + 1)
+        idx[n] = -1
+        content = np.zeros((n + 1, ctx.content.shape[1]), np.float32)
+        content[:n] = ctx.content
+        genres = np.zeros((n + 1, ctx.genres.shape[1]), np.float32)
+        m = min(n, len(ctx.genres))
+        genres[:m] = ctx.genres[:m]
+        shares = genres / np.maximum(genres.sum(1, keepdims=True), 1e-9)
+        years = _gather(ctx.years, idx, np.nan)
+        missing = np.isnan(years)
+        static = np.stack(
+            [
+                np.log1p(_gather(ctx.item_counts.astype(np.float32), idx, 0.0)),
+                _gather(ctx.item_mean, idx, ctx.global_mean),
+                np.where(missing, 0.0, ctx.ref_year - years).astype(np.float32),
+                missing.astype(np.float32),
+            ],
+            axis=1,
+        )
+        return cls(n, content, genres, shares.astype(np.float32), years, static)
+
+
+_MATRIX_CACHE: dict[tuple[int, str], tuple[weakref.ref, Any]] = {}
+
+
+def _per_matrix(collab: sp.csr_matrix, kind: str, build: Any) -> Any:
+    """``build(collab)``, made once per matrix object: the item-item matrix never changes after
+    training, while contexts are rebuilt whenever run-time items are added (and these tables
+    take seconds at 100k items). Entries go when the matrix is garbage collected."""
+    key = (id(collab), kind)
+    hit = _MATRIX_CACHE.get(key)
+    if hit is not None and hit[0]() is collab:
+        return hit[1]
+    value = build(collab)
+    _MATRIX_CACHE[key] = (weakref.ref(collab, lambda _ref, key=key: _MATRIX_CACHE.pop(key, None)), value)
+    return value
+
+
+def _float64(collab: sp.csr_matrix) -> sp.csr_matrix:
+    """``collab`` as float64 for the whole-row products (scipy would convert it on every call)."""
+    return collab if collab.dtype == np.float64 else sp.csr_matrix(collab, dtype=np.float64)
+
+
+def _padded_columns(collab: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray] | None:
+    """(I0 + 1, K) history rows and weights of each candidate column, K = longest column.
+
+    Padding (and the extra last row, for candidates without a column) points at row I0, which
+    no history holds, with weight 0. A request reads its C candidates' columns instead of
+    summing whole rows over the catalogue. ``None`` when padding would cost over 4x the sparse
+    matrix (a few very dense columns); features then always use rows.
+    """
+    i0 = collab.shape[0]
+    csc = collab.tocsc()
+    lens = np.diff(csc.indptr)
+    k = int(lens.max()) if i0 else 0
+    if (i0 + 1) * k > 4 * csc.nnz + (1 << 16):
+        return None
+    rows = np.full((i0 + 1, k), i0, np.int32)
+    weights = np.zeros((i0 + 1, k), np.result_type(csc.data.dtype, np.float32))
+    col = np.repeat(np.arange(i0), lens)
+    pos = np.arange(csc.nnz) - np.repeat(csc.indptr[:-1], lens)
+    rows[col, pos] = csc.indices
+    weights[col, pos] = csc.data
+    return rows, weights
+
 
 @dataclass
 class PaddedHistories:
@@ -126,18 +227,15 @@ def pad_histories(
     """Pad the most recent ``max_len`` items of each history; ratings are centred on the user's
     mean (a history without ratings, e.g. a new user's liked movies, centres to 0)."""
     n = len(histories)
-    lens = np.array([min(len(h), max_len) for h in histories], dtype=np.int64)
-    width = max(int(lens.max()) if n else 0, 1)
+    lens = [min(len(h), max_len) for h in histories]
+    width = max(max(lens, default=0), 1)
     items = np.full((n, width), -1, dtype=np.int64)
     centred = np.zeros((n, width), dtype=np.float32)
-    if n and lens.sum():
-        rows = np.repeat(np.arange(n), lens)
-        cols = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
-        items[rows, cols] = np.concatenate([np.asarray(h, dtype=np.int64)[len(h) - m :] for h, m in zip(histories, lens)])
-        vals = []
-        for h, r, m, mu in zip(histories, ratings, lens, user_mean):
-            vals.append(np.zeros(m, np.float32) if r is None else np.asarray(r, np.float32)[len(h) - m :] - mu)
-        centred[rows, cols] = np.concatenate(vals)
+    for i, (h, r, m, mu) in enumerate(zip(histories, ratings, lens, user_mean)):
+        if m:  # one slice per user: cheaper than index arithmetic for a request, on par for a batch
+            items[i, :m] = h[len(h) - m :]
+            if r is not None:
+                centred[i, :m] = np.asarray(r[len(h) - m :], np.float32) - mu
     return PaddedHistories(items, centred)
 
 
@@ -145,9 +243,9 @@ def _rank_within(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """log1p of each entry's 0-based position by descending score within its row."""
     s = np.where(valid, scores, -np.inf)
     order = np.argsort(-s, axis=1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(s.shape[1])[None, :].repeat(len(s), 0), 1)
-    return np.log1p(rank).astype(np.float32)
+    rank = np.empty(order.shape, np.float32)
+    rank[np.arange(len(s))[:, None], order] = np.log1p(np.arange(s.shape[1])).astype(np.float32)
+    return rank
 
 
 def _z_within(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -172,49 +270,100 @@ def _gather(values: np.ndarray, idx: np.ndarray, default: float) -> np.ndarray:
     return out
 
 
-def _collab_dense(collab: sp.csr_matrix, items: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(b, i0) item-item score of every item given each padded history row, and the version
-    weighted by ``weights`` (b, L) when given.
+SMALL_BATCH = 4
+"""Up to this many users, whole item-item rows are summed with plain numpy (no sparse-matrix
+set-up cost); larger batches use one sparse product, several times faster per user."""
 
-    Reads the CSR rows of the history items straight from the arrays and accumulates them with
-    one ``bincount`` (plain numpy, so a single request pays no sparse-matrix overhead).
-    """
+
+def _collab_dense(
+    collab: sp.csr_matrix, items: np.ndarray, weights: np.ndarray | None = None, collab64: sp.csr_matrix | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(b, i0) item-item score of every item given each padded history row, and the version
+    weighted by ``weights`` (b, L) when given. Sums are float64 (``collab64``, a float64 copy of
+    ``collab``, saves converting the matrix per call)."""
     i0 = collab.shape[0]
-    indptr, indices, data = collab.indptr, collab.indices, collab.data
+    b = len(items)
     ok = (items >= 0) & (items < i0)
     rows, cols = np.nonzero(ok)
     it = items[rows, cols]
+    if b > SMALL_BATCH:
+        w64 = collab64 if collab64 is not None else sp.csr_matrix(collab, dtype=np.float64)
+        data = np.ones(len(it)) if weights is None else np.concatenate([np.ones(len(it)), weights[rows, cols].astype(np.float64)])
+        hrows = rows if weights is None else np.concatenate([rows, rows + b])
+        hmat = sp.csr_matrix((data, (hrows, np.tile(it, 1 if weights is None else 2))), shape=(b if weights is None else 2 * b, i0))
+        dense = (hmat @ w64).toarray()
+        return (dense, None) if weights is None else (dense[:b], dense[b:])
+    # a request: read the CSR rows of the history items straight from the arrays, one bincount
+    indptr, indices, data = collab.indptr, collab.indices, collab.data
     starts = indptr[it]
     lens = indptr[it + 1] - starts
     seg = np.repeat(np.arange(len(it)), lens)
     pos = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens) + starts[seg]
     key = rows[seg] * i0 + indices[pos]
     vals = data[pos].astype(np.float64)
-    size = len(items) * i0
-    plain = np.bincount(key, weights=vals, minlength=size).reshape(len(items), i0)
+    size = b * i0
+    # (astype: numpy's bincount returns int64 for empty input even with weights)
+    plain = np.bincount(key, weights=vals, minlength=size).astype(np.float64, copy=False).reshape(b, i0)
     if weights is None:
         return plain, None
-    weighted = np.bincount(key, weights=vals * weights[rows, cols][seg], minlength=size).reshape(len(items), i0)
+    weighted = np.bincount(key, weights=vals * weights[rows, cols][seg], minlength=size).astype(np.float64, copy=False).reshape(b, i0)
     return plain, weighted
 
 
-def _collab_scores(collab: sp.csr_matrix, hist: PaddedHistories, cand: np.ndarray, chunk_cells: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
-    """Item-item scores of each candidate given the history: plain and rating-weighted sums,
-    computed densely per user chunk (at most ``chunk_cells`` cells) and gathered."""
+def _collab_columns_sum(
+    columns: tuple[np.ndarray, np.ndarray], hist: PaddedHistories, cidx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Plain and rating-weighted item-item sums of the candidates ``cidx`` (b, C; I0 = none)
+    from their padded columns: the history enters as a (b, I0 + 1) count / weight table."""
+    rows_t, w_t = columns
+    b = len(cidx)
+    slot = len(rows_t)  # I0 + 1; row I0 of each user's slot stays empty
+    h = hist.items
+    key = np.where((h >= 0) & (h < slot - 1), np.arange(b)[:, None] * slot + h, b * slot).ravel()
+    counts = np.bincount(key, minlength=b * slot + 1)[:-1].astype(np.float64)
+    liked = np.bincount(key, weights=hist.centred.ravel(), minlength=b * slot + 1)[:-1].astype(np.float64, copy=False)
+    r = rows_t[cidx]
+    if b > 1:
+        r = r + (np.arange(b) * slot)[:, None, None]
+    w = w_t[cidx]
+    return (w * counts[r]).sum(2), (w * liked[r]).sum(2)
+
+
+def _collab_scores(
+    ctx: FeatureContext, hist: PaddedHistories, cand: np.ndarray, chunk_cells: int = 1 << 22
+) -> tuple[np.ndarray, np.ndarray]:
+    """Item-item scores of each candidate given the history: plain and rating-weighted sums.
+
+    Per chunk of users, whichever is cheaper: the candidates' columns (work ~ candidates x
+    neighbours, independent of the catalogue; what a request uses) or whole rows summed over the
+    catalogue and gathered (work ~ history x neighbours + catalogue; cheaper for big batches
+    over a small catalogue, where histories are shorter than candidate lists).
+    """
     n, c = cand.shape
-    i0 = collab.shape[0]
+    i0 = ctx.collab.shape[0]
     plain = np.zeros((n, c), np.float32)
     liked = np.zeros((n, c), np.float32)
     if i0 == 0 or n == 0:
         return plain, liked
     cand_ok = (cand >= 0) & (cand < i0)
-    safe = np.where(cand_ok, cand, 0)
-    step = max(1, chunk_cells // i0)
+    columns = ctx.collab_columns
+    k = columns[0].shape[1] if columns is not None else 0
+    indptr = ctx.collab.indptr
+    h_ok = (hist.items >= 0) & (hist.items < i0)
+    row_nnz = np.where(h_ok, indptr[np.where(h_ok, hist.items, 0) + 1] - indptr[np.where(h_ok, hist.items, 0)], 0).sum(1)
+    step = max(1, chunk_cells // max(i0, c * max(k, 1)))
     for s in range(0, n, step):
         e = min(n, s + step)
-        dense_plain, dense_liked = _collab_dense(collab, hist.items[s:e], hist.centred[s:e])
-        plain[s:e] = np.where(cand_ok[s:e], np.take_along_axis(dense_plain, safe[s:e], 1), 0.0)
-        liked[s:e] = np.where(cand_ok[s:e], np.take_along_axis(dense_liked, safe[s:e], 1), 0.0)
+        col_cost = (e - s) * c * k
+        row_cost = 2 * int(row_nnz[s:e].sum()) + 2 * (e - s) * i0 + 100_000
+        if columns is not None and col_cost <= row_cost:
+            p, w = _collab_columns_sum(columns, PaddedHistories(hist.items[s:e], hist.centred[s:e]), np.where(cand_ok[s:e], cand[s:e], i0))
+            plain[s:e], liked[s:e] = p, w
+        else:
+            safe = np.where(cand_ok[s:e], cand[s:e], 0)
+            dense_plain, dense_liked = _collab_dense(ctx.collab, hist.items[s:e], hist.centred[s:e], _per_matrix(ctx.collab, "float64", _float64))
+            plain[s:e] = np.where(cand_ok[s:e], np.take_along_axis(dense_plain, safe, 1), 0.0)
+            liked[s:e] = np.where(cand_ok[s:e], np.take_along_axis(dense_liked, safe, 1), 0.0)
     return plain, liked
 
 
@@ -231,9 +380,10 @@ def collab_top(
         return out
     hist = pad_histories(histories, [None] * n, np.zeros(n))
     step = max(1, chunk_cells // i0)
+    collab64 = _per_matrix(collab, "float64", _float64) if n > SMALL_BATCH else None
     for s in range(0, n, step):
         e = min(n, s + step)
-        dense, _ = _collab_dense(collab, hist.items[s:e])
+        dense, _ = _collab_dense(collab, hist.items[s:e], collab64=collab64)
         dense[dense <= 0] = -np.inf
         for r in range(e - s):
             ex = np.asarray(exclude[s + r], dtype=np.int64)
@@ -261,31 +411,29 @@ def merge_candidates(ids: np.ndarray, extra: np.ndarray, n_items: int) -> np.nda
     return np.take_along_axis(merged, order, 1)
 
 
-@torch.no_grad()
-def _content_scores(vec: torch.Tensor, hist: PaddedHistories, cand: np.ndarray, chunk: int = 128) -> tuple[np.ndarray, ...]:
-    """Mean, max and rating-weighted mean cosine of each candidate to the history items."""
-    n, c = cand.shape
+def _content_scores(content: np.ndarray, hidx: np.ndarray, centred: np.ndarray, cidx: np.ndarray, chunk: int = 128) -> tuple[np.ndarray, ...]:
+    """Mean, max and rating-weighted mean cosine of each candidate to the history items.
+
+    ``content`` has a zero last row that ``hidx`` / ``cidx`` point at for padding and unknown
+    items (see :class:`ItemTables`), so a padded history slot adds 0 and an unknown candidate
+    scores 0. Numpy around one torch ``bmm``: a request pays a few microseconds per operation.
+    """
+    n, c = cidx.shape
     outs = [np.zeros((n, c), np.float32) for _ in range(3)]
     if n == 0:
         return tuple(outs)
-    n_items = len(vec)
+    none = len(content) - 1
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
-        h = torch.from_numpy(hist.items[s:e])
-        hmask = (h >= 0) & (h < n_items)
-        hv = vec[torch.where(hmask, h, 0)] * hmask[..., None]  # (b, L, d)
-        ci = torch.from_numpy(cand[s:e])
-        cmask = (ci >= 0) & (ci < n_items)
-        cv = vec[torch.where(cmask, ci, 0)]  # (b, C, d)
-        sim = torch.bmm(cv, hv.transpose(1, 2))  # (b, C, L)
-        cnt = hmask.sum(1).clamp(min=1).float()[:, None]
-        mean = sim.sum(2) / cnt
-        mx = torch.where(hmask[:, None, :], sim, torch.tensor(-1.0)).amax(2) if hv.shape[1] else torch.zeros_like(mean)
-        mx = torch.where(hmask.any(1)[:, None], mx, torch.zeros_like(mx))
-        w = torch.from_numpy(hist.centred[s:e])[:, None, :]
-        liked = (sim * w).sum(2) / cnt
-        for out, val in zip(outs, (mean, mx, liked)):
-            out[s:e] = torch.where(cmask, val, torch.zeros_like(val)).numpy()
+        hmask = hidx[s:e] != none
+        cnt = np.maximum(hmask.sum(1), 1).astype(np.float32)[:, None]
+        cv, hv = torch.from_numpy(content[cidx[s:e]]), torch.from_numpy(content[hidx[s:e]])
+        sim = torch.bmm(cv, hv.transpose(1, 2)).numpy()  # (b, C, L); numpy's stacked matmul skips BLAS
+        outs[0][s:e] = sim.sum(2) / cnt
+        if sim.shape[2]:
+            mx = np.where(hmask[:, None, :], sim, np.float32(-1.0)).max(2)
+            outs[1][s:e] = np.where(hmask.any(1)[:, None], mx, np.float32(0.0))
+        outs[2][s:e] = (sim * centred[s:e, None, :]).sum(2) / cnt
     return tuple(outs)
 
 
@@ -317,47 +465,47 @@ def compute_features(
     scores = np.where(valid, np.asarray(cand_scores, dtype=np.float32), 0.0)
     known = (users >= 0) & (users < len(ctx.user_mean))
     safe_users = np.where(known, users, 0)
+    tab = ctx.item_tables
+    none = tab.n_items  # the tables' extra row: padding and indices beyond the catalogue
+    cidx = np.where(valid & (cand < none), cand, none)
+    hidx = np.where((hist.items >= 0) & (hist.items < none), hist.items, none)
 
     tt_rank = _rank_within(scores, valid)
-    c_mean, c_max, c_liked = _content_scores(ctx.content_tensor, hist, cand)
+    c_mean, c_max, c_liked = _content_scores(tab.content, hidx, hist.centred, cidx)
 
     # genre affinity: share of the user's history in each genre . candidate's genre shares
-    g = ctx.genres
-    hmask = (hist.items >= 0) & (hist.items < len(g))
-    hg = (g[np.where(hmask, hist.items, 0)] * hmask[..., None]).sum(1)
+    hg = tab.genres[hidx].sum(1)
     hg /= np.maximum(hg.sum(1, keepdims=True), 1e-9)
-    cmask = valid & (cand < len(g))
-    cg = g[np.where(cmask, cand, 0)] * cmask[..., None]
-    cg = cg / np.maximum(cg.sum(2, keepdims=True), 1e-9)
-    genre_aff = np.einsum("ncg,ng->nc", cg, hg).astype(np.float32)
+    genre_aff = np.einsum("ncg,ng->nc", tab.genre_shares[cidx], hg)
 
-    collab, collab_liked = _collab_scores(ctx.collab, hist, cand)
+    collab, collab_liked = _collab_scores(ctx, hist, cand)
     collab_rank = _rank_within(collab, valid)
     finite = valid & np.isfinite(scores)
     tt_z = _z_within(np.where(finite, scores, 0.0), finite)
 
-    years = _gather(ctx.years, cand, np.nan)
+    years = tab.years[cidx]
     missing = np.isnan(years)
-    item_age = np.where(missing, 0.0, ctx.ref_year - years).astype(np.float32)
-    hy = _gather(ctx.years, hist.items, np.nan)
+    hy = tab.years[hidx]
     hy_ok = ~np.isnan(hy)
     user_year = np.where(hy_ok.any(1), np.nansum(np.where(hy_ok, hy, 0.0), 1) / np.maximum(hy_ok.sum(1), 1), np.nan)
     year_gap = np.where(missing | np.isnan(user_year)[:, None], 0.0, years - user_year[:, None]).astype(np.float32)
 
-    item_pop = np.log1p(_gather(ctx.item_counts.astype(np.float32), cand, 0.0))
-    item_mean = _gather(ctx.item_mean, cand, ctx.global_mean)
     user_mean = np.where(known, ctx.user_mean[safe_users], ctx.global_mean).astype(np.float32)
     activity = np.log1p(hist.lengths).astype(np.float32)
 
-    cols = [
-        scores, tt_rank, c_mean, c_max, c_liked, genre_aff, tt_z, _z_within(collab, valid), collab_rank,
-        _z_within(collab_liked, valid),
-        item_pop, item_mean, item_age, missing.astype(np.float32), year_gap,
-        np.broadcast_to(activity[:, None], (n, c)), np.broadcast_to(user_mean[:, None], (n, c)),
-    ]
     out = np.empty((n, c, len(FEATURES) + ctx.n_user_features), dtype=np.float32)
-    for j, col in enumerate(cols):
-        out[:, :, j] = col
+    cols = {
+        "tt_score": scores, "tt_rank": tt_rank, "content_mean": c_mean, "content_max": c_max, "content_liked": c_liked,
+        "genre_affinity": genre_aff, "tt_z": tt_z, "collab_z": _z_within(collab, valid), "collab_rank": collab_rank,
+        "collab_liked_z": _z_within(collab_liked, valid), "year_gap": year_gap,
+        "user_activity": activity[:, None], "user_mean": user_mean[:, None],
+    }  # fmt: skip
+    for j, name in enumerate(FEATURES):
+        if name in cols:
+            out[:, :, j] = cols[name]
+    static = tab.static[cidx]  # item_pop, item_mean, item_age, year_missing
+    for j, name in enumerate(("item_pop", "item_mean", "item_age", "year_missing")):
+        out[:, :, FEATURES.index(name)] = static[..., j]
     if ctx.n_user_features:
         uf = np.where(known[:, None], ctx.user_features[safe_users], 0.0)
         out[:, :, len(FEATURES) :] = uf[:, None, :]
@@ -507,14 +655,23 @@ class Ranker:
         mu = np.where(known, ctx.user_mean[np.where(known, users, 0)], ctx.global_mean)
         hist = pad_histories(histories, self._ratings_of(users, histories), mu)
         raw = compute_features(ctx, users, hist, cand, cand_scores)
-        return self.normalise(raw)
+        return self.normalise(raw, overwrite=True)
 
-    def normalise(self, raw: np.ndarray) -> np.ndarray:
-        x = (raw[..., self.columns] - self.mean) / self.std
-        return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+    def normalise(self, raw: np.ndarray, overwrite: bool = False) -> np.ndarray:
+        """``(raw[..., columns] - mean) / std`` as float32, NaN and infinities set to 0.
+
+        ``overwrite=True`` lets it reuse ``raw`` (a fresh float32 array the caller drops) when
+        every column is kept, saving the copies a request would otherwise make.
+        """
+        c = self.columns
+        same = raw.dtype == np.float32 and raw.shape[-1] == len(c) and bool((c == np.arange(len(c))).all())
+        x = raw if (overwrite and same) else raw[..., c]
+        x = np.subtract(x, self.mean, out=x if x.dtype == np.float32 else None, dtype=np.float32)
+        np.divide(x, self.std, out=x)
+        return np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
 
     # ---- scoring ---------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def _net(self, x: np.ndarray, users: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         score, rating = self.net(torch.from_numpy(x), torch.from_numpy(np.asarray(users, np.int64)), torch.from_numpy(cand))
         return score.numpy(), rating.numpy()
@@ -535,14 +692,13 @@ class Ranker:
         if n == 0 or c == 0 or not valid.any():
             return out
         x = self.features(model, users, histories, cand, cand_scores)
-        score, _ = self._net(x, users, cand)
-        fallback = _fallback_scores(cand, cand_scores, self.arrays["item_counts"])
-        lengths = np.array([len(h) for h in histories])
+        score = self.net.score(torch.from_numpy(x), torch.from_numpy(users), torch.from_numpy(cand)).numpy()
+        lengths = np.fromiter((len(h) for h in histories), np.int64, n)
         cold = (lengths == 0) & ~((users >= 0) & (users < len(self.arrays["user_mean"])))
         bad = ~np.isfinite(np.where(valid, score, 0.0)).all(1) | cold
         if bad.any():
             log.debug("ranker fallback for %d of %d rows", int(bad.sum()), n)
-            score = np.where(bad[:, None], fallback, score)
+            score = np.where(bad[:, None], _fallback_scores(cand, cand_scores, self.arrays["item_counts"]), score)
         return np.where(valid, score, -np.inf).astype(np.float32)
 
     def predict_ratings(self, model: _Model, users: np.ndarray, items: np.ndarray) -> np.ndarray:

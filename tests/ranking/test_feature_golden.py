@@ -71,3 +71,31 @@ def test_reference_covers_the_awkward_cases(golden) -> None:
     assert any(len(np.unique(h)) < len(h) for h in histories) and any(r is None for r in ratings)
     assert (users < 0).any() and (users >= len(ctx.user_mean)).any() and np.isnan(scores).any()
     assert np.nansum(np.abs(stored["features"])) > 0
+
+
+@pytest.mark.parametrize("rows", [slice(0, 9), slice(3, 4), slice(4, 6)])
+def test_whole_row_item_item_path_matches_reference(golden, monkeypatch: pytest.MonkeyPatch, rows: slice) -> None:
+    """Without the column table (a matrix too dense to pad) the features sum whole rows: numpy
+    for a few users, a sparse product for more; both give the reference values."""
+    from ranking.features import FeatureContext
+
+    monkeypatch.setattr(FeatureContext, "collab_columns", property(lambda self: None))
+    mod, stored = golden
+    ctx, users, histories, ratings, cand, scores = mod.build(stored)
+    u = users[rows]
+    hist = pad_histories(histories[rows], ratings[rows], mod.user_means(ctx, u))
+    new = compute_features(ctx, u, hist, cand[rows], scores[rows])
+    _compare(new, stored["features"][rows], [str(s) for s in stored["feature_names"]])
+
+
+def test_collab_top_paths_agree(golden) -> None:
+    """The candidate generator gives the same items one user at a time and as a batch."""
+    from ranking.features import SMALL_BATCH, collab_top
+
+    mod, stored = golden
+    ctx, users, histories, ratings, cand, scores = mod.build(stored)
+    assert len(histories) > SMALL_BATCH
+    batch = collab_top(ctx.collab, histories, histories, 20)
+    single = np.concatenate([collab_top(ctx.collab, [h], [h], 20) for h in histories])
+    np.testing.assert_array_equal(batch, single)
+    assert (batch >= 0).sum() > 50

@@ -159,3 +159,22 @@ def test_net_shapes_from_config_rebuild_from_saved_kwargs(hidden, cross, emb) ->
     rebuilt = RankerNet(**module.net_kwargs())
     rebuilt.load_state_dict(module.net.state_dict())  # strict: same layers, same shapes
     assert len([m for m in rebuilt.mlp if isinstance(m, torch.nn.Linear)]) == len(hidden)
+
+
+@pytest.mark.parametrize("hidden,cross,emb,base", [([16, 8], 2, 4, -1), ([16, 8], 2, 4, 2), ([16, 8], 0, 0, -1), ([], 0, 0, -1), ([8], 1, 0, 3)])
+def test_net_score_fast_path_matches_forward(hidden, cross, emb, base) -> None:
+    """``RankerNet.score`` (the request path, no module calls) gives ``forward``'s scores for
+    every net form the config can ask for (DCN, plain MLP, linear; with or without ids)."""
+    from ranking.net import RankerNet
+
+    torch.manual_seed(0)
+    net = RankerNet(n_dense=7, n_users=5, n_items=9, emb_dim=emb, hidden=hidden, cross_layers=cross, base_column=base)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    net.eval()
+    dense = torch.randn(3, 6, 7)
+    users = torch.tensor([0, 4, -1])
+    items = torch.tensor([[0, 1, 8, 9, -1, 3]] * 3)
+    with torch.no_grad():
+        ref, _ = net(dense, users, items)
+    torch.testing.assert_close(net.score(dense, users, items), ref, rtol=1e-6, atol=1e-6)
