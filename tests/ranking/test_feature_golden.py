@@ -99,3 +99,29 @@ def test_collab_top_paths_agree(golden) -> None:
     single = np.concatenate([collab_top(ctx.collab, [h], [h], 20) for h in histories])
     np.testing.assert_array_equal(batch, single)
     assert (batch >= 0).sum() > 50
+
+
+def test_large_batch_matches_reference(golden) -> None:
+    """A batch over several chunks (users regrouped by history length, sparse products for
+    whole rows) gives each row's reference values."""
+    mod, stored = golden
+    ctx, users, histories, ratings, cand, scores = mod.build(stored)
+    rep = np.random.default_rng(0).integers(0, len(users), size=300)
+    u = users[rep]
+    hist = pad_histories([histories[i] for i in rep], [ratings[i] for i in rep], mod.user_means(ctx, u))
+    new = compute_features(ctx, u, hist, cand[rep], scores[rep])
+    _compare(new, stored["features"][rep], [str(s) for s in stored["feature_names"]])
+
+
+def test_merge_candidates_matches_per_row_reference() -> None:
+    from ranking.features import merge_candidates
+
+    rng = np.random.default_rng(1)
+    ids = rng.integers(-1, 30, size=(40, 12))
+    extra = rng.integers(-1, 30, size=(40, 6))
+    got = merge_candidates(ids, extra, 30)
+    for r in range(len(ids)):
+        keep = [int(x) for x in extra[r] if x >= 0 and x not in ids[r]]
+        row = [int(x) for x in ids[r] if x >= 0] + keep
+        assert list(got[r][got[r] >= 0]) == row
+        assert (got[r][len(row) :] == -1).all()
