@@ -194,6 +194,11 @@ def _float64(collab: sp.csr_matrix) -> sp.csr_matrix | np.ndarray:
     return collab if collab.dtype == np.float64 else sp.csr_matrix(collab, dtype=np.float64)
 
 
+def _row_lengths(collab: sp.csr_matrix) -> np.ndarray:
+    """Stored entries per row, and 0 for the "no item" index I0."""
+    return np.append(np.diff(collab.indptr), 0)
+
+
 def _padded_columns(collab: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray] | None:
     """(I0 + 1, K) history rows and weights of each candidate column, K = longest column.
 
@@ -354,9 +359,8 @@ def _collab_scores(
     cand_ok = (cand >= 0) & (cand < i0)
     columns = ctx.collab_columns
     k = columns[0].shape[1] if columns is not None else 0
-    indptr = ctx.collab.indptr
     h = np.where((hist.items >= 0) & (hist.items < i0), hist.items, i0)
-    row_nnz = int(np.append(np.diff(indptr), 0)[h].sum())
+    row_nnz = int(_per_matrix(ctx.collab, "row_lengths", _row_lengths)[h].sum())
     # per entry a column read costs ~2x a row entry of the sparse product (measured on ML-100K);
     # rows also pay for the dense catalogue-wide output and a fixed set-up cost
     by_columns = columns is not None and 2 * n * c * k <= row_nnz + n * i0 + 50_000
@@ -433,9 +437,9 @@ def _content_scores(content: np.ndarray, hidx: np.ndarray, centred: np.ndarray, 
     # users in order of history extent, so each chunk is cut to its own longest history
     # instead of the batch's: fewer cosines of padding
     extent = np.where(filled.any(1), filled.shape[1] - np.argmax(filled[:, ::-1], 1), 0)
-    by_len = np.argsort(extent, kind="stable") if n > chunk else np.arange(n)
+    by_len = np.argsort(extent, kind="stable") if n > chunk else None
     for s in range(0, n, chunk):
-        rows = by_len[s : s + chunk]
+        rows = by_len[s : s + chunk] if by_len is not None else slice(None)
         width = int(extent[rows].max())
         hmask = filled[rows, :width]
         cnt = np.maximum(hmask.sum(1), 1).astype(np.float32)[:, None]
@@ -505,19 +509,19 @@ def compute_features(
     user_mean = np.where(known, ctx.user_mean[safe_users], ctx.global_mean).astype(np.float32)
     activity = np.log1p(hist.lengths).astype(np.float32)
 
-    out = np.empty((n, c, len(FEATURES) + ctx.n_user_features), dtype=np.float32)
+    static = tab.static[cidx]  # per-item columns, see ItemTables
     cols = {
         "tt_score": scores, "tt_rank": tt_rank, "content_mean": c_mean, "content_max": c_max, "content_liked": c_liked,
         "genre_affinity": genre_aff, "tt_z": tt_z, "collab_z": _z_within(collab, valid), "collab_rank": collab_rank,
-        "collab_liked_z": _z_within(collab_liked, valid), "year_gap": year_gap,
-        "user_activity": activity[:, None], "user_mean": user_mean[:, None],
+        "collab_liked_z": _z_within(collab_liked, valid),
+        "item_pop": static[..., 0], "item_mean": static[..., 1], "item_age": static[..., 2], "year_missing": static[..., 3],
+        "year_gap": year_gap, "user_activity": activity[:, None], "user_mean": user_mean[:, None],
     }  # fmt: skip
+    if len(cols) != len(FEATURES):
+        raise RuntimeError(f"compute_features computes {sorted(cols)} but FEATURES lists {sorted(FEATURES)}")
+    out = np.empty((n, c, len(FEATURES) + ctx.n_user_features), dtype=np.float32)
     for j, name in enumerate(FEATURES):
-        if name in cols:
-            out[:, :, j] = cols[name]
-    static = tab.static[cidx]  # item_pop, item_mean, item_age, year_missing
-    for j, name in enumerate(("item_pop", "item_mean", "item_age", "year_missing")):
-        out[:, :, FEATURES.index(name)] = static[..., j]
+        out[:, :, j] = cols[name]
     if ctx.n_user_features:
         uf = np.where(known[:, None], ctx.user_features[safe_users], 0.0)
         out[:, :, len(FEATURES) :] = uf[:, None, :]
@@ -702,9 +706,8 @@ class Ranker:
         users = np.ascontiguousarray(users, dtype=np.int64)  # reversed/strided views break torch.from_numpy
         n, c = cand.shape
         valid = cand >= 0
-        out = np.full((n, c), -np.inf, dtype=np.float32)
         if n == 0 or c == 0 or not valid.any():
-            return out
+            return np.full((n, c), -np.inf, dtype=np.float32)
         x = self.features(model, users, histories, cand, cand_scores)
         score = np.empty((n, c), np.float32)
         step = max(1, self.chunk_pairs // c)
@@ -717,7 +720,7 @@ class Ranker:
         if bad.any():
             log.debug("ranker fallback for %d of %d rows", int(bad.sum()), n)
             score = np.where(bad[:, None], _fallback_scores(cand, cand_scores, self.arrays["item_counts"]), score)
-        return np.where(valid, score, -np.inf).astype(np.float32)
+        return np.where(valid, score, np.float32(-np.inf)).astype(np.float32, copy=False)
 
     def predict_ratings(self, model: _Model, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Rating-head predictions for (user, item) pairs, on the data's rating scale.

@@ -71,7 +71,7 @@ class RankerNet(nn.Module):
         self.register_buffer("rating_scale", torch.tensor(float(rating_scale)))
 
     def _ids(self, idx: torch.Tensor, n: int) -> torch.Tensor:
-        return torch.where((idx >= 0) & (idx < n), idx, torch.full_like(idx, n))
+        return torch.where((idx >= 0) & (idx < n), idx, n)
 
     def forward(self, dense: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Score and rating of each pair.
