@@ -2,6 +2,7 @@
 
     python benchmarks/ranking_speed.py --model MODEL_DIR            # an existing bundle with a ranker
     python benchmarks/ranking_speed.py --data ../shared/data/ml-100k  # trains one first (P2 train side)
+    python benchmarks/ranking_speed.py --model MODEL_DIR --scale-items 100000  # + features at 100k items
 
 Single user: the time of ``Ranker.rerank`` for one user and their top-100 retrieval candidates
 (features + net, what a request adds on top of retrieval), p50/p99 over many users, one thread.
@@ -47,6 +48,49 @@ def single_user(model: HybridRecommender, n_candidates: int = 100, repeats: int 
     return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)), "n": len(ms)}
 
 
+def features_at_scale(n_items: int, n_candidates: int = 100, repeats: int = 500, seed: int = 0) -> dict[str, float]:
+    """``compute_features`` for one user and ``n_candidates`` over a synthetic catalogue of
+    ``n_items`` (random unit content vectors, 256 item-item neighbours per column as
+    ``item_item_matrix`` keeps, histories of 20-256 items): what the feature step costs when the
+    catalogue, not the request, is large."""
+    import scipy.sparse as sp
+
+    from ranking.features import FeatureContext, compute_features, pad_histories
+
+    rng = np.random.default_rng(seed)
+    content = rng.normal(size=(n_items, 128)).astype(np.float32)
+    content /= np.linalg.norm(content, axis=1, keepdims=True)
+    keep = min(256, n_items)
+    rows = rng.integers(0, n_items, size=n_items * keep).astype(np.int32)
+    cols = np.repeat(np.arange(n_items, dtype=np.int32), keep)
+    collab = sp.csr_matrix((rng.normal(size=len(rows)).astype(np.float32), (rows, cols)), shape=(n_items, n_items))
+    ctx = FeatureContext(
+        content=content,
+        genres=(rng.random((n_items, 18)) < 0.1).astype(np.float32),
+        years=rng.integers(1930, 2020, size=n_items).astype(np.float64),
+        item_counts=rng.integers(0, 500, size=n_items),
+        item_mean=rng.uniform(1, 5, size=n_items).astype(np.float32),
+        collab=collab,
+        user_mean=rng.uniform(2, 4.5, size=1000).astype(np.float32),
+        user_features=np.zeros((1000, 0), np.float32),
+        global_mean=3.5,
+        ref_year=2020.0,
+    )
+    times = []
+    for i in range(repeats + 20):
+        hist = rng.integers(0, n_items, size=int(rng.integers(20, 257)))
+        u = np.array([int(rng.integers(0, 1000))])
+        ph = pad_histories([hist], [rng.integers(1, 6, size=len(hist)).astype(np.float32)], ctx.user_mean[u])
+        cand = rng.choice(n_items, size=(1, n_candidates), replace=False)
+        scores = rng.normal(size=(1, n_candidates)).astype(np.float32)
+        t = time.perf_counter()
+        compute_features(ctx, u, ph, cand, scores)
+        if i >= 20:  # the first calls build the per-item tables
+            times.append(time.perf_counter() - t)
+    ms = np.array(times) * 1e3
+    return {"items": n_items, "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)), "n": len(ms)}
+
+
 def batch(model: HybridRecommender, rank: bool, k: int = 100, chunk: int = 1000) -> dict[str, float]:
     users = np.arange(model.retrieval.n_users)
     model.recommend_batch(users[: min(chunk, len(users))], k, rank=rank)  # warm-up
@@ -62,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", type=Path)
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ml-100k")
     p.add_argument("--repeats", type=int, default=2000)
+    p.add_argument("--scale-items", type=int, default=0, help="also time compute_features over a synthetic catalogue of this many items")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "ranking_speed.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -89,10 +134,16 @@ def main(argv: list[str] | None = None) -> None:
             "batch_ranked_k100": batch(model, rank=True),
             "batch_retrieval_only_k100": batch(model, rank=False),
         }
+    if args.scale_items:
+        out["features_at_scale"] = features_at_scale(args.scale_items)
     s = out["single_user_100_candidates"]
     print(f"| rerank 100 candidates, one user | p50 {s['p50_ms']:.2f} ms | p90 {s['p90_ms']:.2f} ms | p99 {s['p99_ms']:.2f} ms |")
     for name in ("batch_ranked_k100", "batch_retrieval_only_k100"):
         print(f"| {name} | {out[name]['users_per_s']:,.0f} users/s |")
+    if args.scale_items:
+        f = out["features_at_scale"]
+        print(f"| compute_features, 1 user x 100 candidates, {f['items']:,} items | p50 {f['p50_ms']:.2f} ms | p90 {f['p90_ms']:.2f} ms |")
+    print(f"(load average {os.getloadavg()[0]:.2f})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
 
