@@ -99,16 +99,6 @@ class FeatureContext:
         return int(self.user_features.shape[1])
 
     @property
-    def content_tensor(self) -> torch.Tensor:
-        """``content`` as a torch tensor, made once per context (a read-only view is copied)."""
-        cached = self.__dict__.get("_content_t")
-        if cached is None or len(cached) != len(self.content):
-            arr = np.ascontiguousarray(self.content, dtype=np.float32)
-            cached = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
-            self.__dict__["_content_t"] = cached
-        return cached
-
-    @property
     def item_tables(self) -> ItemTables:
         """Per-item lookup tables of the catalogue, made once per context (see :class:`ItemTables`)."""
         cached = self.__dict__.get("_item_tables")
