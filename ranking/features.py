@@ -609,6 +609,7 @@ class Ranker:
         self.rating_min, self.rating_max = (float(v) for v in meta["rating_scale"])
         self._cached: tuple[int, FeatureContext] | None = None
         self.chunk_pairs = 16_384
+        _per_matrix(self.collab, "columns", _padded_columns)  # at load, not in the first request
         """(user, candidate) pairs re-ranked per step of a batch (~2x faster than one step at ML-100K)."""
 
     @property
