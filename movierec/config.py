@@ -82,6 +82,9 @@ class RetrievalConfig(_Section):
     epochs: int = Field(30, ge=1)
     patience: int = Field(3, ge=1)
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    val_max_users: int | None = Field(
+        None, ge=1, description="validation users scored per epoch, a fixed seeded sample (None: all; bounds the users x items scoring on big data)"
+    )
     min_rating: float | None = Field(None, description="ratings below this are not positives (None: keep all)")
     threads: int = Field(1, ge=1)
 

@@ -282,10 +282,13 @@ class RankerModule(L.LightningModule):
         n_rel = (label & in_loss).sum(1)
         ideal = torch.cumsum(disc, 0)[(n_rel.clamp(1, top.shape[1]) - 1)]
         ndcg = ((hits * disc).sum(1) / ideal)[n_rel > 0]
-        self.log("val/loss", loss, batch_size=n)
-        self.log("val/rank_loss", rank_loss, batch_size=n)
-        self.log("val/rmse", mse.sqrt() * self.net.rating_scale, batch_size=n)
-        self.log("val/ndcg@10", ndcg.mean() if len(ndcg) else torch.tensor(0.0), prog_bar=True, batch_size=max(len(ndcg), 1))
+        # under DDP each rank validates its own shard: average over ranks, so early stopping and
+        # the checkpoint see the same value everywhere
+        sync = self._trainer is not None and self.trainer.world_size > 1
+        self.log("val/loss", loss, batch_size=n, sync_dist=sync)
+        self.log("val/rank_loss", rank_loss, batch_size=n, sync_dist=sync)
+        self.log("val/rmse", mse.sqrt() * self.net.rating_scale, batch_size=n, sync_dist=sync)
+        self.log("val/ndcg@10", ndcg.mean() if len(ndcg) else torch.tensor(0.0), prog_bar=True, batch_size=max(len(ndcg), 1), sync_dist=sync)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

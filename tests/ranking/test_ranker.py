@@ -178,3 +178,29 @@ def test_net_score_fast_path_matches_forward(hidden, cross, emb, base) -> None:
     with torch.no_grad():
         ref, _ = net(dense, users, items)
     torch.testing.assert_close(net.score(dense, users, items), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_validation_metrics_are_synced_across_ranks_under_ddp() -> None:
+    """Each DDP rank validates its own shard of the lists, so every validation value must be
+    averaged across ranks (``sync_dist``) for early stopping and checkpointing to agree; in one
+    process nothing is synced."""
+    from types import SimpleNamespace
+
+    from ranking.ranker import RankerModule
+
+    module = RankerModule(n_dense=3, n_users=5, n_items=7, emb_dim=4, hidden=[8])
+    calls: dict[str, bool] = {}
+    module.log = lambda name, value, **kw: calls.__setitem__(name, kw.get("sync_dist", False))  # type: ignore[method-assign]
+    g = torch.Generator().manual_seed(0)
+    batch = [
+        torch.randn(2, 4, 3, generator=g), torch.tensor([0, 1]), torch.tensor([[0, 1, 2, 3], [4, 5, 6, -1]]),
+        torch.tensor([[True, True, True, True], [True, True, True, False]]),
+        torch.tensor([[True, False, False, False], [False, True, False, False]]),
+        torch.tensor([[4.0, float("nan"), float("nan"), float("nan")], [float("nan"), 3.0, float("nan"), float("nan")]]),
+    ]
+    for world, expected in ((2, True), (1, False)):
+        module._trainer = SimpleNamespace(world_size=world)  # type: ignore[assignment]
+        calls.clear()
+        module.validation_step(batch, 0)
+        assert set(calls) == {"val/loss", "val/rank_loss", "val/rmse", "val/ndcg@10"}
+        assert all(v is expected for v in calls.values()), (world, calls)
