@@ -24,6 +24,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import scipy.sparse as sp
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -87,7 +88,12 @@ def snapshot(
     mu = float(ratings.mean()) if len(ratings) else 0.0
     item_counts, item_mean = damped_means(r["item_idx"].to_numpy(), ratings, ds.n_items, mu)
     _, user_mean = damped_means(r["user_idx"].to_numpy(), ratings, ds.n_users, mu)
-    collab = item_item_matrix(ds.to_csr(), config.collab_lambda, config.collab_neighbors, config.collab_dense_max_items)
+    if "collab" in config.exclude and config.collab_candidates == 0:
+        # nothing reads the item-item model (the one step quadratic in items: tens of minutes at
+        # 100k items here); an empty matrix keeps every shape and scores zero
+        collab = sp.csr_matrix((ds.n_items, ds.n_items), dtype=np.float32)
+    else:
+        collab = item_item_matrix(ds.to_csr(), config.collab_lambda, config.collab_neighbors, config.collab_dense_max_items)
     years = item_years(ds)
     order = np.lexsort((r["timestamp"].to_numpy(), r["user_idx"].to_numpy()))
     indptr = np.concatenate([[0], np.cumsum(np.bincount(r["user_idx"].to_numpy(), minlength=ds.n_users))]).astype(np.int64)

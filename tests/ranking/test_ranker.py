@@ -204,3 +204,19 @@ def test_validation_metrics_are_synced_across_ranks_under_ddp() -> None:
         module.validation_step(batch, 0)
         assert set(calls) == {"val/loss", "val/rank_loss", "val/rmse", "val/ndcg@10"}
         assert all(v is expected for v in calls.values()), (world, calls)
+
+
+def test_item_item_model_is_skipped_when_nothing_reads_it(trained: Trained) -> None:
+    """With the collab features excluded and no collab candidates, the snapshot carries an empty
+    item-item matrix (the quadratic step is skipped); otherwise a real one."""
+    from ranking.ranker import snapshot
+
+    ds = trained.train
+    content = np.zeros((ds.n_items, 4), np.float32)
+    genres = np.zeros((ds.n_items, 2), np.float32)
+    feats = np.zeros((ds.n_users, 1), np.float32)
+    base = trained.config.ranking
+    skip = snapshot(ds, content, genres, feats, base.model_copy(update={"exclude": ["collab"], "collab_candidates": 0}))
+    assert skip.ctx.collab.shape == (ds.n_items, ds.n_items) and skip.ctx.collab.nnz == 0
+    keep = snapshot(ds, content, genres, feats, base.model_copy(update={"exclude": ["collab"], "collab_candidates": 5}))
+    assert keep.ctx.collab.nnz > 0
