@@ -90,8 +90,9 @@ def snapshot(
     _, user_mean = damped_means(r["user_idx"].to_numpy(), ratings, ds.n_users, mu)
     if "collab" in config.exclude and config.collab_candidates == 0:
         # nothing reads the item-item model (the one step quadratic in items: tens of minutes at
-        # 100k items here); an empty matrix keeps every shape and scores zero
-        collab = sp.csr_matrix((ds.n_items, ds.n_items), dtype=np.float32)
+        # 100k items here). A 0 x 0 matrix means no item has item-item rows, so the feature code
+        # returns zeros at once instead of scoring users x items dense blocks of zeros.
+        collab = sp.csr_matrix((0, 0), dtype=np.float32)
     else:
         collab = item_item_matrix(ds.to_csr(), config.collab_lambda, config.collab_neighbors, config.collab_dense_max_items)
     years = item_years(ds)

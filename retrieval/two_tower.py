@@ -434,7 +434,7 @@ def fit_two_tower(
         trainer = L.Trainer(
             max_epochs=config.epochs,
             # the batches are a fresh permutation each epoch, so a capped epoch sees a random subset
-            limit_train_batches=config.max_steps_per_epoch if config.max_steps_per_epoch is not None else 1.0,
+            limit_train_batches=config.max_steps_per_epoch,  # None: a full pass
             accelerator=trainer_config.accelerator,
             devices=trainer_config.devices,
             num_nodes=trainer_config.num_nodes,

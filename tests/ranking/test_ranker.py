@@ -217,6 +217,26 @@ def test_item_item_model_is_skipped_when_nothing_reads_it(trained: Trained) -> N
     feats = np.zeros((ds.n_users, 1), np.float32)
     base = trained.config.ranking
     skip = snapshot(ds, content, genres, feats, base.model_copy(update={"exclude": ["collab"], "collab_candidates": 0}))
-    assert skip.ctx.collab.shape == (ds.n_items, ds.n_items) and skip.ctx.collab.nnz == 0
+    assert skip.ctx.collab.shape == (0, 0)  # no item has item-item rows: features score 0 at once
     keep = snapshot(ds, content, genres, feats, base.model_copy(update={"exclude": ["collab"], "collab_candidates": 5}))
     assert keep.ctx.collab.nnz > 0
+
+
+def test_bundle_without_item_item_model_trains_loads_and_ranks(trained: Trained, tmp_path) -> None:
+    """The big-data setting (collab excluded, no collab candidates) end to end: the bundle keeps
+    a 0 x 0 item-item model, loads, and the ranker still reorders every user's list."""
+    from movierec.pipeline import train as train_pipeline
+    from ranking.blend import HybridRecommender
+    from tests.ranking.conftest import small_config
+
+    config = small_config()
+    config.ranking.exclude = ["collab"]
+    config.ranking.collab_candidates = 0
+    config.ranking.epochs = 2
+    model = HybridRecommender.load(train_pipeline(trained.train, tmp_path / "b", config))
+    assert model.ranker is not None and model.ranker.collab.shape == (0, 0)
+    users = np.arange(20)
+    ids, scores = model.recommend_batch(users, 10, rank=True)
+    retrieval_ids, _ = model.recommend_batch(users, 10, rank=False)
+    assert (ids >= 0).all() and np.isfinite(scores).all()
+    assert (ids != retrieval_ids).any()
