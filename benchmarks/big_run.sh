@@ -4,6 +4,9 @@
 #
 #   nice -n 10 benchmarks/big_run.sh WORKDIR [USERS ITEMS RATINGS [WORKERS]]
 #
+# TRAIN_SET="key=value ..." adds `--set` overrides to the train stage (e.g. a time-boxed run:
+# TRAIN_SET="retrieval.max_steps_per_epoch=1000"). An existing WORKDIR/data is reused (no synth).
+#
 # Defaults are the issue-8 size: 200,000 users, 100,000 items, 20,000,000 ratings, candidates with
 # 1 worker. Each stage's full `time -v` report is kept in WORKDIR/<stage>.time; a summary table is
 # printed at the end.
@@ -15,7 +18,12 @@ items=${3:-100000}
 ratings=${4:-20000000}
 workers=${5:-1}
 here=$(cd "$(dirname "$0")/.." && pwd)
-movierec="$here/.venv/bin/movierec"
+# the checkout's own code (a worktree has no venv of its own): python -m movierec from $here;
+# PYTHON defaults to the checkout's venv, else the main checkout's
+python=${PYTHON:-$here/.venv/bin/python}
+[ -x "$python" ] || python=/work/main/.venv/bin/python
+export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
+movierec="$python -m movierec"
 config="$here/configs/synthetic-large.yaml"
 mkdir -p "$work"
 
@@ -32,12 +40,16 @@ stage() {  # stage NAME COMMAND...
 }
 
 export MOVIEREC_PROGRESS=0
-[ -f "$work/data/ratings.csv" ] || stage synth "$movierec" synth --out "$work/data" --users "$users" --items "$items" --ratings "$ratings"
-stage train "$movierec" train --data "$work/data" --out "$work/model" --config "$config"
+# one core: BLAS and torch single-threaded (the config also sets threads: 1)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
+[ -f "$work/data/ratings.csv" ] || stage synth $movierec synth --out "$work/data" --users "$users" --items "$items" --ratings "$ratings"
+sets=()
+for kv in ${TRAIN_SET:-}; do sets+=(--set "$kv"); done
+stage train $movierec train --data "$work/data" --out "$work/model" --config "$config" "${sets[@]}"
 if [ "$workers" -gt 1 ]; then
-  stage candidates "$movierec" candidates --model "$work/model" --out "$work/candidates" --k 100 --workers "$workers"
+  stage candidates $movierec candidates --model "$work/model" --out "$work/candidates" --k 100 --workers "$workers"
 else
-  stage candidates "$movierec" candidates --model "$work/model" --out "$work/candidates.parquet" --k 100
+  stage candidates $movierec candidates --model "$work/model" --out "$work/candidates.parquet" --k 100
 fi
 
 echo

@@ -81,7 +81,13 @@ class RetrievalConfig(_Section):
     batch_size: int = Field(1024, ge=8)
     epochs: int = Field(30, ge=1)
     patience: int = Field(3, ge=1)
+    max_steps_per_epoch: int | None = Field(
+        None, ge=1, description="stop each epoch after this many batches, a random subset of the positives (None: a full pass)"
+    )
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    val_max_users: int | None = Field(
+        None, ge=1, description="validation users scored per epoch, a fixed seeded sample (None: all; bounds the users x items scoring on big data)"
+    )
     min_rating: float | None = Field(None, description="ratings below this are not positives (None: keep all)")
     threads: int = Field(1, ge=1)
 

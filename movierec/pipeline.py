@@ -7,6 +7,8 @@ import it.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -60,14 +62,32 @@ def train(ds: Dataset, out: str | Path, config: Config | None = None) -> Path:
     Returns:
         The bundle path.
     """
-    from content import ContentModel, ContentSimilarity
-    from retrieval.candidates import RetrievalModel, index_recall
-    from retrieval.two_tower import fit_two_tower
+    from retrieval.distributed import is_global_zero
 
     config = config or Config()
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     log.info("training on %r", ds)
+    # Under torchrun/SLURM every rank runs the pipeline (training needs them all), but only
+    # global rank 0 may write ``out``: the others build their bundle in a private temp dir
+    # that is removed at the end (two ranks renaming into one path would race).
+    scratch = None if is_global_zero() else Path(tempfile.mkdtemp(prefix="movierec-rank-"))
+    target = Path(out) if scratch is None else scratch / "bundle"
+    try:
+        _train_into(ds, target, config, timings)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    if scratch is None:
+        log.info("bundle written to %s in %.1fs", out, time.perf_counter() - t_start)
+    return Path(out)
+
+
+def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float]) -> None:
+    from content import ContentModel, ContentSimilarity
+    from retrieval.candidates import RetrievalModel, index_recall
+    from retrieval.two_tower import fit_two_tower
+
     with BundleWriter(out) as writer:
         t = time.perf_counter()
         content_model = ContentModel.fit(ds.items, config.content, seed=config.seed)
@@ -154,5 +174,3 @@ def train(ds: Dataset, out: str | Path, config: Config | None = None) -> Path:
                 "timings": {k: round(v, 2) for k, v in timings.items()},
             }
         )
-    log.info("bundle written to %s in %.1fs", out, time.perf_counter() - t_start)
-    return Path(out)

@@ -19,7 +19,8 @@ plants a latent space shared by genres, words and users:
 * a fraction of items gets no ratings at all (cold items), as in real catalogues.
 
 Scale: user parameters are drawn once (``O(n_users * dim)``), then users are processed in chunks
-whose working set is ``chunk_users x n_items`` floats, and each chunk is appended to
+whose working set is ``chunk_users x n_items`` floats (one affinity, exp and cumulative sum per
+user and item; the random draws are O(ratings), see :func:`_sample_user`), and each chunk is appended to
 ``ratings.csv`` with pyarrow. The random stream of every user is derived from ``(seed, user)``
 alone, so the output does not depend on the chunk size. Memory stays flat from a few thousand to
 tens of millions of ratings.
@@ -200,6 +201,8 @@ class _World:
     t_start: np.ndarray  # (n_users,) int64 first rating time
     t_span: np.ndarray  # (n_users,) int64 seconds of activity
     tags: pd.DataFrame
+    item_mean: np.ndarray | None = None  # (dim,) float64 mean of item_vec
+    item_cov: np.ndarray | None = None  # (dim, dim) float64 covariance (ddof 0) of item_vec
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -333,71 +336,114 @@ def _make_world(spec: SynthSpec) -> _World:
             "timestamp": rng.integers(_T0, _T1, size=len(tag_item)).astype(np.int64),
         }
     )
+    iv = item_vec.astype(np.float64)
+    item_mean = iv.mean(0)
+    item_cov = (iv - item_mean).T @ (iv - item_mean) / n
     return _World(items, item_vec, log_pop, item_bias, year_start, users, user_vec, user_bias,
-                  activity, t_start, t_span, tags)
+                  activity, t_start, t_span, tags, item_mean, item_cov)
+
+
+def _sample_user(
+    g: np.random.Generator, cdf: np.ndarray, weights: np.ndarray, logits: np.ndarray, count: int
+) -> np.ndarray:
+    """``count`` distinct items drawn without replacement with probability ``softmax(logits)``
+    (``weights = exp(logits - max)``, ``cdf`` their cumulative sum).
+
+    Draw with replacement from the CDF and keep first occurrences: the distinct items, in the
+    order they first appear, are exactly a sequential draw without replacement (Plackett-Luce,
+    the distribution Gumbel-top-k samples). It costs O(count log n) per user after the one
+    O(n) cumulative sum, instead of one random number per catalogue item. When repeats pile
+    up (a heavy user who has taken most of the probability mass), the rest is drawn with
+    Gumbel-top-k over the items not yet chosen, which continues the same sequential draw
+    exactly.
+    """
+    total = cdf[-1]
+    draws = np.empty(0, dtype=np.int64)
+    chosen = np.empty(0, dtype=np.int64)
+    mass = 0.0
+    for _ in range(8):
+        need = count - len(chosen)
+        if need <= 0 or len(draws) > 8 * count + 256:
+            break
+        m = int(np.ceil(need * 1.25 / max(1.0 - mass, 1e-3))) + 16
+        x = np.minimum(g.random(m) * total, np.nextafter(total, 0.0))  # never past the last item
+        new = np.searchsorted(cdf, x, side="right")
+        draws = np.concatenate([draws, new])
+        _, first = np.unique(draws, return_index=True)
+        chosen = draws[np.sort(first)]
+        mass = float(weights[chosen].sum(dtype=np.float64) / total)
+    if len(chosen) >= count:
+        return chosen[:count]
+    # -log(Exp(1)) is a standard Gumbel draw; a float32 Exp(1) draw can be exactly 0, whose log
+    # would make a cold item's key NaN (-inf + inf)
+    exp_noise = g.standard_exponential(len(logits), dtype=np.float32)
+    keys = logits - np.log(np.maximum(exp_noise, np.finfo(np.float32).tiny))
+    keys[chosen] = -np.inf
+    need = count - len(chosen)
+    rest = np.argpartition(-keys, need - 1)[:need]
+    rest = rest[np.argsort(-keys[rest], kind="stable")]
+    return np.concatenate([chosen, rest])
 
 
 def _ratings_chunk(spec: SynthSpec, world: _World, users: np.ndarray) -> pa.Table:
     """Ratings of a block of users (0-based indices) as an Arrow table, best effort vectorised.
 
     Every random number of user ``u`` comes from ``default_rng([seed, 1, u])``, so the result for
-    a user does not depend on which chunk it was generated in.
+    a user does not depend on which chunk it was generated in. The cost per user is one
+    ``n_items``-long dot product, exp and cumulative sum, plus O(ratings) random draws.
     """
-    n_items = spec.n_items
     counts = world.activity[users]
-    kmax = int(counts.max()) if len(counts) else 0
-    if kmax == 0:
+    if len(counts) == 0 or int(counts.max()) == 0:
         return _empty_table()
-    affinity = world.user_vec[users] @ world.item_vec.T  # (b, n_items)
-    keys = spec.beta * affinity + world.log_pop[None, :]
-    exp_noise = np.empty((len(users), n_items), dtype=np.float32)
-    rating_noise = np.empty((len(users), kmax), dtype=np.float32)
-    time_frac = np.empty((len(users), kmax), dtype=np.float32)
+    affinity = world.user_vec[users] @ world.item_vec.T  # (b, n_items) float32
+    # selection weights softmax(beta * affinity + log pop), unnormalised; cold items get 0
+    logits = spec.beta * affinity + world.log_pop[None, :]
+    logits -= logits.max(1, keepdims=True)
+    weights = np.exp(logits)
+    total = int(counts.sum())
+    item = np.empty(total, dtype=np.int64)
+    rating_noise = np.empty(total, dtype=np.float32)
+    time_frac = np.empty(total, dtype=np.float32)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
     # One generator per user (a Python step per user, never per rating) keeps chunking invisible.
-    for row, u in enumerate(users):
+    for r, u in enumerate(users):
+        c = int(counts[r])
+        if c == 0:
+            continue
         g = np.random.default_rng([spec.seed, 1, int(u)])
-        g.standard_exponential(out=exp_noise[row], dtype=np.float32)
-        c = int(counts[row])  # draw exactly the user's own count: kmax depends on the chunk
-        g.standard_normal(out=rating_noise[row, :c], dtype=np.float32)
-        g.random(out=time_frac[row, :c], dtype=np.float32)
-    # Gumbel-top-k: the top `count` of keys + Gumbel noise is a sample without replacement from
-    # softmax(keys); -log(Exp(1)) is a standard Gumbel draw.
-    # A float32 Exp(1) draw can be exactly 0 (about once in 2^24 draws); log(0) would make that
-    # item's key +inf (always picked) and a cold item's key NaN (-inf + inf), with warnings.
-    np.maximum(exp_noise, np.finfo(np.float32).tiny, out=exp_noise)
-    keys -= np.log(exp_noise, out=exp_noise)
-    if kmax < n_items:
-        top = np.argpartition(-keys, kmax - 1, axis=1)[:, :kmax]
-    else:
-        top = np.broadcast_to(np.arange(n_items), (len(users), n_items)).copy()
-    top_keys = np.take_along_axis(keys, top, 1)
-    order = np.argsort(-top_keys, axis=1, kind="stable")
-    top = np.take_along_axis(top, order, 1)
-    take = np.arange(kmax)[None, :] < counts[:, None]
-    item = top[take]
+        cdf = np.cumsum(weights[r], dtype=np.float64)
+        lo, hi = bounds[r], bounds[r + 1]
+        item[lo:hi] = _sample_user(g, cdf, weights[r], logits[r], c)
+        g.standard_normal(out=rating_noise[lo:hi], dtype=np.float32)
+        g.random(out=time_frac[lo:hi], dtype=np.float32)
     row = np.repeat(np.arange(len(users)), counts)
-    # Taste enters the rating as a per-user z-score, centred on the user's own selection: the
-    # rated items are already the ones the user likes, and without the centring every rating
-    # would pile up at the top of the scale.
-    z = (affinity - affinity.mean(1, keepdims=True)) / (affinity.std(1, keepdims=True) + 1e-6)
-    z_sel = z[row, item]
+    # Taste enters the rating as a per-user z-score of the affinity over the whole catalogue
+    # (mean and variance follow from the item vectors' mean and covariance, no n_items pass),
+    # centred on the user's own selection: the rated items are already the ones the user likes,
+    # and without the centring every rating would pile up at the top of the scale.
+    uv = world.user_vec[users].astype(np.float64)
+    mean = uv @ world.item_mean
+    std = np.sqrt(np.maximum(np.einsum("bi,ij,bj->b", uv, world.item_cov, uv), 0.0))
+    z_sel = (affinity[row, item] - mean[row]) / (std[row] + 1e-6)
     z_sel -= (np.bincount(row, weights=z_sel, minlength=len(users)) / np.maximum(counts, 1))[row]
     # Centre near 3.5 of 5 and scale everything to the configured range.
     scale = (spec.rating_max - spec.rating_min) / 4.5
     mu = spec.rating_min + 0.66 * (spec.rating_max - spec.rating_min)
     value = (mu + scale * (world.user_bias[users][row] + world.item_bias[item]
-             + spec.alpha * z_sel + spec.noise * rating_noise[take]))
+             + spec.alpha * z_sel + spec.noise * rating_noise))
     steps = np.round((value - spec.rating_min) / spec.rating_step)
     n_steps = np.floor((spec.rating_max - spec.rating_min) / spec.rating_step + 1e-9)
     rating = spec.rating_min + np.clip(steps, 0, n_steps) * spec.rating_step
     start = world.t_start[users][row]
-    ts = start + (time_frac[take].astype(np.float64) * world.t_span[users][row]).astype(np.int64)
+    ts = start + (time_frac.astype(np.float64) * world.t_span[users][row]).astype(np.int64)
     ts = np.maximum(ts, world.item_year_start[item])
-    table = pd.DataFrame(
-        {"userId": users[row].astype(np.int64) + 1, "movieId": item.astype(np.int64) + 1,
-         "rating": np.round(rating, 6), "timestamp": ts}
-    ).sort_values(["userId", "movieId"], kind="stable")
-    return pa.Table.from_pandas(table, schema=_RATINGS_SCHEMA, preserve_index=False)
+    # users are already in order; sort each user's items by movieId
+    order = np.lexsort((item, row))
+    return pa.table(
+        {"userId": users[row][order].astype(np.int64) + 1, "movieId": item[order] + 1,
+         "rating": np.round(rating[order], 6), "timestamp": ts[order]},
+        schema=_RATINGS_SCHEMA,
+    )
 
 
 _RATINGS_SCHEMA = pa.schema(

@@ -24,6 +24,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import scipy.sparse as sp
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -87,7 +88,13 @@ def snapshot(
     mu = float(ratings.mean()) if len(ratings) else 0.0
     item_counts, item_mean = damped_means(r["item_idx"].to_numpy(), ratings, ds.n_items, mu)
     _, user_mean = damped_means(r["user_idx"].to_numpy(), ratings, ds.n_users, mu)
-    collab = item_item_matrix(ds.to_csr(), config.collab_lambda, config.collab_neighbors, config.collab_dense_max_items)
+    if "collab" in config.exclude and config.collab_candidates == 0:
+        # nothing reads the item-item model (the one step quadratic in items: tens of minutes at
+        # 100k items here). A 0 x 0 matrix means no item has item-item rows, so the feature code
+        # returns zeros at once instead of scoring users x items dense blocks of zeros.
+        collab = sp.csr_matrix((0, 0), dtype=np.float32)
+    else:
+        collab = item_item_matrix(ds.to_csr(), config.collab_lambda, config.collab_neighbors, config.collab_dense_max_items)
     years = item_years(ds)
     order = np.lexsort((r["timestamp"].to_numpy(), r["user_idx"].to_numpy()))
     indptr = np.concatenate([[0], np.cumsum(np.bincount(r["user_idx"].to_numpy(), minlength=ds.n_users))]).astype(np.int64)
@@ -282,10 +289,13 @@ class RankerModule(L.LightningModule):
         n_rel = (label & in_loss).sum(1)
         ideal = torch.cumsum(disc, 0)[(n_rel.clamp(1, top.shape[1]) - 1)]
         ndcg = ((hits * disc).sum(1) / ideal)[n_rel > 0]
-        self.log("val/loss", loss, batch_size=n)
-        self.log("val/rank_loss", rank_loss, batch_size=n)
-        self.log("val/rmse", mse.sqrt() * self.net.rating_scale, batch_size=n)
-        self.log("val/ndcg@10", ndcg.mean() if len(ndcg) else torch.tensor(0.0), prog_bar=True, batch_size=max(len(ndcg), 1))
+        # under DDP each rank validates its own shard: average over ranks, so early stopping and
+        # the checkpoint see the same value everywhere
+        sync = self._trainer is not None and self.trainer.world_size > 1
+        self.log("val/loss", loss, batch_size=n, sync_dist=sync)
+        self.log("val/rank_loss", rank_loss, batch_size=n, sync_dist=sync)
+        self.log("val/rmse", mse.sqrt() * self.net.rating_scale, batch_size=n, sync_dist=sync)
+        self.log("val/ndcg@10", ndcg.mean() if len(ndcg) else torch.tensor(0.0), prog_bar=True, batch_size=max(len(ndcg), 1), sync_dist=sync)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

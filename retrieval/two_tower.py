@@ -51,12 +51,13 @@ class ItemFeatures:
     has_id: np.ndarray  # (n_items,) 1 where the item has training interactions
 
 
-class ShardedBatches(Sampler[list[int]]):
+class ShardedBatches(Sampler[torch.Tensor]):
     """Global batches of ``batch_size`` positives, each split into ``world`` equal slices.
 
     Rank ``r`` yields slice ``r`` of every global batch, so the union over ranks of one step is
     exactly the batch a single process would see with the same generator (one ``randperm`` of
-    the positives, cut into batches). Every rank gets the same number of equally sized slices:
+    the positives, cut into batches). Batches are int64 index tensors (slices of the one
+    permutation): a Python list of the permutation would cost ~36 bytes per positive. Every rank gets the same number of equally sized slices:
     DDP needs the same number of steps on every rank, and the cross-rank gather of candidates in
     :meth:`TwoTowerModule.training_step` needs equal shapes. With ``world == 1`` this is
     ``BatchSampler(RandomSampler(..., generator), batch_size, drop_last)``.
@@ -78,7 +79,7 @@ class ShardedBatches(Sampler[list[int]]):
         return self._global_batches()
 
     def __iter__(self):
-        perm = torch.randperm(self.n, generator=self.generator).tolist()
+        perm = torch.randperm(self.n, generator=self.generator)
         for b in range(self._global_batches()):
             batch = perm[b * self.batch_size : (b + 1) * self.batch_size]
             share = len(batch) // self.world
@@ -142,8 +143,15 @@ class TwoTowerData(L.LightningDataModule):
         return DataLoader(ds, sampler=sampler, batch_size=None, collate_fn=self._collate)
 
     def val_users(self) -> np.ndarray:
-        """Every validation user (user_idx), sorted."""
-        return np.unique(self.val_ds.ratings["user_idx"].to_numpy()) if self.val_ds is not None else np.zeros(0, np.int64)
+        """The validation users (user_idx), sorted: all of them, or a seeded sample of
+        ``config.val_max_users`` (scoring is users x items, minutes per epoch at 200k x 100k)."""
+        if self.val_ds is None:
+            return np.zeros(0, np.int64)
+        users = np.unique(self.val_ds.ratings["user_idx"].to_numpy())
+        cap = self.config.val_max_users
+        if cap is not None and len(users) > cap:
+            users = np.sort(np.random.default_rng([self.seed, 7]).choice(users, cap, replace=False))
+        return users
 
     def val_dataloader(self) -> DataLoader:
         """This rank's share of the validation users (every ``world``-th one); the module sums
@@ -272,7 +280,10 @@ class TwoTowerModule(L.LightningModule):
         return self.data.config.history_len
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        # fused: one kernel over all parameters instead of a loop of small ops per tensor; the id
+        # tables (users + items x dim, dense gradients) made the unfused step cost more than the
+        # forward and backward together at 200k users x 100k items (benchmarks/RESULTS.md)
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=True)
 
 
 @dataclass
@@ -422,6 +433,8 @@ def fit_two_tower(
         logger = CSVLogger(str(log_dir), name="two_tower", version="") if log_dir else False
         trainer = L.Trainer(
             max_epochs=config.epochs,
+            # the batches are a fresh permutation each epoch, so a capped epoch sees a random subset
+            limit_train_batches=config.max_steps_per_epoch,  # None: a full pass
             accelerator=trainer_config.accelerator,
             devices=trainer_config.devices,
             num_nodes=trainer_config.num_nodes,

@@ -178,3 +178,65 @@ def test_net_score_fast_path_matches_forward(hidden, cross, emb, base) -> None:
     with torch.no_grad():
         ref, _ = net(dense, users, items)
     torch.testing.assert_close(net.score(dense, users, items), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_validation_metrics_are_synced_across_ranks_under_ddp() -> None:
+    """Each DDP rank validates its own shard of the lists, so every validation value must be
+    averaged across ranks (``sync_dist``) for early stopping and checkpointing to agree; in one
+    process nothing is synced."""
+    from types import SimpleNamespace
+
+    from ranking.ranker import RankerModule
+
+    module = RankerModule(n_dense=3, n_users=5, n_items=7, emb_dim=4, hidden=[8])
+    calls: dict[str, bool] = {}
+    module.log = lambda name, value, **kw: calls.__setitem__(name, kw.get("sync_dist", False))  # type: ignore[method-assign]
+    g = torch.Generator().manual_seed(0)
+    batch = [
+        torch.randn(2, 4, 3, generator=g), torch.tensor([0, 1]), torch.tensor([[0, 1, 2, 3], [4, 5, 6, -1]]),
+        torch.tensor([[True, True, True, True], [True, True, True, False]]),
+        torch.tensor([[True, False, False, False], [False, True, False, False]]),
+        torch.tensor([[4.0, float("nan"), float("nan"), float("nan")], [float("nan"), 3.0, float("nan"), float("nan")]]),
+    ]
+    for world, expected in ((2, True), (1, False)):
+        module._trainer = SimpleNamespace(world_size=world)  # type: ignore[assignment]
+        calls.clear()
+        module.validation_step(batch, 0)
+        assert set(calls) == {"val/loss", "val/rank_loss", "val/rmse", "val/ndcg@10"}
+        assert all(v is expected for v in calls.values()), (world, calls)
+
+
+def test_item_item_model_is_skipped_when_nothing_reads_it(trained: Trained) -> None:
+    """With the collab features excluded and no collab candidates, the snapshot carries an empty
+    item-item matrix (the quadratic step is skipped); otherwise a real one."""
+    from ranking.ranker import snapshot
+
+    ds = trained.train
+    content = np.zeros((ds.n_items, 4), np.float32)
+    genres = np.zeros((ds.n_items, 2), np.float32)
+    feats = np.zeros((ds.n_users, 1), np.float32)
+    base = trained.config.ranking
+    skip = snapshot(ds, content, genres, feats, base.model_copy(update={"exclude": ["collab"], "collab_candidates": 0}))
+    assert skip.ctx.collab.shape == (0, 0)  # no item has item-item rows: features score 0 at once
+    keep = snapshot(ds, content, genres, feats, base.model_copy(update={"exclude": ["collab"], "collab_candidates": 5}))
+    assert keep.ctx.collab.nnz > 0
+
+
+def test_bundle_without_item_item_model_trains_loads_and_ranks(trained: Trained, tmp_path) -> None:
+    """The big-data setting (collab excluded, no collab candidates) end to end: the bundle keeps
+    a 0 x 0 item-item model, loads, and the ranker still reorders every user's list."""
+    from movierec.pipeline import train as train_pipeline
+    from ranking.blend import HybridRecommender
+    from tests.ranking.conftest import small_config
+
+    config = small_config()
+    config.ranking.exclude = ["collab"]
+    config.ranking.collab_candidates = 0
+    config.ranking.epochs = 2
+    model = HybridRecommender.load(train_pipeline(trained.train, tmp_path / "b", config))
+    assert model.ranker is not None and model.ranker.collab.shape == (0, 0)
+    users = np.arange(20)
+    ids, scores = model.recommend_batch(users, 10, rank=True)
+    retrieval_ids, _ = model.recommend_batch(users, 10, rank=False)
+    assert (ids >= 0).all() and np.isfinite(scores).all()
+    assert (ids != retrieval_ids).any()

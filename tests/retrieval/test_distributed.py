@@ -48,7 +48,7 @@ def test_sharded_batches_split_the_single_process_batches():
     for step, batch in enumerate(single):
         parts = [s[step] for s in shards]
         assert all(len(p) == 32 for p in parts)
-        assert sum(parts, []) == batch
+        assert torch.cat(parts).tolist() == batch.tolist()
 
 
 def test_ddp_training_matches_single_process_quality(single, ddp, synth_split):
@@ -172,3 +172,25 @@ def test_ivfpq_is_compact_memory_mappable_and_near_exact(tmp_path):
         build_index(vecs, IndexConfig(kind="ivfpq", pq_m=5))
     with pytest.raises(ValueError, match="at least"):
         build_index(vecs[:100], IndexConfig(kind="ivfpq", pq_m=8))
+
+
+def test_pipeline_writes_the_bundle_on_global_rank_zero_only(synth_split, tmp_path, monkeypatch):
+    """Under torchrun/SLURM every rank runs the pipeline; a rank other than 0 trains but leaves
+    nothing behind (neither ``out`` nor a temp dir beside it)."""
+    from movierec.pipeline import train as train_pipeline
+
+    train, _ = synth_split
+    config = Config.model_validate(
+        {
+            "retrieval": {"dim": 8, "hidden": 16, "epochs": 1, "batch_size": 512, "history_len": 10},
+            "ranking": {"enabled": False},
+            "content": {"dim": 8},
+            "trainer": {"progress": False},
+        }
+    )
+    monkeypatch.setenv("RANK", "1")
+    assert train_pipeline(train, tmp_path / "model", config) == tmp_path / "model"
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("RANK", "0")
+    train_pipeline(train, tmp_path / "model", config)
+    assert (tmp_path / "model" / "manifest.json").is_file()

@@ -86,3 +86,23 @@ def test_item_tower_without_id_uses_content():
     c = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
     out = tower(idx, torch.zeros(2), g, c)
     assert not torch.allclose(out[0], out[1])
+
+
+def test_epoch_cap_and_validation_sample_bound_the_work(synth_split, content_vectors, small_config, tmp_path):
+    """``max_steps_per_epoch`` stops each epoch after that many batches and ``val_max_users``
+    scores a fixed sample of the validation users (the big-data knobs of configs/synthetic-large.yaml)."""
+    import pandas as pd
+
+    from retrieval.two_tower import build_two_tower
+
+    train, _ = synth_split
+    cfg = small_config.model_copy(update={"epochs": 2, "patience": 2, "max_steps_per_epoch": 3, "val_max_users": 50})
+    res = fit_two_tower(train, content_vectors, cfg, TrainerConfig(progress=False), seed=1, log_dir=tmp_path)
+    frame = pd.read_csv(tmp_path / "two_tower" / "metrics.csv")
+    assert frame["step"].max() == 2 * 3 - 1 and res.metrics["epochs"] == 2
+    data = build_two_tower(train, content_vectors, cfg, seed=1).data
+    users = data.val_users()
+    assert len(users) == 50 and (np.diff(users) > 0).all()
+    assert (users == build_two_tower(train, content_vectors, cfg, seed=1).data.val_users()).all()
+    full = build_two_tower(train, content_vectors, small_config, seed=1).data.val_users()
+    assert len(full) > 50 and np.isin(users, full).all()
