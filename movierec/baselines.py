@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from movierec.data import Dataset
+from movierec.metrics import top_positive
 from movierec.recommender import DenseScorer
 
 log = logging.getLogger(__name__)
@@ -480,12 +481,8 @@ class ItemKNN(_Baseline):
             sim = np.asarray((xt[lo:hi] @ xt.T).todense(), dtype=np.float32)
             sim /= norms[lo:hi, None] * norms[None, :] + self.shrinkage + 1e-9
             sim[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
-            top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-            v = np.take_along_axis(sim, top, 1)
-            keep = v > 0
-            rows.append(np.repeat(np.arange(lo, hi), keep.sum(1)))
-            cols.append(top[keep])
-            vals.append(v[keep])
+            for part, piece in zip((rows, cols, vals), top_positive(sim, lo, k)):
+                part.append(piece)
         self.similarity = sp.csr_matrix(
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
         )

@@ -79,6 +79,15 @@ def topn_metrics(recs: np.ndarray, relevant: sp.csr_matrix, k: int, n_items: int
     return out
 
 
+def top_positive(sim: np.ndarray, first_row: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, values) of each row's ``k`` largest entries that are > 0, for a dense block
+    of a similarity matrix whose first row is item ``first_row`` (COO pieces of a sparse kNN)."""
+    top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    v = np.take_along_axis(sim, top, 1)
+    keep = v > 0
+    return np.repeat(np.arange(first_row, first_row + len(sim)), keep.sum(1)), top[keep], v[keep]
+
+
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest scores per row, best first (ties broken by lower index).
 

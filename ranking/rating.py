@@ -29,6 +29,7 @@ import scipy.sparse as sp
 
 from movierec.artifacts import Bundle, BundleWriter
 from movierec.data import Dataset
+from movierec.metrics import top_positive
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +82,10 @@ def knn_similarity(resid: sp.csr_matrix, shrinkage: float, keep: int, block: int
         sim = np.nan_to_num(sim, nan=0.0, posinf=0.0, neginf=0.0)
         sim *= np.maximum(n - 1, 0) / (np.maximum(n - 1, 0) + shrinkage + 1e-12)
         sim[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
-        top = np.argpartition(-sim, keep - 1, axis=1)[:, :keep]
-        v = np.take_along_axis(sim, top, 1)
-        ok = v > 0
-        rows.append(np.repeat(np.arange(lo, hi), ok.sum(1)))
-        cols.append(top[ok])
-        vals.append(v[ok].astype(np.float32))
+        r, c, v = top_positive(sim, lo, keep)
+        rows.append(r)
+        cols.append(c)
+        vals.append(v.astype(np.float32))
     return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_items, n_items))
 
 
