@@ -121,6 +121,11 @@ class RatingConfig(_Section):
     stack_ridge: float = Field(1e-4, ge=0, description="ridge weight of the stacker (per validation rating)")
     stack_support: bool = Field(True, description="stacker weights vary with the user's and item's rating counts (feature-weighted stacking)")
     threads: int = Field(1, ge=1)
+    background: bool = Field(
+        True,
+        description="train in a second process while the two-tower model and the ranker train; used when training "
+        "runs in one process, the machine has 2+ cores and the data has 20,000+ ratings",
+    )
 
 
 class RankingConfig(_Section):

@@ -6,6 +6,7 @@ import it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -42,6 +43,19 @@ def save_catalogue(writer: BundleWriter, ds: Dataset) -> None:
     writer.save_array("item_last_ts.npy", _last_timestamp(r, ds.n_items))
     order = np.lexsort((r["timestamp"].to_numpy(), r["user_idx"].to_numpy()))
     writer.save_array("hist_ratings.npy", r["rating"].to_numpy(np.float32)[order])
+
+
+def _start_rating_fit(ds: Dataset, config: Config, log_dir: Path) -> Any:
+    """The rating model's training in a second process when that pays (see BackgroundRatingFit)."""
+    from ranking.rating import BackgroundRatingFit
+    from retrieval.distributed import launched_externally
+
+    trainer = config.trainer
+    single = str(trainer.devices) == "1" and trainer.num_nodes == 1 and not launched_externally()
+    if not (config.ranking.rating.enabled and BackgroundRatingFit.worthwhile(len(ds.ratings), config.ranking.rating, single)):
+        return None
+    log.info("rating model: training in a background process")
+    return BackgroundRatingFit(ds, config.ranking.rating, seed=config.seed, log_dir=log_dir)
 
 
 def _id_frame(ids: np.ndarray) -> Any:
@@ -88,7 +102,7 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
     from retrieval.candidates import RetrievalModel, index_recall
     from retrieval.two_tower import fit_two_tower
 
-    with BundleWriter(out) as writer:
+    with BundleWriter(out) as writer, contextlib.ExitStack() as cleanup:
         t = time.perf_counter()
         content_model = ContentModel.fit(ds.items, config.content, seed=config.seed)
         content = ContentSimilarity(content_model, config.index)
@@ -109,6 +123,9 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
             ranking = len(held_out.ratings) > 0
         if not ranking:
             tt_train, held_out = ds, None
+        background = _start_rating_fit(ds, config, writer.path / "logs") if ranking else None
+        if background is not None:
+            cleanup.callback(background.close)  # stops the child if anything below fails
         tt = fit_two_tower(tt_train, content_model.vectors, config.retrieval, config.trainer, seed=config.seed, log_dir=writer.path / "logs")
         timings["two_tower"] = time.perf_counter() - t
         user_vectors = tt.user_vectors
@@ -155,7 +172,10 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
             from ranking.rating import fit_rating_model
 
             t = time.perf_counter()
-            rated = fit_rating_model(ds, config.ranking.rating, seed=config.seed, log_dir=writer.path / "logs")
+            if background is not None:
+                rated = background.result()  # timings: the wait beyond the stages trained meanwhile
+            else:
+                rated = fit_rating_model(ds, config.ranking.rating, seed=config.seed, log_dir=writer.path / "logs")
             rating_model = rated.model
             metrics["rating_model"] = rated.metrics
             timings["rating_model"] = time.perf_counter() - t

@@ -16,7 +16,7 @@ from movierec.config import RatingConfig
 from movierec.data import Dataset
 from movierec.metrics import rmse
 from movierec.splits import holdout_per_user
-from ranking.rating import RatingModel, fit_rating_model, knn_residual, load_rating_model
+from ranking.rating import BackgroundRatingFit, RatingModel, fit_rating_model, knn_residual, load_rating_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -135,6 +135,51 @@ def test_training_is_deterministic(fitted: tuple) -> None:
     r = test.ratings
     u, i = r["user_idx"].to_numpy(), r["item_idx"].to_numpy()
     assert np.array_equal(again.model.predict(u, i), fit.model.predict(u, i))
+
+
+def test_background_fit_equals_the_in_process_fit(fitted: tuple) -> None:
+    train, test, fit = fitted
+    again = BackgroundRatingFit(train, small(), seed=7).result()
+    r = test.ratings
+    u, i = r["user_idx"].to_numpy(), r["item_idx"].to_numpy()
+    assert np.array_equal(again.model.predict(u, i), fit.model.predict(u, i))
+
+
+def test_background_fit_reports_the_childs_error() -> None:
+    empty = planted()
+    empty = Dataset(empty.ratings.iloc[:0].copy(), empty.items)
+    with pytest.raises(RuntimeError, match="cannot fit on a dataset without ratings"):
+        BackgroundRatingFit(empty, small(), seed=7).result()
+
+
+def test_pipeline_stops_the_background_fit_when_training_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    import ranking.rating
+    import retrieval.two_tower
+    from movierec.config import Config
+    from movierec.pipeline import train as train_pipeline
+
+    started: list[BackgroundRatingFit] = []
+
+    class Recorded(BackgroundRatingFit):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("two-tower failed")
+
+    monkeypatch.setattr(ranking.rating, "BACKGROUND_MIN_RATINGS", 0)
+    monkeypatch.setattr(ranking.rating, "BackgroundRatingFit", Recorded)
+    monkeypatch.setattr(retrieval.two_tower, "fit_two_tower", broken)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    out = tmp_path / "bundle"
+    with pytest.raises(RuntimeError, match="two-tower failed"):
+        train_pipeline(planted(), out, Config())
+    assert len(started) == 1, "the rating model should have started in the background"
+    assert not multiprocessing.active_children(), "the background process outlived the failed training"
+    assert not out.exists()
 
 
 def test_knn_residual_matches_a_hand_computation() -> None:
