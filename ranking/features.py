@@ -176,10 +176,14 @@ DENSE_PRODUCT_CELLS = 1 << 23
 whole-row products of large batches: sparse x dense is ~1.5x faster than sparse x sparse there."""
 
 
+def _small_enough(collab: sp.csr_matrix) -> bool:
+    return collab.shape[0] * collab.shape[1] <= DENSE_PRODUCT_CELLS
+
+
 def _float64(collab: sp.csr_matrix) -> sp.csr_matrix | np.ndarray:
     """``collab`` in float64 for the whole-row products (scipy would convert it on every call),
     dense when small."""
-    if collab.shape[0] * collab.shape[1] <= DENSE_PRODUCT_CELLS:
+    if _small_enough(collab):
         return collab.toarray().astype(np.float64)
     return collab if collab.dtype == np.float64 else sp.csr_matrix(collab, dtype=np.float64)
 
@@ -284,6 +288,12 @@ def _collab_dense(collab: sp.csr_matrix, items: np.ndarray, weights: np.ndarray 
     i0 = collab.shape[0]
     b = len(items)
     ok = (items >= 0) & (items < i0)
+    if b <= SMALL_BATCH and _small_enough(collab):  # a request: add up the history's dense rows
+        w64 = _per_matrix(collab, "float64", _float64)
+        plain = np.stack([w64[items[r][ok[r]]].sum(0) for r in range(b)]) if b else np.zeros((0, i0))
+        if weights is None:
+            return plain, None
+        return plain, np.stack([weights[r][ok[r]].astype(np.float64) @ w64[items[r][ok[r]]] for r in range(b)])
     rows, cols = np.nonzero(ok)
     it = items[rows, cols]
     if b > SMALL_BATCH:
@@ -347,6 +357,15 @@ def _collab_scores(
     if i0 == 0 or n == 0:
         return plain, liked
     cand_ok = (cand >= 0) & (cand < i0)
+    if n <= SMALL_BATCH and _small_enough(ctx.collab):
+        # a request over a small catalogue: the (history x candidates) block of the dense matrix
+        w64 = _per_matrix(ctx.collab, "float64", _float64)
+        for r in range(n):
+            keep = (hist.items[r] >= 0) & (hist.items[r] < i0)
+            block = w64[np.ix_(hist.items[r][keep], cand[r][cand_ok[r]])]
+            plain[r, cand_ok[r]] = block.sum(0)
+            liked[r, cand_ok[r]] = hist.centred[r][keep].astype(np.float64) @ block
+        return plain, liked
     columns = ctx.collab_columns
     k = columns[0].shape[1] if columns is not None else 0
     h = np.where((hist.items >= 0) & (hist.items < i0), hist.items, i0)
@@ -610,6 +629,8 @@ class Ranker:
         self._cached: tuple[int, FeatureContext] | None = None
         self.chunk_pairs = 16_384
         _per_matrix(self.collab, "columns", _padded_columns)  # at load, not in the first request
+        if _small_enough(self.collab):
+            _per_matrix(self.collab, "float64", _float64)  # what a request over a small catalogue reads
         """(user, candidate) pairs re-ranked per step of a batch (~2x faster than one step at ML-100K)."""
 
     @property

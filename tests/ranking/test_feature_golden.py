@@ -125,3 +125,24 @@ def test_merge_candidates_matches_per_row_reference() -> None:
         row = [int(x) for x in ids[r] if x >= 0] + keep
         assert list(got[r][got[r] >= 0]) == row
         assert (got[r][len(row) :] == -1).all()
+
+
+@pytest.mark.parametrize("columns", [True, False])
+def test_sparse_request_paths_match_reference_for_large_catalogues(golden, monkeypatch: pytest.MonkeyPatch, columns: bool) -> None:
+    """A request over a catalogue too large to keep the item-item matrix dense reads candidate
+    columns (or, without them, whole sparse rows): the same values as the dense block path."""
+    import ranking.features as F
+
+    monkeypatch.setattr(F, "DENSE_PRODUCT_CELLS", 0)
+    if not columns:
+        monkeypatch.setattr(F.FeatureContext, "collab_columns", property(lambda self: None))
+    mod, stored = golden
+    ctx, users, histories, ratings, cand, scores = mod.build(stored)
+    for row in range(len(users)):
+        u = users[row : row + 1]
+        hist = pad_histories(histories[row : row + 1], ratings[row : row + 1], mod.user_means(ctx, u))
+        new = compute_features(ctx, u, hist, cand[row : row + 1], scores[row : row + 1])
+        _compare(new, stored["features"][row : row + 1], [str(s) for s in stored["feature_names"]])
+    batch = F.collab_top(ctx.collab, histories, histories, 20)
+    single = np.concatenate([F.collab_top(ctx.collab, [h], [h], 20) for h in histories])
+    np.testing.assert_array_equal(batch, single)
