@@ -142,6 +142,10 @@ class RankingConfig(_Section):
     holdout: Literal["temporal", "random"] = "random"
     holdout_fraction: float = Field(0.2, gt=0, lt=0.9)
     negatives: int = Field(20, ge=0, description="random negatives per user list, besides the retrieval candidates")
+    folds: int = Field(
+        0, ge=0, le=20,
+        description="K > 1: K cross-fitted lists per user (the holdout plus K-1 folds of the rest, each with a two-tower model trained without it); 0 or 1: the holdout list alone",
+    )
     # Default: an MLP over the features without cross layers or id embeddings. On ML-100K's
     # validation split (benchmarks/RESULTS.md, issue 5) it was the only form that beat EASE for
     # every seed (NDCG@10 0.2729 mean of 3 vs EASE 0.2693); with DCN cross layers or id

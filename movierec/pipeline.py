@@ -97,6 +97,18 @@ def train(ds: Dataset, out: str | Path, config: Config | None = None) -> Path:
     return Path(out)
 
 
+def tower_trainer(content: np.ndarray, config: Config) -> Any:
+    """Two-tower training for the ranker's cross-fitted folds (``ranking.folds``): (ratings) ->
+    (user vectors, item vectors) of a model that never saw the fold it will score."""
+    from retrieval.two_tower import fit_two_tower
+
+    def fit(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+        tt = fit_two_tower(ds, content, config.retrieval, config.trainer, seed=config.seed)
+        return tt.user_vectors, tt.item_vectors
+
+    return fit
+
+
 def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float]) -> None:
     from content import ContentModel, ContentSimilarity
     from retrieval.candidates import RetrievalModel, index_recall
@@ -163,6 +175,7 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
             result = fit_ranker(
                 ds, tt_train, held_out, content.item_vectors, tt.items.genres, tt.user_features, tt.user_vectors,
                 tt.item_vectors, config.ranking, config.trainer, seed=config.seed, log_dir=writer.path / "logs",
+                fit_tower=tower_trainer(content_model.vectors, config),
             )
             ranker = result.ranker
             metrics["ranker"] = result.metrics

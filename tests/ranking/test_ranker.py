@@ -240,3 +240,60 @@ def test_bundle_without_item_item_model_trains_loads_and_ranks(trained: Trained,
     retrieval_ids, _ = model.recommend_batch(users, 10, rank=False)
     assert (ids >= 0).all() and np.isfinite(scores).all()
     assert (ids != retrieval_ids).any()
+
+
+def test_cross_fitted_lists_never_see_their_own_fold(trained: Trained, monkeypatch) -> None:
+    """Every rating is a label exactly once; the snapshot a fold's features come from (history,
+    item statistics, item-item model) holds exactly the other folds' ratings, and so does the
+    two-tower model that scores it."""
+    import ranking.ranker as rr
+
+    seen = []
+    real = rr.list_features
+    monkeypatch.setattr(rr, "list_features", lambda snap, lists: seen.append((snap, lists)) or real(snap, lists))
+    towers = []
+    rng = np.random.default_rng(0)
+
+    def fit_tower(ds):
+        towers.append(pairs(ds.ratings["user_idx"], ds.ratings["item_idx"]))
+        return rng.normal(size=(ds.n_users, 4)).astype(np.float32), rng.normal(size=(ds.n_items, 4)).astype(np.float32)
+
+    def pairs(users, items) -> set[tuple[int, int]]:
+        return set(zip(np.asarray(users).tolist(), np.asarray(items).tolist()))
+
+    def labelled(part: rr.Lists) -> set[tuple[int, int]]:
+        rows, cols = np.nonzero(part.label)
+        return pairs(part.users[rows], part.cand[rows, cols])
+
+    full = trained.train
+    config = trained.config.ranking.model_copy(update={"folds": 3})
+    past, held_out = rr.split_for_ranker(full, config, seed=0)
+    arrays = (np.zeros((full.n_items, 4), np.float32), np.zeros((full.n_items, 2), np.float32), np.zeros((full.n_users, 1), np.float32))
+    user_vectors, item_vectors = fit_tower(past)
+    lists, raw = rr.cross_fitted_lists(full, past, held_out, arrays, user_vectors, item_vectors, fit_tower, config, seed=0)
+
+    everything = pairs(full.ratings["user_idx"], full.ratings["item_idx"])
+    assert len(seen) == 3 and len(towers) == 3 and raw.shape[:2] == lists.cand.shape
+    assert int(lists.label.sum()) == len(everything) and labelled(lists) == everything
+    assert labelled(seen[0][1]) == pairs(held_out.ratings["user_idx"], held_out.ratings["item_idx"])
+    for (snap, part), tower in zip(seen, towers):
+        users = np.repeat(np.arange(len(snap.hist_indptr) - 1), np.diff(snap.hist_indptr))
+        assert pairs(users, snap.hist_items) == everything - labelled(part) == tower
+        assert snap.item_counts.sum() == len(everything) - len(labelled(part))
+
+
+def test_ranker_trains_on_cross_fitted_folds_and_needs_a_tower_trainer(trained: Trained) -> None:
+    from movierec.pipeline import tower_trainer
+    from ranking.ranker import refit_ranker
+
+    config = trained.config.ranking.model_copy(update={"folds": 2, "epochs": 2})
+    with pytest.raises(ValueError, match="fit_tower"):
+        refit_ranker(trained.model, trained.train, config, trained.config.trainer, seed=trained.config.seed)
+    fit_tower = tower_trainer(trained.model.retrieval.item_content[: trained.train.n_items], trained.config)
+    result = refit_ranker(trained.model, trained.train, config, trained.config.trainer, seed=trained.config.seed, fit_tower=fit_tower)
+    single = trained.model.bundle.manifest["metrics"]["ranker"]["lists"]
+    assert result.metrics["lists"] > 1.5 * single
+    model, users = trained.model, np.arange(20)
+    ids, tt_scores = model.recommend_batch(users, 50, rank=False)
+    scores = result.ranker.rerank(model, users, [model.retrieval.histories.of(u) for u in users], ids, tt_scores)
+    assert np.isfinite(scores[ids >= 0]).all() and "tt_score" in result.ranker.meta["feature_names"]
