@@ -39,7 +39,7 @@ from movierec.baselines import make_baseline  # noqa: E402
 from movierec.config import Config  # noqa: E402
 from movierec.data import Dataset, load_dataset  # noqa: E402
 from movierec.metrics import evaluate_topn, mae, rmse, topn_metrics, top_k  # noqa: E402
-from movierec.pipeline import train as train_pipeline  # noqa: E402
+from movierec.pipeline import tower_trainer, train as train_pipeline  # noqa: E402
 from movierec.splits import cold_items, holdout_per_user, ml100k_fold, validation_split  # noqa: E402
 from ranking.blend import HybridRecommender  # noqa: E402
 from ranking.ranker import refit_ranker  # noqa: E402
@@ -96,6 +96,14 @@ def _row(name: str, m: dict[str, float]) -> str:
     return f"| {name} | {m['recall@10']:.4f} | {m['ndcg@10']:.4f} | {m['recall@50']:.4f} | {m.get('coverage@10', float('nan')):.3f} |"
 
 
+def _fold_towers(model: HybridRecommender, config: Config) -> Any:
+    """The per-fold two-tower trainer a re-fitted ranker needs when ``ranking.folds`` > 1."""
+    if config.ranking.folds <= 1:
+        return None
+    retr = model.retrieval
+    return tower_trainer(np.asarray(retr.item_content[: retr.n_model_items]), config)
+
+
 def run_validate(ds: Dataset, workdir: Path) -> dict[str, Any]:
     """Choose the holdout protocol and a few settings on a split of the P2 training side."""
     train, _ = holdout_per_user(ds, 0.2, 42)
@@ -112,7 +120,7 @@ def run_validate(ds: Dataset, workdir: Path) -> dict[str, Any]:
         } if holdout == "random" else {}
         for vname, changes in variants.items():
             rc = cfg.ranking.model_copy(update=changes)
-            model.ranker = refit_ranker(model, fit, rc, cfg.trainer, seed=cfg.seed).ranker
+            model.ranker = refit_ranker(model, fit, rc, cfg.trainer, seed=cfg.seed, fit_tower=_fold_towers(model, cfg)).ranker
             res[vname] = ordered_metrics(model, val, rank=True)
             print(f"    {vname}: ranked ndcg@10 {res[vname]['ndcg@10']:.4f}", flush=True)
         out[holdout] = res
@@ -131,7 +139,7 @@ def run_p2(ds: Dataset, workdir: Path, config: Config) -> dict[str, Any]:
     out["ranker_metrics"] = model.bundle.manifest.get("metrics", {}).get("ranker", {})
     for group in ("content", "collab"):
         rc = config.ranking.model_copy(update={"exclude": [group]})
-        model.ranker = refit_ranker(model, train, rc, config.trainer, seed=config.seed).ranker
+        model.ranker = refit_ranker(model, train, rc, config.trainer, seed=config.seed, fit_tower=_fold_towers(model, config)).ranker
         out[f"ranked, no {group} features"] = ordered_metrics(model, test, rank=True)
     rows = ["popular", "ease", "retrieval order", "ranked order", "ranked, no content features", "ranked, no collab features"]
     print("| P2 (ML-100K, 20% per user, seed 42) | Recall@10 | NDCG@10 | Recall@50 | Coverage@10 |\n|---|---|---|---|---|")

