@@ -118,7 +118,7 @@ class BundleWriter:
             # one atomic syscall: the target is the old bundle or the new one at every instant,
             # even if the process is SIGKILLed; the old bundle now sits in our hidden temp dir
             _fsync_dir(self.target.parent)
-            shutil.rmtree(self.path, ignore_errors=True)
+            _discard_bundle(self.path)
             return self.target
         old = None
         if self.target.exists():
@@ -134,7 +134,7 @@ class BundleWriter:
             raise
         _fsync_dir(self.target.parent)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            _discard_bundle(old)
         return self.target
 
     def abort(self) -> None:
@@ -227,6 +227,13 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         if verify and _sha256(fpath) != digest:
             raise BundleError(f"{path}: checksum mismatch for {name!r}; the bundle was modified or truncated")
     return Bundle(path, manifest)
+
+
+def _discard_bundle(path: Path) -> None:
+    """Remove a replaced bundle, manifest first: a kill halfway through the removal then leaves
+    a directory that does not claim to be a bundle, never a manifest over missing files."""
+    (path / MANIFEST).unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
