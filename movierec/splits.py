@@ -21,19 +21,30 @@ def holdout_per_user(ds: Dataset, fraction: float = 0.2, seed: int = 42) -> tupl
     """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
-    rng = np.random.default_rng(seed)
     r = ds.ratings
-    key = rng.random(len(r))
-    order = np.lexsort((key, r["user_idx"].to_numpy()))
-    user_sorted = r["user_idx"].to_numpy()[order]
-    starts = np.searchsorted(user_sorted, user_sorted, side="left")
-    pos = np.arange(len(order)) - starts
-    counts = np.bincount(user_sorted, minlength=ds.n_users)[user_sorted]
+    users = r["user_idx"].to_numpy()
+    pos = _shuffled_positions(ds, seed)
+    counts = np.bincount(users, minlength=ds.n_users)[users]
     n_test = np.where(counts >= 2, np.maximum(1, np.round(counts * fraction)), 0)
     n_test = np.minimum(n_test, counts - 1)
-    is_test = np.zeros(len(r), dtype=bool)
-    is_test[order] = pos < n_test
+    is_test = pos < n_test
     return ds.with_ratings(r[~is_test], f"{ds.name}/train"), ds.with_ratings(r[is_test], f"{ds.name}/test")
+
+
+def user_folds(ds: Dataset, k: int, seed: int) -> np.ndarray:
+    """(n_ratings,) fold 0..k-1 of each rating: each user's ratings dealt at random over the folds."""
+    return _shuffled_positions(ds, seed) % k
+
+
+def _shuffled_positions(ds: Dataset, seed: int) -> np.ndarray:
+    """(n_ratings,) each rating's 0-based position in a seeded random order of its user's ratings."""
+    users = ds.ratings["user_idx"].to_numpy()
+    key = np.random.default_rng(seed).random(len(users))
+    order = np.lexsort((key, users))
+    user_sorted = users[order]
+    pos = np.empty(len(users), dtype=np.int64)
+    pos[order] = np.arange(len(order)) - np.searchsorted(user_sorted, user_sorted, side="left")
+    return pos
 
 
 def cold_items(ds: Dataset, fraction: float = 0.2, seed: int = 42) -> tuple[Dataset, Dataset, np.ndarray]:

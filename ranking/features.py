@@ -290,10 +290,11 @@ def _collab_dense(collab: sp.csr_matrix, items: np.ndarray, weights: np.ndarray 
     ok = (items >= 0) & (items < i0)
     if b <= SMALL_BATCH and _small_enough(collab):  # a request: add up the history's dense rows
         w64 = _per_matrix(collab, "float64", _float64)
-        plain = np.stack([w64[items[r][ok[r]]].sum(0) for r in range(b)]) if b else np.zeros((0, i0))
+        hist_rows = [w64[items[r][ok[r]]] for r in range(b)]
+        plain = np.stack([x.sum(0) for x in hist_rows]) if b else np.zeros((0, i0))
         if weights is None:
             return plain, None
-        return plain, np.stack([weights[r][ok[r]].astype(np.float64) @ w64[items[r][ok[r]]] for r in range(b)])
+        return plain, np.stack([weights[r][ok[r]].astype(np.float64) @ x for r, x in enumerate(hist_rows)])
     rows, cols = np.nonzero(ok)
     it = items[rows, cols]
     if b > SMALL_BATCH:

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from movierec.config import RankingConfig, TrainerConfig
 from movierec.data import Dataset
 from movierec.metrics import top_k
-from movierec.splits import holdout_per_user, temporal_per_user
+from movierec.splits import holdout_per_user, temporal_per_user, user_folds
 from ranking.features import (
     FEATURES,
     GROUPS,
@@ -194,18 +194,6 @@ def build_lists(
         out.rating[r, :m] = [pos.get(int(i), np.nan) for i in cand]
         out.scores[r, :m] = item_vectors[cand] @ user_vectors[users[r]]
     return out
-
-
-def user_folds(ds: Dataset, k: int, seed: int) -> np.ndarray:
-    """(n_ratings,) fold 0..k-1 of each rating: each user's ratings dealt at random over the folds."""
-    r = ds.ratings
-    key = np.random.default_rng(seed).random(len(r))
-    order = np.lexsort((key, r["user_idx"].to_numpy()))
-    users = r["user_idx"].to_numpy()[order]
-    pos = np.arange(len(order)) - np.searchsorted(users, users, side="left")
-    folds = np.empty(len(r), np.int64)
-    folds[order] = pos % k
-    return folds
 
 
 def concat_lists(parts: list[Lists]) -> Lists:
