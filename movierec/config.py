@@ -165,7 +165,7 @@ class RankingConfig(_Section):
     refit_rating_head: bool = Field(True, description="refit the linear rating head in closed form on the trained trunk")
     collab_lambda: float = Field(300.0, gt=0, description="EASE L2 weight of the item-item feature")
     collab_neighbors: int = Field(256, ge=1, description="item-item weights kept per candidate item")
-    collab_dense_max_items: int = Field(6000, ge=1, description="EASE up to this many items, cosine item-kNN above")
+    collab_dense_max_items: int = Field(6000, ge=1, description="EASE over at most this many of the most-rated items (its inverse is cubic in them)")
     residual_feature: str | None = Field(
         None, description="the ranking score starts from this feature's order and learns corrections (None: plain net)"
     )
