@@ -155,7 +155,7 @@ def train(
         raise UsageError(f"{feedback}: no such feedback log")
     ds = _data_options(data, ratings, items)
     if feedback is not None:
-        from serving.store import fold_feedback
+        from recommender.state import fold_feedback
 
         ds = fold_feedback(ds, feedback)  # type: ignore[arg-type]
     t0 = time.perf_counter()
@@ -172,7 +172,7 @@ def train(
 
 
 def _load_model(path: Path) -> object:
-    from ranking.blend import HybridRecommender
+    from recommender import HybridRecommender
 
     if not path.exists():
         raise UsageError(f"{path}: no such model directory")
@@ -242,7 +242,7 @@ def candidates(
         chosen = np.arange(len(m.user_ids))
     k = min(k, m.n_items)
     if workers > 1:
-        from retrieval.distributed import write_candidates_distributed
+        from movierec.candidates import write_candidates_distributed
 
         if out.exists() and not out.is_dir():
             raise UsageError(f"{out}: with --workers {workers} the output is a directory of parquet parts, and this is a file")
@@ -294,7 +294,7 @@ def serve_model(model: Path, host: str, port: int, workers: int) -> None:
 
 def _query_model(model: Path) -> object:
     """Load a bundle for a one-off query; a missing or broken bundle is a usage error."""
-    from ranking.blend import HybridRecommender
+    from recommender import HybridRecommender
 
     if not (model / "manifest.json").is_file():
         raise UsageError(f"{model}: not a model bundle (no manifest.json); train one with movierec train")
@@ -324,7 +324,7 @@ def recommend(
     """Top-k movies for a known user, movies they rated in training excluded."""
     import numpy as np
 
-    from ranking.blend import Filters, UnknownIdError
+    from recommender import Filters, UnknownIdError
 
     if year_min is not None and year_max is not None and year_min > year_max:
         raise UsageError(f"--year-min {year_min} is after --year-max {year_max}")
@@ -370,7 +370,7 @@ def similar(
     as_json: Annotated[bool, typer.Option("--json", help='print {"item_id", "items": [{"item_id", "title", "score"}]}')] = False,
 ) -> None:
     """Movies similar to one movie, by content vectors, two-tower vectors, or both."""
-    from ranking.blend import UnknownIdError
+    from recommender import UnknownIdError
 
     if by not in ("hybrid", "content", "collaborative"):
         raise UsageError(f"--by must be hybrid, content or collaborative, not {by!r}")

@@ -31,7 +31,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ranking.blend import Filters, HybridRecommender, UnknownIdError
+from movierec.data import to_plain
+from recommender import Filters, HybridRecommender, UnknownIdError
 from serving.rerank import explain, mmr
 from serving.schemas import (
     MAX_LIKED,
@@ -53,7 +54,8 @@ from serving.schemas import (
     VersionsOut,
 )
 from serving.settings import Settings
-from serving.store import FeedbackLog, ModelStore, NotReadyError, ReloadError, ServedModel, newest_bundle
+from recommender.state import FeedbackLog
+from serving.store import ModelStore, NotReadyError, ReloadError, ServedModel, newest_bundle
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
@@ -312,10 +314,6 @@ def _genres(model: HybridRecommender, names: list[str] | None) -> list[str] | No
     return out or None
 
 
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def _ranked_items(
     served: ServedModel,
     fetch: Callable[[int], Any],
@@ -464,7 +462,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if query.explain:
             history, ratings = served.user_history(u)  # live feedback included
             _with_reasons(items, served, history, ratings, idx, "rated")
-        return {"user_id": _plain(rec.user_ids[u]), "model_version": served.model_version, "items": items}
+        return {"user_id": to_plain(rec.user_ids[u]), "model_version": served.model_version, "items": items}
 
     @app.post(
         "/users/{user_id}/ratings", response_model=FeedbackOut, responses=_ERRORS, tags=["recommendations"]
@@ -481,7 +479,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         into training by ``movierec train --feedback LOG``. With several workers only the
         worker that took the request updates its in-memory model (all share the log)."""
         rec = served.recommender
-        item_ids = [_plain(r.item_id) for r in body]
+        item_ids = [to_plain(r.item_id) for r in body]
         for item_id in item_ids:
             rec.item_idx(item_id)  # 404 before anything is logged
         lo, hi = (float(v) for v in rec.bundle.manifest.get("dataset", {}).get("rating_scale", (-np.inf, np.inf)))
@@ -503,7 +501,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else:
                 out_id = user_id
         if not new_user:
-            out_id = _plain(rec.user_ids[rec.user_idx(user_id)])
+            out_id = to_plain(rec.user_ids[rec.user_idx(user_id)])
         ratings = [r.rating for r in body]
         try:
             request.app.state.feedback.append(out_id, item_ids, ratings, served.model_version)
@@ -565,7 +563,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         i = rec.item_idx(item_id)
         result = rec.similar(item_id, query.k, by=query.by)
         return {
-            "item_id": _plain(rec.items["item_id"].iat[i]),
+            "item_id": to_plain(rec.items["item_id"].iat[i]),
             "by": query.by,
             "model_version": served.model_version,
             "items": served.records(result.item_idx, np.nan_to_num(result.scores)),

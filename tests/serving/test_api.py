@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from ranking.blend import HybridRecommender
+from recommender import HybridRecommender
 from tests.serving.conftest import API_KEY
 
 

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from ranking.blend import HybridRecommender
+from recommender import HybridRecommender
 from serving.app import create_app
 from serving.settings import Settings
-from serving.store import FeedbackLog, fold_feedback, read_feedback
+from recommender.state import FeedbackLog, fold_feedback, read_feedback
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import pandas as pd
 
 from content import ContentSimilarity
 from movierec.artifacts import Bundle, load_bundle
+from movierec.data import to_plain
 from movierec.index import normalize
 from ranking.features import merge_candidates
 from retrieval.candidates import RetrievalModel
@@ -108,7 +109,7 @@ class HybridRecommender:
         retrieval = RetrievalModel.load(bundle)
         ranker = None
         if bundle.has("ranking/meta.json"):
-            from ranking.features import load_ranker
+            from ranking.runtime import load_ranker
 
             ranker = load_ranker(bundle)
         rating_model = None
@@ -148,7 +149,7 @@ class HybridRecommender:
                 continue
             row = self.items.iloc[int(i)]
             rec = {
-                "item_id": _plain(row["item_id"]),
+                "item_id": to_plain(row["item_id"]),
                 "title": row["title"],
                 "year": None if pd.isna(row["year"]) else int(row["year"]),
                 "genres": list(row["genres"]),
@@ -518,7 +519,3 @@ def _coerce_id(value: Any, ids: np.ndarray) -> Any:
         except (TypeError, ValueError):
             return value
     return str(value)
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
