@@ -10,7 +10,6 @@ file-name order, the same table as the single-process ``movierec candidates`` ou
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -159,6 +158,25 @@ class ParquetPartWriter(BasePredictionWriter):
         log.debug("rank %d wrote %d rows to %s", trainer.global_rank, self.rows, self._path(trainer))
 
 
+def check_parts_target(out: str | Path) -> None:
+    """Refuse to replace anything but an earlier sharded candidates output.
+
+    Raises:
+        FileExistsError: ``out`` is a file, or a folder holding anything other than candidate
+            parts (``part-*.parquet`` with the candidates columns).
+    """
+    from retrieval.candidates import is_candidates_file
+
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a directory (parallel candidates write one part per worker into a directory)")
+    foreign = [p for p in out.iterdir() if not (p.name.startswith("part-") and p.suffix == ".parquet" and is_candidates_file(p))]
+    if foreign:
+        raise FileExistsError(f"{out} holds {foreign[0].name!r}, which is not a candidates part; refusing to replace the folder")
+
+
 def write_candidates_distributed(
     model_dir: str | Path,
     users: np.ndarray,
@@ -179,8 +197,8 @@ def write_candidates_distributed(
         users: user_idx to write, in output order.
         out: a directory that ends up holding ``part-00000.parquet`` ... one per rank; read it
             with ``pandas.read_parquet(out)`` or ``pyarrow.dataset``. On one node it is built in
-            a temp directory beside it and renamed into place, so a failed run leaves nothing
-            under ``out``; across nodes (which cannot agree on one rename) every node writes its
+            a temp directory beside it and swapped into place, so a failed or killed run leaves
+            the previous output (or nothing) under ``out``; across nodes (which cannot agree on one rename) every node writes its
             ranks' parts straight into ``out``, which should be shared storage.
         k: candidates per user.
         rank: re-score with the ranker (False: two-tower retrieval order).
@@ -194,9 +212,10 @@ def write_candidates_distributed(
     Returns:
         Counts and throughput for the log.
     """
+    from movierec.artifacts import replace_directory
+
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out}: exists and is not a directory (parallel candidates write one part per worker into a directory)")
+    check_parts_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if num_nodes > 1:
         out.mkdir(exist_ok=True)
@@ -227,9 +246,10 @@ def write_candidates_distributed(
             raise RuntimeError(f"expected {expected} candidate parts in {tmp}, found {len(parts)}")
         rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
         if tmp != out:
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
+            check_parts_target(out)  # again: something may have appeared there meanwhile
+            # one atomic swap where the kernel allows it: a kill at any moment leaves the old
+            # parts or the new ones under ``out``, never neither
+            replace_directory(tmp, out)
     except BaseException:
         if tmp != out:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -6,6 +6,7 @@ evaluation and the report all load a bundle into :class:`HybridRecommender` and 
 stages never import this package.
 """
 
-from recommender.model import Filters, HybridRecommender, Recommendations, SimilarBy, UnknownIdError
+from recommender.ids import IdTypeError, UnknownIdError
+from recommender.model import Filters, HybridRecommender, Recommendations, SimilarBy
 
-__all__ = ["Filters", "HybridRecommender", "Recommendations", "SimilarBy", "UnknownIdError"]
+__all__ = ["Filters", "HybridRecommender", "IdTypeError", "Recommendations", "SimilarBy", "UnknownIdError"]

@@ -20,12 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from movierec.artifacts import MANIFEST, BundleError
-from movierec.data import to_plain
 from recommender import HybridRecommender
-from recommender.state import read_feedback
 
 log = logging.getLogger(__name__)
 
@@ -41,100 +38,27 @@ class ReloadError(RuntimeError):
 
 @dataclass
 class ServedModel:
-    """One loaded bundle plus the per-bundle extras serving needs beside the recommender.
+    """One loaded bundle plus what serving keeps beside the recommender.
 
     Attributes:
-        recommender: the runtime model (retrieval, content, ranker, catalogue).
+        recommender: the serve-time model (catalogue, query path, live state).
         path: bundle directory it was loaded from.
-        hist_ratings: rating of each entry of the training histories, aligned with
-            ``recommender.retrieval.histories.items`` (for "you rated 5" explanations); None when
-            the bundle does not carry it.
         loaded_at: unix time of the load.
     """
 
     recommender: HybridRecommender
     path: Path
-    hist_ratings: np.ndarray | None = None
     loaded_at: float = field(default_factory=time.time)
     _records: list[dict[str, Any]] = field(default_factory=list, repr=False)
     _records_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    # ratings of histories changed by live feedback, aligned with the user's current history row
-    # (the bundle's hist_ratings stays as trained; its rows no longer line up for those users)
-    _feedback_ratings: dict[int, np.ndarray | None] = field(default_factory=dict, repr=False)
-    _feedback_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
-    _trained_indptr: np.ndarray | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        self._trained_indptr = self.recommender.retrieval.histories.indptr.copy()
 
     @property
     def model_version(self) -> str:
         return self.recommender.model_version
 
     def user_history(self, u: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """(item_idx, ratings or None) of user row ``u``, read consistently with live feedback.
-
-        The bundle's ``hist_ratings`` is laid out by the histories *as trained*
-        (``_trained_indptr``); feedback rewrites the live histories, so rows are looked up by
-        the trained layout and users changed since then by their own aligned copy.
-        """
-        with self._feedback_lock:
-            hist = self.recommender.retrieval.histories
-            items = hist.of(u) if 0 <= u < hist.n_users else np.zeros(0, np.int64)
-            if u in self._feedback_ratings:
-                return items, self._feedback_ratings[u]
-            indptr = self._trained_indptr
-            if self.hist_ratings is None or indptr is None or not 0 <= u < len(indptr) - 1:
-                return items, None
-            ratings = self.hist_ratings[indptr[u] : indptr[u + 1]]
-            return items, ratings if len(ratings) == len(items) else None
-
-    def replay(self, feedback: pd.DataFrame, since: float = 0.0) -> int:
-        """Apply logged ratings newer than ``since`` (unix seconds), user by user in log order.
-
-        Lines this bundle cannot apply (a movie it lacks, a user id of the wrong type) are
-        skipped with a warning: the log outlives bundles. Returns the ratings applied.
-        """
-        rows = feedback[feedback["timestamp"] >= int(since)] if len(feedback) else feedback
-        applied = 0
-        for user_id, group in rows.groupby("user_id", sort=False):
-            keep = []
-            for item_id in group["item_id"]:
-                try:
-                    self.recommender.item_idx(item_id)
-                    keep.append(True)
-                except KeyError:
-                    keep.append(False)
-            group = group[keep]
-            if group.empty:
-                continue
-            try:
-                self.record_feedback(to_plain(user_id), [to_plain(i) for i in group["item_id"]], group["rating"].tolist())
-            except (ValueError, KeyError) as e:
-                log.warning("feedback for user %r not replayed on %s: %s", user_id, self.path, e)
-                continue
-            applied += len(group)
-        if applied:
-            log.info("replayed %d logged ratings newer than the bundle onto %s", applied, self.path)
-        return applied
-
-    def record_feedback(self, user_id: Any, item_ids: list[Any], ratings: list[float]) -> dict[str, Any]:
-        """Apply ratings to the in-memory model (``HybridRecommender.record_ratings``) and keep
-        the per-entry ratings of that user's history aligned, for "you rated 5" explanations."""
-        with self._feedback_lock:
-            u_before = None
-            try:
-                u_before = self.recommender.user_idx(user_id)
-            except KeyError:
-                pass
-            old_ratings = self.user_history(u_before)[1] if u_before is not None else np.zeros(0, np.float32)
-            out = self.recommender.record_ratings(user_id, item_ids, ratings)
-            kept = out["kept"]
-            if old_ratings is not None and len(old_ratings) == len(kept):
-                self._feedback_ratings[out["user_idx"]] = np.concatenate([old_ratings[kept], out["ratings"]])
-            else:
-                self._feedback_ratings[out["user_idx"]] = None
-            return out
+        """(item_idx, ratings or None) of user row ``u``, live feedback included."""
+        return self.recommender.user_history(u)
 
     def records(self, idx: np.ndarray, scores: np.ndarray | None = None) -> list[dict[str, Any]]:
         """Like ``HybridRecommender.item_records`` but from plain dicts built once per item.
@@ -165,14 +89,8 @@ class ServedModel:
         """Load and verify one bundle; raises :class:`BundleError` for a bad one."""
         t0 = time.perf_counter()
         rec = HybridRecommender.load(path)
-        ratings = None
-        if rec.bundle.has("hist_ratings.npy"):
-            ratings = rec.bundle.array("hist_ratings.npy").astype(np.float32)
-            if len(ratings) != len(rec.retrieval.histories.items):
-                log.warning("%s: hist_ratings.npy does not match the histories; explanations omit ratings", path)
-                ratings = None
         log.info("loaded bundle %s (version %s) in %.2fs", path, rec.model_version, time.perf_counter() - t0)
-        return cls(rec, Path(path), ratings)
+        return cls(rec, Path(path))
 
 
 def _manifest_version(path: Path) -> str | None:
@@ -223,9 +141,12 @@ class ModelStore:
         source: a bundle directory or a directory of bundles (see :func:`newest_bundle`).
     """
 
-    def __init__(self, source: Path | None, feedback_log: Path | None = None) -> None:
+    PIN = "served_bundle"
+    """State key of a rollback's bundle: start-up serves it again until a reload moves on."""
+
+    def __init__(self, source: Path | None, state: Any | None = None) -> None:
         self.source = Path(source) if source is not None else None
-        self.feedback_log = Path(feedback_log) if feedback_log is not None else None
+        self.state = state  # recommender.state.StateStore: live ratings and movies to replay
         self._current: ServedModel | None = None
         self._reload_lock = threading.Lock()  # one reload at a time; reads never wait on it
         self.reloads = 0
@@ -245,6 +166,42 @@ class ModelStore:
         """Publish ``model``; returns the one it replaced (still usable by its holders)."""
         previous, self._current = self._current, model
         return previous
+
+    def start(self) -> ReloadResult:
+        """Serve at start-up: the bundle a rollback chose (kept in the online state, so a
+        rollback survives a restart), else the newest bundle that loads; every bundle skipped
+        on the way is logged with the reason.
+
+        Raises:
+            ReloadError: no bundle under :attr:`source` loads.
+        """
+        if self.source is None:
+            raise ReloadError("no model directory configured (set MOVIEREC_MODEL or --model)")
+        with self._reload_lock:
+            found = bundles_newest_first(self.source)
+            if not found:
+                raise ReloadError(f"{self.source}: no bundle (a directory with {MANIFEST}) found")
+            pinned = self.state.get_meta(self.PIN) if self.state is not None else None
+            if pinned:
+                chosen = [p for p in found if p.name == pinned]
+                if chosen:
+                    found = chosen + [p for p in found if p not in chosen]
+                    log.warning("serving %s, chosen by a rollback (POST /admin/reload returns to the newest)", chosen[0])
+                else:
+                    log.warning("the rolled-back-to bundle %s is gone; serving the newest", pinned)
+            errors = []
+            for path in found:
+                try:
+                    model = self._load(path)
+                except (BundleError, ValueError, KeyError, OSError, RuntimeError) as e:
+                    log.error("skipped bundle %s at start-up: %s", path, e)
+                    errors.append(f"{path}: {e}")
+                    continue
+                self.swap(model)
+                self.reloads += 1
+                log.info("now serving %s from %s", model.model_version, path)
+                return ReloadResult("reloaded", model.model_version, None, path)
+            raise ReloadError("no bundle loads; " + "; ".join(errors))
 
     def reload(self, force: bool = False) -> ReloadResult:
         """Load the newest bundle under :attr:`source` and swap it in.
@@ -275,20 +232,24 @@ class ModelStore:
                 raise ReloadError(f"bundle {path} refused: {e}") from e
             self.swap(model)
             self.reloads += 1
+            if self.state is not None:
+                self.state.set_meta(self.PIN, None)  # a reload returns to the newest for good
             log.info("now serving %s (was %s)", model.model_version, previous_version)
             return ReloadResult("reloaded", model.model_version, previous_version, path)
 
     def _load(self, path: Path) -> ServedModel:
-        """Load a bundle and re-apply the live feedback logged after it was trained.
+        """Load a bundle and apply the online state recorded after it was trained.
 
-        Without this, ratings acknowledged by ``POST /users/{id}/ratings`` would stop counting
-        at the next restart, reload or rollback until a retraining folded them in; a bundle
-        trained with ``--feedback`` already contains the older lines, so only lines newer than
-        its ``created`` time are replayed.
+        Without this, ratings and movies acknowledged by the API would stop counting at the
+        next restart, reload or rollback; a bundle trained with the state folded in records
+        the sequence number it read up to, and only the events after it are applied.
         """
         model = ServedModel.load(path)
-        if self.feedback_log is not None and self.feedback_log.is_file():
-            model.replay(read_feedback(self.feedback_log), since=_created_ts(path))
+        if self.state is not None:
+            t0 = time.perf_counter()
+            n = model.recommender.catch_up(self.state)
+            if n:
+                log.info("applied %d online-state events to %s in %.2fs", n, path, time.perf_counter() - t0)
         return model
 
     # ---- versions and rollback -------------------------------------------------------------------
@@ -337,6 +298,8 @@ class ModelStore:
                 raise ReloadError(f"bundle {path} refused: {e}") from e
             self.swap(model)
             self.reloads += 1
+            if self.state is not None:
+                self.state.set_meta(self.PIN, path.name)  # survives a restart
             log.warning("rolled back from %s to %s (%s)", current.model_version, model.model_version, path)
             return ReloadResult("rolled_back", model.model_version, current.model_version, path)
 
@@ -371,17 +334,6 @@ class BundleVersion:
     path: Path
     created: str | None
     active: bool
-
-
-def _created_ts(path: Path) -> float:
-    """Unix time of a bundle's manifest ``created`` (its manifest mtime when unparseable)."""
-    import datetime as dt
-
-    created = _manifest_created(path)
-    try:
-        return dt.datetime.strptime(created or "", "%Y-%m-%dT%H:%M:%S%z").timestamp()
-    except ValueError:
-        return (path / MANIFEST).stat().st_mtime
 
 
 def _manifest_created(path: Path) -> str | None:
