@@ -84,7 +84,7 @@ def apply(config: Config, params: dict[str, Any]) -> Config:
 
 def validation_ndcg(bundle: Path, val: Dataset, k: int = 10) -> float:
     """NDCG@k of a bundle's ranked order (training items excluded) on held-out ratings."""
-    from ranking.blend import HybridRecommender
+    from recommender import HybridRecommender
 
     model = HybridRecommender.load(bundle)
     rel = val.to_csr().tocsr()

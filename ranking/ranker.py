@@ -13,7 +13,7 @@ With ``folds`` = K > 1 (:func:`cross_fitted_lists`) every user gets K such lists
 the training data, each built without its fold's ratings (K-1 extra two-tower fits): five times
 the lists, which steadied the ranker on ML-100K validation (NDCG@10 0.2757 vs 0.2724, 3 seeds).
 
-At serve time the runtime :class:`~ranking.features.Ranker` recomputes the same features from
+At serve time the runtime :class:`~ranking.runtime.Ranker` recomputes the same features from
 the full training data.
 """
 
@@ -44,7 +44,6 @@ from ranking.features import (
     FEATURES,
     GROUPS,
     FeatureContext,
-    Ranker,
     collab_top,
     compute_features,
     damped_means,
@@ -53,6 +52,7 @@ from ranking.features import (
     pad_histories,
 )
 from ranking.net import RankerNet
+from ranking.runtime import Ranker
 
 log = logging.getLogger(__name__)
 
@@ -587,7 +587,7 @@ def refit_ranker(
     only the past part, and the past query vectors are re-encoded from it with the bundle's tower.
 
     Args:
-        model: a :class:`ranking.blend.HybridRecommender`.
+        model: a :class:`recommender.HybridRecommender`.
     """
     from retrieval.inputs import Histories
     from retrieval.towers import encode_all_users
