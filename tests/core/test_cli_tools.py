@@ -86,8 +86,11 @@ def test_evaluate_cli_on_the_real_u1_test(ml100k_path: Path, tmp_path: Path) -> 
     """`train` on u1.base, `evaluate --test u1.test` as shipped by GroupLens (tab-separated, no header)."""
     base = pd.read_csv(ml100k_path / "u1.base", sep="\t", names=["user_id", "item_id", "rating", "timestamp"])
     base.to_csv(tmp_path / "u1.base.csv", index=False)
+    from movierec.splits import write_items_csv
+
+    write_items_csv(load_dataset(ml100k_path), tmp_path / "items.csv")
     model = tmp_path / "model"
-    subprocess.run([str(MOVIEREC), "train", "--ratings", str(tmp_path / "u1.base.csv"), "--out", str(model), *TINY,
+    subprocess.run([str(MOVIEREC), "train", "--ratings", str(tmp_path / "u1.base.csv"), "--items", str(tmp_path / "items.csv"), "--out", str(model), *TINY,
                     "--set", "trainer.progress=false"], check=True, env=env(), capture_output=True, timeout=600)
     r = subprocess.run([str(MOVIEREC), "evaluate", "--model", str(model), "--test", str(ml100k_path / "u1.test"), "--json"],
                        env=env(), capture_output=True, text=True, timeout=300)
