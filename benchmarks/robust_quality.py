@@ -79,6 +79,7 @@ EASE_GRID = [50.0, 100.0, 200.0, 300.0, 500.0, 1000.0, 2000.0]
 RP3_GRID = [{"alpha": a, "beta": b} for a in (0.6, 1.0) for b in (0.3, 0.5, 0.7)]
 DEMO_SYNTH = {"users": 2_000, "items": 1_500, "ratings": 100_000, "seed": 42}  # movierec/demo.py's sizes
 METRICS = ("ndcg@10", "recall@10", "recall@100")
+LABELS = {"ndcg@10": "NDCG@10", "recall@10": "Recall@10", "recall@100": "Recall@100"}
 log = logging.getLogger("robust_quality")
 
 
@@ -86,31 +87,32 @@ log = logging.getLogger("robust_quality")
 @dataclass
 class DataSpec:
     name: str
-    load: Callable[[Path], Dataset]
+    load: Callable[[Path, str], Dataset]
+    """(workdir, movierec executable) -> the whole data set."""
     seeds: list[int]
     cold: bool = False
 
 
-def _ml100k(work: Path) -> Dataset:
+def _ml100k(work: Path, movierec: str) -> Dataset:
     return load_dataset(SHARED / "ml-100k")
 
 
-def _latest(work: Path) -> Dataset:
+def _latest(work: Path, movierec: str) -> Dataset:
     return load_dataset(SHARED / "ml-latest-small")
 
 
-def _zero10(work: Path) -> Dataset:
+def _zero10(work: Path, movierec: str) -> Dataset:
     ds = load_dataset(SHARED / "ml-100k")
     r = ds.ratings.copy()
     r["rating"] = 2.5 * (r["rating"] - 1.0)
     return ds.with_ratings(r, "ml-100k-0to10")
 
 
-def _synth(work: Path, movierec: str = "") -> Dataset:
+def _synth(work: Path, movierec: str) -> Dataset:
+    """``movierec synth`` with the demo's sizes, written once into the workdir."""
     out = work / "data" / "synth"
     if not (out / "ratings.csv").is_file():
-        exe = movierec or default_movierec()
-        args = [exe, "synth", "--out", str(out)] + [a for k, v in DEMO_SYNTH.items() for a in (f"--{k}", str(v))]
+        args = [movierec, "synth", "--out", str(out)] + [a for k, v in DEMO_SYNTH.items() for a in (f"--{k}", str(v))]
         subprocess.run(args, check=True, env=child_env(), capture_output=True)
     return load_dataset(out)
 
@@ -202,8 +204,10 @@ def train_pipeline(movierec: str, rpath: Path, ipath: Path, out: Path, seed: int
     return secs
 
 
-def candidate_lists(movierec: str, model: Path, out: Path, k: int, rank: bool) -> pd.DataFrame:
+def candidate_lists(movierec: str, model: Path, out: Path, k: int, rank: bool, chunk_size: int | None = None) -> pd.DataFrame:
     args = [movierec, "candidates", "--model", str(model), "--out", str(out), "--k", str(k)]
+    if chunk_size is not None:  # whole-catalogue lists: fewer users per chunk keep memory flat
+        args += ["--chunk-size", str(chunk_size)]
     if not rank:
         args.append("--no-rank")
     _run(args)
@@ -426,10 +430,11 @@ def run_cold(name: str, ds: Dataset, seed: int, opts: Options) -> dict[str, Any]
     try:
         out["train_seconds"] = train_pipeline(opts.movierec, rpath, ipath, model, seed, opts.config, opts.sets)
         for label, rank in (("ranked", True), ("two-tower", False)):
-            frame = candidate_lists(opts.movierec, model, folder / f"{label}.parquet", ds.n_items, rank)
+            frame = candidate_lists(opts.movierec, model, folder / f"{label}.parquet", ds.n_items, rank, chunk_size=64)
+            # the whole catalogue in the pipeline's order, cut down to the cold movies and re-ranked
+            frame = frame.sort_values(["user_id", "rank"], kind="stable")
             frame = frame[np.isin(ds.item_index(frame["item_id"].to_numpy()), cold)].copy()
-            frame["rank"] = frame.groupby("user_id", sort=False).cumcount() + 1 if len(frame) else frame["rank"]
-            frame = frame.sort_values(["user_id", "rank"])
+            frame["rank"] = frame.groupby("user_id", sort=False).cumcount() + 1
             out[label] = list_metrics(lists_to_recs(frame, ds, users, k), rel, (10,))
             (folder / f"{label}.parquet").unlink(missing_ok=True)
         out["ranked/tf-idf"] = out["ranked"]["ndcg@10"] / max(out["tf-idf alone"]["ndcg@10"], 1e-12)
@@ -449,12 +454,13 @@ def _progress(r: dict[str, Any]) -> None:
         return f"{m[row]['ndcg@10']:.4f}" if row in m else "-"
 
     ratio = f"{r['ranked/ease']:.3f}" if "ranked/ease" in r else "-"
+    ablations = "".join(f" {row[8:]} {g(row)}" for row in ("ranked, no content", "ranked, no collab") if row in m)
     train_s = f"{r['train_seconds']:.0f}s" if "train_seconds" in r else "failed"
     cold = ""
     if "cold" in r and "ranked" in r["cold"]:
         cold = f" cold ranked/tf-idf {r['cold']['ranked/tf-idf']:.2f}"
     print(f"[{time.strftime('%H:%M:%S')}] {r['dataset']} seed {r['seed']} ({r['mode']}): NDCG@10 ranked {g('ranked')} "
-          f"two-tower {g('two-tower')} EASE {g('ease')} RP3beta {g('rp3beta')} -> ranked/EASE {ratio}; "
+          f"two-tower {g('two-tower')} EASE {g('ease')} RP3beta {g('rp3beta')}{ablations} -> ranked/EASE {ratio}; "
           f"train {train_s}, run {r['seconds']:.0f}s{cold}", flush=True)
 
 
@@ -465,8 +471,7 @@ def run(datasets: list[tuple[str, list[int]]], opts: Options, jobs: int = 1) -> 
     loaded: dict[str, Dataset] = {}
     for name, _ in datasets:
         if name not in loaded:
-            spec = DATASETS[name]
-            loaded[name] = _synth(opts.workdir, opts.movierec) if name == "synth" else spec.load(opts.workdir)
+            loaded[name] = DATASETS[name].load(opts.workdir, opts.movierec)
     units = [(name, seed) for name, seeds in datasets for seed in seeds]
     results: list[dict[str, Any]] = []
 
@@ -498,7 +503,7 @@ def markdown(doc: dict[str, Any]) -> str:
     lines: list[str] = []
     part = "validation part (carved from each training split)" if doc["mode"] == "validation" else "test part"
     for metric in METRICS:
-        lines += [f"Per seed, {metric.upper().replace('NDCG', 'NDCG').replace('RECALL', 'Recall')} on the {part}:", "",
+        lines += [f"Per seed, {LABELS[metric]} on the {part}:", "",
                   "| data | seed | " + " | ".join(rows) + " | ranked / EASE | train s |",
                   "|---|---:|" + "---:|" * len(rows) + "---:|---:|"]
         for x in runs:

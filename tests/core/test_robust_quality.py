@@ -42,7 +42,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
 
 def test_whole_pipeline_is_scored_and_baselines_are_cached(rq: ModuleType, tiny: Dataset, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(rq.DATASETS, "tiny", rq.DataSpec("tiny", lambda work: tiny, [3], cold=True))
+    monkeypatch.setitem(rq.DATASETS, "tiny", rq.DataSpec("tiny", lambda work, exe: tiny, [3], cold=True))
     monkeypatch.setattr(rq, "EASE_GRID", [50.0, 500.0])
     monkeypatch.setattr(rq, "RP3_GRID", [{"alpha": 1.0, "beta": 0.5}])
     opts = rq.Options(workdir=tmp_path, mode="validation", sets=TINY, cold=True)
@@ -75,7 +75,7 @@ def test_whole_pipeline_is_scored_and_baselines_are_cached(rq: ModuleType, tiny:
 def test_failed_training_is_reported_and_the_run_goes_on(rq: ModuleType, tiny: Dataset, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(rq.DATASETS, "tiny", rq.DataSpec("tiny", lambda work: tiny, [1, 2]))
+    monkeypatch.setitem(rq.DATASETS, "tiny", rq.DataSpec("tiny", lambda work, exe: tiny, [1, 2]))
     monkeypatch.setattr(rq, "EASE_GRID", [100.0])
     monkeypatch.setattr(rq, "RP3_GRID", [{"alpha": 1.0, "beta": 0.5}])
     opts = rq.Options(workdir=tmp_path, sets=["ranking.no_such_key=1"])
