@@ -147,6 +147,10 @@ class RankingConfig(_Section):
         description="K > 1: K cross-fitted lists per user (the holdout plus K-1 folds of the rest, each with a two-tower model trained without it); 0 or 1: the holdout list alone. "
         "5 gave +1.2% NDCG@10 on ML-100K validation for ~4x the ranker's training time (RESULTS.md, issue 5)",
     )
+    ensemble: int = Field(
+        3, ge=1, le=10,
+        description="member nets, each trained on the lists of all but one group of users and scoring that group; their averaged order is shrunk towards the EASE order as far as those unseen lists ask",
+    )
     # Default: an MLP over the features without cross layers or id embeddings. On ML-100K's
     # validation split (benchmarks/RESULTS.md, issue 5) it was the only form that beat EASE for
     # every seed (NDCG@10 0.2729 mean of 3 vs EASE 0.2693); with DCN cross layers or id
