@@ -90,6 +90,29 @@ def _rank_world(trainer: L.Trainer | None) -> tuple[int, int]:
     return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
 
+def duplicate_pairs(items: np.ndarray, offset: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the in-batch logits where query ``offset + row``'s positive item appears
+    again at another position ``col`` of ``items`` (which must not count as a negative there).
+
+    A batch holds few repeated items, so listing the pairs is much cheaper than comparing every
+    query with every candidate.
+    """
+    order = np.argsort(items, kind="stable")
+    s = items[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    counts = np.diff(np.r_[starts, len(s)])
+    group = np.repeat(np.arange(len(starts)), counts)
+    multi = np.flatnonzero(counts[group] > 1)  # sorted positions whose item repeats
+    if not len(multi):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    reps = counts[group[multi]]
+    pos = np.repeat(multi, reps)
+    within = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
+    rows, cols = order[pos], order[np.repeat(starts[group[multi]], reps) + within]
+    keep = (rows != cols) & (rows >= offset) & (rows < offset + n)
+    return (rows[keep] - offset).astype(np.int64), cols[keep].astype(np.int64)
+
+
 class TwoTowerData(L.LightningDataModule):
     """Positives (user, item) from the fit split; validation users scored against held-out items."""
 
@@ -226,12 +249,13 @@ class TwoTowerModule(L.LightningModule):
         else:
             v_all, items_all, offset = v, items, 0
         target = torch.arange(n) + offset
-        logits = u @ v_all.T / self.hparams.temperature - self.hparams.logq_weight * self._log_q[items_all][None, :]
+        # the temperature scales the (n, dim) queries, not the (n, n * world) logits
+        logits = (u * (1.0 / self.hparams.temperature)) @ v_all.T
+        logits = logits.sub_(self.hparams.logq_weight * self._log_q[items_all][None, :])
         # the same item elsewhere in the batch is not a negative for this query
-        same = items[:, None] == items_all[None, :]
-        own = torch.zeros_like(same)
-        own[torch.arange(n), target] = True
-        logits = logits.masked_fill(same & ~own, float("-inf"))
+        rows, cols = duplicate_pairs(items_all.numpy(), offset, n)
+        if len(rows):
+            logits = logits.index_put((torch.from_numpy(rows), torch.from_numpy(cols)), torch.tensor(float("-inf")))
         loss = F.cross_entropy(logits, target)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"two-tower loss became {loss.item()} at step {self.global_step}")
