@@ -69,7 +69,7 @@ def test_alpha_zero_is_the_base_order_with_the_nets_breaking_only_its_ties() -> 
     # net scores equal to the base: every weight gives the same lists, so the base's weight wins
     alpha, curve = choose_alpha(x[..., 0].copy(), x[..., 0], lists, np.arange(50))
     assert alpha == 0.0 and len(set(np.round(list(curve.values()), 9))) == 1
-    x[:, 15:, 0] = x[:, 15:, 0].min(1, keepdims=True) - 1.0  # five candidates the base cannot tell apart
+    x[:, 15:, 0] = x[..., 0].min(1, keepdims=True) - 1.0  # five candidates the base cannot tell apart, below the rest
     nets = [RankerNet(3, 50, 20, emb_dim=0, hidden=[4], cross_layers=0)]
     guarded = GuardedRanker(nets, 0.0, 0)
     s = guarded.score(torch.from_numpy(x), torch.from_numpy(lists.users), torch.from_numpy(lists.cand)).numpy()
