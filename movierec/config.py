@@ -101,7 +101,7 @@ class RatingConfig(_Section):
 
     enabled: bool = Field(True, description="train the rating model with the ranker (P1 predictions)")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of each user's ratings held out for early stopping and the stacker")
-    refit: bool = Field(True, description="retrain the components on all training ratings for the epochs found")
+    refit: bool = Field(False, description="retrain the components on all training ratings for the epochs found (a small P1 gain for about a third more rating-model time; RESULTS.md)")
     bias_damping: float = Field(5.0, ge=0, description="pseudo-counts shrinking user and item biases")
     knn_k: int = Field(40, ge=0, description="neighbours per prediction of the item kNN-baseline (0: off)")
     knn_keep: int = Field(200, ge=1, description="similar items stored per item")
@@ -138,7 +138,7 @@ class RankingConfig(_Section):
     """
 
     enabled: bool = Field(True, description="ranker (ordering) and, below, the dedicated rating model")
-    candidates: int = Field(200, ge=10, description="retrieval candidates the ranker re-scores per user")
+    candidates: int = Field(100, ge=10, description="retrieval candidates the ranker re-scores per user")
     collab_candidates: int = Field(50, ge=0, description="extra candidates from the item-item model, merged with the two-tower ones")
     holdout: Literal["temporal", "random"] = "random"
     holdout_fraction: float = Field(0.2, gt=0, lt=0.9)
