@@ -499,7 +499,7 @@ def similar(
 @app.command()
 def tune(
     out: Annotated[Path, typer.Option(help="YAML file for the best config (loadable by train --config); trials go to the .csv beside it")],
-    trials: Annotated[int, typer.Option(min=1, help="number of trials (each trains the pipeline with capped epochs)")] = 20,
+    trials: Annotated[int, typer.Option(min=1, help="trials in the study (each trains the pipeline with capped epochs); rerunning resumes the study in OUT's .db and runs only the missing ones")] = 20,
     data: Annotated[Optional[Path], typer.Option(help="MovieLens-style folder or .zip (training data only)")] = None,
     ratings: Annotated[Optional[Path], typer.Option(help="plain CSV: user_id,item_id,rating[,timestamp]")] = None,
     items: Annotated[Optional[Path], typer.Option(help="plain CSV: item_id,title[,genres][,description]")] = None,
@@ -507,18 +507,22 @@ def tune(
     seed: Annotated[int, typer.Option(help="seeds the validation split, the sampler and training")] = 42,
     retrieval_epochs: Annotated[int, typer.Option(min=1, help="two-tower epochs per trial")] = 5,
     ranking_epochs: Annotated[int, typer.Option(min=1, help="ranker epochs per trial")] = 3,
+    no_prune: Annotated[bool, typer.Option("--no-prune", help="train every trial to the end (default: stop trials whose retrieval score is below the median)")] = False,
 ) -> None:
-    """Search the main hyper-parameters with Optuna on a validation split of the training data."""
+    """Search the main hyper-parameters with Optuna on a validation split of the training data (study kept in SQLite, resumable, bad trials pruned)."""
     from movierec.config import load_config
-    from movierec.tune import METRIC, tune as run_tune
+    from movierec.tune import METRIC, StudyError, tune as run_tune
 
     base = load_config(config)
     ds = _data_options(data, ratings, items)
-    result = run_tune(ds, trials, out, base=base, trial_epochs=(retrieval_epochs, ranking_epochs), seed=seed)  # type: ignore[arg-type]
+    try:
+        result = run_tune(ds, trials, out, base=base, trial_epochs=(retrieval_epochs, ranking_epochs), seed=seed, prune=not no_prune)  # type: ignore[arg-type]
+    except StudyError as e:
+        raise UsageError(str(e)) from None
     typer.echo(f"best validation {METRIC}: {result.best_value:.4f}")
     for key, value in result.best_params.items():
         typer.echo(f"  {key} = {value}")
-    typer.echo(f"config: {result.config_path}  trials: {result.trials_path}")
+    typer.echo(f"config: {result.config_path}  trials: {result.trials_path}  study: {out.with_suffix('.db')} (rerun to resume)")
 
 
 @app.command()

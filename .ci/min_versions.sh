@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Min-versions job: installs the lowest versions pyproject.toml declares (base + [train] + [test],
+# pinned with == by .ci/min_versions.py) in a second venv and runs a smoke subset of the tests,
+# so every declared floor is one that installs and works. Run by .ci/run under a time limit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="$(mktemp -d)/venv-min"
+python3 -m venv "$venv"
+"$venv/bin/pip" install -qq --upgrade pip
+# torch's floor is the CPU build the Makefile installs (see its comment)
+"$venv/bin/pip" install -qq "torch==2.13.0+cpu" || "$venv/bin/pip" install -qq "torch==2.13.0+cpu" --index-url https://download.pytorch.org/whl/cpu
+python3 .ci/min_versions.py train test > "$venv/min-requirements.txt"
+echo "min-versions: installing $(tr '\n' ' ' < "$venv/min-requirements.txt")"
+"$venv/bin/pip" install -qq -r "$venv/min-requirements.txt"
+"$venv/bin/pip" install -qq --no-deps -e .
+"$venv/bin/python" -m pytest -q -p no:cacheprovider \
+  tests/core/test_config.py tests/core/test_data.py tests/core/test_splits.py tests/core/test_metrics.py \
+  tests/core/test_baselines.py tests/core/test_cli_tools.py tests/core/test_report.py tests/core/test_tune.py \
+  tests/serving/test_schemathesis.py tests/serving/test_base_install.py tests/serving/test_cli.py
+rm -rf "$(dirname "$venv")"
