@@ -81,20 +81,22 @@ def split(
     data: Annotated[Optional[Path], typer.Option(help="MovieLens-style folder or .zip")] = None,
     ratings: Annotated[Optional[Path], typer.Option(help="plain CSV: user_id,item_id,rating[,timestamp]")] = None,
     items: Annotated[Optional[Path], typer.Option(help="plain CSV: item_id,title[,genres][,description]")] = None,
-    protocol: Annotated[str, typer.Option(help="holdout (random share of each user's ratings), temporal (each user's latest), cold-items (every rating of some movies)")] = "holdout",
+    protocol: Annotated[str, typer.Option(help="holdout (random share of each user's ratings), temporal (each user's latest), cold-items (every rating of some movies), or MovieLens 100K's own fold u1..u5, ua, ub")] = "holdout",
     test_size: Annotated[float, typer.Option(help="share held out for the test file, in (0, 1)")] = 0.2,
     seed: Annotated[int, typer.Option(help="random seed (holdout, cold-items)")] = 42,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Write a train/test split (user_id,item_id,rating,timestamp) and the catalogue, for train --ratings/--items, evaluate --test, compare and report --test."""
-    from movierec.splits import PROTOCOLS, write_split
+    from movierec.splits import ML100K_FOLDS, PROTOCOLS, write_split
 
     if protocol not in PROTOCOLS:
         raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
     if not 0 < test_size < 1:
         raise UsageError(f"--test-size must be between 0 and 1 (exclusive), not {test_size:g}")
+    if protocol in ML100K_FOLDS and (data is None or not (data / f"{protocol}.test").is_file()):
+        raise UsageError(f"--protocol {protocol} is a MovieLens 100K fold: give --data with the ml-100k folder holding {protocol}.test")
     ds = _data_options(data, ratings, items)
-    summary = write_split(ds, out, protocol, test_size, seed)
+    summary = write_split(ds, out, protocol, test_size, seed, folder=data)
     if as_json:
         _emit(summary)
         return
