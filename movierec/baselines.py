@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from movierec.data import Dataset
+from movierec.ease import ease_weights
 from movierec.metrics import top_positive
 from movierec.recommender import DenseScorer
 
@@ -586,13 +587,7 @@ class EASE(_Baseline):
         x = train.to_csr()
         x.data[:] = 1.0
         self.matrix = x
-        g = np.asarray((x.T @ x).todense(), dtype=np.float64)
-        g[np.diag_indices_from(g)] += self.lam
-        p = np.linalg.inv(g)
-        del g
-        p /= -np.diag(p)[None, :]  # in place: B = -P / diag(P), one n_items^2 buffer at a time
-        p[np.diag_indices_from(p)] = 0.0
-        self.weights = p.astype(np.float32)
+        self.weights = ease_weights(x, self.lam)
 
     def _score(self, users: np.ndarray) -> np.ndarray:
         return np.asarray(self.matrix[users] @ self.weights)

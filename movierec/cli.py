@@ -232,7 +232,11 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help="random seed (overrides the config)")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override, e.g. --set retrieval.epochs=5")] = None,
     feedback: Annotated[
-        Optional[Path], typer.Option(help="feedback log of the service (JSON lines) to fold into the ratings, latest rating wins")
+        Optional[str],
+        typer.Option(
+            help="online state of the service to fold in (its folder, state.db, or a postgresql:// URL; or an older "
+            "JSON-lines feedback log): every rating acknowledged so far, latest rating wins; serving replays only what came after"
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON (bundle, version, seconds, validation metrics)")] = False,
 ) -> None:
@@ -246,15 +250,28 @@ def train(
     if seed is not None:
         overrides.append(f"seed={seed}")
     cfg = load_config(config, overrides)
-    if feedback is not None and not feedback.is_file():
-        raise UsageError(f"{feedback}: no such feedback log")
-    ds = _data_options(data, ratings, items)
-    if feedback is not None:
-        from serving.store import fold_feedback
+    from movierec.artifacts import check_replaceable
 
-        ds = fold_feedback(ds, feedback)  # type: ignore[arg-type]
+    check_replaceable(out)  # before any work: a folder that is not a bundle is never replaced
+    feedback_path = Path(feedback) if feedback is not None and "://" not in feedback else None
+    if feedback_path is not None and not feedback_path.exists():
+        raise UsageError(f"{feedback}: no such state folder, database or feedback log")
+    ds = _data_options(data, ratings, items)
+    extra: dict[str, object] = {}
+    if feedback is not None:
+        from recommender.state import StateError, fold_feedback, fold_state, open_state
+
+        if feedback_path is not None and feedback_path.is_file() and feedback_path.suffix != ".db":
+            ds = fold_feedback(ds, feedback_path)  # type: ignore[arg-type]
+        else:
+            try:
+                ds, seq = fold_state(ds, open_state(feedback))  # type: ignore[arg-type]
+            except StateError as e:
+                raise UsageError(str(e)) from None
+            extra["state"] = {"seq": seq}
+            typer.echo(f"folded the online state up to event {seq}")
     t0 = time.perf_counter()
-    path = train_pipeline(ds, out, cfg)
+    path = train_pipeline(ds, out, cfg, manifest=extra)
     from movierec.artifacts import load_bundle
 
     manifest = load_bundle(path, verify=False).manifest
@@ -273,7 +290,7 @@ def train(
 
 
 def _load_model(path: Path) -> object:
-    from ranking.blend import HybridRecommender
+    from recommender import HybridRecommender
 
     if not path.exists():
         raise UsageError(f"{path}: no such model directory")
@@ -321,8 +338,17 @@ def candidates(
     """Top-k candidates for every user (or a list), items rated in training excluded."""
     import numpy as np
 
-    from retrieval.candidates import write_candidates
+    from retrieval.candidates import check_candidates_target, write_candidates
 
+    try:  # before any work: a file or folder that is not ours is never replaced
+        if workers > 1:  # the Lightning DDP job: needs the [train] extra, unlike one process
+            from movierec.candidates import check_parts_target
+
+            check_parts_target(out)
+        else:
+            check_candidates_target(out)
+    except FileExistsError as e:
+        raise UsageError(str(e)) from None
     m = _load_model(model)
     if users is not None:
         from movierec.evaluation import _to_index
@@ -344,10 +370,8 @@ def candidates(
         chosen = np.arange(len(m.user_ids))
     k = min(k, m.n_items)
     if workers > 1:
-        from retrieval.distributed import write_candidates_distributed
+        from movierec.candidates import write_candidates_distributed
 
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"{out}: with --workers {workers} the output is a directory of parquet parts, and this is a file")
         summary = write_candidates_distributed(model, chosen, out, k, rank=not no_rank, workers=workers, chunk_size=chunk_size, model=m)
         if as_json:
             _emit({**summary, "out": str(out)})
@@ -403,7 +427,7 @@ def serve_model(model: Path, host: str, port: int, workers: int) -> None:
 
 def _query_model(model: Path) -> object:
     """Load a bundle for a one-off query; a missing or broken bundle is a usage error."""
-    from ranking.blend import HybridRecommender
+    from recommender import HybridRecommender
 
     if not (model / "manifest.json").is_file():
         raise UsageError(f"{model}: not a model bundle (no manifest.json); train one with movierec train")
@@ -433,7 +457,7 @@ def recommend(
     """Top-k movies for a known user, movies they rated in training excluded."""
     import numpy as np
 
-    from ranking.blend import Filters, UnknownIdError
+    from recommender import Filters, UnknownIdError
 
     if year_min is not None and year_max is not None and year_min > year_max:
         raise UsageError(f"--year-min {year_min} is after --year-max {year_max}")
@@ -479,7 +503,7 @@ def similar(
     as_json: Annotated[bool, typer.Option("--json", help='print {"item_id", "items": [{"item_id", "title", "score"}]}')] = False,
 ) -> None:
     """Movies similar to one movie, by content vectors, two-tower vectors, or both."""
-    from ranking.blend import UnknownIdError
+    from recommender import UnknownIdError
 
     if by not in ("hybrid", "content", "collaborative"):
         raise UsageError(f"--by must be hybrid, content or collaborative, not {by!r}")

@@ -70,8 +70,11 @@ def _last_timestamp(r: Any, n_items: int) -> np.ndarray:
     return out
 
 
-def train(ds: Dataset, out: str | Path, config: Config | None = None) -> Path:
+def train(ds: Dataset, out: str | Path, config: Config | None = None, manifest: dict[str, Any] | None = None) -> Path:
     """Train every stage on ``ds`` and write one bundle at ``out`` (atomically).
+
+    ``manifest`` adds entries to the bundle's manifest (e.g. ``{"state": {"seq": n}}``: the
+    online-state events folded into ``ds``, which serving then does not replay).
 
     Returns:
         The bundle path.
@@ -88,7 +91,7 @@ def train(ds: Dataset, out: str | Path, config: Config | None = None) -> Path:
     scratch = None if is_global_zero() else Path(tempfile.mkdtemp(prefix="movierec-rank-"))
     target = Path(out) if scratch is None else scratch / "bundle"
     try:
-        _train_into(ds, target, config, timings)
+        _train_into(ds, target, config, timings, manifest or {})
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -109,7 +112,7 @@ def tower_trainer(content: np.ndarray, config: Config) -> Any:
     return fit
 
 
-def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float]) -> None:
+def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float], manifest: dict[str, Any]) -> None:
     from content import ContentModel, ContentSimilarity
     from retrieval.candidates import RetrievalModel, index_recall
     from retrieval.two_tower import fit_two_tower
@@ -207,3 +210,4 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
                 "timings": {k: round(v, 2) for k, v in timings.items()},
             }
         )
+        writer.meta.update(manifest)

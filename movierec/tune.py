@@ -102,7 +102,7 @@ def apply(config: Config, params: dict[str, Any]) -> Config:
 def validation_ndcg(bundle: Path, val: Dataset, k: int = 10, rank: bool = True) -> float:
     """NDCG@k of a bundle's ranked order (retrieval order with ``rank=False``; training items
     excluded) on held-out ratings."""
-    from ranking.blend import HybridRecommender
+    from recommender import HybridRecommender
 
     model = HybridRecommender.load(bundle)
     rel = val.to_csr().tocsr()

@@ -235,6 +235,32 @@ def index_recall(model: RetrievalModel, n_queries: int = 500, k: int = 10, seed:
     return recall_against_exact(model.index, model.item_vectors, model.user_vectors[users], k)
 
 
+CANDIDATE_COLUMNS = ("user_id", "item_id", "rank", "score")
+
+
+def is_candidates_file(path: str | Path) -> bool:
+    """Whether ``path`` is a parquet file with the candidates columns (ours to replace)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return tuple(pq.read_schema(path).names) == CANDIDATE_COLUMNS
+    except Exception:  # not parquet, unreadable: not ours
+        return False
+
+
+def check_candidates_target(out: str | Path) -> None:
+    """Refuse to replace a file or folder that is not a candidates output.
+
+    Raises:
+        FileExistsError: ``out`` is a folder, or a file that is not a candidates parquet.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise FileExistsError(f"{out} is a folder; refusing to replace it with a candidates file")
+    if out.exists() and not is_candidates_file(out):
+        raise FileExistsError(f"{out} exists and is not a candidates parquet ({', '.join(CANDIDATE_COLUMNS)}); refusing to replace it")
+
+
 def write_candidates(
     recommend: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
     users: np.ndarray,
@@ -266,6 +292,7 @@ def write_candidates(
     from tqdm.auto import tqdm
 
     out = Path(out)
+    check_candidates_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
@@ -299,6 +326,7 @@ def write_candidates(
             bar.close()
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        check_candidates_target(out)  # again: something may have appeared there meanwhile
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -143,7 +143,7 @@ def test_report_is_self_contained(full_report: Path) -> None:
 
 
 def test_sample_reasons_name_a_movie_the_user_rated(small: dict[str, Path], full_report: Path) -> None:
-    from ranking.blend import HybridRecommender
+    from recommender import HybridRecommender
 
     model = HybridRecommender.load(small["bundle"])
     titles = set(model.items["title"])
