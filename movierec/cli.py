@@ -249,6 +249,8 @@ def train(
     overrides = list(set_ or [])
     if seed is not None:
         overrides.append(f"seed={seed}")
+    if as_json:  # stdout holds the JSON alone: no progress bars
+        overrides.append("trainer.progress=false")
     cfg = load_config(config, overrides)
     from movierec.artifacts import check_replaceable
 

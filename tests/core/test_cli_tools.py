@@ -144,7 +144,7 @@ def test_train_and_candidates_are_quiet_and_speak_json(data: Path, tmp_path: Pat
     """No Lightning banner, tip or warning on the console; -v shows them at DEBUG."""
     model = tmp_path / "model"
     r = subprocess.run([str(MOVIEREC), "train", "--data", str(data), "--out", str(model), *TINY, "--json"],
-                       env=env(), capture_output=True, text=True, timeout=600)
+                       env={**env(), "MOVIEREC_PROGRESS": "1"}, capture_output=True, text=True, timeout=600)  # bars allowed: --json keeps stdout clean
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["bundle"] == str(model) and summary["model_version"] and "two_tower" in summary["metrics"]
