@@ -77,6 +77,7 @@ class RetrievalConfig(_Section):
     temperature: float = Field(0.05, gt=0)
     logq_weight: float = Field(1.0, ge=0, le=1, description="strength of the popularity (log-q) correction of in-batch negatives")
     lr: float = Field(3e-3, gt=0)
+    lr_decay: Literal["none", "cosine"] = Field("none", description="cosine: the learning rate falls to 5% over the epoch budget")
     weight_decay: float = Field(1e-6, ge=0)
     batch_size: int = Field(1024, ge=8)
     epochs: int = Field(30, ge=1, description="upper bound; early stopping on validation Recall@50")

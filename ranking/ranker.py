@@ -51,7 +51,7 @@ from ranking.features import (
     item_item_matrix,
     pad_histories,
 )
-from ranking.net import GuardedRanker, RankerNet
+from ranking.net import TIE_BREAK, GuardedRanker, RankerNet
 from ranking.runtime import Ranker
 
 log = logging.getLogger(__name__)
@@ -442,7 +442,10 @@ def choose_alpha(scores: np.ndarray, base: np.ndarray | None, lists: Lists, rows
     mean = sc.sum(1, keepdims=True) / n
     sd = np.sqrt((np.where(valid, scores - mean, 0.0) ** 2).sum(1, keepdims=True) / n + 1e-12)
     z = np.where(valid, (scores - mean) / sd, 0.0)
-    curve = {a: float(np.nanmean(_list_ndcg(a * z + (1 - a) * base, lists, rows))) for a in ALPHAS}
+    curve = {}
+    for a in ALPHAS:
+        w = max(a, TIE_BREAK)  # as GuardedRanker scores
+        curve[a] = float(np.nanmean(_list_ndcg(w * z + (1 - w) * base, lists, rows)))
     best = max(curve.values())
     return min(a for a, v in curve.items() if v >= best - 1e-9), curve
 
@@ -511,6 +514,54 @@ def _fit_member(
         "val_loss": float(after.get("val/loss", float("nan"))),
         "val_rmse": val_rmse,
     }
+
+
+def fit_guarded(
+    x: np.ndarray,
+    lists: Lists,
+    hparams: dict[str, Any],
+    base_col: int,
+    config: RankingConfig,
+    trainer_config: TrainerConfig,
+    seed: int,
+    log_dir: str | Path | None = None,
+) -> tuple[GuardedRanker, dict[float, float], list[dict[str, float]]]:
+    """Cross-fitted member nets and the weight of their order against the base column.
+
+    Users are dealt into ``config.ensemble`` groups; member k trains on the other groups' lists
+    (early stopping on a share of those users) and scores group k, so every list gets a score
+    from a net that never saw it, and :func:`choose_alpha` picks the weight on all of them. With
+    one member, the early-stopping users are the ones scored.
+
+    Args:
+        x: (n, W, F) normalised features of ``lists``.
+        base_col: feature column of the base order (-1: none, the nets' order is used as is).
+
+    Returns:
+        The guarded ranker, the in-list NDCG@10 per weight, and each member's training numbers.
+    """
+    users = np.unique(lists.users)
+    perm = np.random.default_rng(seed).permutation(len(users))
+    k_members = max(1, min(config.ensemble, len(users)))
+    groups = np.array_split(perm, k_members) if k_members > 1 else [np.zeros(0, np.int64)]
+    nets, member_metrics = [], []
+    oof = np.full(lists.cand.shape, np.nan, np.float32)
+    for k, group in enumerate(groups):
+        rest = np.setdiff1d(perm, group, assume_unique=True) if len(group) else perm
+        rest = rest[np.random.default_rng([seed, k]).permutation(len(rest))]
+        n_val = max(1, int(round(len(rest) * config.val_fraction))) if len(rest) > 1 else 0
+        fit_rows = np.flatnonzero(np.isin(lists.users, users[rest[n_val:]]))
+        val_rows = np.flatnonzero(np.isin(lists.users, users[rest[:n_val]]))
+        scored_rows = np.flatnonzero(np.isin(lists.users, users[group])) if len(group) else val_rows
+        module, m = _fit_member(x, lists, fit_rows, val_rows, hparams, config, trainer_config, seed + k, log_dir if k == 0 else None)
+        oof[scored_rows] = _net_scores(module.net, x, lists, scored_rows)
+        nets.append(module.net)
+        member_metrics.append(m)
+    scored = np.flatnonzero(~np.isnan(oof).all(1))
+    alpha, curve = choose_alpha(oof[scored], x[scored, :, base_col] if base_col >= 0 else None, lists, scored)
+    net = GuardedRanker(nets, alpha, base_col)
+    net.eval()
+    return net, curve, member_metrics
 
 
 @dataclass
@@ -605,33 +656,9 @@ def fit_ranker(
         id_dropout=config.id_dropout if use_ids else 0.0,
         base_column=_base_column(columns, n_user_features, config),
     )
-    # Cross-fitted members: users are dealt into ``ensemble`` groups; member k trains on the
-    # others' lists (early stopping on a share of those users) and scores group k, so every
-    # list gets a score from a net that never saw it. With one member, the early-stopping
-    # users are the ones scored.
-    users = np.unique(lists.users)
-    perm = np.random.default_rng(seed).permutation(len(users))
-    k_members = max(1, min(config.ensemble, len(users)))
-    groups = np.array_split(perm, k_members) if k_members > 1 else [np.zeros(0, np.int64)]
-    nets, member_metrics = [], []
-    oof = np.full(lists.cand.shape, np.nan, np.float32)
-    for k, group in enumerate(groups):
-        rest = np.setdiff1d(perm, group, assume_unique=True) if len(group) else perm
-        rest = rest[np.random.default_rng([seed, k]).permutation(len(rest))]
-        n_val = max(1, int(round(len(rest) * config.val_fraction))) if len(rest) > 1 else 0
-        stop_users = users[rest[:n_val]]
-        fit_rows = np.flatnonzero(np.isin(lists.users, users[rest[n_val:]]))
-        val_rows = np.flatnonzero(np.isin(lists.users, stop_users))
-        scored_rows = np.flatnonzero(np.isin(lists.users, users[group])) if len(group) else val_rows
-        module, m = _fit_member(x, lists, fit_rows, val_rows, hparams, config, trainer_config, seed + k, log_dir if k == 0 else None)
-        oof[scored_rows] = _net_scores(module.net, x, lists, scored_rows)
-        nets.append(module.net)
-        member_metrics.append(m)
     base_col = hparams["base_column"] if hparams["base_column"] >= 0 else _column_of(columns, n_user_features, "collab_z")
-    scored = np.flatnonzero(~np.isnan(oof).all(1))
-    alpha, curve = choose_alpha(oof[scored], x[scored, :, base_col] if base_col >= 0 else None, lists, scored)
-    net = GuardedRanker(nets, alpha, base_col)
-    net.eval()
+    net, curve, member_metrics = fit_guarded(x, lists, hparams, base_col, config, trainer_config, seed, log_dir)
+    nets, alpha = list(net.nets), net.alpha
     log.info(
         "ranker: %d member(s); lists no member saw: in-list ndcg@10 %.4f (base) -> %.4f (nets) -> %.4f at alpha %.2f",
         len(nets), curve.get(0.0, float("nan")), curve.get(1.0, float("nan")), curve[alpha], alpha,
