@@ -81,20 +81,22 @@ def split(
     data: Annotated[Optional[Path], typer.Option(help="MovieLens-style folder or .zip")] = None,
     ratings: Annotated[Optional[Path], typer.Option(help="plain CSV: user_id,item_id,rating[,timestamp]")] = None,
     items: Annotated[Optional[Path], typer.Option(help="plain CSV: item_id,title[,genres][,description]")] = None,
-    protocol: Annotated[str, typer.Option(help="holdout (random share of each user's ratings), temporal (each user's latest), cold-items (every rating of some movies)")] = "holdout",
+    protocol: Annotated[str, typer.Option(help="holdout (random share of each user's ratings), temporal (each user's latest), cold-items (every rating of some movies), or MovieLens 100K's own fold u1..u5, ua, ub")] = "holdout",
     test_size: Annotated[float, typer.Option(help="share held out for the test file, in (0, 1)")] = 0.2,
     seed: Annotated[int, typer.Option(help="random seed (holdout, cold-items)")] = 42,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Write a train/test split (user_id,item_id,rating,timestamp) and the catalogue, for train --ratings/--items, evaluate --test, compare and report --test."""
-    from movierec.splits import PROTOCOLS, write_split
+    from movierec.splits import ML100K_FOLDS, PROTOCOLS, write_split
 
     if protocol not in PROTOCOLS:
         raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
     if not 0 < test_size < 1:
         raise UsageError(f"--test-size must be between 0 and 1 (exclusive), not {test_size:g}")
+    if protocol in ML100K_FOLDS and (data is None or not (data / f"{protocol}.test").is_file()):
+        raise UsageError(f"--protocol {protocol} is a MovieLens 100K fold: give --data with the ml-100k folder holding {protocol}.test")
     ds = _data_options(data, ratings, items)
-    summary = write_split(ds, out, protocol, test_size, seed)
+    summary = write_split(ds, out, protocol, test_size, seed, folder=data)
     if as_json:
         _emit(summary)
         return
@@ -247,6 +249,8 @@ def train(
     overrides = list(set_ or [])
     if seed is not None:
         overrides.append(f"seed={seed}")
+    if as_json:  # stdout holds the JSON alone: no progress bars
+        overrides.append("trainer.progress=false")
     cfg = load_config(config, overrides)
     from movierec.artifacts import check_replaceable
 
@@ -336,11 +340,15 @@ def candidates(
     """Top-k candidates for every user (or a list), items rated in training excluded."""
     import numpy as np
 
-    from movierec.candidates import check_parts_target
     from retrieval.candidates import check_candidates_target, write_candidates
 
     try:  # before any work: a file or folder that is not ours is never replaced
-        check_parts_target(out) if workers > 1 else check_candidates_target(out)
+        if workers > 1:  # the Lightning DDP job: needs the [train] extra, unlike one process
+            from movierec.candidates import check_parts_target
+
+            check_parts_target(out)
+        else:
+            check_candidates_target(out)
     except FileExistsError as e:
         raise UsageError(str(e)) from None
     m = _load_model(model)
@@ -519,7 +527,7 @@ def similar(
 @app.command()
 def tune(
     out: Annotated[Path, typer.Option(help="YAML file for the best config (loadable by train --config); trials go to the .csv beside it")],
-    trials: Annotated[int, typer.Option(min=1, help="number of trials (each trains the pipeline with capped epochs)")] = 20,
+    trials: Annotated[int, typer.Option(min=1, help="trials in the study (each trains the pipeline with capped epochs); rerunning resumes the study in OUT's .db and runs only the missing ones")] = 20,
     data: Annotated[Optional[Path], typer.Option(help="MovieLens-style folder or .zip (training data only)")] = None,
     ratings: Annotated[Optional[Path], typer.Option(help="plain CSV: user_id,item_id,rating[,timestamp]")] = None,
     items: Annotated[Optional[Path], typer.Option(help="plain CSV: item_id,title[,genres][,description]")] = None,
@@ -527,18 +535,22 @@ def tune(
     seed: Annotated[int, typer.Option(help="seeds the validation split, the sampler and training")] = 42,
     retrieval_epochs: Annotated[int, typer.Option(min=1, help="two-tower epochs per trial")] = 5,
     ranking_epochs: Annotated[int, typer.Option(min=1, help="ranker epochs per trial")] = 3,
+    no_prune: Annotated[bool, typer.Option("--no-prune", help="train every trial to the end (default: stop trials whose retrieval score is below the median)")] = False,
 ) -> None:
-    """Search the main hyper-parameters with Optuna on a validation split of the training data."""
+    """Search the main hyper-parameters with Optuna on a validation split of the training data (study kept in SQLite, resumable, bad trials pruned)."""
     from movierec.config import load_config
-    from movierec.tune import METRIC, tune as run_tune
+    from movierec.tune import METRIC, StudyError, tune as run_tune
 
     base = load_config(config)
     ds = _data_options(data, ratings, items)
-    result = run_tune(ds, trials, out, base=base, trial_epochs=(retrieval_epochs, ranking_epochs), seed=seed)  # type: ignore[arg-type]
+    try:
+        result = run_tune(ds, trials, out, base=base, trial_epochs=(retrieval_epochs, ranking_epochs), seed=seed, prune=not no_prune)  # type: ignore[arg-type]
+    except StudyError as e:
+        raise UsageError(str(e)) from None
     typer.echo(f"best validation {METRIC}: {result.best_value:.4f}")
     for key, value in result.best_params.items():
         typer.echo(f"  {key} = {value}")
-    typer.echo(f"config: {result.config_path}  trials: {result.trials_path}")
+    typer.echo(f"config: {result.config_path}  trials: {result.trials_path}  study: {out.with_suffix('.db')} (rerun to resume)")
 
 
 @app.command()

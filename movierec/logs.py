@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-CHATTY = ("lightning", "pytorch_lightning", "lightning_fabric", "lightning_utilities", "torch", "faiss", "optuna", "py.warnings", "matplotlib", "PIL")
+CHATTY = ("lightning", "pytorch_lightning", "lightning_fabric", "lightning_utilities", "torch", "faiss", "optuna", "alembic", "sqlalchemy", "py.warnings", "matplotlib", "PIL")
 """Logger name prefixes whose records are demoted to DEBUG."""
 QUIET_ENV = "MOVIEREC_VERBOSE"
 """Set to "1" by ``-v``, so spawned children (the background rating model) follow the parent."""

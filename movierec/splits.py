@@ -107,14 +107,23 @@ def ml100k_fold(ds: Dataset, folder: str | Path, fold: str = "u1") -> tuple[Data
     return ds.with_ratings(r[~is_test], f"{ds.name}/{fold}.base"), ds.with_ratings(r[is_test], f"{ds.name}/{fold}.test")
 
 
-PROTOCOLS = ("holdout", "temporal", "cold-items")
+ML100K_FOLDS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
+PROTOCOLS = ("holdout", "temporal", "cold-items", *ML100K_FOLDS)
 """Protocols of :func:`write_split` (``movierec split --protocol``)."""
 
 
-def split_dataset(ds: Dataset, protocol: str, test_size: float = 0.2, seed: int = 42) -> tuple[Dataset, Dataset]:
+def split_dataset(
+    ds: Dataset, protocol: str, test_size: float = 0.2, seed: int = 42, folder: str | Path | None = None
+) -> tuple[Dataset, Dataset]:
     """(train, test) of ``ds`` by a named protocol: ``holdout`` (random ``test_size`` of each
-    user's ratings, P2), ``temporal`` (each user's latest ``test_size``) or ``cold-items`` (every
-    rating of a random ``test_size`` of the rated items, P3)."""
+    user's ratings, P2), ``temporal`` (each user's latest ``test_size``), ``cold-items`` (every
+    rating of a random ``test_size`` of the rated items, P3), or one of MovieLens 100K's official
+    folds ``u1``..``u5``, ``ua``, ``ub`` (P1; ``folder`` is the ml-100k folder, ``test_size`` and
+    ``seed`` do not apply)."""
+    if protocol in ML100K_FOLDS:
+        if folder is None:
+            raise ValueError(f"protocol {protocol} needs the MovieLens 100K folder")
+        return ml100k_fold(ds, folder, protocol)
     if not 0 < test_size < 1:
         raise ValueError(f"test size must be in (0, 1), got {test_size}")
     if protocol == "holdout":
@@ -147,10 +156,12 @@ def write_items_csv(ds: Dataset, path: Path) -> None:
     frame.to_csv(path, index=False)
 
 
-def write_split(ds: Dataset, out: str | Path, protocol: str, test_size: float = 0.2, seed: int = 42) -> dict[str, object]:
+def write_split(
+    ds: Dataset, out: str | Path, protocol: str, test_size: float = 0.2, seed: int = 42, folder: str | Path | None = None
+) -> dict[str, object]:
     """Split ``ds`` and write ``out/train.csv``, ``out/test.csv`` (``user_id,item_id,rating,timestamp``)
     and ``out/items.csv`` (the whole catalogue, cold items included). Returns a summary."""
-    train, test = split_dataset(ds, protocol, test_size, seed)
+    train, test = split_dataset(ds, protocol, test_size, seed, folder)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for part, frame in (("train", train.ratings), ("test", test.ratings)):

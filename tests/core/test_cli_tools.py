@@ -144,7 +144,7 @@ def test_train_and_candidates_are_quiet_and_speak_json(data: Path, tmp_path: Pat
     """No Lightning banner, tip or warning on the console; -v shows them at DEBUG."""
     model = tmp_path / "model"
     r = subprocess.run([str(MOVIEREC), "train", "--data", str(data), "--out", str(model), *TINY, "--json"],
-                       env=env(), capture_output=True, text=True, timeout=600)
+                       env={**env(), "MOVIEREC_PROGRESS": "1"}, capture_output=True, text=True, timeout=600)  # bars allowed: --json keeps stdout clean
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["bundle"] == str(model) and summary["model_version"] and "two_tower" in summary["metrics"]
@@ -160,3 +160,18 @@ def test_train_and_candidates_are_quiet_and_speak_json(data: Path, tmp_path: Pat
                           env=env(), capture_output=True, text=True, timeout=600)
     assert loud.returncode == 0, loud.stderr
     assert "DEBUG lightning" in loud.stderr and "GPU available" in loud.stderr
+
+
+def test_split_writes_movielens_official_folds(ml100k_path: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    code, _, err = run_cli(monkeypatch, capsys, "split", "--data", str(ml100k_path), "--out", str(tmp_path / "u1"), "--protocol", "u1")
+    assert code == 0, err
+    test = pd.read_csv(tmp_path / "u1" / "test.csv")
+    official = pd.read_csv(ml100k_path / "u1.test", sep="\t", names=["user_id", "item_id", "rating", "timestamp"])
+    assert len(test) == len(official) == 20_000
+    assert set(zip(test.user_id, test.item_id)) == set(zip(official.user_id, official.item_id))
+    assert len(pd.read_csv(tmp_path / "u1" / "train.csv")) == 80_000
+
+
+def test_split_fold_needs_the_movielens_folder(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    code, _, err = run_cli(monkeypatch, capsys, "split", "--data", str(data), "--out", str(tmp_path / "s"), "--protocol", "u2")
+    assert code == 2 and "MovieLens 100K fold" in err
