@@ -28,23 +28,115 @@ class UsageError(ValueError):
 
 
 def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "faiss", "faiss.loader"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from movierec.logs import setup_logging
+
+    setup_logging(verbose)
 
 
 def _emit(obj: object) -> None:
     typer.echo(json.dumps(obj, indent=1, default=str))
 
 
+def _version(value: bool) -> None:
+    if value:
+        from movierec import __version__
+
+        typer.echo(f"movierec {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging, library messages included")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
     _setup_logging(verbose)
+
+
+config_app = typer.Typer(no_args_is_help=True, help="Show the resolved configuration.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(
+    config: Annotated[Optional[Path], typer.Option(help="YAML config (see configs/)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override, e.g. --set retrieval.epochs=5")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of commented YAML")] = False,
+) -> None:
+    """Print every configuration key with its resolved value (defaults, then --config, then --set)."""
+    from movierec.config import dump_config, load_config, render_yaml
+
+    cfg = load_config(config, list(set_ or []))
+    if as_json:
+        _emit(dump_config(cfg))
+        return
+    typer.echo(render_yaml(cfg), nl=False)
+
+
+@app.command()
+def split(
+    out: Annotated[Path, typer.Option(help="folder to write train.csv, test.csv and items.csv")],
+    data: Annotated[Optional[Path], typer.Option(help="MovieLens-style folder or .zip")] = None,
+    ratings: Annotated[Optional[Path], typer.Option(help="plain CSV: user_id,item_id,rating[,timestamp]")] = None,
+    items: Annotated[Optional[Path], typer.Option(help="plain CSV: item_id,title[,genres][,description]")] = None,
+    protocol: Annotated[str, typer.Option(help="holdout (random share of each user's ratings), temporal (each user's latest), cold-items (every rating of some movies)")] = "holdout",
+    test_size: Annotated[float, typer.Option(help="share held out for the test file, in (0, 1)")] = 0.2,
+    seed: Annotated[int, typer.Option(help="random seed (holdout, cold-items)")] = 42,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Write a train/test split (user_id,item_id,rating,timestamp) and the catalogue, for train --ratings/--items, evaluate --test, compare and report --test."""
+    from movierec.splits import PROTOCOLS, write_split
+
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+    if not 0 < test_size < 1:
+        raise UsageError(f"--test-size must be between 0 and 1 (exclusive), not {test_size:g}")
+    ds = _data_options(data, ratings, items)
+    summary = write_split(ds, out, protocol, test_size, seed)
+    if as_json:
+        _emit(summary)
+        return
+    typer.echo(
+        f"{protocol} split of {ds}: {summary['train_ratings']:,} training ratings -> {out / 'train.csv'}, "
+        f"{summary['test_ratings']:,} test ratings ({summary['test_users']:,} users, {summary['test_items']:,} movies) "
+        f"-> {out / 'test.csv'}, {summary['items']:,} movies -> {out / 'items.csv'}"
+    )
+
+
+@app.command()
+def compare(
+    train: Annotated[Path, typer.Option(help="training ratings CSV (e.g. train.csv from movierec split)")],
+    test: Annotated[Path, typer.Option(help="test CSV user_id,item_id[,rating], or MovieLens u1.test..u5.test, ua/ub.test")],
+    items: Annotated[Optional[Path], typer.Option(help="item CSV (items.csv from movierec split)")] = None,
+    models: Annotated[Optional[str], typer.Option(help="comma-separated: popular,ease,itemknn,rp3beta,svd,two-tower,movierec (default: all)")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML config for the movierec / two-tower pipeline")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="config override, e.g. --set retrieval.epochs=5")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list, one object per model")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="also write a bar chart PNG here")] = None,
+) -> None:
+    """Fit baselines and the hybrid on one training set, score them on one test file (full ranking, training items excluded), print one table."""
+    from movierec.compare import compare as run_compare, format_table, parse_models, plot as plot_rows
+    from movierec.config import load_config
+    from movierec.evaluation import read_test_file
+
+    try:
+        names = parse_models(models)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    cfg = load_config(config, list(set_ or []))
+    frame = read_test_file(test)
+    ds = _data_options(None, train, items)
+    rows = run_compare(ds, frame, names, config=cfg, show_progress=not as_json)
+    if plot is not None:
+        plot_rows(rows, plot)
+    if as_json:
+        _emit(rows)
+        return
+    typer.echo(format_table(rows))
+    if plot is not None:
+        typer.echo(f"plot: {plot}")
 
 
 @app.command()
@@ -144,6 +236,7 @@ def train(
             "JSON-lines feedback log): every rating acknowledged so far, latest rating wins; serving replays only what came after"
         ),
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON (bundle, version, seconds, validation metrics)")] = False,
 ) -> None:
     """Train content vectors, the two-tower model, the index and the ranker; write one bundle."""
     import time
@@ -181,10 +274,16 @@ def train(
 
     manifest = load_bundle(path, verify=False).manifest
     m = manifest.get("metrics", {})
-    typer.echo(f"trained on {ds} in {time.perf_counter() - t0:.1f}s")
+    seconds = time.perf_counter() - t0
+    if as_json:
+        _emit({"bundle": str(path), "model_version": manifest["model_version"], "data": str(ds), "seconds": round(seconds, 1), "metrics": m})
+        return
+    typer.echo(f"trained on {ds} in {seconds:.1f}s")
+    from movierec.metrics import metric_rows
+
     for stage, values in m.items():
-        shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-        typer.echo(f"  {stage}: {shown}")
+        if isinstance(values, dict):
+            typer.echo(f"  {stage}: " + "; ".join(f"{k} {v}" for k, v in metric_rows(values)))
     typer.echo(f"bundle: {path} (version {manifest['model_version']})")
 
 
@@ -199,7 +298,7 @@ def _load_model(path: Path) -> object:
 @app.command()
 def evaluate(
     model: Annotated[Path, typer.Option(help="bundle directory from movierec train")],
-    test: Annotated[Path, typer.Option(help="CSV with user_id,item_id[,rating] held out from training")],
+    test: Annotated[Path, typer.Option(help="CSV with user_id,item_id[,rating] held out from training, or MovieLens u1.test..u5.test, ua/ub.test")],
     k: Annotated[int, typer.Option(min=1, help="cut-off")] = 10,
     no_rank: Annotated[bool, typer.Option("--no-rank", help="retrieval order, without the ranker")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
@@ -232,6 +331,7 @@ def candidates(
         int,
         typer.Option(min=1, max=256, help="worker processes (Lightning DDP predict loop); above 1, --out is a directory of one parquet part per worker"),
     ] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON (rows, users, users_per_second, out)")] = False,
 ) -> None:
     """Top-k candidates for every user (or a list), items rated in training excluded."""
     import numpy as np
@@ -267,6 +367,9 @@ def candidates(
         from movierec.candidates import write_candidates_distributed
 
         summary = write_candidates_distributed(model, chosen, out, k, rank=not no_rank, workers=workers, chunk_size=chunk_size, model=m)
+        if as_json:
+            _emit({**summary, "out": str(out)})
+            return
         typer.echo(
             f"wrote {summary['rows']:,} candidates for {summary['users']:,} users to {out}/ in {summary['parts']} parts "
             f"({summary['users_per_second']:,.0f} users/s)"
@@ -279,7 +382,11 @@ def candidates(
         m.items["item_id"].to_numpy(),
         out,
         chunk_size=chunk_size,
+        show_progress=not as_json,
     )
+    if as_json:
+        _emit({**summary, "out": str(out)})
+        return
     typer.echo(f"wrote {summary['rows']:,} candidates for {summary['users']:,} users to {out} ({summary['users_per_second']:,.0f} users/s)")
 
 

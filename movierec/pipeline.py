@@ -81,17 +81,22 @@ def train(ds: Dataset, out: str | Path, config: Config | None = None, manifest: 
     """
     from retrieval.distributed import is_global_zero
 
-    config = config or Config()
+    from movierec.sizing import size_to_data
+
+    config, choices = size_to_data(config or Config(), ds.n_users, ds.n_items, len(ds.ratings))
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     log.info("training on %r", ds)
+    for choice in choices:
+        log.info("sized to the data: %s", choice)
+    manifest = {**(manifest or {}), "sizing": [str(c) for c in choices]}
     # Under torchrun/SLURM every rank runs the pipeline (training needs them all), but only
     # global rank 0 may write ``out``: the others build their bundle in a private temp dir
     # that is removed at the end (two ranks renaming into one path would race).
     scratch = None if is_global_zero() else Path(tempfile.mkdtemp(prefix="movierec-rank-"))
     target = Path(out) if scratch is None else scratch / "bundle"
     try:
-        _train_into(ds, target, config, timings, manifest or {})
+        _train_into(ds, target, config, timings, manifest)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -330,15 +330,20 @@ def _section_summary(bundle: Bundle) -> _Section:
         ["ratings / users / movies", f"{ds.get('ratings', 0):,} / {ds.get('users', 0):,} / {ds.get('items', 0):,}"],
         ["rating scale", f"{scale[0]:g} to {scale[1]:g}" if scale else "unknown"],
     ]
-    for stage, values in (m.get("metrics") or {}).items():
-        shown = ", ".join(
-            f"{_esc(k)} = {v:.4f}" if isinstance(v, float) else f"{_esc(k)} = {_esc(v)}" for k, v in values.items()
-        )
-        rows.append([f"training: {_esc(stage)}", shown])
     timings = m.get("timings") or {}
     if timings:
         rows.append(["training time", ", ".join(f"{_esc(k)} {v:.1f}s" for k, v in timings.items())])
     s.body.append(_table(None, rows))
+    stages = [(stage, values) for stage, values in (m.get("metrics") or {}).items() if isinstance(values, dict)]
+    if stages:
+        from movierec.metrics import metric_rows
+
+        s.p("What each component measured while it trained:")
+        table: list[list[Any]] = []
+        for stage, values in stages:
+            for i, (name, shown) in enumerate(metric_rows(values)):
+                table.append([_esc(stage.replace("_", " ")) if i == 0 else "", _esc(name), _esc(shown)])
+        s.body.append(_table(["component", "measure", "value"], table, numeric={2}))
     s.p(
         "Training metrics are measured on the validation split held out during training; "
         "the quality section below compares against baselines on a separate test set when one is given."

@@ -25,6 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from movierec.ease import ease_weights
 
 log = logging.getLogger(__name__)
 PREFIX = "ranking/"
@@ -550,14 +551,16 @@ def damped_means(
 
 
 def item_item_matrix(
-    x: sp.csr_matrix, lam: float = 300.0, neighbors: int = 256, dense_max_items: int = 6000, block: int = 512
+    x: sp.csr_matrix, lam: float = 300.0, neighbors: int = 256, dense_max_items: int = 6000
 ) -> sp.csr_matrix:
-    """Item-item weights from a users x items 0/1 matrix, kept sparse (top ``neighbors`` per candidate).
+    """EASE item-item weights from a users x items 0/1 matrix, kept sparse (top ``neighbors`` per candidate).
 
-    EASE (Steck 2019: ``B = I - P / diag(P)``, ``P = (X^T X + lam I)^-1``) when the catalogue has
-    at most ``dense_max_items`` items (the inverse is cubic), else cosine item-kNN computed in
-    column blocks. Per candidate column only the ``neighbors`` largest weights by magnitude are
-    kept, so memory is ``O(items * neighbors)`` and a user's score is one sparse product.
+    EASE (Steck 2019, :func:`movierec.ease.ease_weights`) over the catalogue's ``dense_max_items``
+    most-rated items: the inverse is cubic in the items it covers, so past that size the rarest
+    items (a rating or two each, whose weights would be noise) are left out and get their scores
+    from the two-tower and content signals alone. Per candidate column only the ``neighbors``
+    largest weights by magnitude are kept, so memory is ``O(items * neighbors)`` and a user's
+    score is one sparse product.
 
     Returns:
         (I, I) CSR, row = history item, column = candidate, zero diagonal.
@@ -567,23 +570,14 @@ def item_item_matrix(
     n_items = x.shape[1]
     if n_items == 0:
         return sp.csr_matrix((0, 0), dtype=np.float32)
-    keep = min(neighbors, n_items)
-    if n_items <= dense_max_items:
-        g = np.asarray((x.T @ x).todense(), dtype=np.float64)
-        g[np.diag_indices_from(g)] += lam
-        p = np.linalg.inv(g)
-        p /= -np.diag(p)[None, :]
-        p[np.diag_indices_from(p)] = 0.0
-        return _prune_columns(p.astype(np.float32), keep)
-    norms = np.sqrt(np.asarray(x.sum(0)).ravel())
-    xn = x @ sp.diags(1.0 / np.maximum(norms, 1e-9))
-    xt = xn.T.tocsr()
-    parts = []
-    for s in range(0, n_items, block):
-        sim = (xt @ xn[:, s : s + block]).toarray()
-        sim[np.arange(s, min(s + block, n_items)), np.arange(sim.shape[1])] = 0.0
-        parts.append(_prune_columns(sim, keep))
-    return sp.hstack(parts).tocsr()
+    counts = np.asarray(x.sum(0)).ravel()
+    if n_items > dense_max_items:
+        kept = np.sort(np.argsort(-counts, kind="stable")[:dense_max_items])
+        log.info("item-item model: EASE over the %d most-rated of %d items", len(kept), n_items)
+    else:
+        kept = np.arange(n_items)
+    w = _prune_columns(ease_weights(x[:, kept], lam), min(neighbors, len(kept))).tocoo()
+    return sp.csr_matrix((w.data, (kept[w.row], kept[w.col])), shape=(n_items, n_items))
 
 
 def _prune_columns(w: np.ndarray, keep: int) -> sp.csr_matrix:

@@ -30,7 +30,7 @@ from ranking.features import (
     feature_names,
     pad_histories,
 )
-from ranking.net import RankerNet
+from ranking.net import GuardedRanker, RankerNet
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,15 @@ class Ranker:
     """The runtime ranker a bundle loads: feature arrays, normalisation and the plain net.
 
     Args:
-        net: trained :class:`RankerNet` (eval mode).
+        net: the trained nets (:class:`~ranking.net.GuardedRanker`; a single :class:`RankerNet`
+            in bundles from before it).
         meta: JSON-able settings: feature columns kept, normalisation mean/std, rating scale,
             candidate pool size.
         arrays: per-item and per-user statistics of the full training data (see ``save``).
         collab: (I0, I0) sparse item-item weights from the full training data.
     """
 
-    def __init__(self, net: RankerNet, meta: dict[str, Any], arrays: dict[str, np.ndarray], collab: sp.csr_matrix) -> None:
+    def __init__(self, net: RankerNet | GuardedRanker, meta: dict[str, Any], arrays: dict[str, np.ndarray], collab: sp.csr_matrix) -> None:
         self.net = net.eval()
         self.meta = meta
         self.arrays = arrays
@@ -247,7 +248,13 @@ def load_ranker(bundle: Bundle) -> Ranker:
             f"{bundle.path}: the ranker was trained on features {meta['feature_names']} but this version "
             f"computes {expected} in those columns; retrain the bundle"
         )
-    net = RankerNet(**meta["net"])
+    ensemble = meta.get("ensemble")
+    if ensemble:
+        net: RankerNet | GuardedRanker = GuardedRanker(
+            [RankerNet(**meta["net"]) for _ in range(int(ensemble["members"]))], float(ensemble["alpha"]), int(ensemble["base_column"])
+        )
+    else:  # a bundle from before the guarded ensemble: one net
+        net = RankerNet(**meta["net"])
     net.load_state_dict(bundle.tensors(f"{PREFIX}net.safetensors"))
     arrays = {name: bundle.array(f"{PREFIX}{name}.npy") for name in ARRAYS}
     i0 = int(meta["collab_items"])
