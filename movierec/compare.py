@@ -153,7 +153,7 @@ def compare(
 
 def _train_bundle(train: Dataset, path: Path, config: Config | None) -> tuple[Any, float]:
     from movierec.pipeline import train as train_pipeline
-    from ranking.blend import HybridRecommender
+    from recommender import HybridRecommender
 
     cfg = (config or Config()).model_copy(deep=True)
     cfg.trainer.progress = False  # compare's own bar is the one progress display

@@ -180,8 +180,13 @@ class HybridRecommender:
             return None
         mask = np.ones(self.n_items, dtype=bool)
         if filters.genres:
-            wanted = set(filters.genres)
-            mask &= np.fromiter((bool(wanted.intersection(g)) for g in self.items["genres"]), bool, self.n_items)
+            wanted = [self.genre_vocab.index(g) for g in filters.genres if g in self.genre_vocab]
+            genres = self.retrieval.item_genres  # (n_items, G) genre indicators: one vectorised test
+            if len(wanted) == len(filters.genres) and len(genres) == self.n_items:
+                mask &= np.asarray(genres[:, wanted] > 0).any(axis=1)
+            else:  # a genre outside the vocabulary: read the item table
+                named = set(filters.genres)
+                mask &= np.fromiter((bool(named.intersection(g)) for g in self.items["genres"]), bool, self.n_items)
         years = self.items["year"]
         if filters.year_min is not None:
             mask &= (years >= filters.year_min).fillna(False).to_numpy(bool)
