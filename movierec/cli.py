@@ -336,8 +336,7 @@ def candidates(
     """Top-k candidates for every user (or a list), items rated in training excluded."""
     import numpy as np
 
-    from movierec.candidates import check_parts_target
-    from retrieval.candidates import check_candidates_target, write_candidates
+    from retrieval.candidates import check_candidates_target, check_parts_target, write_candidates
 
     try:  # before any work: a file or folder that is not ours is never replaced
         check_parts_target(out) if workers > 1 else check_candidates_target(out)

@@ -261,6 +261,23 @@ def check_candidates_target(out: str | Path) -> None:
         raise FileExistsError(f"{out} exists and is not a candidates parquet ({', '.join(CANDIDATE_COLUMNS)}); refusing to replace it")
 
 
+def check_parts_target(out: str | Path) -> None:
+    """Refuse to replace anything but an earlier sharded candidates output.
+
+    Raises:
+        FileExistsError: ``out`` is a file, or a folder holding anything other than candidate
+            parts (``part-*.parquet`` with the candidates columns).
+    """
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a directory (parallel candidates write one part per worker into a directory)")
+    foreign = [p for p in out.iterdir() if not (p.name.startswith("part-") and p.suffix == ".parquet" and is_candidates_file(p))]
+    if foreign:
+        raise FileExistsError(f"{out} holds {foreign[0].name!r}, which is not a candidates part; refusing to replace the folder")
+
+
 def write_candidates(
     recommend: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
     users: np.ndarray,
