@@ -169,6 +169,11 @@ class StateStore:
             "movierec_items", md,
             sa.Column("item_id", sa.Text, primary_key=True),
             sa.Column("seq", sa.BigInteger, nullable=False),
+            # the movie's vectors as the model that added it computed them (little-endian float32,
+            # base64): content vector and two-tower item vector, with that model's version
+            sa.Column("model_version", sa.Text),
+            sa.Column("content_vector", sa.Text),
+            sa.Column("item_vector", sa.Text),
         )
         self.meta = sa.Table(
             "movierec_meta", md,
@@ -369,6 +374,28 @@ class StateStore:
             seq = int(conn.execute(sa.select(sa.func.max(self.events.c.seq))).scalar())
             conn.execute(sa.insert(self.items).values(item_id=encode_id(item_id), seq=seq))
         return item_id, seq
+
+    def save_vectors(self, item_id: Any, model_version: str, content: np.ndarray, item: np.ndarray) -> None:
+        """Record an added movie's vectors (once: the first model to compute them keeps them)."""
+        sa = self._sa
+        t = self.items
+        with self._write() as conn:
+            conn.execute(
+                sa.update(t).where((t.c.item_id == encode_id(item_id)) & t.c.model_version.is_(None))
+                .values(model_version=model_version, content_vector=pack_vector(content), item_vector=pack_vector(item))
+            )
+
+    def vectors(self, item_id: Any) -> tuple[str, np.ndarray, np.ndarray] | None:
+        """``(model_version, content vector, item vector)`` of an added movie, if recorded."""
+        sa = self._sa
+        t = self.items
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(t.c.model_version, t.c.content_vector, t.c.item_vector).where(t.c.item_id == encode_id(item_id))
+            ).first()
+        if row is None or row[0] is None:
+            return None
+        return str(row[0]), unpack_vector(row[1]), unpack_vector(row[2])
 
     def _has_item(self, conn: Any, item_id: Any) -> bool:
         sa = self._sa

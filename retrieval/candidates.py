@@ -167,11 +167,26 @@ class RetrievalModel:
         vec = self.item_tower(idx, torch.zeros(len(g)), g, c).numpy()
         with self._lock:
             rows = self.index.add(vec)
-            self.item_vectors = np.vstack([self.item_vectors, vec])
-            self.item_genres = np.vstack([self.item_genres, genres.astype(np.float32)])
-            self.item_content = np.vstack([self.item_content, content.astype(np.float32)])
-            self.item_has_id = np.concatenate([self.item_has_id, np.zeros(len(g), np.float32)])
+            # appended into buffers that double when full: adding a movie costs O(1) amortised
+            # instead of copying every item's vectors
+            self.item_vectors = self._append("item_vectors", vec)
+            self.item_genres = self._append("item_genres", genres.astype(np.float32))
+            self.item_content = self._append("item_content", content.astype(np.float32))
+            self.item_has_id = self._append("item_has_id", np.zeros(len(g), np.float32))
         return rows
+
+    def _append(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """``getattr(self, name)`` with ``rows`` appended, as a view of a growing buffer."""
+        current = getattr(self, name)
+        buffers = self.__dict__.setdefault("_buffers", {})
+        buf = buffers.get(name)
+        n, m = len(current), len(rows)
+        if buf is None or len(buf) < n + m or not np.shares_memory(buf[:1], current[:1]):
+            buf = np.empty((max(2 * (n + m), 16), *current.shape[1:]), dtype=current.dtype)
+            buf[:n] = current
+            buffers[name] = buf
+        buf[n : n + m] = rows
+        return buf[: n + m]
 
     # ---- persistence ----------------------------------------------------------------------------
     def save(self, writer: BundleWriter) -> None:

@@ -633,7 +633,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.error("online state not writable: %s", e)
             raise StateError("online state is not writable; movie not added") from e
         catch_up(served, store.state)
-        out = rec.item_records(np.array([rec.item_idx(item_id)]))[0]
+        i = rec.item_idx(item_id)
+        try:  # the vectors it got, kept beside its text (best effort: the movie is already stored)
+            store.state.save_vectors(item_id, served.model_version, rec.content.item_vectors[i], rec.retrieval.item_vectors[i])
+        except Exception as e:
+            log.warning("vectors of added movie %r not stored: %s", item_id, e)
+        out = rec.item_records(np.array([i]))[0]
         out.update({"description": body.description, "tags": None, "popularity": 0})
         return out
 

@@ -102,6 +102,12 @@ def test_an_added_movie_and_its_ratings_survive_a_restart(bundle_path: Path, mod
         # a second movie gets another generated id, never the first one again
         r2 = httpx.post(f"{base}/items", json={"title": "Galaxy Rebels II"}, headers={"X-API-Key": KEY}, timeout=30)
         assert r2.status_code == 201 and r2.json()["item_id"] != new_id
+    # the state holds the movie's text, genres and the vectors the serving model gave it
+    from recommender.state import open_state
+
+    version, content, item = open_state(state).vectors(new_id)
+    assert version == model.model_version and content.shape == (model.content.item_vectors.shape[1],)
+    assert item.shape == (model.retrieval.item_vectors.shape[1],) and np.isfinite(item).all()
 
 
 def test_every_acknowledged_write_survives_a_sigkill(bundle_path: Path, model: HybridRecommender, tmp_path: Path) -> None:
