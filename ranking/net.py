@@ -140,6 +140,11 @@ def _embed(emb: nn.Embedding, idx: torch.Tensor) -> torch.Tensor:
     return F.embedding(idx, emb.weight, emb.padding_idx, emb.max_norm, emb.norm_type, emb.scale_grad_by_freq, emb.sparse)
 
 
+TIE_BREAK = 1e-3
+"""Least weight of the learned order: with ``alpha = 0`` it only orders candidates the base scores
+alike (movies without ratings all have an item-item score of 0), never reorders the others."""
+
+
 def _z_valid(score: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Standardise each row of ``score`` over its valid entries (0 elsewhere)."""
     n = valid.sum(-1, keepdim=True).clamp(min=1)
@@ -154,8 +159,8 @@ class GuardedRanker(nn.Module):
 
     ``score = alpha * mean_k z(net_k) + (1 - alpha) * dense[..., base_column]``, with ``z`` the
     score standardised within each candidate list. The base column is the item-item (EASE)
-    score, already standardised within the list, so ``alpha = 0`` orders every list exactly as
-    that model does; training picks ``alpha`` on lists no member net was trained on
+    score, already standardised within the list, so ``alpha = 0`` orders every list as that
+    model does (the nets only break its ties, see :data:`TIE_BREAK`); training picks ``alpha`` on lists no member net was trained on
     (``ranking.ranker.choose_alpha``), so the learned order replaces the base only as far as it
     beat it there. The members are trained on different users (cross-fitted), and their average
     is steadier than any one of them.
@@ -179,7 +184,8 @@ class GuardedRanker(nn.Module):
         learned = torch.stack([_z_valid(s, valid) for s in scores]).mean(0)
         if self.alpha >= 1.0:
             return learned
-        return self.alpha * learned + (1.0 - self.alpha) * dense[..., self.base_column]
+        a = max(self.alpha, TIE_BREAK)
+        return a * learned + (1.0 - a) * dense[..., self.base_column]
 
     def forward(self, dense: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outs = [net(dense, users, items) for net in self.nets]
@@ -188,6 +194,4 @@ class GuardedRanker(nn.Module):
 
     @torch.inference_mode()
     def score(self, dense: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        if self.alpha <= 0.0:  # the base order alone: the nets would be multiplied by zero
-            return torch.where(items >= 0, dense[..., self.base_column], torch.zeros_like(dense[..., 0]))
         return self.blend([net.score(dense, users, items) for net in self.nets], dense, items)

@@ -51,7 +51,7 @@ from ranking.features import (
     item_item_matrix,
     pad_histories,
 )
-from ranking.net import GuardedRanker, RankerNet
+from ranking.net import TIE_BREAK, GuardedRanker, RankerNet
 from ranking.runtime import Ranker
 
 log = logging.getLogger(__name__)
@@ -442,7 +442,10 @@ def choose_alpha(scores: np.ndarray, base: np.ndarray | None, lists: Lists, rows
     mean = sc.sum(1, keepdims=True) / n
     sd = np.sqrt((np.where(valid, scores - mean, 0.0) ** 2).sum(1, keepdims=True) / n + 1e-12)
     z = np.where(valid, (scores - mean) / sd, 0.0)
-    curve = {a: float(np.nanmean(_list_ndcg(a * z + (1 - a) * base, lists, rows))) for a in ALPHAS}
+    curve = {}
+    for a in ALPHAS:
+        w = max(a, TIE_BREAK)  # as GuardedRanker scores
+        curve[a] = float(np.nanmean(_list_ndcg(w * z + (1 - w) * base, lists, rows)))
     best = max(curve.values())
     return min(a for a, v in curve.items() if v >= best - 1e-9), curve
 
