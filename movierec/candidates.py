@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, TensorDataset
 
+from retrieval.candidates import check_parts_target
 from retrieval.distributed import shard_bounds, worker_start_method
 
 log = logging.getLogger(__name__)
@@ -156,25 +157,6 @@ class ParquetPartWriter(BasePredictionWriter):
         self._writer.close()
         self._writer = None
         log.debug("rank %d wrote %d rows to %s", trainer.global_rank, self.rows, self._path(trainer))
-
-
-def check_parts_target(out: str | Path) -> None:
-    """Refuse to replace anything but an earlier sharded candidates output.
-
-    Raises:
-        FileExistsError: ``out`` is a file, or a folder holding anything other than candidate
-            parts (``part-*.parquet`` with the candidates columns).
-    """
-    from retrieval.candidates import is_candidates_file
-
-    out = Path(out)
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise FileExistsError(f"{out}: exists and is not a directory (parallel candidates write one part per worker into a directory)")
-    foreign = [p for p in out.iterdir() if not (p.name.startswith("part-") and p.suffix == ".parquet" and is_candidates_file(p))]
-    if foreign:
-        raise FileExistsError(f"{out} holds {foreign[0].name!r}, which is not a candidates part; refusing to replace the folder")
 
 
 def write_candidates_distributed(

@@ -340,15 +340,10 @@ def candidates(
     """Top-k candidates for every user (or a list), items rated in training excluded."""
     import numpy as np
 
-    from retrieval.candidates import check_candidates_target, write_candidates
+    from retrieval.candidates import check_candidates_target, check_parts_target, write_candidates
 
     try:  # before any work: a file or folder that is not ours is never replaced
-        if workers > 1:  # the Lightning DDP job: needs the [train] extra, unlike one process
-            from movierec.candidates import check_parts_target
-
-            check_parts_target(out)
-        else:
-            check_candidates_target(out)
+        check_parts_target(out) if workers > 1 else check_candidates_target(out)
     except FileExistsError as e:
         raise UsageError(str(e)) from None
     m = _load_model(model)

@@ -105,11 +105,19 @@ class Ranker:
             self._cached = (n_items, ctx)
         return self._cached[1]
 
-    def _ratings_of(self, users: np.ndarray, histories: list[np.ndarray]) -> list[np.ndarray | None]:
-        """Stored ratings of each known user's history when the history is the stored one."""
+    def _ratings_of(self, users: np.ndarray, histories: list[np.ndarray], model: Any = None) -> list[np.ndarray | None]:
+        """Ratings of each user's history: from the model's live histories when it keeps them
+        (``histories.ratings_of``: live feedback included), else the ratings stored at training
+        when the history is the stored one."""
         indptr, vals = self.arrays["hist_indptr"], self.arrays["hist_ratings"]
+        live = getattr(getattr(model, "histories", None), "ratings_of", None)
         out: list[np.ndarray | None] = []
         for u, h in zip(users, histories):
+            if live is not None and u >= 0:
+                r = live(int(u))
+                if r is not None and len(r) == len(h):
+                    out.append(r)
+                    continue
             if 0 <= u < len(indptr) - 1 and indptr[u + 1] - indptr[u] == len(h):
                 out.append(vals[indptr[u] : indptr[u + 1]])
             else:
@@ -122,7 +130,7 @@ class Ranker:
         users = np.asarray(users, dtype=np.int64)
         known = (users >= 0) & (users < len(ctx.user_mean))
         mu = np.where(known, ctx.user_mean[np.where(known, users, 0)], ctx.global_mean)
-        hist = pad_histories(histories, self._ratings_of(users, histories), mu)
+        hist = pad_histories(histories, self._ratings_of(users, histories, model), mu)
         raw = compute_features(ctx, users, hist, cand, cand_scores)
         return self.normalise(raw, overwrite=True)
 

@@ -57,6 +57,11 @@ class IdSpace:
             IdTypeError: text that is not an integer where ids are integers, an integer out of
                 range, or a boolean.
         """
+        kind = type(value)
+        if kind is int and self.integer and -ID_BOUND <= value <= ID_BOUND:
+            return value  # the common case, first: ids read back from the online state
+        if kind is str and not self.integer:
+            return value
         if isinstance(value, (bool, np.bool_)):
             raise IdTypeError(f"{self.name} {value!r} is not an id")
         value = to_plain(value)
@@ -90,6 +95,28 @@ class IdSpace:
             return pos
         return self._added.get(key, -1)
 
+    def rows(self, values: list[Any]) -> np.ndarray:
+        """Rows of many ids at once (-1 for unknown ones and ids of the wrong type): one index
+        lookup for the trained ids, a dictionary for the ones added since."""
+        keys: list[Any] = []
+        bad = np.zeros(len(values), bool)
+        placeholder = 0 if self.integer else ""
+        for n, v in enumerate(values):
+            try:
+                keys.append(self.parse(v))
+            except IdTypeError:
+                keys.append(placeholder)
+                bad[n] = True
+        if not keys:
+            return np.zeros(0, np.int64)
+        arr = np.asarray(keys, dtype=np.int64 if self.integer else object)
+        out = self._index.get_indexer(arr).astype(np.int64) if len(self._index) else np.full(len(arr), -1, np.int64)
+        if self._added:
+            for n in np.flatnonzero(out < 0):
+                out[n] = self._added.get(keys[n], -1)
+        out[bad] = -1
+        return out
+
     def row(self, value: Any) -> int:
         """The row of ``value``.
 
@@ -103,10 +130,10 @@ class IdSpace:
             raise UnknownIdError(f"unknown {self.name} {value!r}")
         return pos
 
-    def add(self, value: Any) -> int:
-        """Give a new id the next row; returns it."""
+    def add(self, value: Any, checked: bool = False) -> int:
+        """Give a new id the next row; returns it. ``checked``: the caller already found it unknown."""
         key = self.parse(value)
-        if self.get(key) >= 0:
+        if not checked and self.get(key) >= 0:
             raise ValueError(f"{self.name} {key!r} already exists")
         self._added[key] = len(self)
         self._added_ids.append(key)

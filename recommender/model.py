@@ -180,8 +180,13 @@ class HybridRecommender:
             return None
         mask = np.ones(self.n_items, dtype=bool)
         if filters.genres:
-            wanted = set(filters.genres)
-            mask &= np.fromiter((bool(wanted.intersection(g)) for g in self.items["genres"]), bool, self.n_items)
+            wanted = [self.genre_vocab.index(g) for g in filters.genres if g in self.genre_vocab]
+            genres = self.retrieval.item_genres  # (n_items, G) genre indicators: one vectorised test
+            if len(wanted) == len(filters.genres) and len(genres) == self.n_items:
+                mask &= np.asarray(genres[:, wanted] > 0).any(axis=1)
+            else:  # a genre outside the vocabulary: read the item table
+                named = set(filters.genres)
+                mask &= np.fromiter((bool(named.intersection(g)) for g in self.items["genres"]), bool, self.n_items)
         years = self.items["year"]
         if filters.year_min is not None:
             mask &= (years >= filters.year_min).fillna(False).to_numpy(bool)
@@ -447,10 +452,12 @@ class HybridRecommender:
         with self._catch_up_lock:  # one catch-up at a time; readers go on with the current state
             if last <= self.applied_seq:
                 return 0
-            events = state.events_after(self.applied_seq, last)
-            self.apply_events(events)
+            items, ratings = state.changes_after(self.applied_seq, last)
+            self.apply_events(items)  # movies first: a rating always comes after its movie
+            if ratings["rating"]:
+                self.apply_ratings(ratings["user_id"], ratings["item_id"], ratings["rating"], ratings["title"])
             self.applied_seq = last
-            return len(events)
+            return len(items) + len(ratings["rating"])
 
     def apply_events(self, events: list[Any]) -> None:
         """Apply online-state events (:class:`recommender.state.Event`) in sequence order.
@@ -493,56 +500,86 @@ class HybridRecommender:
         Returns:
             ``{"applied", "skipped", "created"}`` counts.
         """
-        titles = titles if titles is not None else [None] * len(item_ids)
-        per_user: dict[int, tuple[list[int], list[float]]] = {}
-        skipped = created = 0
         with self._lock:
-            new_users: list[Any] = []
-            for user_id, item_id, rating, title in zip(user_ids, item_ids, ratings, titles):
-                i = self.item_ids.get(item_id)
-                if i < 0 or (title is not None and self.title_of(i) != title):
-                    skipped += 1
-                    continue
-                try:
-                    u = self.users.get(user_id)
-                    if u < 0:
-                        u = self.users.add(user_id)
-                        new_users.append(u)
-                except (IdTypeError, ValueError):
-                    skipped += 1
-                    continue
-                items, values = per_user.setdefault(u, ([], []))
-                items.append(i)
-                values.append(float(rating))
+            item_rows = self.item_ids.rows(list(item_ids))
+            ok = item_rows >= 0
+            if titles is not None:  # never onto another movie: the recorded title must match
+                recorded = np.asarray(titles, dtype=object)
+                held = self.items["title"].to_numpy()[np.where(ok, item_rows, 0)]
+                ok &= (recorded == None) | (held == recorded)  # noqa: E711 (elementwise)
+            user_rows = self.users.rows(list(user_ids))
+            new_users: dict[Any, int] = {}
+            for n in np.flatnonzero(ok & (user_rows < 0)):  # unknown users, in order of first rating
+                key = user_ids[n]
+                u = new_users.get(key, -1)
+                if u < 0:
+                    try:
+                        u = new_users[key] = self.users.add(key, checked=True)  # rows() found it unknown
+                    except (IdTypeError, ValueError):
+                        ok[n] = False
+                        continue
+                user_rows[n] = u
+            skipped = int((~ok).sum())
             if skipped:
                 log.warning("%d live ratings not applied to %s (unknown movie, another movie under that id, or a mistyped user id)",
                             skipped, self.model_version)
-            if not per_user:
+            if not ok.any():
                 return {"applied": 0, "skipped": skipped, "created": 0}
-            users = np.fromiter(per_user.keys(), np.int64, len(per_user))
-            rows, row_ratings = [], []
-            for u in users:
-                items, values = per_user[int(u)]
-                new = np.asarray(items, np.int64)[::-1]
-                first = np.unique(new, return_index=True)[1]
-                keep = np.sort(first)
-                new_items = new[keep][::-1]
-                new_values = np.asarray(values, np.float32)[::-1][keep][::-1]
-                old, old_r = self.histories.of(int(u)), self.histories.ratings_of(int(u))
-                kept = ~np.isin(old, new_items)
-                rows.append(np.concatenate([old[kept], new_items]))
-                row_ratings.append(np.concatenate([old_r[kept], new_values]) if old_r is not None else None)
+            users, rows, row_ratings = self._merged_rows(
+                user_rows[ok], item_rows[ok], np.asarray(ratings, dtype=np.float32)[ok]
+            )
             known = np.where(users < self.retrieval.user_features.shape[0], users, -1)
             queries = self.retrieval.encode_histories(rows, known).astype(np.float32)
             self._grow_vectors(len(self.users))
-            for u, row, r, q in zip(users, rows, row_ratings, queries):
-                self.histories.set(int(u), row, r)
-                self.retrieval.user_vectors[u] = q
-                self.cache.forget(int(u))
+            self.retrieval.user_vectors[users] = queries
+            for u, row, r in zip(users.tolist(), rows, row_ratings):
+                self.histories.set(u, row, r)
+                self.cache.forget(u)
             created = len(new_users)
-        applied = sum(len(v[0]) for v in per_user.values())
-        log.info("applied %d live ratings of %d users (%d new) to %s", applied, len(per_user), created, self.model_version)
+        applied = int(ok.sum())
+        log.info("applied %d live ratings of %d users (%d new) to %s", applied, len(users), created, self.model_version)
         return {"applied": applied, "skipped": skipped, "created": created}
+
+    def _merged_rows(
+        self, u: np.ndarray, i: np.ndarray, r: np.ndarray
+    ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray | None]]:
+        """Each changed user's new history: the old entries not rated again, in their order, then
+        the new ones in the order of their last rating (a movie rated twice keeps its last
+        rating). Vectorised over all users at once.
+
+        Args:
+            u, i, r: user row, item row and rating of each new rating, in sequence order.
+        Returns:
+            (users, rows, ratings): the changed users and, for each, the item row of its history
+            and the ratings (None when the bundle carries no ratings for that user's old row).
+        """
+        n_items = np.int64(max(self.n_items, 1))
+        keys = u.astype(np.int64) * n_items + i
+        last = len(keys) - 1 - np.unique(keys[::-1], return_index=True)[1]  # last rating of each (user, item)
+        last.sort()
+        nu, ni, nr = u[last], i[last], r[last]
+        users = np.unique(nu)
+        olds = [self.histories.of(int(x)) for x in users]
+        old_rs = [self.histories.ratings_of(int(x)) for x in users]
+        has_r = np.fromiter((x is not None for x in old_rs), bool, len(users))
+        lengths = np.fromiter((len(x) for x in olds), np.int64, len(users))
+        ou = np.repeat(users, lengths)
+        oi = np.concatenate(olds) if len(olds) else np.zeros(0, np.int64)
+        orr = np.concatenate([x if x is not None else np.full(len(o), np.nan, np.float32) for x, o in zip(old_rs, olds)]).astype(np.float32) \
+            if len(olds) else np.zeros(0, np.float32)
+        kept = ~np.isin(ou * n_items + oi, nu.astype(np.int64) * n_items + ni)
+        all_u = np.concatenate([ou[kept], nu])
+        all_i = np.concatenate([oi[kept], ni])
+        all_r = np.concatenate([orr[kept], nr])
+        phase = np.concatenate([np.zeros(int(kept.sum()), np.int8), np.ones(len(nu), np.int8)])
+        pos = np.arange(len(all_u))
+        order = np.lexsort((pos, phase, all_u))
+        all_i, all_r = all_i[order], all_r[order]
+        counts = np.bincount(np.searchsorted(users, all_u[order]), minlength=len(users))
+        cuts = np.cumsum(counts)[:-1]
+        rows = np.split(all_i, cuts)
+        ratings = [x if h else None for x, h in zip(np.split(all_r, cuts), has_r)]
+        return users, rows, ratings
 
     def _grow_vectors(self, n_users: int) -> None:
         """Room for ``n_users`` query vectors; capacity doubles, so adding users costs O(1) amortised."""

@@ -63,6 +63,11 @@ def encode_id(value: Any) -> str:
 
 
 def decode_id(text: str) -> Any:
+    if text[:1] != '"':
+        try:
+            return int(text)  # the common case, without the JSON parser
+        except ValueError:
+            pass
     return json.loads(text)
 
 
@@ -164,6 +169,11 @@ class StateStore:
             "movierec_items", md,
             sa.Column("item_id", sa.Text, primary_key=True),
             sa.Column("seq", sa.BigInteger, nullable=False),
+            # the movie's vectors as the model that added it computed them (little-endian float32,
+            # base64): content vector and two-tower item vector, with that model's version
+            sa.Column("model_version", sa.Text),
+            sa.Column("content_vector", sa.Text),
+            sa.Column("item_vector", sa.Text),
         )
         self.meta = sa.Table(
             "movierec_meta", md,
@@ -171,6 +181,7 @@ class StateStore:
             sa.Column("value", sa.Text, nullable=False),
         )
         self._sa = sa
+        self._local = threading.local()
         try:
             with self._write() as conn:
                 md.create_all(conn)
@@ -198,12 +209,48 @@ class StateStore:
     def _read(self) -> Any:
         return self.engine.connect()
 
+    def _raw(self) -> Any:
+        """This thread's own autocommit DB-API connection, for the two hot reads (the sequence
+        check of every request and the bulk fetch of a catch-up): no pool checkout, no
+        BEGIN/ROLLBACK around a single SELECT, no per-row result objects."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self.dialect == "sqlite":
+                import sqlite3
+
+                conn = sqlite3.connect(self.url.split(":///", 1)[1], timeout=30, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA busy_timeout=30000")
+            else:
+                import psycopg
+
+                conn = psycopg.connect(self.url.replace("postgresql+psycopg://", "postgresql://", 1), autocommit=True)
+            self._local.conn = conn
+        return conn
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if self.dialect == "postgresql":
+            sql = sql.replace("?", "%s")
+        try:
+            cur = self._raw().execute(sql, params)
+        except Exception:
+            self._drop_raw()  # a broken connection is replaced on the next call
+            raise
+        return cur.fetchall()
+
+    def _drop_raw(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
     # ---- reads ---------------------------------------------------------------------------------------
     def last_seq(self) -> int:
-        """The newest acknowledged event (0 when none): the cheap per-request check."""
-        sa = self._sa
-        with self._read() as conn:
-            value = conn.execute(sa.select(sa.func.max(self.events.c.seq))).scalar()
+        """The newest acknowledged event (0 when none): the cheap per-request check (one
+        lookup at the end of the primary-key index)."""
+        value = self._query("SELECT max(seq) FROM movierec_events")[0][0]
         return int(value or 0)
 
     def events_after(self, after: int, upto: int | None = None) -> list[Event]:
@@ -222,6 +269,34 @@ class StateStore:
                     int(seq), kind, float(at), decode_id(user) if user is not None else None, decode_id(item),
                     None if rating is None else float(rating), title, json.loads(payload) if payload else None,
                 )
+
+    def changes_after(self, after: int, upto: int) -> tuple[list[Event], dict[str, list[Any]]]:
+        """What a worker applies to catch up: the added movies (events, in order) and every
+        rating, as columns ``user_id, item_id, rating, title`` in sequence order."""
+        rows = self._query(
+            "SELECT seq, kind, at, user_id, item_id, rating, title, payload FROM movierec_events "
+            "WHERE seq > ? AND seq <= ? ORDER BY seq", (int(after), int(upto)),
+        )
+        memo: dict[str, Any] = {}
+
+        def ident(text: str) -> Any:
+            value = memo.get(text)
+            if value is None:
+                value = memo[text] = decode_id(text)
+            return value
+
+        items = [
+            Event(int(r[0]), "item", float(r[2]), None, ident(r[4]), None, r[6], json.loads(r[7]) if r[7] else None)
+            for r in rows if r[1] == "item"
+        ]
+        rated = [r for r in rows if r[1] == "rating"]
+        ratings = {
+            "user_id": [ident(r[3]) for r in rated],
+            "item_id": [ident(r[4]) for r in rated],
+            "rating": [float(r[5]) for r in rated],
+            "title": [r[6] for r in rated],
+        }
+        return items, ratings
 
     def ratings_frame(self, after: int = 0, upto: int | None = None) -> pd.DataFrame:
         """Rating events as ``seq, user_id, item_id, rating, timestamp, title`` (typed ids)."""
@@ -300,11 +375,34 @@ class StateStore:
             conn.execute(sa.insert(self.items).values(item_id=encode_id(item_id), seq=seq))
         return item_id, seq
 
+    def save_vectors(self, item_id: Any, model_version: str, content: np.ndarray, item: np.ndarray) -> None:
+        """Record an added movie's vectors (once: the first model to compute them keeps them)."""
+        sa = self._sa
+        t = self.items
+        with self._write() as conn:
+            conn.execute(
+                sa.update(t).where((t.c.item_id == encode_id(item_id)) & t.c.model_version.is_(None))
+                .values(model_version=model_version, content_vector=pack_vector(content), item_vector=pack_vector(item))
+            )
+
+    def vectors(self, item_id: Any) -> tuple[str, np.ndarray, np.ndarray] | None:
+        """``(model_version, content vector, item vector)`` of an added movie, if recorded."""
+        sa = self._sa
+        t = self.items
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(t.c.model_version, t.c.content_vector, t.c.item_vector).where(t.c.item_id == encode_id(item_id))
+            ).first()
+        if row is None or row[0] is None:
+            return None
+        return str(row[0]), unpack_vector(row[1]), unpack_vector(row[2])
+
     def _has_item(self, conn: Any, item_id: Any) -> bool:
         sa = self._sa
         return conn.execute(sa.select(self.items.c.seq).where(self.items.c.item_id == encode_id(item_id))).first() is not None
 
     def close(self) -> None:
+        self._drop_raw()
         self.engine.dispose()
 
 

@@ -360,13 +360,18 @@ def _ranked_items(
     return idx[:k], scores[:k]
 
 
-async def _off_loop_if_ranked(
-    settings: Settings, served: ServedModel, fetch: Callable[[int], Any], k: int, diversity: float
+OFF_LOOP_K = 100
+"""Lists longer than this (or diversified, or explained) are built in the thread pool."""
+
+
+async def _off_loop_if_heavy(
+    settings: Settings, served: ServedModel, fetch: Callable[[int], Any], k: int, diversity: float, explained: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Retrieval-only answers take well under a millisecond and run on the event loop; ranking
-    takes several, so it runs in the thread pool where it cannot hold up other requests
-    (health checks, reloads) meanwhile."""
-    if settings.rank and served.recommender.ranker is not None:
+    """Short retrieval-only answers take well under a millisecond and run on the event loop;
+    ranking takes several milliseconds, and MMR and explanations grow with ``k``, so those run
+    in the thread pool where they cannot hold up other requests (health checks, reloads)."""
+    heavy = (settings.rank and served.recommender.ranker is not None) or diversity > 0 or explained or k > OFF_LOOP_K
+    if heavy:
         return await run_in_threadpool(_ranked_items, served, fetch, k, diversity)
     return _ranked_items(served, fetch, k, diversity)
 
@@ -491,13 +496,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         genres = _genres(rec, query.genres.split(",") if query.genres else None)
         exclude = [e.strip() for e in query.exclude.split(",") if e.strip()] if query.exclude else None
         filters = Filters(genres=genres, year_min=query.year_min, year_max=query.year_max, exclude_items=exclude)
-        idx, scores = await _off_loop_if_ranked(
-            settings, served, lambda n: rec.recommend_user(user_id, n, query.exclude_seen, filters, rank=settings.rank), query.k, query.diversity
+        idx, scores = await _off_loop_if_heavy(
+            settings, served, lambda n: rec.recommend_user(user_id, n, query.exclude_seen, filters, rank=settings.rank), query.k,
+            query.diversity, query.explain,
         )
         items = served.records(idx, scores)
         if query.explain:
             history, ratings = served.user_history(u)  # live feedback included
-            _with_reasons(items, served, history, ratings, idx, "rated")
+            await run_in_threadpool(_with_reasons, items, served, history, ratings, idx, "rated")
         return {"user_id": rec.users.id_of(u), "model_version": served.model_version, "items": items}
 
     @app.post(
@@ -549,13 +555,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         filters = Filters(
             genres=_genres(rec, body.genres), year_min=body.year_min, year_max=body.year_max, exclude_items=body.exclude_items
         )
-        idx, scores = await _off_loop_if_ranked(
-            settings, served, lambda n: rec.recommend_from_items(body.liked_items, n, filters, rank=settings.rank), body.k, body.diversity
+        idx, scores = await _off_loop_if_heavy(
+            settings, served, lambda n: rec.recommend_from_items(body.liked_items, n, filters, rank=settings.rank), body.k,
+            body.diversity, body.explain,
         )
         items = served.records(idx, scores)
         if body.explain:
             liked = np.array([rec.item_idx(i) for i in body.liked_items], dtype=np.int64)
-            _with_reasons(items, served, liked, None, idx, "liked")
+            await run_in_threadpool(_with_reasons, items, served, liked, None, idx, "liked")
         return {"user_id": None, "model_version": served.model_version, "items": items}
 
     # ---- catalogue ---------------------------------------------------------------------------------
@@ -626,7 +633,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.error("online state not writable: %s", e)
             raise StateError("online state is not writable; movie not added") from e
         catch_up(served, store.state)
-        out = rec.item_records(np.array([rec.item_idx(item_id)]))[0]
+        i = rec.item_idx(item_id)
+        try:  # the vectors it got, kept beside its text (best effort: the movie is already stored)
+            store.state.save_vectors(item_id, served.model_version, rec.content.item_vectors[i], rec.retrieval.item_vectors[i])
+        except Exception as e:
+            log.warning("vectors of added movie %r not stored: %s", item_id, e)
+        out = rec.item_records(np.array([i]))[0]
         out.update({"description": body.description, "tags": None, "popularity": 0})
         return out
 

@@ -102,6 +102,12 @@ def test_an_added_movie_and_its_ratings_survive_a_restart(bundle_path: Path, mod
         # a second movie gets another generated id, never the first one again
         r2 = httpx.post(f"{base}/items", json={"title": "Galaxy Rebels II"}, headers={"X-API-Key": KEY}, timeout=30)
         assert r2.status_code == 201 and r2.json()["item_id"] != new_id
+    # the state holds the movie's text, genres and the vectors the serving model gave it
+    from recommender.state import open_state
+
+    version, content, item = open_state(state).vectors(new_id)
+    assert version == model.model_version and content.shape == (model.content.item_vectors.shape[1],)
+    assert item.shape == (model.retrieval.item_vectors.shape[1],) and np.isfinite(item).all()
 
 
 def test_every_acknowledged_write_survives_a_sigkill(bundle_path: Path, model: HybridRecommender, tmp_path: Path) -> None:
@@ -169,34 +175,47 @@ def test_rows_of_the_issue_in_process(bundle_path: Path, tmp_path: Path) -> None
         assert r.status_code == 422 and "generates" in r.json()["detail"]
 
 
-def test_train_refuses_to_replace_a_folder_that_is_not_a_bundle(data_dir: Path, tmp_path: Path) -> None:
+def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """``movierec ARGS`` in this process (the refusals come before any heavy work)."""
+    import sys
+
+    from movierec.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["movierec", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    return int(exc.value.code or 0), capsys.readouterr().err
+
+
+def test_train_refuses_to_replace_a_folder_that_is_not_a_bundle(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Row 4: ``train --out`` over a folder holding a user's file exits 2 with one line; the file stays."""
     out = tmp_path / "mine"
     out.mkdir()
     (out / "thesis.txt").write_text("years of work")
-    proc = subprocess.run(
-        [str(MOVIEREC), "train", "--data", str(data_dir), "--out", str(out)], cwd=REPO, env=child_env(),
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "not a movierec bundle" in lines[0] and "Traceback" not in proc.stderr
+    code, err = _cli(monkeypatch, capsys, "train", "--data", str(data_dir), "--out", str(out))
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "not a movierec bundle" in lines[0] and "Traceback" not in err, err
     assert (out / "thesis.txt").read_text() == "years of work"
+    # a file, too
+    (tmp_path / "notes.txt").write_text("mine")
+    code, err = _cli(monkeypatch, capsys, "train", "--data", str(data_dir), "--out", str(tmp_path / "notes.txt"))
+    assert code == 2 and "refusing to replace" in err and (tmp_path / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_candidates_refuse_to_replace_what_is_not_theirs(bundle_path: Path, tmp_path: Path, workers: int) -> None:
+def test_candidates_refuse_to_replace_what_is_not_theirs(
+    bundle_path: Path, tmp_path: Path, workers: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / ("cands" if workers > 1 else "cands.parquet")
     if workers > 1:
         out.mkdir()
         (out / "notes.md").write_text("mine")
     else:
         out.write_text("mine")
-    proc = subprocess.run(
-        [str(MOVIEREC), "candidates", "--model", str(bundle_path), "--out", str(out), "--workers", str(workers)],
-        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 2 and "refusing to replace" in proc.stderr, proc.stderr[-2000:]
+    code, err = _cli(monkeypatch, capsys, "candidates", "--model", str(bundle_path), "--out", str(out), "--workers", str(workers))
+    assert code == 2 and "refusing to replace" in err and len([ln for ln in err.splitlines() if ln.startswith("error:")]) == 1, err
     assert ((out / "notes.md") if workers > 1 else out).read_text() == "mine"
 
 

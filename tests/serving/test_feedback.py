@@ -182,3 +182,15 @@ def test_train_feedback_flag_refuses_a_missing_log(bundle_path: Path, tmp_path: 
         main()
     assert exc.value.code == 2 and "no such state folder, database or feedback log" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_the_ranker_reads_live_ratings_from_the_layer(bundle_path: Path) -> None:
+    """One place for a user's ratings: the ranker's features see a live rating as given."""
+    rec = HybridRecommender.load(bundle_path)
+    if rec.ranker is None:
+        pytest.skip("bundle without a ranker")
+    user = int(rec.user_ids[3])
+    unseen = next(int(i) for i in rec.items["item_id"] if rec.item_idx(i) not in set(rec.histories.of(3).tolist()))
+    rec.record_ratings(user, [unseen], [1.0])
+    got = rec.ranker._ratings_of(np.array([3]), [rec.histories.of(3)], rec)[0]
+    assert got is not None and len(got) == len(rec.histories.of(3)) and got[-1] == 1.0

@@ -66,3 +66,22 @@ def test_many_distinct_requests_keep_the_service_cache_bounded(bundle_path: Path
         for k in range(1, 80):
             assert c.get("/users/1/recommendations", params={"k": k}).status_code == 200
         assert len(rec.cache) == 30
+
+
+def test_an_unreachable_state_database_is_503_not_500(bundle_path: Path, tmp_path: Path) -> None:
+    """Reads and writes that need the online state answer 503 with Retry-After when it is gone."""
+    import sqlite3
+
+    with TestClient(create_app(Settings(model=bundle_path, state_dir=tmp_path / "state"))) as c:
+        state = c.app.state.store.state
+
+        def broken(*args: object, **kwargs: object) -> int:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        state.last_seq = broken  # type: ignore[method-assign]
+        state.append_ratings = broken  # type: ignore[method-assign]
+        r = c.get("/users/1/recommendations")
+        assert r.status_code == 503 and r.headers.get("retry-after") == "1" and "online state" in r.json()["detail"]
+        r = c.post("/users/1/ratings", json=[{"item_id": 1, "rating": 4}])
+        assert r.status_code == 503
+        assert c.get("/health").status_code == 200
