@@ -159,7 +159,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install -y wrk")
 
-    from ranking.blend import HybridRecommender
+    from recommender import HybridRecommender
 
     model = HybridRecommender.load(args.model)
     users = [x.item() if hasattr(x, "item") else x for x in model.user_ids]

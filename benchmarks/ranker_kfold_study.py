@@ -31,7 +31,7 @@ from benchmarks.ranking_quality import _config, _quiet, baseline_metrics, ordere
 from movierec.data import load_dataset  # noqa: E402
 from movierec.pipeline import train as train_pipeline  # noqa: E402
 from movierec.splits import holdout_per_user, validation_split  # noqa: E402
-from ranking.blend import HybridRecommender  # noqa: E402
+from recommender import HybridRecommender  # noqa: E402
 from ranking.ranker import fit_ranker, split_for_ranker  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -41,7 +41,7 @@ from movierec.data import Dataset, load_dataset  # noqa: E402
 from movierec.metrics import evaluate_topn, mae, rmse, topn_metrics, top_k  # noqa: E402
 from movierec.pipeline import tower_trainer, train as train_pipeline  # noqa: E402
 from movierec.splits import cold_items, holdout_per_user, ml100k_fold, validation_split  # noqa: E402
-from ranking.blend import HybridRecommender  # noqa: E402
+from recommender import HybridRecommender  # noqa: E402
 from ranking.ranker import refit_ranker  # noqa: E402
 
 KS = (10, 50)

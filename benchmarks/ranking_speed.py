@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ranking.blend import HybridRecommender  # noqa: E402
+from recommender import HybridRecommender  # noqa: E402
 
 
 def single_user(model: HybridRecommender, n_candidates: int = 100, repeats: int = 2000, seed: int = 0) -> dict[str, float]:

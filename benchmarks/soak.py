@@ -187,7 +187,7 @@ def soak(
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not become ready in 180 s")
             time.sleep(0.5)
-        from ranking.blend import HybridRecommender  # ids to query, read from the same bundle
+        from recommender import HybridRecommender  # ids to query, read from the same bundle
 
         rec = HybridRecommender.load(model, verify=False)
         users = [int(u) if isinstance(u, np.integer) else u for u in rec.user_ids.tolist()]

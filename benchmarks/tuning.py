@@ -32,7 +32,7 @@ from movierec.metrics import topn_metrics  # noqa: E402
 from movierec.pipeline import train as train_pipeline  # noqa: E402
 from movierec.splits import holdout_per_user  # noqa: E402
 from movierec.tune import tune  # noqa: E402
-from ranking.blend import HybridRecommender  # noqa: E402
+from recommender import HybridRecommender  # noqa: E402
 
 log = logging.getLogger("benchmarks.tuning")
 

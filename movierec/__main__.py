@@ -1,5 +1,6 @@
-"""``python -m movierec ARGS``: the CLI without the installed console script (e.g. from a worktree)."""
+"""``python -m movierec ARGS``: exactly the ``movierec`` console script (same exit codes, no
+tracebacks for bad input), e.g. from a worktree without the installed script."""
 
-from movierec.cli import app
+from movierec.cli import main
 
-app()
+main()

@@ -62,6 +62,62 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def is_bundle(path: str | Path) -> bool:
+    """Whether ``path`` is a directory that claims to be a movierec bundle (a manifest of ours)."""
+    mpath = Path(path) / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(manifest, dict) and "format_version" in manifest and isinstance(manifest.get("files"), dict)
+
+
+def check_replaceable(target: str | Path) -> None:
+    """Refuse to write a bundle over anything that is not one: a bundle writer replaces its
+    target whole, and a folder of someone's own files must never be deleted by a training run.
+
+    Raises:
+        BundleError: ``target`` exists and is a file, or a non-empty folder that is not a bundle.
+    """
+    target = Path(target)
+    if not target.exists() and not target.is_symlink():
+        return
+    if not target.is_dir():
+        raise BundleError(f"{target} exists and is not a movierec bundle (a file); refusing to replace it")
+    if is_bundle(target) or not any(target.iterdir()):
+        return
+    raise BundleError(
+        f"{target} exists and is not a movierec bundle (no {MANIFEST} of ours); refusing to replace it, choose another --out"
+    )
+
+
+def replace_directory(new: Path, target: Path) -> None:
+    """Put the directory ``new`` at ``target``, atomically when the kernel allows it.
+
+    With ``renameat2(RENAME_EXCHANGE)`` the target is the old content or the new one at every
+    instant, even under SIGKILL; the old content then sits at ``new`` and is removed. Without
+    it, two renames: a kill between them leaves the old content under a hidden ``.old-*`` name
+    beside the target.
+    """
+    if target.exists() and _exchange(new, target):
+        _fsync_dir(target.parent)
+        _discard_bundle(new)
+        return
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    _fsync_dir(target.parent)
+    if old is not None:
+        _discard_bundle(old)
+
+
 class BundleWriter:
     """Collects a bundle's files in a hidden temp directory beside the target.
 
@@ -72,6 +128,7 @@ class BundleWriter:
 
     def __init__(self, target: str | Path, model_version: str | None = None) -> None:
         self.target = Path(target)
+        check_replaceable(self.target)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
         self.model_version = model_version or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
@@ -114,6 +171,7 @@ class BundleWriter:
         atomic_write_bytes(self.path / MANIFEST, json.dumps(manifest, indent=1, default=_json_default).encode())
         _fsync_dir(self.path)
         os.chmod(self.path, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+        check_replaceable(self.target)  # again: something may have appeared there while training
         if self.target.exists() and _exchange(self.path, self.target):
             # one atomic syscall: the target is the old bundle or the new one at every instant,
             # even if the process is SIGKILLed; the old bundle now sits in our hidden temp dir

@@ -28,23 +28,117 @@ class UsageError(ValueError):
 
 
 def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "faiss", "faiss.loader"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from movierec.logs import setup_logging
+
+    setup_logging(verbose)
 
 
 def _emit(obj: object) -> None:
     typer.echo(json.dumps(obj, indent=1, default=str))
 
 
+def _version(value: bool) -> None:
+    if value:
+        from movierec import __version__
+
+        typer.echo(f"movierec {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging, library messages included")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
     _setup_logging(verbose)
+
+
+config_app = typer.Typer(no_args_is_help=True, help="Show the resolved configuration.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(
+    config: Annotated[Optional[Path], typer.Option(help="YAML config (see configs/)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override, e.g. --set retrieval.epochs=5")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of commented YAML")] = False,
+) -> None:
+    """Print every configuration key with its resolved value (defaults, then --config, then --set)."""
+    from movierec.config import dump_config, load_config, render_yaml
+
+    cfg = load_config(config, list(set_ or []))
+    if as_json:
+        _emit(dump_config(cfg))
+        return
+    typer.echo(render_yaml(cfg), nl=False)
+
+
+@app.command()
+def split(
+    out: Annotated[Path, typer.Option(help="folder to write train.csv, test.csv and items.csv")],
+    data: Annotated[Optional[Path], typer.Option(help="MovieLens-style folder or .zip")] = None,
+    ratings: Annotated[Optional[Path], typer.Option(help="plain CSV: user_id,item_id,rating[,timestamp]")] = None,
+    items: Annotated[Optional[Path], typer.Option(help="plain CSV: item_id,title[,genres][,description]")] = None,
+    protocol: Annotated[str, typer.Option(help="holdout (random share of each user's ratings), temporal (each user's latest), cold-items (every rating of some movies), or MovieLens 100K's own fold u1..u5, ua, ub")] = "holdout",
+    test_size: Annotated[float, typer.Option(help="share held out for the test file, in (0, 1)")] = 0.2,
+    seed: Annotated[int, typer.Option(help="random seed (holdout, cold-items)")] = 42,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Write a train/test split (user_id,item_id,rating,timestamp) and the catalogue, for train --ratings/--items, evaluate --test, compare and report --test."""
+    from movierec.splits import ML100K_FOLDS, PROTOCOLS, write_split
+
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+    if not 0 < test_size < 1:
+        raise UsageError(f"--test-size must be between 0 and 1 (exclusive), not {test_size:g}")
+    if protocol in ML100K_FOLDS and (data is None or not (data / f"{protocol}.test").is_file()):
+        raise UsageError(f"--protocol {protocol} is a MovieLens 100K fold: give --data with the ml-100k folder holding {protocol}.test")
+    ds = _data_options(data, ratings, items)
+    summary = write_split(ds, out, protocol, test_size, seed, folder=data)
+    if as_json:
+        _emit(summary)
+        return
+    typer.echo(
+        f"{protocol} split of {ds}: {summary['train_ratings']:,} training ratings -> {out / 'train.csv'}, "
+        f"{summary['test_ratings']:,} test ratings ({summary['test_users']:,} users, {summary['test_items']:,} movies) "
+        f"-> {out / 'test.csv'}, {summary['items']:,} movies -> {out / 'items.csv'}"
+    )
+
+
+@app.command()
+def compare(
+    train: Annotated[Path, typer.Option(help="training ratings CSV (e.g. train.csv from movierec split)")],
+    test: Annotated[Path, typer.Option(help="test CSV user_id,item_id[,rating], or MovieLens u1.test..u5.test, ua/ub.test")],
+    items: Annotated[Optional[Path], typer.Option(help="item CSV (items.csv from movierec split)")] = None,
+    models: Annotated[Optional[str], typer.Option(help="comma-separated: popular,ease,itemknn,rp3beta,svd,two-tower,movierec (default: all)")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML config for the movierec / two-tower pipeline")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="config override, e.g. --set retrieval.epochs=5")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list, one object per model")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="also write a bar chart PNG here")] = None,
+) -> None:
+    """Fit baselines and the hybrid on one training set, score them on one test file (full ranking, training items excluded), print one table."""
+    from movierec.compare import compare as run_compare, format_table, parse_models, plot as plot_rows
+    from movierec.config import load_config
+    from movierec.evaluation import read_test_file
+
+    try:
+        names = parse_models(models)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    cfg = load_config(config, list(set_ or []))
+    frame = read_test_file(test)
+    ds = _data_options(None, train, items)
+    rows = run_compare(ds, frame, names, config=cfg, show_progress=not as_json)
+    if plot is not None:
+        plot_rows(rows, plot)
+    if as_json:
+        _emit(rows)
+        return
+    typer.echo(format_table(rows))
+    if plot is not None:
+        typer.echo(f"plot: {plot}")
 
 
 @app.command()
@@ -138,8 +232,13 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help="random seed (overrides the config)")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override, e.g. --set retrieval.epochs=5")] = None,
     feedback: Annotated[
-        Optional[Path], typer.Option(help="feedback log of the service (JSON lines) to fold into the ratings, latest rating wins")
+        Optional[str],
+        typer.Option(
+            help="online state of the service to fold in (its folder, state.db, or a postgresql:// URL; or an older "
+            "JSON-lines feedback log): every rating acknowledged so far, latest rating wins; serving replays only what came after"
+        ),
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON (bundle, version, seconds, validation metrics)")] = False,
 ) -> None:
     """Train content vectors, the two-tower model, the index and the ranker; write one bundle."""
     import time
@@ -150,29 +249,50 @@ def train(
     overrides = list(set_ or [])
     if seed is not None:
         overrides.append(f"seed={seed}")
+    if as_json:  # stdout holds the JSON alone: no progress bars
+        overrides.append("trainer.progress=false")
     cfg = load_config(config, overrides)
-    if feedback is not None and not feedback.is_file():
-        raise UsageError(f"{feedback}: no such feedback log")
-    ds = _data_options(data, ratings, items)
-    if feedback is not None:
-        from serving.store import fold_feedback
+    from movierec.artifacts import check_replaceable
 
-        ds = fold_feedback(ds, feedback)  # type: ignore[arg-type]
+    check_replaceable(out)  # before any work: a folder that is not a bundle is never replaced
+    feedback_path = Path(feedback) if feedback is not None and "://" not in feedback else None
+    if feedback_path is not None and not feedback_path.exists():
+        raise UsageError(f"{feedback}: no such state folder, database or feedback log")
+    ds = _data_options(data, ratings, items)
+    extra: dict[str, object] = {}
+    if feedback is not None:
+        from recommender.state import StateError, fold_feedback, fold_state, open_state
+
+        if feedback_path is not None and feedback_path.is_file() and feedback_path.suffix != ".db":
+            ds = fold_feedback(ds, feedback_path)  # type: ignore[arg-type]
+        else:
+            try:
+                ds, seq = fold_state(ds, open_state(feedback))  # type: ignore[arg-type]
+            except StateError as e:
+                raise UsageError(str(e)) from None
+            extra["state"] = {"seq": seq}
+            typer.echo(f"folded the online state up to event {seq}")
     t0 = time.perf_counter()
-    path = train_pipeline(ds, out, cfg)
+    path = train_pipeline(ds, out, cfg, manifest=extra)
     from movierec.artifacts import load_bundle
 
     manifest = load_bundle(path, verify=False).manifest
     m = manifest.get("metrics", {})
-    typer.echo(f"trained on {ds} in {time.perf_counter() - t0:.1f}s")
+    seconds = time.perf_counter() - t0
+    if as_json:
+        _emit({"bundle": str(path), "model_version": manifest["model_version"], "data": str(ds), "seconds": round(seconds, 1), "metrics": m})
+        return
+    typer.echo(f"trained on {ds} in {seconds:.1f}s")
+    from movierec.metrics import metric_rows
+
     for stage, values in m.items():
-        shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-        typer.echo(f"  {stage}: {shown}")
+        if isinstance(values, dict):
+            typer.echo(f"  {stage}: " + "; ".join(f"{k} {v}" for k, v in metric_rows(values)))
     typer.echo(f"bundle: {path} (version {manifest['model_version']})")
 
 
 def _load_model(path: Path) -> object:
-    from ranking.blend import HybridRecommender
+    from recommender import HybridRecommender
 
     if not path.exists():
         raise UsageError(f"{path}: no such model directory")
@@ -182,7 +302,7 @@ def _load_model(path: Path) -> object:
 @app.command()
 def evaluate(
     model: Annotated[Path, typer.Option(help="bundle directory from movierec train")],
-    test: Annotated[Path, typer.Option(help="CSV with user_id,item_id[,rating] held out from training")],
+    test: Annotated[Path, typer.Option(help="CSV with user_id,item_id[,rating] held out from training, or MovieLens u1.test..u5.test, ua/ub.test")],
     k: Annotated[int, typer.Option(min=1, help="cut-off")] = 10,
     no_rank: Annotated[bool, typer.Option("--no-rank", help="retrieval order, without the ranker")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
@@ -215,12 +335,17 @@ def candidates(
         int,
         typer.Option(min=1, max=256, help="worker processes (Lightning DDP predict loop); above 1, --out is a directory of one parquet part per worker"),
     ] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON (rows, users, users_per_second, out)")] = False,
 ) -> None:
     """Top-k candidates for every user (or a list), items rated in training excluded."""
     import numpy as np
 
-    from retrieval.candidates import write_candidates
+    from retrieval.candidates import check_candidates_target, check_parts_target, write_candidates
 
+    try:  # before any work: a file or folder that is not ours is never replaced
+        check_parts_target(out) if workers > 1 else check_candidates_target(out)
+    except FileExistsError as e:
+        raise UsageError(str(e)) from None
     m = _load_model(model)
     if users is not None:
         from movierec.evaluation import _to_index
@@ -242,11 +367,12 @@ def candidates(
         chosen = np.arange(len(m.user_ids))
     k = min(k, m.n_items)
     if workers > 1:
-        from retrieval.distributed import write_candidates_distributed
+        from movierec.candidates import write_candidates_distributed
 
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"{out}: with --workers {workers} the output is a directory of parquet parts, and this is a file")
         summary = write_candidates_distributed(model, chosen, out, k, rank=not no_rank, workers=workers, chunk_size=chunk_size, model=m)
+        if as_json:
+            _emit({**summary, "out": str(out)})
+            return
         typer.echo(
             f"wrote {summary['rows']:,} candidates for {summary['users']:,} users to {out}/ in {summary['parts']} parts "
             f"({summary['users_per_second']:,.0f} users/s)"
@@ -259,7 +385,11 @@ def candidates(
         m.items["item_id"].to_numpy(),
         out,
         chunk_size=chunk_size,
+        show_progress=not as_json,
     )
+    if as_json:
+        _emit({**summary, "out": str(out)})
+        return
     typer.echo(f"wrote {summary['rows']:,} candidates for {summary['users']:,} users to {out} ({summary['users_per_second']:,.0f} users/s)")
 
 
@@ -294,7 +424,7 @@ def serve_model(model: Path, host: str, port: int, workers: int) -> None:
 
 def _query_model(model: Path) -> object:
     """Load a bundle for a one-off query; a missing or broken bundle is a usage error."""
-    from ranking.blend import HybridRecommender
+    from recommender import HybridRecommender
 
     if not (model / "manifest.json").is_file():
         raise UsageError(f"{model}: not a model bundle (no manifest.json); train one with movierec train")
@@ -324,7 +454,7 @@ def recommend(
     """Top-k movies for a known user, movies they rated in training excluded."""
     import numpy as np
 
-    from ranking.blend import Filters, UnknownIdError
+    from recommender import Filters, UnknownIdError
 
     if year_min is not None and year_max is not None and year_min > year_max:
         raise UsageError(f"--year-min {year_min} is after --year-max {year_max}")
@@ -370,7 +500,7 @@ def similar(
     as_json: Annotated[bool, typer.Option("--json", help='print {"item_id", "items": [{"item_id", "title", "score"}]}')] = False,
 ) -> None:
     """Movies similar to one movie, by content vectors, two-tower vectors, or both."""
-    from ranking.blend import UnknownIdError
+    from recommender import UnknownIdError
 
     if by not in ("hybrid", "content", "collaborative"):
         raise UsageError(f"--by must be hybrid, content or collaborative, not {by!r}")
@@ -392,7 +522,7 @@ def similar(
 @app.command()
 def tune(
     out: Annotated[Path, typer.Option(help="YAML file for the best config (loadable by train --config); trials go to the .csv beside it")],
-    trials: Annotated[int, typer.Option(min=1, help="number of trials (each trains the pipeline with capped epochs)")] = 20,
+    trials: Annotated[int, typer.Option(min=1, help="trials in the study (each trains the pipeline with capped epochs); rerunning resumes the study in OUT's .db and runs only the missing ones")] = 20,
     data: Annotated[Optional[Path], typer.Option(help="MovieLens-style folder or .zip (training data only)")] = None,
     ratings: Annotated[Optional[Path], typer.Option(help="plain CSV: user_id,item_id,rating[,timestamp]")] = None,
     items: Annotated[Optional[Path], typer.Option(help="plain CSV: item_id,title[,genres][,description]")] = None,
@@ -400,18 +530,22 @@ def tune(
     seed: Annotated[int, typer.Option(help="seeds the validation split, the sampler and training")] = 42,
     retrieval_epochs: Annotated[int, typer.Option(min=1, help="two-tower epochs per trial")] = 5,
     ranking_epochs: Annotated[int, typer.Option(min=1, help="ranker epochs per trial")] = 3,
+    no_prune: Annotated[bool, typer.Option("--no-prune", help="train every trial to the end (default: stop trials whose retrieval score is below the median)")] = False,
 ) -> None:
-    """Search the main hyper-parameters with Optuna on a validation split of the training data."""
+    """Search the main hyper-parameters with Optuna on a validation split of the training data (study kept in SQLite, resumable, bad trials pruned)."""
     from movierec.config import load_config
-    from movierec.tune import METRIC, tune as run_tune
+    from movierec.tune import METRIC, StudyError, tune as run_tune
 
     base = load_config(config)
     ds = _data_options(data, ratings, items)
-    result = run_tune(ds, trials, out, base=base, trial_epochs=(retrieval_epochs, ranking_epochs), seed=seed)  # type: ignore[arg-type]
+    try:
+        result = run_tune(ds, trials, out, base=base, trial_epochs=(retrieval_epochs, ranking_epochs), seed=seed, prune=not no_prune)  # type: ignore[arg-type]
+    except StudyError as e:
+        raise UsageError(str(e)) from None
     typer.echo(f"best validation {METRIC}: {result.best_value:.4f}")
     for key, value in result.best_params.items():
         typer.echo(f"  {key} = {value}")
-    typer.echo(f"config: {result.config_path}  trials: {result.trials_path}")
+    typer.echo(f"config: {result.config_path}  trials: {result.trials_path}  study: {out.with_suffix('.db')} (rerun to resume)")
 
 
 @app.command()

@@ -23,7 +23,7 @@ class _Section(BaseModel):
 class ContentConfig(_Section):
     """TF-IDF over item text, reduced by TruncatedSVD to dense vectors."""
 
-    dim: int = Field(128, ge=2, le=4096)
+    dim: int = Field(128, ge=2, le=4096, description="dense TF-IDF -> SVD dimension")
     min_df: int = Field(1, ge=1)
     max_features: int | None = Field(200_000, ge=16)
     title_weight: float = Field(1.0, ge=0)
@@ -53,7 +53,7 @@ class IndexConfig(_Section):
     ``pq_m * pq_nbits / 8`` bytes per vector instead of ``4 * dim`` and is trained on a sample.
     """
 
-    kind: Literal["auto", "flat", "hnsw", "ivf", "ivfpq"] = "auto"
+    kind: Literal["auto", "flat", "hnsw", "ivf", "ivfpq"] = Field("auto", description="auto: flat below ann_threshold items, hnsw above")
     ann_threshold: int = Field(50_000, ge=1)
     hnsw_m: int = Field(32, ge=4)
     ef_search: int = Field(128, ge=1)
@@ -69,17 +69,18 @@ class IndexConfig(_Section):
 class RetrievalConfig(_Section):
     """Two-tower model trained with in-batch sampled softmax and log-q correction."""
 
-    dim: int = Field(64, ge=4, le=1024)
+    dim: int = Field(64, ge=4, le=1024, description="two-tower vector size")
     hidden: int = Field(128, ge=4)
-    history_len: int = Field(50, ge=1)
-    id_dropout: float = Field(0.3, ge=0, lt=1)
+    history_len: int = Field(50, ge=1, description="most recent rated movies pooled by the user tower")
+    id_dropout: float = Field(0.3, ge=0, lt=1, description="share of rows trained without id embeddings (cold items, new users)")
     dropout: float = Field(0.1, ge=0, lt=1)
     temperature: float = Field(0.05, gt=0)
     logq_weight: float = Field(1.0, ge=0, le=1, description="strength of the popularity (log-q) correction of in-batch negatives")
     lr: float = Field(3e-3, gt=0)
+    lr_decay: Literal["none", "cosine"] = Field("none", description="cosine: the learning rate falls to 5% over the epoch budget")
     weight_decay: float = Field(1e-6, ge=0)
     batch_size: int = Field(1024, ge=8)
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(30, ge=1, description="upper bound; early stopping on validation Recall@50")
     patience: int = Field(3, ge=1)
     max_steps_per_epoch: int | None = Field(
         None, ge=1, description="stop each epoch after this many batches, a random subset of the positives (None: a full pass)"
@@ -100,7 +101,7 @@ class RatingConfig(_Section):
 
     enabled: bool = Field(True, description="train the rating model with the ranker (P1 predictions)")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of each user's ratings held out for early stopping and the stacker")
-    refit: bool = Field(True, description="retrain the components on all training ratings for the epochs found")
+    refit: bool = Field(False, description="retrain the components on all training ratings for the epochs found (a small P1 gain for about a third more rating-model time; RESULTS.md)")
     bias_damping: float = Field(5.0, ge=0, description="pseudo-counts shrinking user and item biases")
     knn_k: int = Field(40, ge=0, description="neighbours per prediction of the item kNN-baseline (0: off)")
     knn_keep: int = Field(200, ge=1, description="similar items stored per item")
@@ -115,7 +116,7 @@ class RatingConfig(_Section):
     autorec_lr: float = Field(1e-3, gt=0)
     autorec_dropout: float = Field(0.2, ge=0, lt=1, description="dropout on I-AutoRec's hidden layer while training")
     autorec_batch_items: int = Field(256, ge=1)
-    autorec_epochs: int = Field(150, ge=1)
+    autorec_epochs: int = Field(150, ge=1, description="upper bound; early stopping on validation RMSE")
     autorec_max_users: int = Field(200_000, ge=1, description="I-AutoRec is skipped above this many users (its layers are n_users wide)")
     patience: int = Field(10, ge=1, description="epochs without a better validation RMSE before a component stops")
     stack_ridge: float = Field(1e-4, ge=0, description="ridge weight of the stacker (per validation rating)")
@@ -136,22 +137,30 @@ class RankingConfig(_Section):
     the ranker learns to order that model's candidates for the held-out ratings.
     """
 
-    enabled: bool = True
-    candidates: int = Field(200, ge=10, description="retrieval candidates the ranker re-scores per user")
+    enabled: bool = Field(True, description="ranker (ordering) and, below, the dedicated rating model")
+    candidates: int = Field(100, ge=10, description="retrieval candidates the ranker re-scores per user")
     collab_candidates: int = Field(50, ge=0, description="extra candidates from the item-item model, merged with the two-tower ones")
     holdout: Literal["temporal", "random"] = "random"
     holdout_fraction: float = Field(0.2, gt=0, lt=0.9)
     negatives: int = Field(20, ge=0, description="random negatives per user list, besides the retrieval candidates")
     folds: int = Field(
         0, ge=0, le=20,
-        description="K > 1: K cross-fitted lists per user (the holdout plus K-1 folds of the rest, each with a two-tower model trained without it); 0 or 1: the holdout list alone",
+        description="K > 1: K cross-fitted lists per user (the holdout plus K-1 folds of the rest, each with a two-tower model trained without it); 0 or 1: the holdout list alone. "
+        "5 gave +1.2% NDCG@10 on ML-100K validation for ~4x the ranker's training time (RESULTS.md, issue 5)",
+    )
+    ensemble: int = Field(
+        3, ge=1, le=10,
+        description="member nets, each trained on the lists of all but one group of users and scoring that group; their averaged order is shrunk towards the EASE order as far as those unseen lists ask",
     )
     # Default: an MLP over the features without cross layers or id embeddings. On ML-100K's
     # validation split (benchmarks/RESULTS.md, issue 5) it was the only form that beat EASE for
     # every seed (NDCG@10 0.2729 mean of 3 vs EASE 0.2693); with DCN cross layers or id
     # embeddings it ranged 0.24-0.27 across seeds on ~850 training lists. Add them for larger data.
     hidden: list[int] = Field(default_factory=lambda: [128, 64], description="MLP widths ([]: a linear score)")
-    cross_layers: int = Field(0, ge=0, le=6, description="DCN-v2 cross layers")
+    cross_layers: int = Field(
+        0, ge=0, le=6,
+        description="DCN-v2 cross layers; none and no id embeddings by default: on ML-100K validation they made the order swing across seeds (RESULTS.md, issue 5); add them for data with many more users",
+    )
     emb_dim: int = Field(0, ge=0, le=256, description="user/item id embedding size (0: no id embeddings)")
     id_dropout: float = Field(0.1, ge=0, lt=1, description="share of training ids replaced by the unknown row")
     dropout: float = Field(0.1, ge=0, lt=1)
@@ -165,7 +174,7 @@ class RankingConfig(_Section):
     refit_rating_head: bool = Field(True, description="refit the linear rating head in closed form on the trained trunk")
     collab_lambda: float = Field(300.0, gt=0, description="EASE L2 weight of the item-item feature")
     collab_neighbors: int = Field(256, ge=1, description="item-item weights kept per candidate item")
-    collab_dense_max_items: int = Field(6000, ge=1, description="EASE up to this many items, cosine item-kNN above")
+    collab_dense_max_items: int = Field(6000, ge=1, description="EASE over at most this many of the most-rated items (its inverse is cubic in them)")
     residual_feature: str | None = Field(
         None, description="the ranking score starts from this feature's order and learns corrections (None: plain net)"
     )
@@ -186,7 +195,7 @@ class TrainerConfig(_Section):
 
 
 class Config(_Section):
-    seed: int = 42
+    seed: int = Field(42, description="seeds every random choice: validation splits, sampling, initialisation, training order")
     content: ContentConfig = Field(default_factory=ContentConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
@@ -291,3 +300,49 @@ def _split_override(text: str) -> tuple[str, Any]:
 
 def dump_config(config: Config) -> dict[str, Any]:
     return config.model_dump(mode="json")
+
+
+DEFAULT_HEADER = """\
+# movierec configuration: every key, with its value and what it does. configs/default.yaml is
+# this file for the defaults, generated from movierec/config.py by
+#   movierec config show > configs/default.yaml
+# (tests/core/test_config.py keeps the two equal). Copy it and change what you need; unknown keys
+# are errors. `movierec config show --config F --set k=v` prints the resolved result of any file.
+"""
+
+
+def _wrap_comment(text: str, indent: str, width: int = 100) -> list[str]:
+    import textwrap
+
+    return [f"{indent}# {line}" for line in textwrap.wrap(" ".join(text.split()), width=width - len(indent) - 2)]
+
+
+def _yaml_value(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text[:-4].strip() if text.endswith("\n...") else text.removesuffix("...").strip()
+
+
+def _render_section(model: BaseModel, indent: str) -> list[str]:
+    lines: list[str] = []
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            doc = (type(value).__doc__ or "").strip()
+            if doc:
+                lines += _wrap_comment(doc.split("\n\n")[0], indent)
+            lines.append(f"{indent}{name}:")
+            lines += _render_section(value, indent + "  ")
+            continue
+        if field.description:
+            lines += _wrap_comment(field.description, indent)
+        lines.append(f"{indent}{name}: {_yaml_value(value if not isinstance(value, BaseModel) else value.model_dump(mode='json'))}")
+    return lines
+
+
+def render_yaml(config: Config | None = None, header: str = DEFAULT_HEADER) -> str:
+    """Every key of ``config`` (the defaults when None) as YAML, each field's description and each
+    section's summary kept as comments; :func:`load_config` reads it back to the same config."""
+    config = config or Config()
+    dumped = config.model_dump(mode="json")
+    plain = config.model_validate(dumped)  # enum/tuple values as YAML-safe plain types
+    return header + "\n".join(_render_section(plain, "")) + "\n"

@@ -265,8 +265,8 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _plain(value: object) -> object:
-    """numpy scalars as plain Python values, so messages read 'duplicate item_id 1'."""
+def to_plain(value: Any) -> Any:
+    """numpy scalars as plain Python values (JSON, messages that read 'duplicate item_id 1')."""
     return value.item() if isinstance(value, np.generic) else value
 
 
@@ -382,7 +382,7 @@ class _Table:
         bad = np.isnan(values) & s.notna().to_numpy()
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raw = _plain(s.iat[row])
+            raw = to_plain(s.iat[row])
             kind = "is not a finite number" if _parses_as_float(raw) else "is not a number"
             raise self.error(f"{what} {raw!r} {kind}", row=row, column=column)
         return values
@@ -415,7 +415,7 @@ class _Table:
         dup = ids.duplicated().to_numpy()
         if dup.any():
             row = int(np.flatnonzero(dup)[0])
-            value = _plain(ids.iat[row])
+            value = to_plain(ids.iat[row])
             raise self.error(f"duplicate {column} {value!r}", row=row, column=column)
 
     # -- errors -----------------------------------------------------------------------------

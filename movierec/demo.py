@@ -35,7 +35,7 @@ def run_demo(
     from movierec.baselines import make_baseline
     from movierec.pipeline import train
     from movierec.synthetic import SynthSpec, write_synthetic
-    from ranking.blend import HybridRecommender
+    from recommender import HybridRecommender
     from retrieval.candidates import write_candidates
 
     out.mkdir(parents=True, exist_ok=True)

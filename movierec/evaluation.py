@@ -20,13 +20,33 @@ from movierec.metrics import mae, rmse, topn_metrics
 log = logging.getLogger(__name__)
 
 
+MOVIELENS_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
+
+
+def _is_movielens_fold(path: Path) -> bool:
+    """MovieLens 100K's own ``u1.test``..``u5.test``, ``ua.test``/``ub.test`` (and ``u.data``):
+    tab-separated ``user item rating timestamp`` without a header."""
+    try:
+        with path.open("rb") as f:
+            first = f.readline(4096).decode("utf-8", errors="replace").strip()
+    except OSError:
+        return False
+    fields = first.split("\t")
+    return len(fields) == 4 and all(x.strip().lstrip("-").replace(".", "", 1).isdigit() for x in fields)
+
+
 def read_test_file(path: str | Path) -> pd.DataFrame:
-    """``user_id,item_id[,rating]`` CSV (header required)."""
+    """``user_id,item_id[,rating]`` CSV (header required), or a MovieLens 100K fold file
+    (``u1.test``..``u5.test``, ``ua.test``, ``ub.test``: tab-separated, no header)."""
     path = Path(path)
     if not path.is_file():
         raise DataError("file not found", path=path)
+    movielens = _is_movielens_fold(path)
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if movielens:
+            frame = pd.read_csv(path, sep="\t", header=None, names=MOVIELENS_COLUMNS, dtype=str, keep_default_na=False)
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(f"cannot parse test file ({str(e).splitlines()[0]})", path=path) from None
     frame.columns = [c.strip() for c in frame.columns]
@@ -39,8 +59,9 @@ def read_test_file(path: str | Path) -> pd.DataFrame:
         rating = pd.to_numeric(frame["rating"], errors="coerce")
         bad = rating.isna()
         if bad.any():
-            line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
-            raise DataError(f"value {frame['rating'].iloc[line - 2]!r} is not a number", path=path, line=line, column="rating")
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            line = row + (1 if movielens else 2)
+            raise DataError(f"value {frame['rating'].iloc[row]!r} is not a number", path=path, line=line, column="rating")
         frame["rating"] = rating
     return frame
 

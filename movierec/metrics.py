@@ -164,3 +164,36 @@ def evaluate_topn(
     for k in ks:
         out.update(topn_metrics(all_recs, rel, k, n_items=n_items))
     return out
+
+
+def metric_rows(values: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """A stage's (possibly nested) training numbers as readable ``(name, value)`` rows.
+
+    Nested dicts become ``outer · inner`` names; floats print with 4 decimals; a list of
+    numbers (a per-epoch history, stacker weights) becomes ``N values, first → last (min .., max ..)``;
+    a list of words is joined with commas. Never a raw dict or list of hundreds of floats.
+    """
+    rows: list[tuple[str, str]] = []
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += metric_rows(value, f"{name} · ")
+        elif isinstance(value, (list, tuple)):
+            nums = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if value and len(nums) == len(value):
+                if len(nums) <= 3:
+                    rows.append((name, ", ".join(_number(v) for v in nums)))
+                else:
+                    rows.append((name, f"{len(nums)} values, {_number(nums[0])} → {_number(nums[-1])} "
+                                       f"(min {_number(min(nums))}, max {_number(max(nums))})"))
+            else:
+                rows.append((name, ", ".join(str(v) for v in value) or "none"))
+        else:
+            rows.append((name, _number(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)))
+    return rows
+
+
+def _number(v: float | int) -> str:
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{v:.4f}" if abs(v) < 1e4 else f"{v:,.1f}"

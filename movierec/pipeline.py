@@ -70,25 +70,33 @@ def _last_timestamp(r: Any, n_items: int) -> np.ndarray:
     return out
 
 
-def train(ds: Dataset, out: str | Path, config: Config | None = None) -> Path:
+def train(ds: Dataset, out: str | Path, config: Config | None = None, manifest: dict[str, Any] | None = None) -> Path:
     """Train every stage on ``ds`` and write one bundle at ``out`` (atomically).
+
+    ``manifest`` adds entries to the bundle's manifest (e.g. ``{"state": {"seq": n}}``: the
+    online-state events folded into ``ds``, which serving then does not replay).
 
     Returns:
         The bundle path.
     """
     from retrieval.distributed import is_global_zero
 
-    config = config or Config()
+    from movierec.sizing import size_to_data
+
+    config, choices = size_to_data(config or Config(), ds.n_users, ds.n_items, len(ds.ratings))
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     log.info("training on %r", ds)
+    for choice in choices:
+        log.info("sized to the data: %s", choice)
+    manifest = {**(manifest or {}), "sizing": [str(c) for c in choices]}
     # Under torchrun/SLURM every rank runs the pipeline (training needs them all), but only
     # global rank 0 may write ``out``: the others build their bundle in a private temp dir
     # that is removed at the end (two ranks renaming into one path would race).
     scratch = None if is_global_zero() else Path(tempfile.mkdtemp(prefix="movierec-rank-"))
     target = Path(out) if scratch is None else scratch / "bundle"
     try:
-        _train_into(ds, target, config, timings)
+        _train_into(ds, target, config, timings, manifest)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -109,7 +117,7 @@ def tower_trainer(content: np.ndarray, config: Config) -> Any:
     return fit
 
 
-def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float]) -> None:
+def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float], manifest: dict[str, Any]) -> None:
     from content import ContentModel, ContentSimilarity
     from retrieval.candidates import RetrievalModel, index_recall
     from retrieval.two_tower import fit_two_tower
@@ -207,3 +215,4 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
                 "timings": {k: round(v, 2) for k, v in timings.items()},
             }
         )
+        writer.meta.update(manifest)

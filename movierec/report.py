@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from movierec.artifacts import Bundle, atomic_write_bytes, load_bundle
+from movierec.data import to_plain
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def quality_from_test(model_dir: str | Path, test_csv: str | Path, k: int = 10) 
     :func:`movierec.evaluation.evaluate_model`: full ranking, items rated in training excluded.
     """
     from movierec.evaluation import evaluate_model, read_test_file
-    from ranking.blend import HybridRecommender
+    from recommender import HybridRecommender
 
     model = HybridRecommender.load(model_dir)
     frame = read_test_file(test_csv)
@@ -329,15 +330,20 @@ def _section_summary(bundle: Bundle) -> _Section:
         ["ratings / users / movies", f"{ds.get('ratings', 0):,} / {ds.get('users', 0):,} / {ds.get('items', 0):,}"],
         ["rating scale", f"{scale[0]:g} to {scale[1]:g}" if scale else "unknown"],
     ]
-    for stage, values in (m.get("metrics") or {}).items():
-        shown = ", ".join(
-            f"{_esc(k)} = {v:.4f}" if isinstance(v, float) else f"{_esc(k)} = {_esc(v)}" for k, v in values.items()
-        )
-        rows.append([f"training: {_esc(stage)}", shown])
     timings = m.get("timings") or {}
     if timings:
         rows.append(["training time", ", ".join(f"{_esc(k)} {v:.1f}s" for k, v in timings.items())])
     s.body.append(_table(None, rows))
+    stages = [(stage, values) for stage, values in (m.get("metrics") or {}).items() if isinstance(values, dict)]
+    if stages:
+        from movierec.metrics import metric_rows
+
+        s.p("What each component measured while it trained:")
+        table: list[list[Any]] = []
+        for stage, values in stages:
+            for i, (name, shown) in enumerate(metric_rows(values)):
+                table.append([_esc(stage.replace("_", " ")) if i == 0 else "", _esc(name), _esc(shown)])
+        s.body.append(_table(["component", "measure", "value"], table, numeric={2}))
     s.p(
         "Training metrics are measured on the validation split held out during training; "
         "the quality section below compares against baselines on a separate test set when one is given."
@@ -834,7 +840,7 @@ def _section_samples(bundle: Bundle, model_loader: Callable[[Path], Any] | None 
     s = _Section("samples", "Sample recommendations")
     try:
         if model_loader is None:
-            from ranking.blend import HybridRecommender
+            from recommender import HybridRecommender
 
             model_loader = HybridRecommender.load
         model = model_loader(bundle.path)
@@ -867,7 +873,7 @@ def _section_samples(bundle: Bundle, model_loader: Callable[[Path], Any] | None 
         h = hist.of(int(u))
         r = ratings[hist.indptr[u] : hist.indptr[u + 1]].astype(np.float64)
         recs = model.recommend_user(user_id, _N_SAMPLE_RECS)
-        s.body.append(f"<h3>User {_esc(_plain(user_id))} <span class=\"why\">({len(h):,} ratings, average {r.mean():.2f})</span></h3>")
+        s.body.append(f"<h3>User {_esc(to_plain(user_id))} <span class=\"why\">({len(h):,} ratings, average {r.mean():.2f})</span></h3>")
         recent = ", ".join(f"{label(i)} <span class=\"why\">{v:g}</span>" for i, v in zip(h[::-1][:5], r[::-1][:5]))
         s.p(f"Recently rated: {recent}")
         if not len(recs.item_idx):
@@ -894,7 +900,3 @@ def _section_samples(bundle: Bundle, model_loader: Callable[[Path], Any] | None 
 def _pad(values: np.ndarray, n: int) -> np.ndarray:
     """Item statistics cover the items known at training; movies added later have zeros."""
     return np.concatenate([values, np.zeros(max(0, n - len(values)), values.dtype)])[:n]
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value

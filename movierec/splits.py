@@ -105,3 +105,76 @@ def ml100k_fold(ds: Dataset, folder: str | Path, fold: str = "u1") -> tuple[Data
     is_test = key.isin(test_key)
     r = ds.ratings
     return ds.with_ratings(r[~is_test], f"{ds.name}/{fold}.base"), ds.with_ratings(r[is_test], f"{ds.name}/{fold}.test")
+
+
+ML100K_FOLDS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
+PROTOCOLS = ("holdout", "temporal", "cold-items", *ML100K_FOLDS)
+"""Protocols of :func:`write_split` (``movierec split --protocol``)."""
+
+
+def split_dataset(
+    ds: Dataset, protocol: str, test_size: float = 0.2, seed: int = 42, folder: str | Path | None = None
+) -> tuple[Dataset, Dataset]:
+    """(train, test) of ``ds`` by a named protocol: ``holdout`` (random ``test_size`` of each
+    user's ratings, P2), ``temporal`` (each user's latest ``test_size``), ``cold-items`` (every
+    rating of a random ``test_size`` of the rated items, P3), or one of MovieLens 100K's official
+    folds ``u1``..``u5``, ``ua``, ``ub`` (P1; ``folder`` is the ml-100k folder, ``test_size`` and
+    ``seed`` do not apply)."""
+    if protocol in ML100K_FOLDS:
+        if folder is None:
+            raise ValueError(f"protocol {protocol} needs the MovieLens 100K folder")
+        return ml100k_fold(ds, folder, protocol)
+    if not 0 < test_size < 1:
+        raise ValueError(f"test size must be in (0, 1), got {test_size}")
+    if protocol == "holdout":
+        return holdout_per_user(ds, test_size, seed)
+    if protocol == "temporal":
+        return temporal_per_user(ds, fraction=test_size)
+    if protocol == "cold-items":
+        train, test, _ = cold_items(ds, test_size, seed)
+        return train, test
+    raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+
+
+RATING_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
+
+
+def write_items_csv(ds: Dataset, path: Path) -> None:
+    """The catalogue as ``item_id,title,year,genres,tags,description`` ('|'-joined genres), the
+    item file that ``load_csv`` (``train --ratings R --items I``) reads back."""
+    items = ds.items
+    frame = pd.DataFrame(
+        {
+            "item_id": items["item_id"],
+            "title": items["title"],
+            "year": items["year"],
+            "genres": ["|".join(g) for g in items["genres"]],
+            "tags": items["tags"],
+            "description": items["description"],
+        }
+    )
+    frame.to_csv(path, index=False)
+
+
+def write_split(
+    ds: Dataset, out: str | Path, protocol: str, test_size: float = 0.2, seed: int = 42, folder: str | Path | None = None
+) -> dict[str, object]:
+    """Split ``ds`` and write ``out/train.csv``, ``out/test.csv`` (``user_id,item_id,rating,timestamp``)
+    and ``out/items.csv`` (the whole catalogue, cold items included). Returns a summary."""
+    train, test = split_dataset(ds, protocol, test_size, seed, folder)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for part, frame in (("train", train.ratings), ("test", test.ratings)):
+        frame[RATING_COLUMNS].to_csv(out / f"{part}.csv", index=False)
+    write_items_csv(ds, out / "items.csv")
+    return {
+        "protocol": protocol,
+        "test_size": test_size,
+        "seed": seed,
+        "train_ratings": int(len(train.ratings)),
+        "test_ratings": int(len(test.ratings)),
+        "test_users": int(test.ratings["user_id"].nunique()),
+        "test_items": int(test.ratings["item_id"].nunique()),
+        "items": int(ds.n_items),
+        "out": str(out),
+    }

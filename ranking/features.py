@@ -1,14 +1,13 @@
-"""Features of (user, candidate) pairs and the runtime ranker that scores them.
+"""Features of (user, candidate) pairs, which the runtime ranker (``ranking/runtime.py``) scores.
 
 The ranker sits after two-tower retrieval: retrieval proposes ``C`` candidates per user, and
-:class:`Ranker` re-scores them from features that blend collaborative and content signals.
+:class:`~ranking.runtime.Ranker` re-scores them from features that blend collaborative and content signals.
 :func:`compute_features` is the one function that builds those features; the training code
 (``ranking/ranker.py``), the batch candidate job and the HTTP service all call it, so a feature
 means the same thing everywhere. Everything is vectorised over a whole ``(n, C)`` batch (numpy
 and torch; Python loops only run over users, never over pairs).
 
-Nothing here imports Lightning: a bundle's ranker loads from safetensors weights plus plain JSON
-and ``.npy`` arrays (:func:`load_ranker`).
+Nothing here imports Lightning.
 
 Items may be added at run time (rows beyond the arrays saved at training): they have zero
 popularity, no id embedding, no collaborative neighbours, and are described by content, genres
@@ -20,14 +19,13 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from movierec.artifacts import Bundle, BundleWriter
-from ranking.net import RankerNet
+from movierec.ease import ease_weights
 
 log = logging.getLogger(__name__)
 PREFIX = "ranking/"
@@ -553,14 +551,16 @@ def damped_means(
 
 
 def item_item_matrix(
-    x: sp.csr_matrix, lam: float = 300.0, neighbors: int = 256, dense_max_items: int = 6000, block: int = 512
+    x: sp.csr_matrix, lam: float = 300.0, neighbors: int = 256, dense_max_items: int = 6000
 ) -> sp.csr_matrix:
-    """Item-item weights from a users x items 0/1 matrix, kept sparse (top ``neighbors`` per candidate).
+    """EASE item-item weights from a users x items 0/1 matrix, kept sparse (top ``neighbors`` per candidate).
 
-    EASE (Steck 2019: ``B = I - P / diag(P)``, ``P = (X^T X + lam I)^-1``) when the catalogue has
-    at most ``dense_max_items`` items (the inverse is cubic), else cosine item-kNN computed in
-    column blocks. Per candidate column only the ``neighbors`` largest weights by magnitude are
-    kept, so memory is ``O(items * neighbors)`` and a user's score is one sparse product.
+    EASE (Steck 2019, :func:`movierec.ease.ease_weights`) over the catalogue's ``dense_max_items``
+    most-rated items: the inverse is cubic in the items it covers, so past that size the rarest
+    items (a rating or two each, whose weights would be noise) are left out and get their scores
+    from the two-tower and content signals alone. Per candidate column only the ``neighbors``
+    largest weights by magnitude are kept, so memory is ``O(items * neighbors)`` and a user's
+    score is one sparse product.
 
     Returns:
         (I, I) CSR, row = history item, column = candidate, zero diagonal.
@@ -570,23 +570,14 @@ def item_item_matrix(
     n_items = x.shape[1]
     if n_items == 0:
         return sp.csr_matrix((0, 0), dtype=np.float32)
-    keep = min(neighbors, n_items)
-    if n_items <= dense_max_items:
-        g = np.asarray((x.T @ x).todense(), dtype=np.float64)
-        g[np.diag_indices_from(g)] += lam
-        p = np.linalg.inv(g)
-        p /= -np.diag(p)[None, :]
-        p[np.diag_indices_from(p)] = 0.0
-        return _prune_columns(p.astype(np.float32), keep)
-    norms = np.sqrt(np.asarray(x.sum(0)).ravel())
-    xn = x @ sp.diags(1.0 / np.maximum(norms, 1e-9))
-    xt = xn.T.tocsr()
-    parts = []
-    for s in range(0, n_items, block):
-        sim = (xt @ xn[:, s : s + block]).toarray()
-        sim[np.arange(s, min(s + block, n_items)), np.arange(sim.shape[1])] = 0.0
-        parts.append(_prune_columns(sim, keep))
-    return sp.hstack(parts).tocsr()
+    counts = np.asarray(x.sum(0)).ravel()
+    if n_items > dense_max_items:
+        kept = np.sort(np.argsort(-counts, kind="stable")[:dense_max_items])
+        log.info("item-item model: EASE over the %d most-rated of %d items", len(kept), n_items)
+    else:
+        kept = np.arange(n_items)
+    w = _prune_columns(ease_weights(x[:, kept], lam), min(neighbors, len(kept))).tocoo()
+    return sp.csr_matrix((w.data, (kept[w.row], kept[w.col])), shape=(n_items, n_items))
 
 
 def _prune_columns(w: np.ndarray, keep: int) -> sp.csr_matrix:
@@ -597,226 +588,3 @@ def _prune_columns(w: np.ndarray, keep: int) -> sp.csr_matrix:
         vals = w[top, cols]
         return sp.csr_matrix((vals.ravel(), (top.ravel(), cols.ravel())), shape=w.shape)
     return sp.csr_matrix(w)
-
-
-class _Model(Protocol):
-    """What the ranker reads from the runtime recommender (ranking.blend.HybridRecommender)."""
-
-    retrieval: Any
-    content: Any
-    items: Any
-
-
-class Ranker:
-    """The runtime ranker a bundle loads: feature arrays, normalisation and the plain net.
-
-    Args:
-        net: trained :class:`RankerNet` (eval mode).
-        meta: JSON-able settings: feature columns kept, normalisation mean/std, rating scale,
-            candidate pool size.
-        arrays: per-item and per-user statistics of the full training data (see ``save``).
-        collab: (I0, I0) sparse item-item weights from the full training data.
-    """
-
-    def __init__(self, net: RankerNet, meta: dict[str, Any], arrays: dict[str, np.ndarray], collab: sp.csr_matrix) -> None:
-        self.net = net.eval()
-        self.meta = meta
-        self.arrays = arrays
-        self.collab = collab.tocsr()
-        self.columns = np.asarray(meta["columns"], dtype=np.int64)
-        self.mean = np.asarray(meta["mean"], dtype=np.float32)
-        self.std = np.asarray(meta["std"], dtype=np.float32)
-        self.rating_min, self.rating_max = (float(v) for v in meta["rating_scale"])
-        self._cached: tuple[int, FeatureContext] | None = None
-        self.chunk_pairs = 16_384
-        """(user, candidate) pairs re-ranked per step of a batch (~2x faster than one step at ML-100K)."""
-        # item-item tables built at load, not in the first request
-        _per_matrix(self.collab, "columns", _padded_columns)
-        if _small_enough(self.collab):
-            _per_matrix(self.collab, "float64", _float64)  # what a request over a small catalogue reads
-
-    @property
-    def n_candidates(self) -> int:
-        return int(self.meta["candidates"])
-
-    @property
-    def n_collab_candidates(self) -> int:
-        return int(self.meta.get("collab_candidates", 0))
-
-    def collab_candidates(self, histories: list[np.ndarray], exclude: list[np.ndarray]) -> np.ndarray:
-        """(n, n_collab_candidates) extra candidates from the item-item model (-1 padded)."""
-        return collab_top(self.collab, histories, exclude, self.n_collab_candidates)
-
-    # ---- features --------------------------------------------------------------------------
-    def context(self, model: _Model) -> FeatureContext:
-        """Feature arrays for the model's current catalogue (rebuilt when items were added)."""
-        n_items = len(model.items)
-        if self._cached is None or self._cached[0] != n_items:
-            years = np.asarray(model.items["year"].astype("Float64").to_numpy(np.float64, na_value=np.nan), np.float64)
-            ctx = FeatureContext(
-                content=np.asarray(model.content.item_vectors),
-                genres=np.asarray(model.retrieval.item_genres, np.float32),
-                years=years,
-                item_counts=self.arrays["item_counts"],
-                item_mean=self.arrays["item_mean"],
-                collab=self.collab,
-                user_mean=self.arrays["user_mean"],
-                user_features=np.asarray(model.retrieval.user_features, np.float32),
-                global_mean=float(self.meta["global_mean"]),
-                ref_year=float(self.meta["ref_year"]),
-            )
-            self._cached = (n_items, ctx)
-        return self._cached[1]
-
-    def _ratings_of(self, users: np.ndarray, histories: list[np.ndarray]) -> list[np.ndarray | None]:
-        """Stored ratings of each known user's history when the history is the stored one."""
-        indptr, vals = self.arrays["hist_indptr"], self.arrays["hist_ratings"]
-        out: list[np.ndarray | None] = []
-        for u, h in zip(users, histories):
-            if 0 <= u < len(indptr) - 1 and indptr[u + 1] - indptr[u] == len(h):
-                out.append(vals[indptr[u] : indptr[u + 1]])
-            else:
-                out.append(None)  # live feedback or a new user: ratings unknown, centred to 0
-        return out
-
-    def features(self, model: _Model, users: np.ndarray, histories: list[np.ndarray], cand: np.ndarray, cand_scores: np.ndarray) -> np.ndarray:
-        """Normalised net input (n, C, F'), NaN replaced by 0 (the training mean)."""
-        ctx = self.context(model)
-        users = np.asarray(users, dtype=np.int64)
-        known = (users >= 0) & (users < len(ctx.user_mean))
-        mu = np.where(known, ctx.user_mean[np.where(known, users, 0)], ctx.global_mean)
-        hist = pad_histories(histories, self._ratings_of(users, histories), mu)
-        raw = compute_features(ctx, users, hist, cand, cand_scores)
-        return self.normalise(raw, overwrite=True)
-
-    def normalise(self, raw: np.ndarray, overwrite: bool = False) -> np.ndarray:
-        """``(raw[..., columns] - mean) / std`` as float32, NaN and infinities set to 0.
-
-        ``overwrite=True`` lets it reuse ``raw`` (a fresh float32 array the caller drops) when
-        every column is kept, saving the copies a request would otherwise make.
-        """
-        c = self.columns
-        same = raw.dtype == np.float32 and raw.shape[-1] == len(c) and bool((c == np.arange(len(c))).all())
-        x = raw if (overwrite and same) else raw[..., c]
-        x = np.subtract(x, self.mean, out=x if x.dtype == np.float32 else None, dtype=np.float32)
-        np.divide(x, self.std, out=x)
-        return np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-
-    # ---- scoring ---------------------------------------------------------------------------
-    @torch.inference_mode()
-    def _net(self, x: np.ndarray, users: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        score, rating = self.net(torch.from_numpy(x), torch.from_numpy(np.asarray(users, np.int64)), torch.from_numpy(cand))
-        return score.numpy(), rating.numpy()
-
-    def rerank(self, model: _Model, users: np.ndarray, histories: list[np.ndarray], cand: np.ndarray, cand_scores: np.ndarray) -> np.ndarray:
-        """Scores (n, C), higher is better; -inf at padding.
-
-        Fallbacks, so a request never fails here: a row whose net scores are not finite keeps
-        the two-tower order; a user with no history and no id (nothing personal to rank on)
-        gets popularity order with the two-tower score breaking ties.
-        """
-        cand = np.asarray(cand, dtype=np.int64)
-        cand_scores = np.asarray(cand_scores, dtype=np.float32)
-        users = np.ascontiguousarray(users, dtype=np.int64)  # reversed/strided views break torch.from_numpy
-        n, c = cand.shape
-        valid = cand >= 0
-        if n == 0 or c == 0 or not valid.any():
-            return np.full((n, c), -np.inf, dtype=np.float32)
-        x = self.features(model, users, histories, cand, cand_scores)
-        score = np.empty((n, c), np.float32)
-        step = max(1, self.chunk_pairs // c)
-        for s in range(0, n, step):  # the net per chunk of users: its intermediates stay in cache
-            e = min(n, s + step)
-            score[s:e] = self.net.score(torch.from_numpy(x[s:e]), torch.from_numpy(users[s:e]), torch.from_numpy(cand[s:e])).numpy()
-        lengths = np.fromiter((len(h) for h in histories), np.int64, n)
-        cold = (lengths == 0) & ~((users >= 0) & (users < len(self.arrays["user_mean"])))
-        bad = ~np.isfinite(np.where(valid, score, 0.0)).all(1) | cold
-        if bad.any():
-            log.debug("ranker fallback for %d of %d rows", int(bad.sum()), n)
-            score = np.where(bad[:, None], _fallback_scores(cand, cand_scores, self.arrays["item_counts"]), score)
-        return np.where(valid, score, np.float32(-np.inf)).astype(np.float32, copy=False)
-
-    def predict_ratings(self, model: _Model, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Rating-head predictions for (user, item) pairs, on the data's rating scale.
-
-        Each user's pairs are scored inside the user's retrieval candidate list, the same
-        context the head was trained in (the rank features are relative to that list).
-        """
-        users = np.asarray(users, dtype=np.int64)
-        items = np.asarray(items, dtype=np.int64)
-        out = np.full(len(users), float(self.meta["global_mean"]), dtype=np.float32)
-        if not len(users):
-            return out
-        order = np.argsort(users, kind="stable")
-        su, si = users[order], items[order]
-        bounds = np.flatnonzero(np.diff(su)) + 1
-        groups = np.split(np.arange(len(su)), bounds)
-        uniq = su[np.r_[0, bounds]] if len(su) else su
-        retr = model.retrieval
-        pool = self.n_candidates
-        for s in range(0, len(uniq), 256):
-            ub = uniq[s : s + 256]
-            gb = groups[s : s + 256]
-            known = (ub >= 0) & (ub < retr.n_users)
-            hists = [retr.histories.of(u) if k else np.zeros(0, np.int64) for u, k in zip(ub, known)]
-            ids, _ = retr.search(retr.user_vectors[np.where(known, ub, 0)], min(pool, retr.n_items), hists)
-            rows = []
-            for r, g in enumerate(gb):
-                extra = si[g]
-                base = ids[r][(ids[r] >= 0) & ~np.isin(ids[r], extra)]
-                rows.append(np.concatenate([extra, base]))
-            width = max(len(x) for x in rows)
-            cand = np.full((len(ub), width), -1, dtype=np.int64)
-            for r, x in enumerate(rows):
-                cand[r, : len(x)] = x
-            safe = np.where(cand >= 0, cand, 0)
-            qv = retr.user_vectors[np.where(known, ub, 0)]
-            cs = np.einsum("nd,ncd->nc", qv, retr.item_vectors[safe]).astype(np.float32)
-            x = self.features(model, ub, hists, cand, cs)
-            _, rating = self._net(x, ub, cand)
-            for r, g in enumerate(gb):
-                out[order[g]] = rating[r, : len(g)]
-        return np.clip(out, self.rating_min, self.rating_max)
-
-    # ---- persistence -----------------------------------------------------------------------
-    def save(self, writer: BundleWriter) -> None:
-        writer.save_tensors(f"{PREFIX}net.safetensors", self.net.state_dict())
-        writer.save_json(f"{PREFIX}meta.json", self.meta)
-        for name, arr in self.arrays.items():
-            writer.save_array(f"{PREFIX}{name}.npy", arr)
-        writer.save_array(f"{PREFIX}collab_indptr.npy", self.collab.indptr.astype(np.int64))
-        writer.save_array(f"{PREFIX}collab_indices.npy", self.collab.indices.astype(np.int32))
-        writer.save_array(f"{PREFIX}collab_data.npy", self.collab.data.astype(np.float32))
-
-
-ARRAYS = ("item_counts", "item_mean", "user_mean", "hist_indptr", "hist_ratings")
-
-
-def _fallback_scores(cand: np.ndarray, cand_scores: np.ndarray, item_counts: np.ndarray) -> np.ndarray:
-    """Popularity order, two-tower score breaking ties (and ordering run-time items, count 0)."""
-    pop = np.log1p(_gather(item_counts.astype(np.float32), cand, 0.0))
-    tt = np.nan_to_num(cand_scores, nan=0.0, posinf=0.0, neginf=0.0)
-    span = np.abs(tt).max() + 1.0
-    return (pop + 1e-3 * tt / span).astype(np.float32)
-
-
-def load_ranker(bundle: Bundle) -> Ranker:
-    """Load the ranker of a bundle (plain module + arrays; no Lightning, no pickle)."""
-    meta = bundle.json(f"{PREFIX}meta.json")
-    columns = [int(i) for i in meta["columns"]]
-    names = feature_names(max(max(columns, default=0) + 1 - len(FEATURES), 0))
-    expected = [names[i] for i in columns]
-    if list(meta["feature_names"]) != expected:  # a bundle from an older feature layout
-        raise ValueError(
-            f"{bundle.path}: the ranker was trained on features {meta['feature_names']} but this version "
-            f"computes {expected} in those columns; retrain the bundle"
-        )
-    net = RankerNet(**meta["net"])
-    net.load_state_dict(bundle.tensors(f"{PREFIX}net.safetensors"))
-    arrays = {name: bundle.array(f"{PREFIX}{name}.npy") for name in ARRAYS}
-    i0 = int(meta["collab_items"])
-    collab = sp.csr_matrix(
-        (bundle.array(f"{PREFIX}collab_data.npy"), bundle.array(f"{PREFIX}collab_indices.npy"), bundle.array(f"{PREFIX}collab_indptr.npy")),
-        shape=(i0, i0),
-    )
-    return Ranker(net, meta, arrays, collab)

@@ -138,3 +138,60 @@ class RankerNet(nn.Module):
 
 def _embed(emb: nn.Embedding, idx: torch.Tensor) -> torch.Tensor:
     return F.embedding(idx, emb.weight, emb.padding_idx, emb.max_norm, emb.norm_type, emb.scale_grad_by_freq, emb.sparse)
+
+
+TIE_BREAK = 1e-3
+"""Least weight of the learned order: with ``alpha = 0`` it only orders candidates the base scores
+alike (movies without ratings all have an item-item score of 0), never reorders the others."""
+
+
+def _z_valid(score: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Standardise each row of ``score`` over its valid entries (0 elsewhere)."""
+    n = valid.sum(-1, keepdim=True).clamp(min=1)
+    s = torch.where(valid, score, torch.zeros_like(score))
+    mean = s.sum(-1, keepdim=True) / n
+    var = (torch.where(valid, score - mean, torch.zeros_like(score)) ** 2).sum(-1, keepdim=True) / n
+    return torch.where(valid, (score - mean) / (var + 1e-12).sqrt(), torch.zeros_like(score))
+
+
+class GuardedRanker(nn.Module):
+    """Several :class:`RankerNet` s averaged, then shrunk towards one strong base feature.
+
+    ``score = alpha * mean_k z(net_k) + (1 - alpha) * dense[..., base_column]``, with ``z`` the
+    score standardised within each candidate list. The base column is the item-item (EASE)
+    score, already standardised within the list, so ``alpha = 0`` orders every list as that
+    model does (the nets only break its ties, see :data:`TIE_BREAK`); training picks ``alpha`` on lists no member net was trained on
+    (``ranking.ranker.choose_alpha``), so the learned order replaces the base only as far as it
+    beat it there. The members are trained on different users (cross-fitted), and their average
+    is steadier than any one of them.
+
+    Args:
+        nets: the member nets (same inputs).
+        alpha: weight of the nets' order; 1 with no base column.
+        base_column: dense column of the base score, or -1 for none.
+    """
+
+    def __init__(self, nets: list[RankerNet], alpha: float = 1.0, base_column: int = -1) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+        self.alpha = float(alpha) if base_column >= 0 else 1.0
+        self.base_column = base_column
+        self.register_buffer("rating_center", nets[0].rating_center.clone())
+        self.register_buffer("rating_scale", nets[0].rating_scale.clone())
+
+    def blend(self, scores: list[torch.Tensor], dense: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        valid = items >= 0
+        learned = torch.stack([_z_valid(s, valid) for s in scores]).mean(0)
+        if self.alpha >= 1.0:
+            return learned
+        a = max(self.alpha, TIE_BREAK)
+        return a * learned + (1.0 - a) * dense[..., self.base_column]
+
+    def forward(self, dense: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outs = [net(dense, users, items) for net in self.nets]
+        rating = torch.stack([r for _, r in outs]).mean(0)
+        return self.blend([s for s, _ in outs], dense, items), rating
+
+    @torch.inference_mode()
+    def score(self, dense: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.blend([net.score(dense, users, items) for net in self.nets], dense, items)

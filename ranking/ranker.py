@@ -13,7 +13,7 @@ With ``folds`` = K > 1 (:func:`cross_fitted_lists`) every user gets K such lists
 the training data, each built without its fold's ratings (K-1 extra two-tower fits): five times
 the lists, which steadied the ranker on ML-100K validation (NDCG@10 0.2757 vs 0.2724, 3 seeds).
 
-At serve time the runtime :class:`~ranking.features.Ranker` recomputes the same features from
+At serve time the runtime :class:`~ranking.runtime.Ranker` recomputes the same features from
 the full training data.
 """
 
@@ -44,7 +44,6 @@ from ranking.features import (
     FEATURES,
     GROUPS,
     FeatureContext,
-    Ranker,
     collab_top,
     compute_features,
     damped_means,
@@ -52,7 +51,8 @@ from ranking.features import (
     item_item_matrix,
     pad_histories,
 )
-from ranking.net import RankerNet
+from ranking.net import TIE_BREAK, GuardedRanker, RankerNet
+from ranking.runtime import Ranker
 
 log = logging.getLogger(__name__)
 
@@ -403,6 +403,167 @@ def refit_rating_head(net: RankerNet, x: np.ndarray, lists: Lists, fit_rows: np.
     return best[0]
 
 
+ALPHAS = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
+"""Weights of the learned order against the base (EASE) order that training chooses from."""
+
+
+def _column_of(columns: np.ndarray, n_user_features: int, name: str) -> int:
+    names = [feature_names(n_user_features)[i] for i in columns]
+    return names.index(name) if name in names else -1
+
+
+def _list_ndcg(scores: np.ndarray, lists: Lists, rows: np.ndarray, k: int = 10) -> np.ndarray:
+    """NDCG@k of each list's order by ``scores`` (n, W) over its loss candidates (labels: held-out
+    items), NaN for lists without a held-out item among them."""
+    inl = lists.in_loss[rows] & (lists.cand[rows] >= 0)
+    lab = lists.label[rows] & inl
+    s = np.where(inl, scores, -np.inf)
+    kk = min(k, s.shape[1])
+    top = np.argsort(-s, axis=1, kind="stable")[:, :kk]
+    disc = 1.0 / np.log2(np.arange(2, kk + 2))
+    dcg = (np.take_along_axis(lab, top, 1) * disc).sum(1)
+    n_rel = lab.sum(1)
+    ideal = np.cumsum(disc)[np.clip(n_rel, 1, kk) - 1]
+    return np.where(n_rel > 0, dcg / ideal, np.nan)
+
+
+def choose_alpha(scores: np.ndarray, base: np.ndarray | None, lists: Lists, rows: np.ndarray) -> tuple[float, dict[float, float]]:
+    """The weight of the learned order against the base order with the best mean in-list NDCG@10.
+
+    ``scores`` are the nets' scores of lists none of them trained on, ``base`` the base column
+    (the within-list standardised EASE score). Ties go to the smaller weight: the learned order
+    has to beat the base, not draw with it. Without a base the learned order is all there is.
+    """
+    if base is None or not len(rows):
+        return 1.0, {1.0: float(np.nanmean(_list_ndcg(scores, lists, rows))) if len(rows) else float("nan")}
+    valid = lists.cand[rows] >= 0
+    n = np.maximum(valid.sum(1, keepdims=True), 1)
+    sc = np.where(valid, scores, 0.0)
+    mean = sc.sum(1, keepdims=True) / n
+    sd = np.sqrt((np.where(valid, scores - mean, 0.0) ** 2).sum(1, keepdims=True) / n + 1e-12)
+    z = np.where(valid, (scores - mean) / sd, 0.0)
+    curve = {}
+    for a in ALPHAS:
+        w = max(a, TIE_BREAK)  # as GuardedRanker scores
+        curve[a] = float(np.nanmean(_list_ndcg(w * z + (1 - w) * base, lists, rows)))
+    best = max(curve.values())
+    return min(a for a, v in curve.items() if v >= best - 1e-9), curve
+
+
+@torch.no_grad()
+def _net_scores(net: RankerNet, x: np.ndarray, lists: Lists, rows: np.ndarray) -> np.ndarray:
+    net.eval()
+    out = np.zeros((len(rows), x.shape[1]), np.float32)
+    for s in range(0, len(rows), 256):
+        r = rows[s : s + 256]
+        out[s : s + 256] = net.score(torch.from_numpy(x[r]), torch.from_numpy(lists.users[r]), torch.from_numpy(lists.cand[r])).numpy()
+    return out
+
+
+def _fit_member(
+    x: np.ndarray,
+    lists: Lists,
+    fit_rows: np.ndarray,
+    val_rows: np.ndarray,
+    hparams: dict[str, Any],
+    config: RankingConfig,
+    trainer_config: TrainerConfig,
+    seed: int,
+    log_dir: str | Path | None,
+) -> tuple[RankerModule, dict[str, float]]:
+    """Train one member net on ``fit_rows``, early stopping on ``val_rows`` (in-list NDCG@10)."""
+    from retrieval.distributed import resolve_strategy
+    from retrieval.two_tower import show_progress
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    module = RankerModule(**hparams)
+    gen = torch.Generator().manual_seed(seed)
+    train_dl = DataLoader(_tensors(x, lists, fit_rows), batch_size=config.batch_size, shuffle=True, generator=gen)
+    val_dl = DataLoader(_tensors(x, lists, val_rows), batch_size=256)
+    monitor = "val/ndcg@10"
+    with tempfile.TemporaryDirectory(prefix="movierec-ranker-") as ckpt_dir:
+        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", save_top_k=1, save_weights_only=True)
+        trainer = L.Trainer(
+            max_epochs=config.epochs,
+            accelerator=trainer_config.accelerator,
+            devices=trainer_config.devices,
+            num_nodes=trainer_config.num_nodes,
+            strategy=resolve_strategy(trainer_config),  # ddp: workers forked from this process (retrieval.distributed)
+            callbacks=[EarlyStopping(monitor=monitor, mode="max", patience=config.patience), checkpoint],
+            logger=CSVLogger(str(log_dir), name="ranker", version="") if log_dir else False,
+            enable_progress_bar=show_progress(trainer_config),
+            enable_model_summary=False,
+            deterministic=True,
+            num_sanity_val_steps=0,
+            log_every_n_steps=5,
+        )
+        before = trainer.validate(module, val_dl, verbose=False)[0] if len(val_rows) else {}
+        trainer.fit(module, train_dl, val_dl)
+        best = checkpoint.best_model_score
+        if checkpoint.best_model_path:
+            module.load_state_dict(torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
+        after = trainer.validate(module, val_dl, verbose=False)[0] if len(val_rows) else {}
+    val_rmse = float("nan")
+    if config.refit_rating_head and len(val_rows):
+        val_rmse = refit_rating_head(module.net, x, lists, fit_rows, val_rows)
+    module.eval()
+    return module, {
+        "epochs": int(trainer.current_epoch),
+        "val_ndcg@10": float(best) if best is not None else float("nan"),
+        "val_loss_untrained": float(before.get("val/loss", float("nan"))),
+        "val_loss": float(after.get("val/loss", float("nan"))),
+        "val_rmse": val_rmse,
+    }
+
+
+def fit_guarded(
+    x: np.ndarray,
+    lists: Lists,
+    hparams: dict[str, Any],
+    base_col: int,
+    config: RankingConfig,
+    trainer_config: TrainerConfig,
+    seed: int,
+    log_dir: str | Path | None = None,
+) -> tuple[GuardedRanker, dict[float, float], list[dict[str, float]]]:
+    """Cross-fitted member nets and the weight of their order against the base column.
+
+    Users are dealt into ``config.ensemble`` groups; member k trains on the other groups' lists
+    (early stopping on a share of those users) and scores group k, so every list gets a score
+    from a net that never saw it, and :func:`choose_alpha` picks the weight on all of them. With
+    one member, the early-stopping users are the ones scored.
+
+    Args:
+        x: (n, W, F) normalised features of ``lists``.
+        base_col: feature column of the base order (-1: none, the nets' order is used as is).
+
+    Returns:
+        The guarded ranker, the in-list NDCG@10 per weight, and each member's training numbers.
+    """
+    users = np.unique(lists.users)
+    perm = np.random.default_rng(seed).permutation(len(users))
+    k_members = max(1, min(config.ensemble, len(users)))
+    groups = np.array_split(perm, k_members) if k_members > 1 else [np.zeros(0, np.int64)]
+    nets, member_metrics = [], []
+    oof = np.full(lists.cand.shape, np.nan, np.float32)
+    for k, group in enumerate(groups):
+        rest = np.setdiff1d(perm, group, assume_unique=True) if len(group) else perm
+        rest = rest[np.random.default_rng([seed, k]).permutation(len(rest))]
+        n_val = max(1, int(round(len(rest) * config.val_fraction))) if len(rest) > 1 else 0
+        fit_rows = np.flatnonzero(np.isin(lists.users, users[rest[n_val:]]))
+        val_rows = np.flatnonzero(np.isin(lists.users, users[rest[:n_val]]))
+        scored_rows = np.flatnonzero(np.isin(lists.users, users[group])) if len(group) else val_rows
+        module, m = _fit_member(x, lists, fit_rows, val_rows, hparams, config, trainer_config, seed + k, log_dir if k == 0 else None)
+        oof[scored_rows] = _net_scores(module.net, x, lists, scored_rows)
+        nets.append(module.net)
+        member_metrics.append(m)
+    scored = np.flatnonzero(~np.isnan(oof).all(1))
+    alpha, curve = choose_alpha(oof[scored], x[scored, :, base_col] if base_col >= 0 else None, lists, scored)
+    net = GuardedRanker(nets, alpha, base_col)
+    net.eval()
+    return net, curve, member_metrics
+
+
 @dataclass
 class RankerResult:
     ranker: Ranker
@@ -447,9 +608,6 @@ def fit_ranker(
         item_vectors: (n_items, dim) two-tower candidate vectors.
         fit_tower: trains the extra two-tower models of ``config.folds`` (see :func:`cross_fitted_lists`).
     """
-    from retrieval.distributed import resolve_strategy
-    from retrieval.two_tower import show_progress
-
     trainer_config = trainer_config or TrainerConfig()
     torch.set_num_threads(config.threads)
     L.seed_everything(seed, workers=True, verbose=False)
@@ -469,23 +627,20 @@ def fit_ranker(
     columns = feature_columns(n_user_features, config.exclude)
     t_feat = time.perf_counter() - t0
 
-    # early stopping on held-out users (all of a user's lists on one side)
-    users = np.unique(lists.users)
-    perm = np.random.default_rng(seed).permutation(len(users))
-    n_val = max(1, int(round(len(perm) * config.val_fraction))) if len(perm) > 1 else 0
-    is_val = np.isin(lists.users, users[perm[:n_val]])
-    val_rows, fit_rows = np.flatnonzero(is_val), np.flatnonzero(~is_val)
-    valid = lists.cand[fit_rows] >= 0
-    sel = raw[fit_rows][valid][:, columns].astype(np.float64)
+    # normalisation statistics over every list (no labels involved)
+    valid = lists.cand >= 0
+    sel = raw[valid][:, columns].astype(np.float64)
     mean = np.nan_to_num(np.nanmean(sel, 0)) if len(sel) else np.zeros(len(columns))
     std = np.nan_to_num(np.nanstd(sel, 0)) if len(sel) else np.ones(len(columns))
     std = np.where(std > 1e-6, std, 1.0)
+    del sel
     x = np.nan_to_num((raw[..., columns] - mean) / std).astype(np.float32)
-    x[lists.cand < 0] = 0.0
+    x[~valid] = 0.0
+    del raw
 
     lo, hi = full.rating_scale
     use_ids = "ids" not in config.exclude
-    module = RankerModule(
+    hparams = dict(
         n_dense=len(columns),
         n_users=full.n_users,
         n_items=full.n_items,
@@ -501,35 +656,13 @@ def fit_ranker(
         id_dropout=config.id_dropout if use_ids else 0.0,
         base_column=_base_column(columns, n_user_features, config),
     )
-    gen = torch.Generator().manual_seed(seed)
-    train_dl = DataLoader(_tensors(x, lists, fit_rows), batch_size=config.batch_size, shuffle=True, generator=gen)
-    val_dl = DataLoader(_tensors(x, lists, val_rows), batch_size=256)
-    monitor = "val/ndcg@10"
-    with tempfile.TemporaryDirectory(prefix="movierec-ranker-") as ckpt_dir:
-        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", save_top_k=1, save_weights_only=True)
-        trainer = L.Trainer(
-            max_epochs=config.epochs,
-            accelerator=trainer_config.accelerator,
-            devices=trainer_config.devices,
-            num_nodes=trainer_config.num_nodes,
-            strategy=resolve_strategy(trainer_config),  # ddp: workers forked from this process (retrieval.distributed)
-            callbacks=[EarlyStopping(monitor=monitor, mode="max", patience=config.patience), checkpoint],
-            logger=CSVLogger(str(log_dir), name="ranker", version="") if log_dir else False,
-            enable_progress_bar=show_progress(trainer_config),
-            enable_model_summary=False,
-            deterministic=True,
-            num_sanity_val_steps=0,
-            log_every_n_steps=5,
-        )
-        before = trainer.validate(module, val_dl, verbose=False)[0] if len(val_rows) else {}
-        trainer.fit(module, train_dl, val_dl)
-        best = checkpoint.best_model_score
-        if checkpoint.best_model_path:
-            module.load_state_dict(torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
-        after = trainer.validate(module, val_dl, verbose=False)[0] if len(val_rows) else {}
-        if config.refit_rating_head and len(val_rows):
-            after["val/rmse"] = refit_rating_head(module.net, x, lists, fit_rows, val_rows)
-    module.eval()
+    base_col = hparams["base_column"] if hparams["base_column"] >= 0 else _column_of(columns, n_user_features, "collab_z")
+    net, curve, member_metrics = fit_guarded(x, lists, hparams, base_col, config, trainer_config, seed, log_dir)
+    nets, alpha = list(net.nets), net.alpha
+    log.info(
+        "ranker: %d member(s); lists no member saw: in-list ndcg@10 %.4f (base) -> %.4f (nets) -> %.4f at alpha %.2f",
+        len(nets), curve.get(0.0, float("nan")), curve.get(1.0, float("nan")), curve[alpha], alpha,
+    )
 
     serve = snapshot(full, content, genres, user_features, config)
     meta = {
@@ -543,7 +676,8 @@ def fit_ranker(
         "global_mean": serve.ctx.global_mean,
         "ref_year": serve.ctx.ref_year,
         "collab_items": int(serve.ctx.collab.shape[0]),
-        "net": module.net_kwargs(),
+        "net": RankerModule(**hparams).net_kwargs(),
+        "ensemble": {"members": len(nets), "alpha": float(alpha), "base_column": int(base_col)},
         "holdout": config.holdout,
         "exclude": list(config.exclude),
     }
@@ -555,21 +689,21 @@ def fit_ranker(
         "hist_ratings": serve.hist_ratings,
     }
     metrics = {
-        "val_ndcg@10_in_list": float(best) if best is not None else float("nan"),
+        "val_ndcg@10_in_list": float(curve[alpha]),
+        "val_ndcg@10_base": float(curve.get(0.0, float("nan"))),
+        "val_ndcg@10_nets": float(curve.get(1.0, float("nan"))),
+        "alpha": float(alpha),
+        "members": len(nets),
         "lists": int(len(lists.users)),
         "list_width": int(lists.cand.shape[1]),
-        "epochs": int(trainer.current_epoch),
-        "val_loss_untrained": float(before.get("val/loss", float("nan"))),
-        "val_loss": float(after.get("val/loss", float("nan"))),
-        "val_rmse": float(after.get("val/rmse", float("nan"))),
+        "epochs": [m["epochs"] for m in member_metrics],
+        "val_loss_untrained": float(np.mean([m["val_loss_untrained"] for m in member_metrics])),
+        "val_loss": float(np.mean([m["val_loss"] for m in member_metrics])),
+        "val_rmse": float(np.nanmean([m["val_rmse"] for m in member_metrics])),
         "feature_seconds": round(t_feat, 2),
         "train_seconds": round(time.perf_counter() - t0, 2),
     }
-    log.info(
-        "ranker: %d lists x %d, in-list val ndcg@10 %.4f after %d epochs in %.1fs (features %.1fs)",
-        metrics["lists"], metrics["list_width"], metrics["val_ndcg@10_in_list"], metrics["epochs"], metrics["train_seconds"], t_feat,
-    )
-    return RankerResult(Ranker(module.net, meta, arrays, serve.ctx.collab), metrics)
+    return RankerResult(Ranker(net, meta, arrays, serve.ctx.collab), metrics)
 
 
 def refit_ranker(
@@ -587,7 +721,7 @@ def refit_ranker(
     only the past part, and the past query vectors are re-encoded from it with the bundle's tower.
 
     Args:
-        model: a :class:`ranking.blend.HybridRecommender`.
+        model: a :class:`recommender.HybridRecommender`.
     """
     from retrieval.inputs import Histories
     from retrieval.towers import encode_all_users

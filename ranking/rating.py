@@ -369,6 +369,9 @@ def _fit_in_child(conn: Any, train: Dataset, cfg: Any, seed: int, log_dir: str |
     import torch
 
     torch.set_num_threads(cfg.threads)
+    from movierec.logs import setup_logging
+
+    setup_logging(child=True)  # the parent's console rules: Lightning and warnings only with -v, as DEBUG
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.ERROR)  # the parent reports progress; keep its console readable
     try:

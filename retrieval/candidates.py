@@ -167,11 +167,26 @@ class RetrievalModel:
         vec = self.item_tower(idx, torch.zeros(len(g)), g, c).numpy()
         with self._lock:
             rows = self.index.add(vec)
-            self.item_vectors = np.vstack([self.item_vectors, vec])
-            self.item_genres = np.vstack([self.item_genres, genres.astype(np.float32)])
-            self.item_content = np.vstack([self.item_content, content.astype(np.float32)])
-            self.item_has_id = np.concatenate([self.item_has_id, np.zeros(len(g), np.float32)])
+            # appended into buffers that double when full: adding a movie costs O(1) amortised
+            # instead of copying every item's vectors
+            self.item_vectors = self._append("item_vectors", vec)
+            self.item_genres = self._append("item_genres", genres.astype(np.float32))
+            self.item_content = self._append("item_content", content.astype(np.float32))
+            self.item_has_id = self._append("item_has_id", np.zeros(len(g), np.float32))
         return rows
+
+    def _append(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """``getattr(self, name)`` with ``rows`` appended, as a view of a growing buffer."""
+        current = getattr(self, name)
+        buffers = self.__dict__.setdefault("_buffers", {})
+        buf = buffers.get(name)
+        n, m = len(current), len(rows)
+        if buf is None or len(buf) < n + m or not np.shares_memory(buf[:1], current[:1]):
+            buf = np.empty((max(2 * (n + m), 16), *current.shape[1:]), dtype=current.dtype)
+            buf[:n] = current
+            buffers[name] = buf
+        buf[n : n + m] = rows
+        return buf[: n + m]
 
     # ---- persistence ----------------------------------------------------------------------------
     def save(self, writer: BundleWriter) -> None:
@@ -235,6 +250,49 @@ def index_recall(model: RetrievalModel, n_queries: int = 500, k: int = 10, seed:
     return recall_against_exact(model.index, model.item_vectors, model.user_vectors[users], k)
 
 
+CANDIDATE_COLUMNS = ("user_id", "item_id", "rank", "score")
+
+
+def is_candidates_file(path: str | Path) -> bool:
+    """Whether ``path`` is a parquet file with the candidates columns (ours to replace)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return tuple(pq.read_schema(path).names) == CANDIDATE_COLUMNS
+    except Exception:  # not parquet, unreadable: not ours
+        return False
+
+
+def check_candidates_target(out: str | Path) -> None:
+    """Refuse to replace a file or folder that is not a candidates output.
+
+    Raises:
+        FileExistsError: ``out`` is a folder, or a file that is not a candidates parquet.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise FileExistsError(f"{out} is a folder; refusing to replace it with a candidates file")
+    if out.exists() and not is_candidates_file(out):
+        raise FileExistsError(f"{out} exists and is not a candidates parquet ({', '.join(CANDIDATE_COLUMNS)}); refusing to replace it")
+
+
+def check_parts_target(out: str | Path) -> None:
+    """Refuse to replace anything but an earlier sharded candidates output.
+
+    Raises:
+        FileExistsError: ``out`` is a file, or a folder holding anything other than candidate
+            parts (``part-*.parquet`` with the candidates columns).
+    """
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a directory (parallel candidates write one part per worker into a directory)")
+    foreign = [p for p in out.iterdir() if not (p.name.startswith("part-") and p.suffix == ".parquet" and is_candidates_file(p))]
+    if foreign:
+        raise FileExistsError(f"{out} holds {foreign[0].name!r}, which is not a candidates part; refusing to replace the folder")
+
+
 def write_candidates(
     recommend: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
     users: np.ndarray,
@@ -266,6 +324,7 @@ def write_candidates(
     from tqdm.auto import tqdm
 
     out = Path(out)
+    check_candidates_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
@@ -299,6 +358,7 @@ def write_candidates(
             bar.close()
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        check_candidates_target(out)  # again: something may have appeared there meanwhile
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

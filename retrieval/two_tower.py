@@ -9,11 +9,13 @@ plain modules plus the vectors the index and serving need.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -88,6 +90,29 @@ class ShardedBatches(Sampler[torch.Tensor]):
 
 def _rank_world(trainer: L.Trainer | None) -> tuple[int, int]:
     return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+
+def duplicate_pairs(items: np.ndarray, offset: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the in-batch logits where query ``offset + row``'s positive item appears
+    again at another position ``col`` of ``items`` (which must not count as a negative there).
+
+    A batch holds few repeated items, so listing the pairs is much cheaper than comparing every
+    query with every candidate.
+    """
+    order = np.argsort(items, kind="stable")
+    s = items[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    counts = np.diff(np.r_[starts, len(s)])
+    group = np.repeat(np.arange(len(starts)), counts)
+    multi = np.flatnonzero(counts[group] > 1)  # sorted positions whose item repeats
+    if not len(multi):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    reps = counts[group[multi]]
+    pos = np.repeat(multi, reps)
+    within = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
+    rows, cols = order[pos], order[np.repeat(starts[group[multi]], reps) + within]
+    keep = (rows != cols) & (rows >= offset) & (rows < offset + n)
+    return (rows[keep] - offset).astype(np.int64), cols[keep].astype(np.int64)
 
 
 class TwoTowerData(L.LightningDataModule):
@@ -178,6 +203,7 @@ class TwoTowerModule(L.LightningModule):
         temperature: float = 0.05,
         logq_weight: float = 1.0,
         lr: float = 3e-3,
+        lr_decay: str = "none",
         weight_decay: float = 1e-6,
         val_k: int = 50,
     ) -> None:
@@ -226,12 +252,13 @@ class TwoTowerModule(L.LightningModule):
         else:
             v_all, items_all, offset = v, items, 0
         target = torch.arange(n) + offset
-        logits = u @ v_all.T / self.hparams.temperature - self.hparams.logq_weight * self._log_q[items_all][None, :]
+        # the temperature scales the (n, dim) queries, not the (n, n * world) logits
+        logits = (u * (1.0 / self.hparams.temperature)) @ v_all.T
+        logits = logits.sub_(self.hparams.logq_weight * self._log_q[items_all][None, :])
         # the same item elsewhere in the batch is not a negative for this query
-        same = items[:, None] == items_all[None, :]
-        own = torch.zeros_like(same)
-        own[torch.arange(n), target] = True
-        logits = logits.masked_fill(same & ~own, float("-inf"))
+        rows, cols = duplicate_pairs(items_all.numpy(), offset, n)
+        if len(rows):
+            logits = logits.index_put((torch.from_numpy(rows), torch.from_numpy(cols)), torch.tensor(float("-inf")))
         loss = F.cross_entropy(logits, target)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"two-tower loss became {loss.item()} at step {self.global_step}")
@@ -279,11 +306,18 @@ class TwoTowerModule(L.LightningModule):
     def hparams_history_len(self) -> int:
         return self.data.config.history_len
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         # fused: one kernel over all parameters instead of a loop of small ops per tensor; the id
         # tables (users + items x dim, dense gradients) made the unfused step cost more than the
         # forward and backward together at 200k users x 100k items (benchmarks/RESULTS.md)
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=True)
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=True)
+        if self.hparams.lr_decay == "none" or self._trainer is None:
+            return opt
+        # cosine decay over the epoch budget: the last epochs refine instead of circling at the
+        # full rate, so training needs fewer epochs (and early stopping fewer idle ones) to settle
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0))))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 @dataclass
@@ -377,6 +411,7 @@ def build_two_tower(
         temperature=config.temperature,
         logq_weight=config.logq_weight,
         lr=config.lr,
+        lr_decay=config.lr_decay,
         weight_decay=config.weight_decay,
     )
     module.bind(data, items)

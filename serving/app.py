@@ -31,7 +31,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ranking.blend import Filters, HybridRecommender, UnknownIdError
+from movierec.data import to_plain
+from recommender import Filters, HybridRecommender, UnknownIdError
 from serving.rerank import explain, mmr
 from serving.schemas import (
     MAX_LIKED,
@@ -53,7 +54,8 @@ from serving.schemas import (
     VersionsOut,
 )
 from serving.settings import Settings
-from serving.store import FeedbackLog, ModelStore, NotReadyError, ReloadError, ServedModel, newest_bundle
+from recommender.state import IdConflict, StateError, is_generated, open_state
+from serving.store import ModelStore, NotReadyError, ReloadError, ServedModel, newest_bundle
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
@@ -264,8 +266,26 @@ async def get_store(request: Request) -> ModelStore:
 
 
 async def get_model(store: Annotated[ModelStore, Depends(get_store)]) -> ServedModel:
-    """The model for this request: one reference, held until the answer is sent."""
-    return store.get()
+    """The model for this request: one reference, held until the answer is sent.
+
+    Before it is handed out it catches up with the online state: one indexed lookup of the
+    newest sequence number, and only when another worker wrote since, the events after ours.
+    So every worker answers with every write acknowledged before the request arrived.
+    """
+    served = store.get()
+    if store.state is not None:
+        catch_up(served, store.state)
+    return served
+
+
+def catch_up(served: ServedModel, state: Any) -> None:
+    try:
+        served.recommender.catch_up(state)
+    except StateError:
+        raise
+    except Exception as e:  # the database went away: the answer would miss acknowledged writes
+        log.error("online state unreadable: %s", e)
+        raise StateError(f"online state unreadable ({e.__class__.__name__}); retry later") from e
 
 
 StoreDep = Annotated[ModelStore, Depends(get_store)]
@@ -295,6 +315,17 @@ def admin_if_configured(request: Request, key: Annotated[str | None, Security(_a
     _check_key(request, key, required=False)
 
 
+def writer_if_configured(request: Request, key: Annotated[str | None, Security(_api_key)]) -> None:
+    """Rating posts: open unless ``MOVIEREC_WRITE_KEY`` is set; then that key (or the admin key)."""
+    settings: Settings = request.app.state.settings
+    if settings.write_key is None:
+        return
+    accepted = [settings.write_key] + ([settings.api_key] if settings.api_key is not None else [])
+    if key is None or not any(hmac.compare_digest(key.encode(), k.get_secret_value().encode()) for k in accepted):
+        raise HTTPException(401, f"missing or wrong {API_KEY_HEADER} header (rating posts need MOVIEREC_WRITE_KEY)",
+                            headers={"WWW-Authenticate": "APIKey"})
+
+
 # ---- helpers -------------------------------------------------------------------------------------
 def _genres(model: HybridRecommender, names: list[str] | None) -> list[str] | None:
     """Canonical genre names (case-insensitive); 422 for a genre the catalogue does not have."""
@@ -310,10 +341,6 @@ def _genres(model: HybridRecommender, names: list[str] | None) -> list[str] | No
             raise ValueError(f"unknown genre {name!r}; known genres: {', '.join(model.genre_vocab)}")
         out.append(known[name.lower()])
     return out or None
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _ranked_items(
@@ -333,13 +360,18 @@ def _ranked_items(
     return idx[:k], scores[:k]
 
 
-async def _off_loop_if_ranked(
-    settings: Settings, served: ServedModel, fetch: Callable[[int], Any], k: int, diversity: float
+OFF_LOOP_K = 100
+"""Lists longer than this (or diversified, or explained) are built in the thread pool."""
+
+
+async def _off_loop_if_heavy(
+    settings: Settings, served: ServedModel, fetch: Callable[[int], Any], k: int, diversity: float, explained: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Retrieval-only answers take well under a millisecond and run on the event loop; ranking
-    takes several, so it runs in the thread pool where it cannot hold up other requests
-    (health checks, reloads) meanwhile."""
-    if settings.rank and served.recommender.ranker is not None:
+    """Short retrieval-only answers take well under a millisecond and run on the event loop;
+    ranking takes several milliseconds, and MMR and explanations grow with ``k``, so those run
+    in the thread pool where they cannot hold up other requests (health checks, reloads)."""
+    heavy = (settings.rank and served.recommender.ranker is not None) or diversity > 0 or explained or k > OFF_LOOP_K
+    if heavy:
         return await run_in_threadpool(_ranked_items, served, fetch, k, diversity)
     return _ranked_items(served, fetch, k, diversity)
 
@@ -374,19 +406,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = ModelStore(settings.model, feedback_log=settings.feedback_path)
+        if settings.model is not None and not settings.model.exists():
+            raise ReloadError(f"{settings.model}: no such bundle or directory")
+        location = settings.state_location
+        state = await asyncio.to_thread(open_state, location) if location is not None else None
+        if state is not None:
+            log.info("online state: %s", state.url.split("@")[-1])
+        store = ModelStore(settings.model, state)
         app.state.store = store
-        app.state.feedback = FeedbackLog(settings.feedback_path)
         if settings.model is not None:
-            if not settings.model.exists():
-                raise ReloadError(f"{settings.model}: no such bundle or directory")
             try:
                 newest_bundle(settings.model)
             except ReloadError as e:
                 # an empty serving directory: start, answer /ready with 503, wait for /admin/reload
                 log.warning("starting without a model: %s", e)
             else:
-                await asyncio.to_thread(store.reload)  # a broken bundle stops start-up here
+                await asyncio.to_thread(store.start)  # the newest bundle that loads; none: start-up stops
         else:
             log.warning("no model configured (MOVIEREC_MODEL); /ready answers 503 until /admin/reload")
         yield
@@ -417,6 +452,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(UnknownIdError)
     async def _unknown(request: Request, exc: UnknownIdError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(StateError)
+    async def _state_down(request: Request, exc: StateError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(NotReadyError)
     async def _not_ready(request: Request, exc: NotReadyError) -> JSONResponse:
@@ -457,65 +496,55 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         genres = _genres(rec, query.genres.split(",") if query.genres else None)
         exclude = [e.strip() for e in query.exclude.split(",") if e.strip()] if query.exclude else None
         filters = Filters(genres=genres, year_min=query.year_min, year_max=query.year_max, exclude_items=exclude)
-        idx, scores = await _off_loop_if_ranked(
-            settings, served, lambda n: rec.recommend_user(user_id, n, query.exclude_seen, filters, rank=settings.rank), query.k, query.diversity
+        idx, scores = await _off_loop_if_heavy(
+            settings, served, lambda n: rec.recommend_user(user_id, n, query.exclude_seen, filters, rank=settings.rank), query.k,
+            query.diversity, query.explain,
         )
         items = served.records(idx, scores)
         if query.explain:
             history, ratings = served.user_history(u)  # live feedback included
-            _with_reasons(items, served, history, ratings, idx, "rated")
-        return {"user_id": _plain(rec.user_ids[u]), "model_version": served.model_version, "items": items}
+            await run_in_threadpool(_with_reasons, items, served, history, ratings, idx, "rated")
+        return {"user_id": rec.users.id_of(u), "model_version": served.model_version, "items": items}
 
     @app.post(
-        "/users/{user_id}/ratings", response_model=FeedbackOut, responses=_ERRORS, tags=["recommendations"]
+        "/users/{user_id}/ratings", response_model=FeedbackOut, responses={**_ERRORS, 401: _ADMIN_ERRORS[401]},
+        dependencies=[Depends(writer_if_configured)], tags=["recommendations"],
     )
     def record_ratings(
         user_id: Annotated[str, PathParam(min_length=1, max_length=200)],
         body: Annotated[list[RatingIn], Body(min_length=1, max_length=MAX_LIKED)],
         served: ModelDep,
-        request: Request,
+        store: StoreDep,
     ) -> dict[str, Any]:
-        """Live feedback: the ratings are appended to the durable feedback log (fsync'ed before
-        this answers), then the user's query vector is re-pooled from the updated history, so
-        the next recommendation reflects them. An unknown user is created. The log is folded
-        into training by ``movierec train --feedback LOG``. With several workers only the
-        worker that took the request updates its in-memory model (all share the log)."""
+        """Live feedback: the ratings are committed to the online state (durable before this
+        answers), then applied: the user's query vector is re-pooled from the updated history,
+        so the next recommendation from any worker reflects them. An unknown user is created.
+        ``movierec train --feedback STATE`` folds them into the next bundle."""
         rec = served.recommender
-        item_ids = [_plain(r.item_id) for r in body]
-        for item_id in item_ids:
-            rec.item_idx(item_id)  # 404 before anything is logged
+        uid = rec.users.parse(user_id)  # 422 for an id of the wrong type, before anything is written
+        rows = []
+        for r in body:
+            i = rec.item_idx(r.item_id)  # 404 (or 422) before anything is written
+            rows.append((rec.item_ids.id_of(i), r.rating, rec.title_of(i)))
         lo, hi = (float(v) for v in rec.bundle.manifest.get("dataset", {}).get("rating_scale", (-np.inf, np.inf)))
         for r in body:
             if not lo <= r.rating <= hi:
                 raise ValueError(f"rating {r.rating:g} for item {r.item_id!r} is outside this model's scale {lo:g}..{hi:g}")
+        if store.state is None:
+            raise StateError("no online state is configured; ratings not recorded")
+        new_user = rec.users.get(uid) < 0
         try:
-            rec.user_idx(user_id)
-            new_user = False
-        except UnknownIdError:
-            new_user = True
-            if np.issubdtype(np.asarray(rec.user_ids).dtype, np.integer):
-                try:
-                    out_id: Any = int(user_id)
-                except ValueError:
-                    raise ValueError(f"user_id {user_id!r}: this model's user ids are integers") from None
-                if abs(out_id) > 2**53:  # the id bound of the API (exact in JSON numbers, fits int64)
-                    raise ValueError(f"user_id {user_id!r} is out of range (|id| <= 2**53)")
-            else:
-                out_id = user_id
-        if not new_user:
-            out_id = _plain(rec.user_ids[rec.user_idx(user_id)])
-        ratings = [r.rating for r in body]
-        try:
-            request.app.state.feedback.append(out_id, item_ids, ratings, served.model_version)
-        except OSError as e:
-            log.error("feedback log %s not writable: %s", request.app.state.feedback.path, e)
-            raise HTTPException(503, "feedback log is not writable; ratings not recorded") from e
-        result = served.record_feedback(out_id, item_ids, ratings)
+            store.state.append_ratings(uid, rows)
+        except Exception as e:
+            log.error("online state not writable: %s", e)
+            raise StateError("online state is not writable; ratings not recorded") from e
+        catch_up(served, store.state)
+        u = rec.user_idx(uid)
         return {
-            "user_id": out_id,
-            "created": result["created"],
+            "user_id": rec.users.id_of(u),
+            "created": new_user,
             "recorded": len(body),
-            "history_length": len(result["history"]),
+            "history_length": len(rec.histories.of(u)),
             "model_version": served.model_version,
         }
 
@@ -526,13 +555,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         filters = Filters(
             genres=_genres(rec, body.genres), year_min=body.year_min, year_max=body.year_max, exclude_items=body.exclude_items
         )
-        idx, scores = await _off_loop_if_ranked(
-            settings, served, lambda n: rec.recommend_from_items(body.liked_items, n, filters, rank=settings.rank), body.k, body.diversity
+        idx, scores = await _off_loop_if_heavy(
+            settings, served, lambda n: rec.recommend_from_items(body.liked_items, n, filters, rank=settings.rank), body.k,
+            body.diversity, body.explain,
         )
         items = served.records(idx, scores)
         if body.explain:
             liked = np.array([rec.item_idx(i) for i in body.liked_items], dtype=np.int64)
-            _with_reasons(items, served, liked, None, idx, "liked")
+            await run_in_threadpool(_with_reasons, items, served, liked, None, idx, "liked")
         return {"user_id": None, "model_version": served.model_version, "items": items}
 
     # ---- catalogue ---------------------------------------------------------------------------------
@@ -565,7 +595,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         i = rec.item_idx(item_id)
         result = rec.similar(item_id, query.k, by=query.by)
         return {
-            "item_id": _plain(rec.items["item_id"].iat[i]),
+            "item_id": to_plain(rec.items["item_id"].iat[i]),
             "by": query.by,
             "model_version": served.model_version,
             "items": served.records(result.item_idx, np.nan_to_num(result.scores)),
@@ -579,25 +609,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=[Depends(admin_if_configured)],
         tags=["items"],
     )
-    def add_item(body: NewItemRequest, served: ModelDep) -> dict[str, Any]:
+    def add_item(body: NewItemRequest, served: ModelDep, store: StoreDep) -> dict[str, Any]:
         """Add a movie at run time: it gets content and two-tower vectors from its text and genres,
-        joins both indexes, and is found by /similar and recommendable at once. It lives in the
-        loaded model only: a reload to another bundle drops it."""
+        joins both indexes, and is found by /similar and recommendable at once, through every
+        worker. It is kept in the online state, so it survives restarts and reloads."""
         rec = served.recommender
         genres = _genres(rec, body.genres) or []
+        item_id = None
         if body.item_id is not None:
-            try:
-                rec.item_idx(body.item_id)
-            except UnknownIdError:
-                pass
-            else:
-                raise HTTPException(409, f"item_id {body.item_id!r} already exists")
+            item_id = rec.item_ids.parse(body.item_id)  # 422 for an id of the wrong type
+            if rec.item_ids.get(item_id) >= 0:
+                raise HTTPException(409, f"item_id {item_id!r} already exists")
+            if is_generated(item_id):
+                raise ValueError(f"item_id {item_id!r} lies in the range the service generates ids from; leave it out to get one")
+        if store.state is None:
+            raise StateError("no online state is configured; movie not added")
+        record = {"title": body.title, "genres": genres, "description": body.description or "", "year": body.year}
         try:
-            out = rec.add_item(body.title, genres, body.description or "", item_id=body.item_id, year=body.year)
-        except ValueError as e:
-            if "already exists" in str(e):  # lost a race with another POST of the same id
-                raise HTTPException(409, str(e)) from e
-            raise
+            item_id, _ = store.state.add_item(record, item_id, rec.item_ids.integer, lambda i: rec.item_ids.get(i) >= 0)
+        except IdConflict as e:
+            raise HTTPException(409, str(e)) from e
+        except Exception as e:
+            log.error("online state not writable: %s", e)
+            raise StateError("online state is not writable; movie not added") from e
+        catch_up(served, store.state)
+        i = rec.item_idx(item_id)
+        try:  # the vectors it got, kept beside its text (best effort: the movie is already stored)
+            store.state.save_vectors(item_id, served.model_version, rec.content.item_vectors[i], rec.retrieval.item_vectors[i])
+        except Exception as e:
+            log.warning("vectors of added movie %r not stored: %s", item_id, e)
+        out = rec.item_records(np.array([i]))[0]
         out.update({"description": body.description, "tags": None, "popularity": 0})
         return out
 
@@ -736,6 +777,11 @@ def serve(settings: Settings, workers: int = 1) -> None:
         os.environ["MOVIEREC_CORS_ORIGINS"] = ",".join(settings.cors_origins)
     if settings.api_key is not None:
         os.environ["MOVIEREC_API_KEY"] = settings.api_key.get_secret_value()
+    if settings.write_key is not None:
+        os.environ["MOVIEREC_WRITE_KEY"] = settings.write_key.get_secret_value()
+    if settings.state_location is not None:  # every worker opens the same state
+        key = "MOVIEREC_STATE_URL" if settings.state_url else "MOVIEREC_STATE_DIR"
+        os.environ[key] = settings.state_location
     with tempfile.TemporaryDirectory(prefix="movierec-metrics-") as metrics_dir:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
         uvicorn.run("serving.app:create_app", factory=True, workers=workers, **common)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from movierec.index import normalize
-from ranking.blend import HybridRecommender
+from recommender import HybridRecommender
 
 
 def mmr(item_idx: np.ndarray, scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np.ndarray:

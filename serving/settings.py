@@ -2,14 +2,15 @@
 
 ``MOVIEREC_MODEL`` is either one bundle directory or a directory holding several bundles (the
 newest valid one is served, ``POST /admin/reload`` moves to a newer one, ``POST /admin/rollback``
-back to the previous one; the newest ``MOVIEREC_KEEP_BUNDLES`` are kept). Live ratings go to
-``MOVIEREC_FEEDBACK_LOG`` (default ``MOVIEREC_STATE_DIR/feedback.jsonl``). ``MOVIEREC_API_KEY``
-turns the admin routes on; without it they answer 403.
+back to the previous one; the newest ``MOVIEREC_KEEP_BUNDLES`` are kept). Live ratings, added
+movies and generated ids go to the online state: ``MOVIEREC_STATE_URL`` (``postgresql://...``
+when several machines serve), else SQLite in ``MOVIEREC_STATE_DIR`` (default: ``<model>.state``
+beside the served bundles). ``MOVIEREC_API_KEY`` turns the admin routes on (without it they
+answer 403) and guards adding movies; ``MOVIEREC_WRITE_KEY`` guards rating posts.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -37,17 +38,26 @@ class Settings(BaseSettings):
     report: Path | None = Field(None, description="HTML report linked from the page (default: report.html in or beside the bundle)")
     log_level: str = "info"
     rank: bool = Field(True, description="re-score candidates with the bundle's ranker (off: two-tower order, much faster)")
-    state_dir: Path = Field(
-        default_factory=lambda: Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "movierec",
-        description="writable directory for run-time state (the feedback log); never inside a bundle, "
-        "which is checksummed, replaced on retraining and may be read-only",
+    state_dir: Path | None = Field(
+        None,
+        description="folder of the SQLite online state (default: <model>.state beside the served bundles); never inside "
+        "a bundle, which is checksummed, replaced on retraining and may be read-only",
     )
-    feedback_log: Path | None = Field(None, description="JSON-lines log of live ratings (default: STATE_DIR/feedback.jsonl)")
+    state_url: str | None = Field(None, description="database URL of the online state (postgresql://...); overrides state_dir")
+    write_key: SecretStr | None = Field(None, description="key (X-API-Key) that rating posts need; open when unset")
     keep_bundles: int = Field(3, ge=1, le=100, description="bundles kept in a serving directory; older ones are deleted after a reload")
 
     @property
-    def feedback_path(self) -> Path:
-        return self.feedback_log if self.feedback_log is not None else self.state_dir / "feedback.jsonl"
+    def state_location(self) -> str | None:
+        """The online state's URL or folder (None: no model, so nowhere to put it)."""
+        if self.state_url:
+            return self.state_url
+        if self.state_dir is not None:
+            return str(self.state_dir)
+        if self.model is None:
+            return None
+        model = Path(self.model).resolve()
+        return str(model.parent / f"{model.name}.state")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -57,7 +67,7 @@ class Settings(BaseSettings):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "write_key", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
         """``MOVIEREC_API_KEY=`` (empty) must not turn admin on with an empty key."""

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 import shutil
 import threading
 import time
@@ -22,11 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from movierec.artifacts import MANIFEST, BundleError
-from movierec.data import Dataset
-from ranking.blend import HybridRecommender
+from recommender import HybridRecommender
 
 log = logging.getLogger(__name__)
 
@@ -42,100 +38,27 @@ class ReloadError(RuntimeError):
 
 @dataclass
 class ServedModel:
-    """One loaded bundle plus the per-bundle extras serving needs beside the recommender.
+    """One loaded bundle plus what serving keeps beside the recommender.
 
     Attributes:
-        recommender: the runtime model (retrieval, content, ranker, catalogue).
+        recommender: the serve-time model (catalogue, query path, live state).
         path: bundle directory it was loaded from.
-        hist_ratings: rating of each entry of the training histories, aligned with
-            ``recommender.retrieval.histories.items`` (for "you rated 5" explanations); None when
-            the bundle does not carry it.
         loaded_at: unix time of the load.
     """
 
     recommender: HybridRecommender
     path: Path
-    hist_ratings: np.ndarray | None = None
     loaded_at: float = field(default_factory=time.time)
     _records: list[dict[str, Any]] = field(default_factory=list, repr=False)
     _records_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    # ratings of histories changed by live feedback, aligned with the user's current history row
-    # (the bundle's hist_ratings stays as trained; its rows no longer line up for those users)
-    _feedback_ratings: dict[int, np.ndarray | None] = field(default_factory=dict, repr=False)
-    _feedback_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
-    _trained_indptr: np.ndarray | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        self._trained_indptr = self.recommender.retrieval.histories.indptr.copy()
 
     @property
     def model_version(self) -> str:
         return self.recommender.model_version
 
     def user_history(self, u: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """(item_idx, ratings or None) of user row ``u``, read consistently with live feedback.
-
-        The bundle's ``hist_ratings`` is laid out by the histories *as trained*
-        (``_trained_indptr``); feedback rewrites the live histories, so rows are looked up by
-        the trained layout and users changed since then by their own aligned copy.
-        """
-        with self._feedback_lock:
-            hist = self.recommender.retrieval.histories
-            items = hist.of(u) if 0 <= u < hist.n_users else np.zeros(0, np.int64)
-            if u in self._feedback_ratings:
-                return items, self._feedback_ratings[u]
-            indptr = self._trained_indptr
-            if self.hist_ratings is None or indptr is None or not 0 <= u < len(indptr) - 1:
-                return items, None
-            ratings = self.hist_ratings[indptr[u] : indptr[u + 1]]
-            return items, ratings if len(ratings) == len(items) else None
-
-    def replay(self, feedback: pd.DataFrame, since: float = 0.0) -> int:
-        """Apply logged ratings newer than ``since`` (unix seconds), user by user in log order.
-
-        Lines this bundle cannot apply (a movie it lacks, a user id of the wrong type) are
-        skipped with a warning: the log outlives bundles. Returns the ratings applied.
-        """
-        rows = feedback[feedback["timestamp"] >= int(since)] if len(feedback) else feedback
-        applied = 0
-        for user_id, group in rows.groupby("user_id", sort=False):
-            keep = []
-            for item_id in group["item_id"]:
-                try:
-                    self.recommender.item_idx(item_id)
-                    keep.append(True)
-                except KeyError:
-                    keep.append(False)
-            group = group[keep]
-            if group.empty:
-                continue
-            try:
-                self.record_feedback(_plain_id(user_id), [_plain_id(i) for i in group["item_id"]], group["rating"].tolist())
-            except (ValueError, KeyError) as e:
-                log.warning("feedback for user %r not replayed on %s: %s", user_id, self.path, e)
-                continue
-            applied += len(group)
-        if applied:
-            log.info("replayed %d logged ratings newer than the bundle onto %s", applied, self.path)
-        return applied
-
-    def record_feedback(self, user_id: Any, item_ids: list[Any], ratings: list[float]) -> dict[str, Any]:
-        """Apply ratings to the in-memory model (``HybridRecommender.record_ratings``) and keep
-        the per-entry ratings of that user's history aligned, for "you rated 5" explanations."""
-        with self._feedback_lock:
-            u_before = None
-            try:
-                u_before = self.recommender.user_idx(user_id)
-            except KeyError:
-                pass
-            old_ratings = self.user_history(u_before)[1] if u_before is not None else np.zeros(0, np.float32)
-            out = self.recommender.record_ratings(user_id, item_ids, ratings)
-            kept = out["kept"]
-            if old_ratings is not None and len(old_ratings) == len(kept):
-                self._feedback_ratings[out["user_idx"]] = np.concatenate([old_ratings[kept], out["ratings"]])
-            else:
-                self._feedback_ratings[out["user_idx"]] = None
-            return out
+        """(item_idx, ratings or None) of user row ``u``, live feedback included."""
+        return self.recommender.user_history(u)
 
     def records(self, idx: np.ndarray, scores: np.ndarray | None = None) -> list[dict[str, Any]]:
         """Like ``HybridRecommender.item_records`` but from plain dicts built once per item.
@@ -166,14 +89,8 @@ class ServedModel:
         """Load and verify one bundle; raises :class:`BundleError` for a bad one."""
         t0 = time.perf_counter()
         rec = HybridRecommender.load(path)
-        ratings = None
-        if rec.bundle.has("hist_ratings.npy"):
-            ratings = rec.bundle.array("hist_ratings.npy").astype(np.float32)
-            if len(ratings) != len(rec.retrieval.histories.items):
-                log.warning("%s: hist_ratings.npy does not match the histories; explanations omit ratings", path)
-                ratings = None
         log.info("loaded bundle %s (version %s) in %.2fs", path, rec.model_version, time.perf_counter() - t0)
-        return cls(rec, Path(path), ratings)
+        return cls(rec, Path(path))
 
 
 def _manifest_version(path: Path) -> str | None:
@@ -224,9 +141,12 @@ class ModelStore:
         source: a bundle directory or a directory of bundles (see :func:`newest_bundle`).
     """
 
-    def __init__(self, source: Path | None, feedback_log: Path | None = None) -> None:
+    PIN = "served_bundle"
+    """State key of a rollback's bundle: start-up serves it again until a reload moves on."""
+
+    def __init__(self, source: Path | None, state: Any | None = None) -> None:
         self.source = Path(source) if source is not None else None
-        self.feedback_log = Path(feedback_log) if feedback_log is not None else None
+        self.state = state  # recommender.state.StateStore: live ratings and movies to replay
         self._current: ServedModel | None = None
         self._reload_lock = threading.Lock()  # one reload at a time; reads never wait on it
         self.reloads = 0
@@ -246,6 +166,42 @@ class ModelStore:
         """Publish ``model``; returns the one it replaced (still usable by its holders)."""
         previous, self._current = self._current, model
         return previous
+
+    def start(self) -> ReloadResult:
+        """Serve at start-up: the bundle a rollback chose (kept in the online state, so a
+        rollback survives a restart), else the newest bundle that loads; every bundle skipped
+        on the way is logged with the reason.
+
+        Raises:
+            ReloadError: no bundle under :attr:`source` loads.
+        """
+        if self.source is None:
+            raise ReloadError("no model directory configured (set MOVIEREC_MODEL or --model)")
+        with self._reload_lock:
+            found = bundles_newest_first(self.source)
+            if not found:
+                raise ReloadError(f"{self.source}: no bundle (a directory with {MANIFEST}) found")
+            pinned = self.state.get_meta(self.PIN) if self.state is not None else None
+            if pinned:
+                chosen = [p for p in found if p.name == pinned]
+                if chosen:
+                    found = chosen + [p for p in found if p not in chosen]
+                    log.warning("serving %s, chosen by a rollback (POST /admin/reload returns to the newest)", chosen[0])
+                else:
+                    log.warning("the rolled-back-to bundle %s is gone; serving the newest", pinned)
+            errors = []
+            for path in found:
+                try:
+                    model = self._load(path)
+                except (BundleError, ValueError, KeyError, OSError, RuntimeError) as e:
+                    log.error("skipped bundle %s at start-up: %s", path, e)
+                    errors.append(f"{path}: {e}")
+                    continue
+                self.swap(model)
+                self.reloads += 1
+                log.info("now serving %s from %s", model.model_version, path)
+                return ReloadResult("reloaded", model.model_version, None, path)
+            raise ReloadError("no bundle loads; " + "; ".join(errors))
 
     def reload(self, force: bool = False) -> ReloadResult:
         """Load the newest bundle under :attr:`source` and swap it in.
@@ -276,20 +232,24 @@ class ModelStore:
                 raise ReloadError(f"bundle {path} refused: {e}") from e
             self.swap(model)
             self.reloads += 1
+            if self.state is not None:
+                self.state.set_meta(self.PIN, None)  # a reload returns to the newest for good
             log.info("now serving %s (was %s)", model.model_version, previous_version)
             return ReloadResult("reloaded", model.model_version, previous_version, path)
 
     def _load(self, path: Path) -> ServedModel:
-        """Load a bundle and re-apply the live feedback logged after it was trained.
+        """Load a bundle and apply the online state recorded after it was trained.
 
-        Without this, ratings acknowledged by ``POST /users/{id}/ratings`` would stop counting
-        at the next restart, reload or rollback until a retraining folded them in; a bundle
-        trained with ``--feedback`` already contains the older lines, so only lines newer than
-        its ``created`` time are replayed.
+        Without this, ratings and movies acknowledged by the API would stop counting at the
+        next restart, reload or rollback; a bundle trained with the state folded in records
+        the sequence number it read up to, and only the events after it are applied.
         """
         model = ServedModel.load(path)
-        if self.feedback_log is not None and self.feedback_log.is_file():
-            model.replay(read_feedback(self.feedback_log), since=_created_ts(path))
+        if self.state is not None:
+            t0 = time.perf_counter()
+            n = model.recommender.catch_up(self.state)
+            if n:
+                log.info("applied %d online-state events to %s in %.2fs", n, path, time.perf_counter() - t0)
         return model
 
     # ---- versions and rollback -------------------------------------------------------------------
@@ -338,6 +298,8 @@ class ModelStore:
                 raise ReloadError(f"bundle {path} refused: {e}") from e
             self.swap(model)
             self.reloads += 1
+            if self.state is not None:
+                self.state.set_meta(self.PIN, path.name)  # survives a restart
             log.warning("rolled back from %s to %s (%s)", current.model_version, model.model_version, path)
             return ReloadResult("rolled_back", model.model_version, current.model_version, path)
 
@@ -374,21 +336,6 @@ class BundleVersion:
     active: bool
 
 
-def _plain_id(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _created_ts(path: Path) -> float:
-    """Unix time of a bundle's manifest ``created`` (its manifest mtime when unparseable)."""
-    import datetime as dt
-
-    created = _manifest_created(path)
-    try:
-        return dt.datetime.strptime(created or "", "%Y-%m-%dT%H:%M:%S%z").timestamp()
-    except ValueError:
-        return (path / MANIFEST).stat().st_mtime
-
-
 def _manifest_created(path: Path) -> str | None:
     try:
         value = json.loads((path / MANIFEST).read_text()).get("created")
@@ -406,106 +353,3 @@ def bundles_newest_first(source: Path) -> list[Path]:
         return []
     found = [p for p in source.iterdir() if not p.name.startswith(".") and p.is_dir() and (p / MANIFEST).is_file()]
     return sorted(found, key=lambda p: ((p / MANIFEST).stat().st_mtime_ns, p.name), reverse=True)
-
-
-# ---- live feedback log -----------------------------------------------------------------------------
-class FeedbackLog:
-    """Append-only JSON-lines log of live ratings: the durable side of ``POST /users/{id}/ratings``.
-
-    One line per rating: ``{"ts", "user_id", "item_id", "rating", "model_version"}``. A request's
-    lines go out in one ``write`` on a file opened with ``O_APPEND``, then ``flush`` and
-    ``fsync`` before the request is answered, so an acknowledged rating survives a crash or
-    power loss. Earlier lines are never rewritten; a crash mid-write can at worst leave one
-    torn last line, which the next append starts after (a newline first) and
-    :func:`read_feedback` skips. An ``flock`` serialises writers across worker processes.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-
-    def append(self, user_id: Any, item_ids: list[Any], ratings: list[float], model_version: str | None = None) -> int:
-        """Durably append one line per rating; returns the number of lines written."""
-        import fcntl
-
-        now = time.time()
-        lines = "".join(
-            json.dumps({"ts": now, "user_id": user_id, "item_id": i, "rating": float(r), "model_version": model_version}) + "\n"
-            for i, r in zip(item_ids, ratings)
-        )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)  # read: torn-line check
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                size = os.fstat(fd).st_size
-                if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
-                    lines = "\n" + lines  # a torn last line from a crash: never glue onto it
-                data = lines.encode()
-                written = 0
-                while written < len(data):
-                    written += os.write(fd, data[written:])
-                os.fsync(fd)
-            finally:
-                os.close(fd)  # also releases the flock
-        return len(item_ids)
-
-
-def read_feedback(path: Path) -> pd.DataFrame:
-    """The ratings of a feedback log as ``user_id, item_id, rating, timestamp`` (int seconds).
-
-    Lines that do not parse or lack a field (a torn last line after a crash) are skipped with
-    a warning naming the line.
-
-    Raises:
-        FileNotFoundError: no log at ``path``.
-    """
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                rating = float(rec["rating"])
-                if not math.isfinite(rating):
-                    raise ValueError("rating is not finite")
-                rows.append((rec["user_id"], rec["item_id"], rating, int(rec.get("ts") or 0)))
-            except (ValueError, KeyError, TypeError) as e:
-                log.warning("%s line %d: skipped (%s)", path, n, e)
-    return pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
-
-
-def fold_feedback(ds: Dataset, path: Path) -> Dataset:
-    """``ds`` plus the ratings of a feedback log, for ``movierec train --feedback``.
-
-    Feedback lines become ratings with their log timestamps; a (user, item) pair rated both in
-    the data and in the log (or several times in the log) keeps the latest rating. New users
-    get new ids; ratings of movies the catalogue lacks (e.g. added at run time through
-    ``POST /items``) are skipped with a warning, since training has no content for them.
-    """
-    fb = read_feedback(path)
-    if fb.empty:
-        log.warning("%s: no feedback ratings", path)
-        return ds
-    for col, ids in (("user_id", ds.user_ids), ("item_id", ds.item_ids)):
-        if pd.api.types.is_integer_dtype(np.asarray(ids).dtype):
-            fb[col] = pd.to_numeric(fb[col], errors="coerce")
-            bad = fb[col].isna()
-            if bad.any():
-                log.warning("%s: %d feedback ratings skipped: %s is not an integer id", path, int(bad.sum()), col)
-                fb = fb[~bad]
-            fb[col] = fb[col].astype(np.asarray(ids).dtype)
-        else:
-            fb[col] = fb[col].astype(str)
-    known = fb["item_id"].isin(ds.item_ids)
-    if not known.all():
-        log.warning("%s: %d feedback ratings skipped: movies not in the catalogue", path, int((~known).sum()))
-        fb = fb[known]
-    base = ds.ratings[["user_id", "item_id", "rating", "timestamp"]]
-    both = pd.concat([base, fb], ignore_index=True)
-    # keep the latest rating of each (user, item): log lines come after the data on equal times
-    both = both.iloc[np.lexsort((np.arange(len(both)), both["timestamp"].to_numpy()))]
-    both = both.drop_duplicates(["user_id", "item_id"], keep="last").sort_index()
-    log.info("folded %d feedback ratings from %s (%d ratings after de-duplication)", len(fb), path, len(both))
-    return Dataset(both.reset_index(drop=True), ds.items, users=ds.users, name=f"{ds.name}+feedback")

@@ -101,3 +101,46 @@ def test_shipped_configs_validate() -> None:
         pytest.skip("no configs/*.yaml in this checkout yet")
     for path in shipped:
         assert isinstance(load_config(path), Config), path
+
+
+def _leaf_keys(tree: dict, prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            out.add(prefix + key)
+    return out
+
+
+def test_default_yaml_is_generated_from_the_typed_config() -> None:
+    """configs/default.yaml is `movierec config show` of the defaults: every key, comments kept.
+    Regenerate it with `movierec config show > configs/default.yaml` after changing config.py."""
+    import yaml
+
+    from movierec.config import render_yaml
+
+    text = (REPO / "configs" / "default.yaml").read_text()
+    assert text == render_yaml(), "configs/default.yaml is stale: run movierec config show > configs/default.yaml"
+    assert load_config(REPO / "configs" / "default.yaml") == Config()
+    assert _leaf_keys(yaml.safe_load(text)) == _leaf_keys(dump_config(Config()))
+    assert "# two-tower vector size" in text  # field descriptions travel as comments
+
+
+def test_config_show_prints_the_resolved_config(tmp_path: Path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from movierec.cli import app
+
+    base = write(tmp_path, "retrieval:\n  epochs: 7\n")
+    result = CliRunner().invoke(app, ["config", "show", "--config", str(base), "--set", "ranking.hidden=[32]"])
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.output)
+    expected = load_config(base, ["ranking.hidden=[32]"])
+    assert Config.model_validate(shown) == expected and shown["retrieval"]["epochs"] == 7
+    assert _leaf_keys(shown) == _leaf_keys(dump_config(Config()))
+    as_json = CliRunner().invoke(app, ["config", "show", "--json"])
+    import json
+
+    assert json.loads(as_json.output) == dump_config(Config())

@@ -122,6 +122,19 @@ def test_full_report_has_every_section_and_decodable_image(full_report: Path) ->
     assert not list(full_report.parent.glob(".*.tmp")), "the atomic write left its temp file"
 
 
+def test_summary_shows_every_components_validation_numbers_as_a_table(full_report: Path, small: dict[str, Path]) -> None:
+    """Issue 17: the rating model's nested numbers (per-component RMSE, per-epoch histories,
+    stacker weights) read as rows of a component / measure / value table, never a raw dict."""
+    html_text = full_report.read_text()
+    summary = html_text[html_text.index('id="summary"'):html_text.index('id="data"')]
+    assert "<th>component</th><th>measure</th>" in summary
+    manifest = json.loads((small["bundle"] / "manifest.json").read_text())
+    for stage in manifest["metrics"]:
+        assert f"<td>{stage.replace('_', ' ')}</td>" in summary, stage
+    assert "val_rmse · blend" in summary
+    assert "{" not in summary.split("<table>", 1)[1] and "[0." not in summary  # no dict or list dumped
+
+
 def test_report_is_self_contained(full_report: Path) -> None:
     html = full_report.read_text(encoding="utf-8")
     assert "<script" not in html
@@ -130,7 +143,7 @@ def test_report_is_self_contained(full_report: Path) -> None:
 
 
 def test_sample_reasons_name_a_movie_the_user_rated(small: dict[str, Path], full_report: Path) -> None:
-    from ranking.blend import HybridRecommender
+    from recommender import HybridRecommender
 
     model = HybridRecommender.load(small["bundle"])
     titles = set(model.items["title"])

@@ -58,3 +58,59 @@ def test_tune_cli_reports_usage_errors(tiny: Path, tmp_path: Path, monkeypatch: 
         with pytest.raises(SystemExit) as exc:
             main()
         assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_tune_keeps_its_study_in_sqlite_and_resumes(tiny: Path, tmp_path: Path) -> None:
+    import optuna
+
+    ds: Dataset = load_dataset(tiny)
+    out = tmp_path / "best.yaml"
+    first = tune(ds, 2, out, base=_base(), trial_epochs=(1, 1), show_progress=False, workdir=tmp_path)
+    db = tmp_path / "best.db"
+    stored = optuna.load_study(study_name="movierec-tune", storage=f"sqlite:///{db}")
+    assert len(stored.trials) == 2
+    again = tune(ds, 3, out, base=_base(), trial_epochs=(1, 1), show_progress=False, workdir=tmp_path)
+    trials = optuna.load_study(study_name="movierec-tune", storage=f"sqlite:///{db}").trials
+    assert [t.number for t in trials] == [0, 1, 2]  # two resumed, one new
+    assert again.best_value >= first.best_value
+    assert len(pd.read_csv(tmp_path / "best.csv")) == 3
+    tune(ds, 3, out, base=_base(), trial_epochs=(1, 1), show_progress=False, workdir=tmp_path)  # nothing left to run
+    assert len(optuna.load_study(study_name="movierec-tune", storage=f"sqlite:///{db}").trials) == 3
+    other = load_dataset(tiny).with_ratings(ds.ratings.iloc[: len(ds.ratings) // 2])
+    with pytest.raises(ValueError, match="other data"):
+        tune(other, 4, out, base=_base(), trial_epochs=(1, 1), show_progress=False, workdir=tmp_path)
+
+
+def test_tune_reruns_a_trial_cut_off_by_a_kill(tiny: Path, tmp_path: Path) -> None:
+    import optuna
+
+    ds: Dataset = load_dataset(tiny)
+    out = tmp_path / "best.yaml"
+    tune(ds, 1, out, base=_base(), trial_epochs=(1, 1), show_progress=False, workdir=tmp_path)
+    study = optuna.load_study(study_name="movierec-tune", storage=f"sqlite:///{tmp_path / 'best.db'}")
+    study.ask()  # a trial left RUNNING, as by a killed run
+    tune(ds, 2, out, base=_base(), trial_epochs=(1, 1), show_progress=False, workdir=tmp_path)
+    states = [t.state.name for t in optuna.load_study(study_name="movierec-tune", storage=f"sqlite:///{tmp_path / 'best.db'}").trials]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE"]
+
+
+def test_tune_prunes_trials_whose_retrieval_is_below_the_median(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the ranker on, a trial reports its retrieval-only score first; a bad one stops there
+    and never trains the ranker."""
+    import movierec.tune as T
+
+    scores = iter([0.30, 0.32, 0.31, 0.33, 0.05, 0.34, 0.33])  # trial 2 (third) is bad at the early step
+    ranked: list[bool] = []
+
+    def fake_ndcg(bundle: Path, val: Dataset, k: int = 10, rank: bool = True) -> float:
+        ranked.append(rank)
+        return next(scores)
+
+    monkeypatch.setattr(T, "validation_ndcg", fake_ndcg)
+    ds: Dataset = load_dataset(tiny)
+    base = load_config(None, {"retrieval.epochs": 1, "retrieval.hidden": 16, "content.dim": 8, "ranking.epochs": 1,
+                              "ranking.candidates": 20, "trainer.progress": False})
+    tune(ds, 3, tmp_path / "best.yaml", base=base, trial_epochs=(1, 1), show_progress=False, workdir=tmp_path)
+    trials = pd.read_csv(tmp_path / "best.csv")
+    assert list(trials["state"]) == ["COMPLETE", "COMPLETE", "PRUNED"]
+    assert ranked == [False, True, False, True, False]  # the pruned trial never ranked

@@ -21,7 +21,7 @@ class Trained:
     test: Dataset
     config: Config
     bundle: Path
-    model: object  # ranking.blend.HybridRecommender
+    model: object  # recommender.HybridRecommender
 
 
 def small_config() -> Config:
@@ -39,7 +39,7 @@ def small_config() -> Config:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     from movierec.pipeline import train as train_pipeline
-    from ranking.blend import HybridRecommender
+    from recommender import HybridRecommender
 
     root = tmp_path_factory.mktemp("ranking")
     write_synthetic(root / "data", SynthSpec(n_users=250, n_items=300, n_ratings=12_000, seed=3))

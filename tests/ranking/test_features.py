@@ -96,23 +96,30 @@ def test_pad_histories_keeps_most_recent_items_and_centres_ratings() -> None:
     assert hist.lengths.tolist() == [3, 1]
 
 
-def test_item_item_matrix_is_ease_when_small_and_pruned_knn_when_large() -> None:
-    rng = np.random.default_rng(0)
-    x = sp.csr_matrix((rng.random((60, 12)) < 0.3).astype(np.float32))
-    w = item_item_matrix(x, lam=5.0, neighbors=12).toarray()
-    g = (x.T @ x).toarray().astype(np.float64) + 5.0 * np.eye(12)
+def _ease(x: np.ndarray, lam: float) -> np.ndarray:
+    g = x.T @ x + lam * np.eye(x.shape[1])
     p = np.linalg.inv(g)
     b = -p / np.diag(p)[None, :]
     np.fill_diagonal(b, 0.0)
-    np.testing.assert_allclose(w, b, rtol=1e-4, atol=1e-6)
+    return b
 
-    knn = item_item_matrix(x, neighbors=3, dense_max_items=5, block=4).toarray()
-    assert (np.count_nonzero(knn, axis=0) <= 3).all()
-    assert not np.diag(knn).any()
-    xn = x.toarray() / np.sqrt(np.maximum(x.toarray().sum(0), 1e-9))
-    cos = xn.T @ xn
-    np.fill_diagonal(cos, 0.0)
-    for j in range(12):
-        kept = np.flatnonzero(knn[:, j])
-        np.testing.assert_allclose(knn[kept, j], cos[kept, j], rtol=1e-5)
-        assert set(kept) <= set(np.argsort(-cos[:, j])[:4])  # the largest ones (ties allowed)
+
+def test_item_item_matrix_is_ease_when_small_and_ease_over_the_most_rated_items_when_large() -> None:
+    rng = np.random.default_rng(0)
+    dense = (rng.random((60, 12)) < np.linspace(0.1, 0.6, 12)).astype(np.float64)
+    x = sp.csr_matrix(dense.astype(np.float32))
+    w = item_item_matrix(x, lam=5.0, neighbors=12).toarray()
+    np.testing.assert_allclose(w, _ease(dense, 5.0), rtol=1e-4, atol=1e-5)
+
+    # past dense_max_items: EASE over the most-rated items only, the rest have no weights at all
+    big = item_item_matrix(x, lam=5.0, neighbors=3, dense_max_items=5).toarray()
+    top = np.sort(np.argsort(-dense.sum(0), kind="stable")[:5])
+    rest = np.setdiff1d(np.arange(12), top)
+    assert not big[rest].any() and not big[:, rest].any()
+    assert (np.count_nonzero(big, axis=0) <= 3).all()
+    assert not np.diag(big).any()
+    sub = _ease(dense[:, top], 5.0)
+    for j, col in enumerate(top):
+        kept = np.flatnonzero(big[:, col])
+        np.testing.assert_allclose(big[kept, col], sub[np.searchsorted(top, kept), j], rtol=1e-4, atol=1e-5)
+        assert set(np.searchsorted(top, kept)) <= set(np.argsort(-np.abs(sub[:, j]))[:4])  # the largest ones (ties allowed)

@@ -136,7 +136,7 @@ def test_concurrent_adds_and_reads_lose_nothing_and_stay_consistent(client: Test
     assert any(it["item_id"] in set(added) for it in sibling)
     # consistency: item table, id map, both FAISS indexes and both vector tables agree
     n = n_before + len(added)
-    assert rec.n_items == n and len(rec._item_pos) == n
+    assert rec.n_items == n and len(rec.item_ids) == n
     assert len(rec.retrieval.index) == n and len(rec.retrieval.item_vectors) == n
     assert len(rec.content.index) == n and rec.content.n_items == n
 

@@ -111,7 +111,7 @@ def test_sigkill_movierec_train_keeps_previous_bundle(tmp_path: Path, bundle_pat
     """``movierec train --out`` over an existing bundle, SIGKILLed at a random point after its
     hidden temp directory appears (content fitting, two-tower training, index and ranker files
     being written): the previous bundle is still there, unchanged, and loads as a model."""
-    from ranking.blend import HybridRecommender
+    from recommender import HybridRecommender
 
     rng = random.Random(42)
     target = copy_bundle(bundle_path, tmp_path / "model")

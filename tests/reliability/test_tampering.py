@@ -24,7 +24,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from movierec.artifacts import FORMAT_VERSION, MANIFEST, BundleError
-from ranking.blend import HybridRecommender
+from recommender import HybridRecommender
 from serving.app import create_app
 from serving.settings import Settings
 from tests.reliability.conftest import API_KEY, copy_bundle

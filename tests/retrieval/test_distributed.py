@@ -17,7 +17,8 @@ import torch
 from movierec.baselines import make_baseline
 from movierec.config import Config, RetrievalConfig, TrainerConfig
 from movierec.metrics import evaluate_topn
-from retrieval.distributed import shard_bounds, write_candidates_distributed
+from movierec.candidates import write_candidates_distributed
+from retrieval.distributed import shard_bounds
 from retrieval.two_tower import ShardedBatches, build_two_tower, fit_two_tower, validation_recall
 
 # fewer, larger steps than the shared SMALL config: each DDP step pays for three gloo
@@ -115,7 +116,7 @@ def test_shard_bounds_cover_every_row_once():
 
 
 def test_distributed_candidates_equal_single_process(bundle, tmp_path):
-    from ranking.blend import HybridRecommender
+    from recommender import HybridRecommender
     from retrieval.candidates import write_candidates
 
     model = HybridRecommender.load(bundle)

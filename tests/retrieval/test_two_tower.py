@@ -106,3 +106,16 @@ def test_epoch_cap_and_validation_sample_bound_the_work(synth_split, content_vec
     assert (users == build_two_tower(train, content_vectors, cfg, seed=1).data.val_users()).all()
     full = build_two_tower(train, content_vectors, small_config, seed=1).data.val_users()
     assert len(full) > 50 and np.isin(users, full).all()
+
+
+def test_duplicate_pairs_are_exactly_the_repeated_positives() -> None:
+    from retrieval.two_tower import duplicate_pairs
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        items = rng.integers(0, 30, size=40)
+        offset, n = int(rng.integers(0, 3)) * 10, 10
+        rows, cols = duplicate_pairs(items, offset, n)
+        same = items[offset : offset + n, None] == items[None, :]
+        same[np.arange(n), np.arange(n) + offset] = False  # a query's own positive stays
+        assert sorted(zip(rows.tolist(), cols.tolist())) == sorted(zip(*(a.tolist() for a in np.nonzero(same))))

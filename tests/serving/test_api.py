@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from ranking.blend import HybridRecommender
+from recommender import HybridRecommender
 from tests.serving.conftest import API_KEY
 
 
@@ -152,7 +152,6 @@ def test_post_items_is_open_without_a_configured_key(bundle_path) -> None:
     "method, url, body, fragment",
     [
         ("get", "/users/99999/recommendations", None, "unknown user_id"),
-        ("get", "/users/not-a-user/recommendations", None, "unknown user_id"),
         ("get", "/items/99999", None, "unknown item_id"),
         ("get", "/items/99999/similar", None, "unknown item_id"),
         ("post", "/recommendations", {"liked_items": [1, 99999]}, "unknown item_id"),
@@ -163,6 +162,22 @@ def test_unknown_ids_are_404_with_a_message(client: TestClient, method: str, url
     r = client.request(method, url, json=body)
     assert r.status_code == 404
     assert fragment in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "method, url, body",
+    [
+        ("get", "/users/not-a-user/recommendations", None),
+        ("get", "/items/abc", None),
+        ("get", "/items/abc/similar", None),
+        ("post", "/recommendations", {"liked_items": [1, "abc"]}),
+        ("post", "/users/1/ratings", [{"item_id": "abc", "rating": 3}]),
+    ],
+)
+def test_ids_of_the_wrong_type_are_422(client: TestClient, method: str, url: str, body) -> None:
+    """Integer id spaces: a text id could never exist, so it is a client mistake, not a miss."""
+    r = client.request(method, url, json=body)
+    assert r.status_code == 422 and "integers" in r.json()["detail"], r.text
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,7 @@ def server_url(bundle_path: Path) -> Iterator[str]:
 def test_search_similar_like_and_recommend(server_url: str, bundle_path: Path, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    from ranking.blend import HybridRecommender
+    from recommender import HybridRecommender
 
     model = HybridRecommender.load(bundle_path)
     title = str(model.items["title"].iat[0])

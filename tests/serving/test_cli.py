@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ranking.blend import HybridRecommender
+from recommender import HybridRecommender
 from tests.serving.conftest import free_port
 from cli_helpers import run_cli
 

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from movierec.index import normalize
-from ranking.blend import HybridRecommender
+from recommender import HybridRecommender
 from cli_helpers import run_cli
 
 

@@ -1,5 +1,6 @@
-"""Live feedback (issue 7): ``POST /users/{id}/ratings`` logs durably, updates the user vector at
-once, creates unknown users, refuses bad input before logging; ``train --feedback`` folds the log."""
+"""Live feedback: ``POST /users/{id}/ratings`` commits to the online state, updates the user vector
+at once, creates unknown users, refuses bad input before writing; ``train --feedback`` folds a
+JSON-lines log of an older service in."""
 
 from __future__ import annotations
 
@@ -12,10 +13,17 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from ranking.blend import HybridRecommender
+from recommender import HybridRecommender
 from serving.app import create_app
 from serving.settings import Settings
-from serving.store import FeedbackLog, fold_feedback, read_feedback
+from recommender.state import fold_feedback, open_state, read_feedback
+
+
+def _write_log(path: Path, user_id: object, item_ids: list, ratings: list) -> None:
+    """Lines of the JSON-lines feedback log older services wrote."""
+    with open(path, "a") as f:
+        for i, r in zip(item_ids, ratings):
+            f.write(json.dumps({"ts": 1_900_000_000, "user_id": user_id, "item_id": i, "rating": r}) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +70,8 @@ def test_rating_five_horror_films_raises_horror_in_the_next_top_10(fb_client: Te
     assert users == 20
     # even with five horror films fewer to recommend (they are now rated), horror rises
     assert after_total > before_total
-    lines = (tmp_path / "state" / "feedback.jsonl").read_text().splitlines()
-    assert len(lines) == 100 and all(json.loads(line)["rating"] == 5.0 for line in lines)
+    stored = open_state(tmp_path / "state").ratings_frame()
+    assert len(stored) == 100 and (stored["rating"] == 5.0).all()
 
 
 def test_user_vector_is_the_tower_pooling_of_the_updated_history(fb_client: TestClient, model: HybridRecommender) -> None:
@@ -104,7 +112,6 @@ def test_unknown_user_is_created_from_their_ratings_alone(fb_client: TestClient,
 
 
 def test_bad_feedback_is_refused_before_anything_is_logged(fb_client: TestClient, model: HybridRecommender, tmp_path: Path) -> None:
-    log_path = tmp_path / "state" / "feedback.jsonl"
     first = int(model.items["item_id"].iat[0])
     cases = [
         ("/users/1/ratings", [{"item_id": 987654321, "rating": 4}], 404, "unknown item_id"),
@@ -117,19 +124,17 @@ def test_bad_feedback_is_refused_before_anything_is_logged(fb_client: TestClient
     for path, body, status, detail in cases:
         r = fb_client.post(path, json=body)
         assert r.status_code == status and detail in r.json()["detail"], (body, r.text)
-    assert not log_path.exists()
+    assert open_state(tmp_path / "state").last_seq() == 0  # nothing was written
 
 
-def test_log_appends_after_a_torn_line_and_the_reader_skips_it(tmp_path: Path) -> None:
+def test_the_log_reader_skips_a_torn_line(tmp_path: Path) -> None:
     path = tmp_path / "fb.jsonl"
-    log = FeedbackLog(path)
-    log.append(1, [10, 11], [4.0, 5.0], "v1")
+    _write_log(path, 1, [10, 11], [4.0, 5.0])
     with open(path, "a") as f:
-        f.write('{"ts": 1, "user_id": 1, "item_id": 1')  # a crash mid-line
-    log.append(2, [12], [3.0], "v1")
+        f.write('{"ts": 1, "user_id": 1, "item_id": 1\n')  # a crash mid-line
+    _write_log(path, 2, [12], [3.0])
     frame = read_feedback(path)
     assert frame[["user_id", "item_id", "rating"]].values.tolist() == [[1, 10, 4.0], [1, 11, 5.0], [2, 12, 3.0]]
-    assert path.read_text().count("\n") == 4  # the torn line was closed, not glued to
 
 
 def test_fold_feedback_appends_ratings_and_keeps_the_latest(bundle_path: Path, tmp_path: Path) -> None:
@@ -140,9 +145,8 @@ def test_fold_feedback_appends_ratings_and_keeps_the_latest(bundle_path: Path, t
     user, item = int(row["user_id"]), int(row["item_id"])
     new_user = int(ds.user_ids.max()) + 1
     path = tmp_path / "fb.jsonl"
-    log = FeedbackLog(path)
-    log.append(user, [item], [1.0 if row["rating"] != 1 else 2.0])  # overrides the data (later time)
-    log.append(new_user, [item, item], [2.0, 4.0])  # rated twice: the later line wins
+    _write_log(path, user, [item], [1.0 if row["rating"] != 1 else 2.0])  # overrides the data (later time)
+    _write_log(path, new_user, [item, item], [2.0, 4.0])  # rated twice: the later line wins
     folded = fold_feedback(ds, path)
     r = folded.ratings
     assert len(r) == len(ds.ratings) + 1
@@ -176,5 +180,17 @@ def test_train_feedback_flag_refuses_a_missing_log(bundle_path: Path, tmp_path: 
     monkeypatch.setattr(sys, "argv", args)
     with pytest.raises(SystemExit) as exc:
         main()
-    assert exc.value.code == 2 and "no such feedback log" in capsys.readouterr().err
+    assert exc.value.code == 2 and "no such state folder, database or feedback log" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_the_ranker_reads_live_ratings_from_the_layer(bundle_path: Path) -> None:
+    """One place for a user's ratings: the ranker's features see a live rating as given."""
+    rec = HybridRecommender.load(bundle_path)
+    if rec.ranker is None:
+        pytest.skip("bundle without a ranker")
+    user = int(rec.user_ids[3])
+    unseen = next(int(i) for i in rec.items["item_id"] if rec.item_idx(i) not in set(rec.histories.of(3).tolist()))
+    rec.record_ratings(user, [unseen], [1.0])
+    got = rec.ranker._ratings_of(np.array([3]), [rec.histories.of(3)], rec)[0]
+    assert got is not None and len(got) == len(rec.histories.of(3)) and got[-1] == 1.0

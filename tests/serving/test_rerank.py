@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ranking.blend import HybridRecommender
+from recommender import HybridRecommender
 from serving.rerank import explain, mmr
 
 

@@ -23,20 +23,17 @@ import pandas as pd
 
 from content import ContentSimilarity
 from movierec.artifacts import Bundle, load_bundle
+from movierec.data import to_plain
 from movierec.index import normalize
 from ranking.features import merge_candidates
+from recommender.cache import AnswerCache
+from recommender.ids import IdSpace, IdTypeError
+from recommender.live import LiveHistories
 from retrieval.candidates import RetrievalModel
 
 log = logging.getLogger(__name__)
 
 SimilarBy = Literal["hybrid", "content", "collaborative"]
-
-
-class UnknownIdError(KeyError):
-    """An outside user or item id the model does not know (HTTP 404)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "unknown id"
 
 
 @dataclass
@@ -73,21 +70,28 @@ class HybridRecommender:
         item_counts: np.ndarray,
         ranker: Any | None = None,
         rating_model: Any | None = None,
+        hist_ratings: np.ndarray | None = None,
     ) -> None:
         self.bundle = bundle
         self.items = items.reset_index(drop=True)
-        self.user_ids = np.asarray(user_ids)
-        self._user_pos = pd.Index(self.user_ids)
-        self._item_pos = pd.Index(self.items["item_id"].to_numpy())
+        self.users = IdSpace(np.asarray(user_ids), "user_id")
+        self.item_ids = IdSpace(self.items["item_id"].to_numpy(), "item_id")
         self.content = content
         self.retrieval = retrieval
+        # live histories and ratings overlay the trained ones; the bundle's arrays stay as trained
+        self.histories = LiveHistories(retrieval.histories, hist_ratings)
+        retrieval.histories = self.histories
+        self._vectors = retrieval.user_vectors  # grown by doubling when users are added
+        self.applied_seq = int((bundle.manifest.get("state") or {}).get("seq", 0))
+        """Sequence number of the last online-state event this model holds (the bundle's own
+        point when trained with the state folded in)."""
         self.item_counts = np.asarray(item_counts, dtype=np.int64)
         self.ranker = ranker
         self.rating_model = rating_model  # ranking.rating.RatingModel: P1 rating predictions
         self.genre_vocab: list[str] = list(retrieval.hparams.get("genres", []))
-        self._lock = threading.RLock()
-        self.cache_users = 50_000
-        self._cache: dict[int, dict[tuple, Recommendations]] = {}
+        self._lock = threading.RLock()  # writes, and the short reads that snapshot a user
+        self._catch_up_lock = threading.Lock()
+        self.cache = AnswerCache()
         self._title_lower = self.items["title"].str.lower().to_numpy()
         if len(self.items) != retrieval.n_items or len(self.items) != content.n_items:
             raise ValueError(
@@ -108,7 +112,7 @@ class HybridRecommender:
         retrieval = RetrievalModel.load(bundle)
         ranker = None
         if bundle.has("ranking/meta.json"):
-            from ranking.features import load_ranker
+            from ranking.runtime import load_ranker
 
             ranker = load_ranker(bundle)
         rating_model = None
@@ -116,8 +120,14 @@ class HybridRecommender:
             from ranking.rating import load_rating_model
 
             rating_model = load_rating_model(bundle)
+        hist_ratings = None
+        if bundle.has("hist_ratings.npy"):
+            hist_ratings = bundle.array("hist_ratings.npy").astype(np.float32)
+            if len(hist_ratings) != len(retrieval.histories.items):
+                log.warning("%s: hist_ratings.npy does not match the histories; explanations omit ratings", path)
+                hist_ratings = None
         return cls(bundle, items, users["user_id"].to_numpy(), content, retrieval, bundle.array("item_counts.npy"), ranker,
-                   rating_model)
+                   rating_model, hist_ratings)
 
     @property
     def model_version(self) -> str:
@@ -128,17 +138,22 @@ class HybridRecommender:
         return len(self.items)
 
     # ---- id maps ----------------------------------------------------------------------------------
+    @property
+    def user_ids(self) -> np.ndarray:
+        """Every user id, row order (a new array once users were added: offline jobs only)."""
+        return self.users.all()
+
     def user_idx(self, user_id: Any) -> int:
-        pos = self._user_pos.get_indexer([_coerce_id(user_id, self.user_ids)])[0]
-        if pos < 0:
-            raise UnknownIdError(f"unknown user_id {user_id!r}")
-        return int(pos)
+        """Row of a user; :class:`IdTypeError` (422) for the wrong type, :class:`UnknownIdError` (404)."""
+        return self.users.row(user_id)
 
     def item_idx(self, item_id: Any) -> int:
-        pos = self._item_pos.get_indexer([_coerce_id(item_id, self._item_pos.to_numpy())])[0]
-        if pos < 0:
-            raise UnknownIdError(f"unknown item_id {item_id!r}")
-        return int(pos)
+        """Row of a movie; :class:`IdTypeError` (422) for the wrong type, :class:`UnknownIdError` (404)."""
+        return self.item_ids.row(item_id)
+
+    def user_history(self, u: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(item_idx, ratings or None) of user row ``u``, live feedback included."""
+        return self.histories.of(u), self.histories.ratings_of(u)
 
     def item_records(self, idx: np.ndarray, scores: np.ndarray | None = None) -> list[dict[str, Any]]:
         """Rows of the item table as plain dicts (for JSON)."""
@@ -148,7 +163,7 @@ class HybridRecommender:
                 continue
             row = self.items.iloc[int(i)]
             rec = {
-                "item_id": _plain(row["item_id"]),
+                "item_id": to_plain(row["item_id"]),
                 "title": row["title"],
                 "year": None if pd.isna(row["year"]) else int(row["year"]),
                 "genres": list(row["genres"]),
@@ -165,8 +180,13 @@ class HybridRecommender:
             return None
         mask = np.ones(self.n_items, dtype=bool)
         if filters.genres:
-            wanted = set(filters.genres)
-            mask &= np.fromiter((bool(wanted.intersection(g)) for g in self.items["genres"]), bool, self.n_items)
+            wanted = [self.genre_vocab.index(g) for g in filters.genres if g in self.genre_vocab]
+            genres = self.retrieval.item_genres  # (n_items, G) genre indicators: one vectorised test
+            if len(wanted) == len(filters.genres) and len(genres) == self.n_items:
+                mask &= np.asarray(genres[:, wanted] > 0).any(axis=1)
+            else:  # a genre outside the vocabulary: read the item table
+                named = set(filters.genres)
+                mask &= np.fromiter((bool(named.intersection(g)) for g in self.items["genres"]), bool, self.n_items)
         years = self.items["year"]
         if filters.year_min is not None:
             mask &= (years >= filters.year_min).fillna(False).to_numpy(bool)
@@ -178,10 +198,9 @@ class HybridRecommender:
         extra = []
         if filters is not None and filters.exclude_items:
             for item_id in filters.exclude_items:
-                try:
-                    extra.append(self.item_idx(item_id))
-                except UnknownIdError:
-                    continue
+                pos = self.item_ids.get(item_id)  # unknown or mistyped ids exclude nothing
+                if pos >= 0:
+                    extra.append(pos)
         return np.unique(np.concatenate([seen, np.asarray(extra, dtype=np.int64)])) if extra else seen
 
     def _retrieve(self, query: np.ndarray, k: int, exclude: np.ndarray, allowed: np.ndarray | None) -> Recommendations:
@@ -258,39 +277,24 @@ class HybridRecommender:
         self, user_id: Any, k: int = 10, exclude_seen: bool = True, filters: Filters | None = None, rank: bool = True
     ) -> Recommendations:
         """Top-k for a known user."""
-        with self._lock:
-            u = self.user_idx(user_id)
-            key = (k, exclude_seen, rank, _filters_key(filters))
-            cached = self._cache.get(u, {}).get(key)
-            if cached is not None:
-                return Recommendations(cached.item_idx.copy(), cached.scores.copy())
-            history = self.retrieval.histories.of(u)
-            exclude = self._exclusions(history if exclude_seen else np.zeros(0, np.int64), filters)
-            recs = self._finish(u, history, self.retrieval.user_vectors[u], k, exclude, self._allowed(filters), rank)
-            self._remember(u, key, recs)
-            return Recommendations(recs.item_idx.copy(), recs.scores.copy())
-
-    def _remember(self, user: int, key: tuple, recs: Recommendations) -> None:
-        """Keep a user's finished list until their history, the catalogue or the model changes.
-
-        Ranking a user's candidates costs milliseconds; returning users ask again and again
-        (paging, refreshes), so answers are kept per user, bounded in users (oldest dropped).
-        """
-        if self.cache_users <= 0:
-            return
-        entry = self._cache.pop(user, {})
-        entry[key] = recs
-        self._cache[user] = entry
-        while len(self._cache) > self.cache_users:
-            self._cache.pop(next(iter(self._cache)))
+        u = self.user_idx(user_id)
+        key = (k, exclude_seen, rank, _filters_key(filters))
+        cached = self.cache.get(u, key)
+        if cached is not None:
+            return Recommendations(cached[0].copy(), cached[1].copy())
+        with self._lock:  # a consistent snapshot of this user; the work below runs without it
+            stamp = self.cache.stamp(u)
+            history = self.histories.of(u)
+            query = self.retrieval.user_vectors[u].copy()
+            allowed = self._allowed(filters)
+        exclude = self._exclusions(history if exclude_seen else np.zeros(0, np.int64), filters)
+        recs = self._finish(u, history, query, k, exclude, allowed, rank)
+        self.cache.put(u, key, recs.item_idx, recs.scores, stamp)
+        return Recommendations(recs.item_idx.copy(), recs.scores.copy())
 
     def forget(self, user: int | None = None) -> None:
         """Drop cached answers for one user (new ratings) or everyone (catalogue change)."""
-        with self._lock:
-            if user is None:
-                self._cache.clear()
-            else:
-                self._cache.pop(user, None)
+        self.cache.forget(user)
 
     def recommend_batch(
         self, users: np.ndarray, k: int, rank: bool = True, exclude_seen: bool = True
@@ -303,7 +307,7 @@ class HybridRecommender:
             (item_idx, scores), each (n, k), padded with -1 / -inf.
         """
         users = np.asarray(users, dtype=np.int64)
-        hist = self.retrieval.histories
+        hist = self.histories
         histories = [hist.of(u) for u in users]
         exclude = histories if exclude_seen else None
         use_ranker = rank and self.ranker is not None
@@ -330,26 +334,24 @@ class HybridRecommender:
         """Top-k for a new user described only by a few liked movies (no retraining)."""
         if not liked_item_ids:
             raise ValueError("liked_items must name at least one movie")
-        with self._lock:
-            liked = np.array([self.item_idx(i) for i in liked_item_ids], dtype=np.int64)
-            query = self.retrieval.encode_histories([liked])[0]
-            exclude = self._exclusions(np.unique(liked), filters)
-            return self._finish(-1, liked, query, k, exclude, self._allowed(filters), rank)
+        liked = np.array([self.item_idx(i) for i in liked_item_ids], dtype=np.int64)
+        query = self.retrieval.encode_histories([liked])[0]
+        exclude = self._exclusions(np.unique(liked), filters)
+        return self._finish(-1, liked, query, k, exclude, self._allowed(filters), rank)
 
     def similar(self, item_id: Any, k: int = 10, by: SimilarBy = "hybrid") -> Recommendations:
         """Movies like ``item_id`` by content vectors, two-tower item vectors, or both."""
-        with self._lock:
-            i = self.item_idx(item_id)
-            if by == "content":
-                ids, s = self.content.similar_items(i, k)
-            elif by == "collaborative":
-                ids, s = self.retrieval.similar_items(i, k)
-            elif by == "hybrid":
-                ids, s = self._similar_hybrid(i, k)
-            else:
-                raise ValueError(f"by must be hybrid, content or collaborative, not {by!r}")
-            keep = ids >= 0
-            return Recommendations(ids[keep], s[keep])
+        i = self.item_idx(item_id)
+        if by == "content":
+            ids, s = self.content.similar_items(i, k)
+        elif by == "collaborative":
+            ids, s = self.retrieval.similar_items(i, k)
+        elif by == "hybrid":
+            ids, s = self._similar_hybrid(i, k)
+        else:
+            raise ValueError(f"by must be hybrid, content or collaborative, not {by!r}")
+        keep = ids >= 0
+        return Recommendations(ids[keep], s[keep])
 
     def _similar_hybrid(self, i: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Mean of content cosine and two-tower cosine over the union of both top lists.
@@ -387,20 +389,30 @@ class HybridRecommender:
     def add_item(
         self, title: str, genres: list[str], description: str = "", item_id: Any | None = None, year: int | None = None
     ) -> dict[str, Any]:
-        """Add a movie at run time: content vector, two-tower vector (from content and genres),
-        both indexes. It is found by ``similar`` and can be recommended at once."""
+        """Add a movie to this model's memory: content vector, two-tower vector (from content and
+        genres), both indexes. It is found by ``similar`` and can be recommended at once.
+
+        Durability and id generation across workers belong to the online state
+        (:meth:`recommender.state.StateStore.add_item`); this is what applying its event does.
+
+        Raises:
+            IdTypeError: ``item_id`` of the wrong type for this catalogue.
+            ValueError: ``item_id`` already exists, or none was given.
+        """
         with self._lock:
-            if item_id is None:
-                ids = self._item_pos.to_numpy()
-                numeric = pd.api.types.is_integer_dtype(ids.dtype)
-                item_id = int(ids.max()) + 1 if numeric and len(ids) else f"new-{len(ids) + 1}"
-            else:
-                item_id = _coerce_id(item_id, self._item_pos.to_numpy())
-                if self._item_pos.get_indexer([item_id])[0] >= 0:
-                    raise ValueError(f"item_id {item_id!r} already exists")
+            if item_id is None:  # memory only (no online state): the next free generated id
+                from recommender.state import generated_id
+
+                n = 1
+                while self.item_ids.get(generated_id(n, self.item_ids.integer)) >= 0:
+                    n += 1
+                item_id = generated_id(n, self.item_ids.integer)
+            item_id = self.item_ids.parse(item_id)
+            if self.item_ids.get(item_id) >= 0:
+                raise ValueError(f"item_id {item_id!r} already exists")
             row = pd.DataFrame(
                 {
-                    "item_id": [item_id],
+                    "item_id": pd.array([item_id], dtype=self.items["item_id"].dtype),
                     "title": [title],
                     "year": pd.array([year], dtype="Int64"),
                     "genres": [list(genres)],
@@ -415,88 +427,192 @@ class HybridRecommender:
                 if name in self.genre_vocab:
                     g[0, self.genre_vocab.index(name)] = 1.0
             self.retrieval.add_items(g, content_vec)
-            extra = [c for c in self.items.columns if c not in row.columns]
-            for c in extra:
+            for c in [c for c in self.items.columns if c not in row.columns]:
                 row[c] = None
             self.items = pd.concat([self.items, row[self.items.columns]], ignore_index=True)
-            self._item_pos = pd.Index(self.items["item_id"].to_numpy())
-            self._title_lower = self.items["title"].str.lower().to_numpy()
+            self.item_ids.add(item_id)
+            self._title_lower = np.append(self._title_lower, title.lower())
             self.forget()  # the new movie can be recommended at once
             log.info("added item %r (%s) as item_idx %d", item_id, title, self.n_items - 1)
             return self.item_records(np.array([self.n_items - 1]))[0]
 
-    # ---- live feedback ---------------------------------------------------------------------------------
-    def record_ratings(self, user_id: Any, item_ids: list[Any], ratings: list[float]) -> dict[str, Any]:
-        """Fold new ratings into one user's history and query vector, effective at once.
+    def title_of(self, i: int) -> str:
+        return str(self.items["title"].iat[i])
 
-        The user tower pools a user's history, so re-encoding the updated history
-        (``retrieval.encode_histories``) moves the query vector without retraining; the next
-        ``recommend_user`` retrieves with it and excludes the newly rated movies. Re-rated movies
-        move to the most recent end of the history (the tower pools the latest ``history_len``).
-        An unknown user is created: a new row in the id map, a vector from the rated movies
-        alone (no id embedding, no user features). Everything is swapped in under the model's
-        lock, so a concurrent recommendation sees the old or the new state, never a mix.
-        Durability (the feedback log) is the caller's job; this changes memory only.
+    # ---- online state ----------------------------------------------------------------------------------
+    def catch_up(self, state: Any) -> int:
+        """Apply the online-state events this model has not seen yet; returns how many.
+
+        One indexed lookup when nothing is new (the per-request check); otherwise only the
+        events after :attr:`applied_seq` are read, and all their ratings applied in one batch.
+        """
+        last = state.last_seq()
+        if last <= self.applied_seq:
+            return 0
+        with self._catch_up_lock:  # one catch-up at a time; readers go on with the current state
+            if last <= self.applied_seq:
+                return 0
+            items, ratings = state.changes_after(self.applied_seq, last)
+            self.apply_events(items)  # movies first: a rating always comes after its movie
+            if ratings["rating"]:
+                self.apply_ratings(ratings["user_id"], ratings["item_id"], ratings["rating"], ratings["title"])
+            self.applied_seq = last
+            return len(items) + len(ratings["rating"])
+
+    def apply_events(self, events: list[Any]) -> None:
+        """Apply online-state events (:class:`recommender.state.Event`) in sequence order.
+
+        Movies first, then every rating in one batch: a rating always comes after the movie it
+        rates, and the ratings' own order is kept per user.
+        """
+        ratings = []
+        for e in events:
+            if e.kind == "item":
+                rec = e.payload or {}
+                try:
+                    self.add_item(rec.get("title") or "", list(rec.get("genres") or []), rec.get("description") or "",
+                                  item_id=e.item_id, year=rec.get("year"))
+                except (ValueError, KeyError) as err:
+                    pos = self.item_ids.get(e.item_id)
+                    if pos >= 0 and self.title_of(pos) == rec.get("title"):
+                        continue  # the bundle was trained with this movie folded in
+                    log.warning("added movie %r (event %d) not applied to %s: %s", e.item_id, e.seq, self.model_version, err)
+            elif e.kind == "rating":
+                ratings.append(e)
+        if ratings:
+            self.apply_ratings(
+                [e.user_id for e in ratings], [e.item_id for e in ratings], [e.rating for e in ratings], [e.title for e in ratings]
+            )
+
+    def apply_ratings(
+        self, user_ids: list[Any], item_ids: list[Any], ratings: list[float], titles: list[str | None] | None = None
+    ) -> dict[str, int]:
+        """Fold ratings into users' histories and query vectors, in one batch.
+
+        The user tower pools a user's history, so re-encoding the updated histories (one
+        ``encode_histories`` call for every changed user) moves their query vectors without
+        retraining. Re-rated movies move to the most recent end of the history; a movie rated
+        several times keeps its last rating. Unknown users are created (the id must have this
+        model's user-id type). A rating whose recorded title differs from the movie this
+        catalogue holds under that id is skipped: feedback never lands on another movie.
+        Only the changed users' rows are written (no copy of every user's history).
+
+        Returns:
+            ``{"applied", "skipped", "created"}`` counts.
+        """
+        with self._lock:
+            item_rows = self.item_ids.rows(list(item_ids))
+            ok = item_rows >= 0
+            if titles is not None:  # never onto another movie: the recorded title must match
+                recorded = np.asarray(titles, dtype=object)
+                held = self.items["title"].to_numpy()[np.where(ok, item_rows, 0)]
+                ok &= (recorded == None) | (held == recorded)  # noqa: E711 (elementwise)
+            user_rows = self.users.rows(list(user_ids))
+            new_users: dict[Any, int] = {}
+            for n in np.flatnonzero(ok & (user_rows < 0)):  # unknown users, in order of first rating
+                key = user_ids[n]
+                u = new_users.get(key, -1)
+                if u < 0:
+                    try:
+                        u = new_users[key] = self.users.add(key, checked=True)  # rows() found it unknown
+                    except (IdTypeError, ValueError):
+                        ok[n] = False
+                        continue
+                user_rows[n] = u
+            skipped = int((~ok).sum())
+            if skipped:
+                log.warning("%d live ratings not applied to %s (unknown movie, another movie under that id, or a mistyped user id)",
+                            skipped, self.model_version)
+            if not ok.any():
+                return {"applied": 0, "skipped": skipped, "created": 0}
+            users, rows, row_ratings = self._merged_rows(
+                user_rows[ok], item_rows[ok], np.asarray(ratings, dtype=np.float32)[ok]
+            )
+            known = np.where(users < self.retrieval.user_features.shape[0], users, -1)
+            queries = self.retrieval.encode_histories(rows, known).astype(np.float32)
+            self._grow_vectors(len(self.users))
+            self.retrieval.user_vectors[users] = queries
+            for u, row, r in zip(users.tolist(), rows, row_ratings):
+                self.histories.set(u, row, r)
+                self.cache.forget(u)
+            created = len(new_users)
+        applied = int(ok.sum())
+        log.info("applied %d live ratings of %d users (%d new) to %s", applied, len(users), created, self.model_version)
+        return {"applied": applied, "skipped": skipped, "created": created}
+
+    def _merged_rows(
+        self, u: np.ndarray, i: np.ndarray, r: np.ndarray
+    ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray | None]]:
+        """Each changed user's new history: the old entries not rated again, in their order, then
+        the new ones in the order of their last rating (a movie rated twice keeps its last
+        rating). Vectorised over all users at once.
 
         Args:
-            user_id: outside user id (known or new).
-            item_ids: outside ids of the rated movies (all must exist).
-            ratings: one rating per movie, same order; a repeated movie keeps its last rating.
+            u, i, r: user row, item row and rating of each new rating, in sequence order.
         Returns:
-            ``{"user_idx", "created", "history", "kept", "ratings"}``: the user's row, whether
-            it was created, the new history (item_idx, oldest first), a mask over the old history
-            row of the entries that stayed (in order, before the new ones) and the ratings of the
-            new entries (after de-duplication) -- serving uses the last two to keep per-entry
-            ratings aligned with the history.
+            (users, rows, ratings): the changed users and, for each, the item row of its history
+            and the ratings (None when the bundle carries no ratings for that user's old row).
+        """
+        n_items = np.int64(max(self.n_items, 1))
+        keys = u.astype(np.int64) * n_items + i
+        last = len(keys) - 1 - np.unique(keys[::-1], return_index=True)[1]  # last rating of each (user, item)
+        last.sort()
+        nu, ni, nr = u[last], i[last], r[last]
+        users = np.unique(nu)
+        olds = [self.histories.of(int(x)) for x in users]
+        old_rs = [self.histories.ratings_of(int(x)) for x in users]
+        has_r = np.fromiter((x is not None for x in old_rs), bool, len(users))
+        lengths = np.fromiter((len(x) for x in olds), np.int64, len(users))
+        ou = np.repeat(users, lengths)
+        oi = np.concatenate(olds) if len(olds) else np.zeros(0, np.int64)
+        orr = np.concatenate([x if x is not None else np.full(len(o), np.nan, np.float32) for x, o in zip(old_rs, olds)]).astype(np.float32) \
+            if len(olds) else np.zeros(0, np.float32)
+        kept = ~np.isin(ou * n_items + oi, nu.astype(np.int64) * n_items + ni)
+        all_u = np.concatenate([ou[kept], nu])
+        all_i = np.concatenate([oi[kept], ni])
+        all_r = np.concatenate([orr[kept], nr])
+        phase = np.concatenate([np.zeros(int(kept.sum()), np.int8), np.ones(len(nu), np.int8)])
+        pos = np.arange(len(all_u))
+        order = np.lexsort((pos, phase, all_u))
+        all_i, all_r = all_i[order], all_r[order]
+        counts = np.bincount(np.searchsorted(users, all_u[order]), minlength=len(users))
+        cuts = np.cumsum(counts)[:-1]
+        rows = np.split(all_i, cuts)
+        ratings = [x if h else None for x, h in zip(np.split(all_r, cuts), has_r)]
+        return users, rows, ratings
+
+    def _grow_vectors(self, n_users: int) -> None:
+        """Room for ``n_users`` query vectors; capacity doubles, so adding users costs O(1) amortised."""
+        view = self.retrieval.user_vectors
+        if len(view) >= n_users:
+            return
+        buf = self._vectors
+        if len(buf) < n_users:
+            grown = np.zeros((max(2 * len(buf), n_users, 16), buf.shape[1]), np.float32)
+            grown[: len(view)] = view
+            self._vectors = buf = grown
+        self.retrieval.user_vectors = buf[:n_users]
+        self.histories.n_users = n_users
+
+    def record_ratings(self, user_id: Any, item_ids: list[Any], ratings: list[float]) -> dict[str, Any]:
+        """Apply one user's ratings to memory only (no online state; offline tools and tests).
+
         Raises:
             UnknownIdError: an item id the model does not know.
-            ValueError: lengths differ, nothing to record, or a new user id that does not fit
-                the model's id type (e.g. text where user ids are integers).
+            IdTypeError: a user or item id of the wrong type.
+            ValueError: lengths differ or nothing to record.
         """
-        from retrieval.inputs import Histories
-
         if len(item_ids) != len(ratings):
             raise ValueError(f"{len(item_ids)} item ids but {len(ratings)} ratings")
         if not item_ids:
             raise ValueError("no ratings to record")
-        with self._lock:
-            items = np.array([self.item_idx(i) for i in item_ids], dtype=np.int64)
-            # a movie rated twice in one call counts once, at its last position, with its last rating
-            first_rev = np.sort(np.unique(items[::-1], return_index=True)[1])
-            new = items[::-1][first_rev][::-1]
-            new_ratings = np.asarray(ratings, dtype=np.float32)[::-1][first_rev][::-1]
-            hist = self.retrieval.histories
-            try:
-                u = self.user_idx(user_id)
-                created = False
-            except UnknownIdError:
-                new_id = _coerce_id(user_id, self.user_ids)
-                if pd.api.types.is_integer_dtype(self.user_ids.dtype) and not isinstance(new_id, (int, np.integer)):
-                    raise ValueError(f"user_id {user_id!r} is not an integer like this model's user ids") from None
-                u, created = len(self.user_ids), True
-            old = hist.of(u) if u < hist.n_users else np.zeros(0, np.int64)
-            kept = ~np.isin(old, new)
-            row = np.concatenate([old[kept], new])
-            query = self.retrieval.encode_histories([row], np.array([-1 if created else u]))[0]
-            if created:
-                # keep integer/object id arrays as they are; fixed-width text widens instead of truncating
-                same = self.user_ids.dtype if self.user_ids.dtype.kind in "iuO" else None
-                self.user_ids = np.append(self.user_ids, np.asarray([new_id], dtype=same))
-                self._user_pos = pd.Index(self.user_ids)
-                self.retrieval.user_vectors = np.vstack([self.retrieval.user_vectors, query[None, :].astype(np.float32)])
-                indptr = np.append(hist.indptr, hist.indptr[-1] + len(row))
-                self.retrieval.histories = Histories(indptr, np.concatenate([hist.items, row]))
-            else:
-                lo, hi = hist.indptr[u], hist.indptr[u + 1]
-                indptr = hist.indptr.copy()
-                indptr[u + 1 :] += len(row) - (hi - lo)
-                self.retrieval.histories = Histories(indptr, np.concatenate([hist.items[:lo], row, hist.items[hi:]]))
-                # in place (readers of one user hold the lock; a batch job at worst sees this row
-                # before or after): no copy of every user's vector per call
-                self.retrieval.user_vectors[u] = query
-            self.forget(u)
-            log.info("recorded %d ratings for user %r (%s); history now %d", len(new), user_id, "new" if created else "known", len(row))
-            return {"user_idx": u, "created": created, "history": row, "kept": kept, "ratings": new_ratings}
+        for i in item_ids:
+            self.item_idx(i)
+        self.users.parse(user_id)
+        created = self.users.get(user_id) < 0
+        self.apply_ratings([user_id] * len(item_ids), list(item_ids), list(ratings))
+        u = self.user_idx(user_id)
+        return {"user_idx": u, "created": created, "history": self.histories.of(u)}
 
 
 def _filters_key(filters: Filters | None) -> tuple:
@@ -508,17 +624,3 @@ def _filters_key(filters: Filters | None) -> tuple:
         filters.year_max,
         tuple(str(i) for i in filters.exclude_items or ()),
     )
-
-
-def _coerce_id(value: Any, ids: np.ndarray) -> Any:
-    """Ids arrive as strings from URLs; match the dtype of the model's ids."""
-    if pd.api.types.is_integer_dtype(np.asarray(ids).dtype):
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            return value
-    return str(value)
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value

@@ -1,0 +1,69 @@
+"""Settings picked from the data's size, so one default configuration trains MovieLens 100K in
+seconds and a million ratings over 100k movies in minutes.
+
+Each rule only changes a setting the configuration left at its default (a value given in a
+YAML file or with ``--set`` always wins), and every change is returned with its reason, logged
+by the pipeline and written to the bundle's manifest. Work that grows faster than the data is
+what these rules bound: per-epoch validation scores users x items, the ranker's training lists
+and the rating model's I-AutoRec are users x items wide, and two-tower epochs grow with ratings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from movierec.config import Config
+
+VAL_USERS = 2_000
+"""Two-tower validation users per epoch once there are more than ``VAL_USERS_ABOVE``."""
+VAL_USERS_ABOVE = 5_000
+STEPS_PER_EPOCH = 400
+"""Two-tower batches per epoch once an epoch would be longer (a fresh random subset each epoch)."""
+RANKER_LISTS = 3_000
+"""Users whose held-out ratings become ranker training lists: past a few thousand lists the
+ranker's validation order stops improving while its cost keeps growing with them."""
+AUTOREC_CELLS = 50_000_000
+"""I-AutoRec (users x items wide layers) is left out of the rating model past this many cells."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    key: str
+    value: Any
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value} ({self.reason})"
+
+
+def _is_default(section: Any, field: str) -> bool:
+    return field not in section.model_fields_set
+
+
+def size_to_data(config: Config, n_users: int, n_items: int, n_ratings: int) -> tuple[Config, list[Choice]]:
+    """A copy of ``config`` with the size-dependent defaults filled in, and what was chosen."""
+    config = config.model_copy(deep=True)
+    choices: list[Choice] = []
+
+    def choose(key: str, value: Any, reason: str) -> None:
+        *path, field = key.split(".")
+        section: Any = config
+        for part in path:
+            section = getattr(section, part)
+        if _is_default(section, field) and getattr(section, field) != value:
+            setattr(section, field, value)
+            section.model_fields_set.discard(field)  # still a default: a re-sizing may change it again
+            choices.append(Choice(key, value, reason))
+
+    r = config.retrieval
+    if n_users > VAL_USERS_ABOVE and r.val_max_users is None:
+        choose("retrieval.val_max_users", VAL_USERS, f"{n_users:,} users: validation scores a fixed sample each epoch")
+    batches = n_ratings * (1 - r.val_fraction) / r.batch_size
+    if batches > STEPS_PER_EPOCH and r.max_steps_per_epoch is None:
+        choose("retrieval.max_steps_per_epoch", STEPS_PER_EPOCH, f"{batches:,.0f} batches per full pass: shorter epochs, checked more often")
+    if n_users > RANKER_LISTS and config.ranking.max_users > RANKER_LISTS:
+        choose("ranking.max_users", RANKER_LISTS, f"{n_users:,} users: ranker training lists sampled to a budget")
+    if config.ranking.rating.autorec_hidden > 0 and n_users * n_items > AUTOREC_CELLS:
+        choose("ranking.rating.autorec_hidden", 0, f"{n_users:,} x {n_items:,} users x items: I-AutoRec left out of the rating model")
+    return config, choices

@@ -1,0 +1,98 @@
+"""The answer cache: finished recommendation lists, bounded in entries and in bytes.
+
+Ranking a user's candidates costs milliseconds; returning users ask again and again (paging,
+refreshes), so finished lists are kept until the user's history, the catalogue or the model
+changes. Least recently used entries go first once either bound is reached; a key whose text
+is long (a request excluding hundreds of movies) is not cached at all, so no client can make
+one entry large.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+_ENTRY_OVERHEAD = 240  # bytes of dict slots, tuples and array headers per entry (measured order)
+
+
+class AnswerCache:
+    """LRU of ``(user row, request key) -> (item_idx, scores)``.
+
+    Args:
+        max_entries: entries kept at most.
+        max_bytes: bytes of arrays and keys kept at most.
+        max_key_chars: longer request keys are not cached.
+    """
+
+    def __init__(self, max_entries: int = 50_000, max_bytes: int = 64 << 20, max_key_chars: int = 512) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.max_key_chars = max_key_chars
+        self.bytes = 0
+        self._data: OrderedDict[tuple[int, tuple], tuple[np.ndarray, np.ndarray, int]] = OrderedDict()
+        self._by_user: dict[int, set[tuple]] = {}
+        self._user_gen: dict[int, int] = {}
+        self._gen = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def stamp(self, user: int) -> tuple[int, int]:
+        """Taken before computing an answer: :meth:`put` drops the answer if the user or the
+        catalogue changed meanwhile (it would be stale)."""
+        return self._gen, self._user_gen.get(user, 0)
+
+    def get(self, user: int, key: tuple) -> tuple[np.ndarray, np.ndarray] | None:
+        with self._lock:
+            hit = self._data.get((user, key))
+            if hit is None:
+                return None
+            self._data.move_to_end((user, key))
+            return hit[0], hit[1]
+
+    def put(self, user: int, key: tuple, ids: np.ndarray, scores: np.ndarray, stamp: tuple[int, int] | None = None) -> None:
+        if self.max_entries <= 0 or user < 0:
+            return
+        key_chars = len(repr(key))
+        if key_chars > self.max_key_chars:
+            return
+        size = int(ids.nbytes + scores.nbytes) + key_chars + _ENTRY_OVERHEAD
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if stamp is not None and stamp != self.stamp(user):
+                return
+            self._drop((user, key))
+            self._data[(user, key)] = (ids.copy(), scores.copy(), size)
+            self._by_user.setdefault(user, set()).add(key)
+            self.bytes += size
+            while len(self._data) > self.max_entries or self.bytes > self.max_bytes:
+                self._drop(next(iter(self._data)))
+
+    def _drop(self, full_key: tuple[int, Any]) -> None:
+        hit = self._data.pop(full_key, None)
+        if hit is None:
+            return
+        self.bytes -= hit[2]
+        keys = self._by_user.get(full_key[0])
+        if keys is not None:
+            keys.discard(full_key[1])
+            if not keys:
+                del self._by_user[full_key[0]]
+
+    def forget(self, user: int | None = None) -> None:
+        """Drop one user's answers (new ratings) or everyone's (catalogue change)."""
+        with self._lock:
+            if user is None:
+                self._gen += 1
+                self._data.clear()
+                self._by_user.clear()
+                self.bytes = 0
+                return
+            self._user_gen[user] = self._user_gen.get(user, 0) + 1
+            for key in list(self._by_user.get(user, ())):
+                self._drop((user, key))

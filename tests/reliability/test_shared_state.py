@@ -1,0 +1,260 @@
+"""Online state shared by real ``movierec serve`` processes: one worker's acknowledged write is
+read through another, added movies and ratings survive restarts, and a SIGKILL loses no write
+that was acknowledged. Servers listen on 127.0.0.1 only; load loops are bounded in count."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from recommender import HybridRecommender
+from tests.reliability.conftest import MOVIEREC, REPO, child_env, free_port
+
+KEY = "state-test-key"
+
+
+@contextmanager
+def server(model: Path, state: Path, workers: int = 1, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``movierec serve`` on a free port with its online state in ``state``; killed at the end."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(MOVIEREC), "serve", "--model", str(model), "--port", str(port), "--workers", str(workers)],
+        cwd=REPO, env={**child_env(), "MOVIEREC_STATE_DIR": str(state), "MOVIEREC_API_KEY": KEY, **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited: {proc.stderr.read().decode()[-3000:] if proc.stderr else ''}")
+            try:
+                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server not ready within 120 s"
+            time.sleep(0.2)
+        yield base, proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def model(bundle_path: Path) -> HybridRecommender:
+    return HybridRecommender.load(bundle_path)
+
+
+def _new_connection_get(url: str, **params: object) -> httpx.Response:
+    with httpx.Client(timeout=30) as c:  # a new connection each time: the kernel picks the worker
+        return c.get(url, params=params)
+
+
+def test_a_write_through_one_worker_is_read_through_every_other(bundle_path: Path, model: HybridRecommender, tmp_path: Path) -> None:
+    """Row 3 of the issue: a new user's ratings posted to ``--workers 2``, then reads through new
+    connections, and a second server process on the same state (as a second machine would)."""
+    state = tmp_path / "state"
+    new_user = int(model.user_ids.max()) + 99_999
+    items = model.items["item_id"].to_numpy()[:4].tolist()
+    with server(bundle_path, state, workers=2) as (a, _), server(bundle_path, state) as (b, _):
+        r = httpx.post(f"{a}/users/{new_user}/ratings", json=[{"item_id": i, "rating": 5} for i in items], timeout=30)
+        assert r.status_code == 200 and r.json()["created"] is True, r.text
+        statuses = [_new_connection_get(f"{a}/users/{new_user}/recommendations", k=5).status_code for _ in range(20)]
+        assert statuses == [200] * 20
+        got = _new_connection_get(f"{b}/users/{new_user}/recommendations", k=50).json()
+        assert not set(items) & {i["item_id"] for i in got["items"]}  # the other server knows them as seen
+        # and the other way round: a rating through b is seen through a's workers at once
+        more = model.items["item_id"].to_numpy()[4:6].tolist()
+        assert httpx.post(f"{b}/users/{new_user}/ratings", json=[{"item_id": i, "rating": 4} for i in more], timeout=30).status_code == 200
+        for _ in range(10):
+            seen = {i["item_id"] for i in _new_connection_get(f"{a}/users/{new_user}/recommendations", k=200).json()["items"]}
+            assert not set(more) & seen
+
+
+def test_an_added_movie_and_its_ratings_survive_a_restart(bundle_path: Path, model: HybridRecommender, tmp_path: Path) -> None:
+    """Row 2 of the issue: POST /items, rate it, restart: the movie and the rating are there."""
+    state = tmp_path / "state"
+    user = int(model.user_ids[0])
+    with server(bundle_path, state) as (base, _):
+        r = httpx.post(f"{base}/items", json={"title": "Galaxy Rebels (2026)", "genres": ["Sci-Fi"]}, headers={"X-API-Key": KEY}, timeout=30)
+        assert r.status_code == 201, r.text
+        new_id = r.json()["item_id"]
+        assert new_id not in set(model.items["item_id"].tolist())
+        assert httpx.post(f"{base}/users/{user}/ratings", json=[{"item_id": new_id, "rating": 5}], timeout=30).status_code == 200
+    with server(bundle_path, state) as (base, _):
+        r = httpx.get(f"{base}/items/{new_id}", timeout=30)
+        assert r.status_code == 200 and r.json()["title"] == "Galaxy Rebels (2026)"
+        recs = httpx.get(f"{base}/users/{user}/recommendations", params={"k": 1000}, timeout=30).json()["items"]
+        assert new_id not in {i["item_id"] for i in recs}  # rated, so seen
+        # a second movie gets another generated id, never the first one again
+        r2 = httpx.post(f"{base}/items", json={"title": "Galaxy Rebels II"}, headers={"X-API-Key": KEY}, timeout=30)
+        assert r2.status_code == 201 and r2.json()["item_id"] != new_id
+    # the state holds the movie's text, genres and the vectors the serving model gave it
+    from recommender.state import open_state
+
+    version, content, item = open_state(state).vectors(new_id)
+    assert version == model.model_version and content.shape == (model.content.item_vectors.shape[1],)
+    assert item.shape == (model.retrieval.item_vectors.shape[1],) and np.isfinite(item).all()
+
+
+def test_every_acknowledged_write_survives_a_sigkill(bundle_path: Path, model: HybridRecommender, tmp_path: Path) -> None:
+    """8 clients post 1,000 random ratings (bounded), the server is SIGKILLed mid-stream, and after
+    a restart every rating that got a 200 is in effect."""
+    state = tmp_path / "state"
+    users = [int(u) for u in model.user_ids[:60]] + [int(model.user_ids.max()) + 500 + n for n in range(20)]
+    items = model.items["item_id"].to_numpy().tolist()
+    acked: list[tuple[int, int]] = []
+    lock = threading.Lock()
+    with server(bundle_path, state, workers=2) as (base, proc):
+        stop = threading.Event()
+
+        def client(c: int) -> None:
+            rng = random.Random(c)
+            with httpx.Client(base_url=base, timeout=30) as http:
+                for _ in range(125):  # 8 x 125 = 1,000 writes at most
+                    if stop.is_set():
+                        return
+                    u, i = rng.choice(users), rng.choice(items)
+                    try:
+                        r = http.post(f"/users/{u}/ratings", json=[{"item_id": i, "rating": rng.choice([1, 2, 3, 4, 5])}])
+                    except httpx.TransportError:
+                        return  # the server is gone: this write was never acknowledged
+                    if r.status_code == 200:
+                        with lock:
+                            acked.append((u, i))
+
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while len(acked) < 300 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)  # mid-stream: requests are in flight
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert len(acked) >= 300
+    with server(bundle_path, state) as (base, _):
+        by_user: dict[int, set[int]] = {}
+        for u, i in acked:
+            by_user.setdefault(u, set()).add(i)
+        with httpx.Client(base_url=base, timeout=30) as http:
+            for u, rated in by_user.items():
+                r = http.get(f"/users/{u}/recommendations", params={"k": 1000})
+                assert r.status_code == 200, (u, r.text)
+                assert not rated & {i["item_id"] for i in r.json()["items"]}, f"user {u}: acknowledged ratings lost"
+
+
+def test_rows_of_the_issue_in_process(bundle_path: Path, tmp_path: Path) -> None:
+    """Row 1: a text id where ids are integers is 422 and changes nothing; the catalogue answers on."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.settings import Settings
+
+    with TestClient(create_app(Settings(model=bundle_path, state_dir=tmp_path / "state"))) as c:
+        r = c.post("/items", json={"title": "x", "item_id": "abc"})
+        assert r.status_code == 422 and "integers" in r.json()["detail"]
+        assert c.get("/items/1").status_code == 200
+        assert c.post("/users/1/ratings", json=[{"item_id": 1, "rating": 4}]).status_code == 200
+        assert c.app.state.store.state.last_seq() == 1  # only the rating was written
+        r = c.post("/items", json={"title": "y", "item_id": 8_000_000_000_000_001})
+        assert r.status_code == 422 and "generates" in r.json()["detail"]
+
+
+def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """``movierec ARGS`` in this process (the refusals come before any heavy work)."""
+    import sys
+
+    from movierec.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["movierec", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    return int(exc.value.code or 0), capsys.readouterr().err
+
+
+def test_train_refuses_to_replace_a_folder_that_is_not_a_bundle(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Row 4: ``train --out`` over a folder holding a user's file exits 2 with one line; the file stays."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.txt").write_text("years of work")
+    code, err = _cli(monkeypatch, capsys, "train", "--data", str(data_dir), "--out", str(out))
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "not a movierec bundle" in lines[0] and "Traceback" not in err, err
+    assert (out / "thesis.txt").read_text() == "years of work"
+    # a file, too
+    (tmp_path / "notes.txt").write_text("mine")
+    code, err = _cli(monkeypatch, capsys, "train", "--data", str(data_dir), "--out", str(tmp_path / "notes.txt"))
+    assert code == 2 and "refusing to replace" in err and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_candidates_refuse_to_replace_what_is_not_theirs(
+    bundle_path: Path, tmp_path: Path, workers: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / ("cands" if workers > 1 else "cands.parquet")
+    if workers > 1:
+        out.mkdir()
+        (out / "notes.md").write_text("mine")
+    else:
+        out.write_text("mine")
+    code, err = _cli(monkeypatch, capsys, "candidates", "--model", str(bundle_path), "--out", str(out), "--workers", str(workers))
+    assert code == 2 and "refusing to replace" in err and len([ln for ln in err.splitlines() if ln.startswith("error:")]) == 1, err
+    assert ((out / "notes.md") if workers > 1 else out).read_text() == "mine"
+
+
+def test_start_up_serves_the_newest_valid_bundle_and_a_rollback_survives_a_restart(bundle_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.settings import Settings
+    from tests.serving.conftest import API_KEY, copy_bundle
+
+    root = tmp_path / "bundles"
+    root.mkdir()
+    for n in (1, 2, 3):
+        copy_bundle(bundle_path, root / f"b{n}", version=f"v{n}")
+        time.sleep(0.01)
+    (root / "b3" / "items.parquet").write_bytes(b"broken")  # the newest is broken
+    settings = Settings(model=root, api_key=API_KEY, state_dir=tmp_path / "state")
+    with caplog.at_level("ERROR"), TestClient(create_app(settings)) as c:
+        assert c.get("/ready").json()["model_version"] == "v2"
+        assert any("skipped bundle" in r.message and "b3" in r.message for r in caplog.records)
+        assert c.post("/admin/rollback", headers={"X-API-Key": API_KEY}).json()["model_version"] == "v1"
+    with TestClient(create_app(settings)) as c:  # restart: still on the rollback's bundle
+        assert c.get("/ready").json()["model_version"] == "v1"
+        (root / "b3").rename(tmp_path / "b3-broken")
+        assert c.post("/admin/reload", headers={"X-API-Key": API_KEY}).json()["model_version"] == "v2"
+    with TestClient(create_app(settings)) as c:  # a reload ended the rollback for good
+        assert c.get("/ready").json()["model_version"] == "v2"
+
+
+def test_feedback_never_lands_on_another_movie(bundle_path: Path, model: HybridRecommender, tmp_path: Path) -> None:
+    """A rating is stored with the title of its movie; a bundle holding another movie under that
+    id does not get it."""
+    from recommender.state import open_state
+
+    state = open_state(tmp_path / "state")
+    first_id = int(model.items["item_id"].iat[0])
+    state.append_ratings(424242, [(first_id, 5.0, "A Different Movie (1999)")])
+    fresh = HybridRecommender.load(bundle_path)
+    fresh.catch_up(state)
+    assert fresh.users.get(424242) < 0  # nothing applied: the only rating was for another movie
+    assert fresh.applied_seq == state.last_seq()
+    np.testing.assert_array_equal(fresh.histories.of(0), model.histories.of(0))

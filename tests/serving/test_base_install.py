@@ -1,0 +1,77 @@
+"""Issue 17: the base install (no ``[train]`` extra) serves a bundle and writes candidates.
+
+Each command runs in a child Python in which Lightning, scikit-learn, Optuna and matplotlib are
+unimportable (tests/support/base_install/sitecustomize.py), and lists the modules it imported."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+
+from tests.serving.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+BLOCKER = ROOT / "tests" / "support" / "base_install"
+TRAIN_EXTRA = ("lightning", "pytorch_lightning", "lightning_fabric", "torchmetrics", "sklearn", "optuna", "matplotlib")
+
+
+def _env(out: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{BLOCKER}{os.pathsep}{ROOT}", "MOVIEREC_MODULES_OUT": str(out),
+            "OMP_NUM_THREADS": "1", "MOVIEREC_PROGRESS": "0", "MOVIEREC_API_KEY": "k"}
+
+
+def _imported(out: Path) -> set[str]:
+    files = list(out.parent.glob(out.name + ".*"))
+    assert files, "the child wrote no module list"
+    return {m.split(".")[0] for f in files for m in f.read_text().split()}
+
+
+def test_candidates_imports_nothing_from_the_train_extra(bundle_path: Path, tmp_path: Path) -> None:
+    mods = tmp_path / "mods"
+    r = subprocess.run([sys.executable, "-m", "movierec", "candidates", "--model", str(bundle_path), "--out", str(tmp_path / "c.parquet"), "--k", "5"],
+                       env=_env(mods), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert len(pd.read_parquet(tmp_path / "c.parquet")) > 0
+    imported = _imported(mods)
+    assert "torch" in imported and "faiss" in imported  # the check sees real imports
+    assert not imported & set(TRAIN_EXTRA), imported & set(TRAIN_EXTRA)
+
+
+def test_serve_imports_nothing_from_the_train_extra(bundle_path: Path, tmp_path: Path) -> None:
+    mods = tmp_path / "mods"
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "movierec", "serve", "--model", str(bundle_path), "--port", str(port)],
+                            env=_env(mods), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, f"server exited: {proc.stderr.read()[-2000:] if proc.stderr else ''}"
+            try:
+                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server not ready within 90 s"
+            time.sleep(0.3)
+        with httpx.Client(base_url=base, timeout=10) as http:
+            assert http.get("/users/1/recommendations", params={"k": 3}).status_code == 200
+            assert http.get("/items/1/similar", params={"k": 3}).status_code == 200
+            assert http.post("/recommendations", json={"liked_items": [1, 2]}).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)  # a clean shutdown runs the atexit hook that lists the modules
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    imported = _imported(mods)
+    assert "fastapi" in imported and "uvicorn" in imported
+    assert not imported & set(TRAIN_EXTRA), imported & set(TRAIN_EXTRA)
