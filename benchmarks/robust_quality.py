@@ -312,12 +312,13 @@ def _cache_write(path: Path, obj: Any) -> None:
 def tuned_params(name: str, ds: Dataset, first_seed: int, opts: Options) -> dict[str, Any]:
     """Per data set: chosen on the first default seed's (scoring) training side, cached."""
     path = opts.workdir / "cache" / f"{name}-{opts.mode}-tuned.json"
+    grids = {"ease_grid": EASE_GRID, "rp3_grid": RP3_GRID, "tuned_on_seed": first_seed}
     cached = _cache_read(path)
-    if cached is not None:
+    if cached is not None and all(cached.get(k) == v for k, v in grids.items()):
         return cached
     train, _ = scoring_split(ds, first_seed, opts.mode)
     t = time.perf_counter()
-    tuned = {**tune_baselines(train, first_seed), "tuned_on_seed": first_seed, "seconds": time.perf_counter() - t}
+    tuned = {**tune_baselines(train, first_seed), **grids, "seconds": time.perf_counter() - t}
     _cache_write(path, tuned)
     print(f"  tuned {name} ({opts.mode}, seed {first_seed}): EASE lambda {tuned.get('ease', {}).get('lam')}, "
           f"RP3beta alpha {tuned['rp3beta']['alpha']} beta {tuned['rp3beta']['beta']} ({tuned['seconds']:.0f}s)", flush=True)
@@ -566,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--validation", action="store_true", help="score a validation split carved from each training split (default)")
     mode.add_argument("--test", action="store_true", help="score the test splits (the lead decides when)")
     ap.add_argument("--datasets", default=None, help='e.g. "ml100k:1,2,3 latest:1 synth zero10" (default: all, default seeds)')
-    ap.add_argument("--set", dest="sets", action="append", default=[], help="passed to movierec train (repeatable)")
+    ap.add_argument("--set", dest="sets", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="passed to movierec train as --set (repeatable; lists as ranking.exclude=[content])")
     ap.add_argument("--config", type=Path, default=None, help="passed to movierec train")
     ap.add_argument("--ablations", action="store_true", help="also train with ranking.exclude=[content] and [collab]")
     ap.add_argument("--cold", action="store_true", help="P3 cold items on ml100k and latest (one more training each)")
