@@ -450,6 +450,20 @@ class BiasBaseline(_Baseline):
 
 
 # ---- item-kNN ----------------------------------------------------------------------------------
+def _top_neighbours(n: int, block: int, k: int, slab: Any) -> sp.csr_matrix:
+    """(n, n) sparse item-item weights keeping each row's ``k`` largest positive entries;
+    ``slab(lo, hi)`` gives rows ``lo:hi`` dense (blocks keep the slab at block x n_items), the
+    diagonal is dropped."""
+    rows, cols, vals = [], [], []
+    for lo in range(0, n, block):
+        hi = min(lo + block, n)
+        w = slab(lo, hi)
+        w[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
+        for part, piece in zip((rows, cols, vals), top_positive(w, lo, k)):
+            part.append(piece)
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+
+
 class ItemKNN(_Baseline):
     """Item-based collaborative filtering: cosine between item columns of the 0/1 user-item
     matrix, keeping each item's ``k_neighbors`` most similar items; a user's score for an item is
@@ -476,18 +490,13 @@ class ItemKNN(_Baseline):
         norms = np.sqrt(np.asarray(xt.multiply(xt).sum(1)).ravel())
         n = train.n_items
         k = min(self.k_neighbors, n - 1)
-        rows, cols, vals = [], [], []
-        # Blocks of items keep the dense similarity slab at block x n_items.
-        for lo in range(0, n, self.block):
-            hi = min(lo + self.block, n)
+
+        def cosine(lo: int, hi: int) -> np.ndarray:
             sim = np.asarray((xt[lo:hi] @ xt.T).todense(), dtype=np.float32)
             sim /= norms[lo:hi, None] * norms[None, :] + self.shrinkage + 1e-9
-            sim[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
-            for part, piece in zip((rows, cols, vals), top_positive(sim, lo, k)):
-                part.append(piece)
-        self.similarity = sp.csr_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
-        )
+            return sim
+
+        self.similarity = _top_neighbours(n, self.block, k, cosine)
 
     def _score(self, users: np.ndarray) -> np.ndarray:
         # score[u, j] = sum_i x[u, i] * sim[i, j]
@@ -546,15 +555,8 @@ class RP3beta(_Baseline):
         penalty = (1.0 / np.maximum(item_deg, 1.0) ** self.beta).astype(np.float32)
         n = train.n_items
         k = min(self.k_neighbors, max(n - 1, 1))
-        rows, cols, vals = [], [], []
-        for lo in range(0, n, self.block):  # a block x n_items dense slab at a time
-            hi = min(lo + self.block, n)
-            w = np.asarray((p_iu[lo:hi] @ p_ui).todense(), dtype=np.float32) * penalty[None, :]
-            w[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
-            for part, piece in zip((rows, cols, vals), top_positive(w, lo, k)):
-                part.append(piece)
-        self.similarity = sp.csr_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+        self.similarity = _top_neighbours(
+            n, self.block, k, lambda lo, hi: np.asarray((p_iu[lo:hi] @ p_ui).todense(), dtype=np.float32) * penalty[None, :]
         )
 
     def _score(self, users: np.ndarray) -> np.ndarray:

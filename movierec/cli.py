@@ -553,14 +553,18 @@ def serve(
     model: Annotated[Path, typer.Option(help="bundle directory, or a directory of bundles (newest is served)")],
     host: Annotated[str, typer.Option(help="address to bind (keep 127.0.0.1 unless behind a proxy)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="port")] = 8000,
-    workers: Annotated[int, typer.Option(min=1, max=64, help="worker processes")] = 1,
+    workers: Annotated[
+        Optional[int], typer.Option(min=1, max=64, help="worker processes (default: one per CPU core, at most 8); they share the online state")
+    ] = None,
 ) -> None:
     """Serve the HTTP API and web page with uvicorn (admin key from MOVIEREC_API_KEY)."""
+    import os
+
     from serving.app import run_server
 
     if not model.exists():
         raise UsageError(f"{model}: no such model directory")
-    run_server(model, host=host, port=port, workers=workers)
+    run_server(model, host=host, port=port, workers=workers or min(os.cpu_count() or 1, 8))
 
 
 @app.command()

@@ -508,16 +508,19 @@ class HybridRecommender:
                 held = self.items["title"].to_numpy()[np.where(ok, item_rows, 0)]
                 ok &= (recorded == None) | (held == recorded)  # noqa: E711 (elementwise)
             user_rows = self.users.rows(list(user_ids))
+            # unknown users get the next rows, in order of first rating; they join the id map
+            # only once their history and vector are in place, so a concurrent reader never
+            # finds a user without them
             new_users: dict[Any, int] = {}
-            for n in np.flatnonzero(ok & (user_rows < 0)):  # unknown users, in order of first rating
-                key = user_ids[n]
+            for n in np.flatnonzero(ok & (user_rows < 0)):
+                try:
+                    key = self.users.parse(user_ids[n])
+                except IdTypeError:
+                    ok[n] = False
+                    continue
                 u = new_users.get(key, -1)
                 if u < 0:
-                    try:
-                        u = new_users[key] = self.users.add(key, checked=True)  # rows() found it unknown
-                    except (IdTypeError, ValueError):
-                        ok[n] = False
-                        continue
+                    u = new_users[key] = len(self.users) + len(new_users)
                 user_rows[n] = u
             skipped = int((~ok).sum())
             if skipped:
@@ -530,11 +533,14 @@ class HybridRecommender:
             )
             known = np.where(users < self.retrieval.user_features.shape[0], users, -1)
             queries = self.retrieval.encode_histories(rows, known).astype(np.float32)
-            self._grow_vectors(len(self.users))
+            self._grow_vectors(len(self.users) + len(new_users))
             self.retrieval.user_vectors[users] = queries
             for u, row, r in zip(users.tolist(), rows, row_ratings):
                 self.histories.set(u, row, r)
                 self.cache.forget(u)
+            for key, u in new_users.items():  # now visible, with history and vector in place
+                if self.users.add(key, checked=True) != u:
+                    raise RuntimeError(f"user row {u} of {key!r} was taken meanwhile")
             created = len(new_users)
         applied = int(ok.sum())
         log.info("applied %d live ratings of %d users (%d new) to %s", applied, len(users), created, self.model_version)

@@ -63,13 +63,20 @@ def _new_connection_get(url: str, **params: object) -> httpx.Response:
         return c.get(url, params=params)
 
 
-def test_a_write_through_one_worker_is_read_through_every_other(bundle_path: Path, model: HybridRecommender, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_write_through_one_worker_is_read_through_every_other(bundle_path: Path, model: HybridRecommender, tmp_path: Path, backend: str) -> None:
     """Row 3 of the issue: a new user's ratings posted to ``--workers 2``, then reads through new
-    connections, and a second server process on the same state (as a second machine would)."""
+    connections, and a second server process on the same state (as a second machine would; on
+    PostgreSQL through ``MOVIEREC_STATE_URL``)."""
     state = tmp_path / "state"
+    env = {}
+    if backend == "postgresql":
+        from tests.reliability.test_state_store import _postgres_url
+
+        env["MOVIEREC_STATE_URL"] = _postgres_url()  # skips with the reason when there is none
     new_user = int(model.user_ids.max()) + 99_999
     items = model.items["item_id"].to_numpy()[:4].tolist()
-    with server(bundle_path, state, workers=2) as (a, _), server(bundle_path, state) as (b, _):
+    with server(bundle_path, state, workers=2, **env) as (a, _), server(bundle_path, state, **env) as (b, _):
         r = httpx.post(f"{a}/users/{new_user}/ratings", json=[{"item_id": i, "rating": 5} for i in items], timeout=30)
         assert r.status_code == 200 and r.json()["created"] is True, r.text
         statuses = [_new_connection_get(f"{a}/users/{new_user}/recommendations", k=5).status_code for _ in range(20)]

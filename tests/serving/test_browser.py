@@ -88,9 +88,12 @@ def test_search_similar_like_and_recommend(server_url: str, bundle_path: Path, t
             page.click("#user-form button[type=submit]")
             expect(page.locator("#user-results li .title")).to_have_count(10)
 
-            page.fill("#user-input", "no-such-user")
+            page.fill("#user-input", "99999999")
             page.click("#user-form button[type=submit]")
             expect(page.locator("#error")).to_contain_text("unknown user_id")
+            page.fill("#user-input", "no-such-user")  # text where ids are integers: said so
+            page.click("#user-form button[type=submit]")
+            expect(page.locator("#error")).to_contain_text("integers")
             page.fill("#user-input", "1")
             page.click("#user-form button[type=submit]")
             expect(page.locator("#user-results li .title")).to_have_count(10)

@@ -1,0 +1,111 @@
+"""Quick in-process validation: the pipeline against EASE on validation carved from training.
+
+    python benchmarks/validation_quick.py --data ml100k:1 ml100k:2 latest:1 --tag NAME [--set k=v ...]
+
+What the session-4 settings were chosen with (benchmarks/RESULTS.md): for each ``DATA:SEED`` the
+P2 split ``holdout_per_user(ds, 0.2, seed)`` is made and its test part never read; a validation
+split ``holdout_per_user(train, 0.2, seed + 1000)`` is carved from the training part, the
+pipeline (``movierec.pipeline.train``, rating model off: P2 does not read it) trains on the rest,
+and the ranked and two-tower orders are scored on the validation part by NDCG@10 with full
+ranking, next to EASE with its best lambda of {100, 300, 500, 1000} on the same validation part
+(a bar that favours EASE). One JSON line per split, then the mean and worst ranked / EASE ratio.
+``benchmarks/robust_quality.py`` is the CLI-driven protocol over every data set and seed; this is
+the faster loop for comparing settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from movierec.baselines import make_baseline  # noqa: E402
+from movierec.config import load_config  # noqa: E402
+from movierec.data import load_dataset  # noqa: E402
+from movierec.metrics import topn_metrics  # noqa: E402
+from movierec.pipeline import train as train_pipeline  # noqa: E402
+from movierec.splits import holdout_per_user  # noqa: E402
+from recommender import HybridRecommender  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+PATHS = {"ml100k": DATA / "ml-100k", "latest": DATA / "ml-latest-small"}
+CACHE = Path(os.environ.get("MOVIEREC_VALIDATION_CACHE", "/tmp/movierec-validation-cache"))
+LAMBDAS = (100, 300, 500, 1000)
+
+
+def _ease_scores(name: str, seed: int, fit, users: np.ndarray, rel) -> dict[str, float]:
+    path = CACHE / f"ease-{name}-{seed}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    out = {}
+    for lam in LAMBDAS:
+        ids, _ = make_baseline("ease", lam=lam).fit(fit).recommend(users, 10, exclude=fit.to_csr().tocsr())
+        out[str(lam)] = topn_metrics(ids, rel[users], 10)["ndcg@10"]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out))
+    return out
+
+
+def run(spec: str, sets: list[str], tag: str) -> dict:
+    name, seed = spec.split(":")
+    seed = int(seed)
+    train, _test = holdout_per_user(load_dataset(PATHS[name]), 0.2, seed)  # the test part is never read
+    fit, val = holdout_per_user(train, 0.2, seed + 1000)
+    rel = val.to_csr().tocsr()
+    users = np.flatnonzero(np.diff(rel.indptr) > 0)
+    ease = _ease_scores(name, seed, fit, users, rel)
+    lam = max(ease, key=ease.get)
+    config = load_config(None, ["ranking.rating.enabled=false", *sets])
+    config.trainer.progress = False
+    with tempfile.TemporaryDirectory() as d:
+        t, c = time.perf_counter(), time.process_time()
+        train_pipeline(fit, f"{d}/b", config)
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        model = HybridRecommender.load(f"{d}/b")
+        meta = json.loads(Path(f"{d}/b/manifest.json").read_text())
+        scores = {}
+        for rank in (True, False):
+            ids, _ = model.recommend_batch(users, 10, rank=rank)
+            scores[rank] = topn_metrics(ids, rel[users], 10)["ndcg@10"]
+    ranker = meta["metrics"].get("ranker", {})
+    return dict(
+        tag=tag, data=spec, ranked=round(scores[True], 4), retrieval=round(scores[False], 4), ease=round(ease[lam], 4), lam=lam,
+        ratio=round(scores[True] / ease[lam], 4), wall=round(wall, 1), cpu=round(cpu, 1), timings=meta.get("timings"),
+        alpha=ranker.get("alpha"), in_list=[ranker.get(k) for k in ("val_ndcg@10_base", "val_ndcg@10_nets", "val_ndcg@10_in_list")],
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", nargs="+", default=["ml100k:1"], help="DATA:SEED, DATA one of " + ", ".join(PATHS))
+    p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+    p.add_argument("--tag", default="run")
+    a = p.parse_args(argv)
+    os.environ.setdefault("MOVIEREC_PROGRESS", "0")
+    warnings.filterwarnings("ignore")
+    for n in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(n).setLevel(logging.ERROR)
+    torch.set_num_threads(1)
+    rows = []
+    for spec in a.data:
+        rows.append(run(spec, a.set, a.tag))
+        print(json.dumps(rows[-1]), flush=True)
+    ratios = [r["ratio"] for r in rows]
+    print(json.dumps(dict(tag=a.tag, set=a.set, mean_ratio=round(float(np.mean(ratios)), 4), min_ratio=round(float(np.min(ratios)), 4))))
+
+
+if __name__ == "__main__":  # the rating model's background process imports this module
+    main()
