@@ -11,7 +11,12 @@ checkpointing watch the same ``val/ndcg@10`` (in-list, on validation users).
 
 With ``folds`` = K > 1 (:func:`cross_fitted_lists`) every user gets K such lists, one per fold of
 the training data, each built without its fold's ratings (K-1 extra two-tower fits): five times
-the lists, which steadied the ranker on ML-100K validation (NDCG@10 0.2757 vs 0.2724, 3 seeds).
+the lists (benchmarks/RESULTS.md, issue 5), for K-1 extra two-tower fits.
+
+The ranker is ``ranking.ensemble`` member nets, cross-fitted over users, whose averaged order
+is shrunk towards the EASE order (the ``collab_z`` feature) by a weight chosen on lists no member
+trained on (:func:`fit_guarded`, :class:`~ranking.net.GuardedRanker`): where the features add
+nothing beyond EASE, the order stays EASE's.
 
 At serve time the runtime :class:`~ranking.runtime.Ranker` recomputes the same features from
 the full training data.
