@@ -11,7 +11,7 @@ checkpointing watch the same ``val/ndcg@10`` (in-list, on validation users).
 
 With ``folds`` = K > 1 (:func:`cross_fitted_lists`) every user gets K such lists, one per fold of
 the training data, each built without its fold's ratings (K-1 extra two-tower fits): five times
-the lists (benchmarks/RESULTS.md, issue 5), for K-1 extra two-tower fits.
+the lists (benchmarks/RESULTS.md, issue 5).
 
 The ranker is ``ranking.ensemble`` member nets, cross-fitted over users, whose averaged order
 is shrunk towards the EASE order (the ``collab_z`` feature) by a weight chosen on lists no member
