@@ -9,13 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pandas as pd
 
-from tests.serving.conftest import free_port
+from tests.serving.conftest import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCKER = ROOT / "tests" / "support" / "base_install"
@@ -51,16 +50,7 @@ def test_serve_imports_nothing_from_the_train_extra(bundle_path: Path, tmp_path:
                             env=_env(mods), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, f"server exited: {proc.stderr.read()[-2000:] if proc.stderr else ''}"
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server not ready within 90 s"
-            time.sleep(0.3)
+        wait_ready(proc, base)
         with httpx.Client(base_url=base, timeout=10) as http:
             assert http.get("/users/1/recommendations", params={"k": 3}).status_code == 200
             assert http.get("/items/1/similar", params={"k": 3}).status_code == 200

@@ -7,14 +7,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from recommender import HybridRecommender
-from tests.serving.conftest import free_port
+from tests.serving.conftest import free_port, wait_ready
 from cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,16 +76,7 @@ def test_movierec_serve_answers_over_http(bundle_path: Path) -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, f"server exited: {proc.stderr.read()[-2000:] if proc.stderr else ''}"
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server not ready within 90 s"
-            time.sleep(0.3)
+        wait_ready(proc, base)
         with httpx.Client(base_url=base, timeout=10) as http:
             r = http.get("/users/1/recommendations", params={"k": 3})
             assert r.status_code == 200 and len(r.json()["items"]) == 3
