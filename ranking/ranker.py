@@ -49,6 +49,7 @@ from ranking.features import (
     FEATURES,
     GROUPS,
     FeatureContext,
+    _z_within,
     collab_top,
     compute_features,
     damped_means,
@@ -441,12 +442,7 @@ def choose_alpha(scores: np.ndarray, base: np.ndarray | None, lists: Lists, rows
     """
     if base is None or not len(rows):
         return 1.0, {1.0: float(np.nanmean(_list_ndcg(scores, lists, rows))) if len(rows) else float("nan")}
-    valid = lists.cand[rows] >= 0
-    n = np.maximum(valid.sum(1, keepdims=True), 1)
-    sc = np.where(valid, scores, 0.0)
-    mean = sc.sum(1, keepdims=True) / n
-    sd = np.sqrt((np.where(valid, scores - mean, 0.0) ** 2).sum(1, keepdims=True) / n + 1e-12)
-    z = np.where(valid, (scores - mean) / sd, 0.0)
+    z = _z_within(scores, lists.cand[rows] >= 0)  # as GuardedRanker standardises the nets' order
     curve = {}
     for a in ALPHAS:
         w = max(a, TIE_BREAK)  # as GuardedRanker scores
