@@ -157,8 +157,28 @@ class RetrievalModel:
         return self.user_vectors[np.asarray(user_idx)] @ self.item_vectors.T
 
     def similar_items(self, item_idx: np.ndarray | int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest items by vector; a movie without ratings (placed by the cold map) is compared
+        with the rated movies only.
+
+        A placed vector is a shrunk estimate, pulled towards the catalogue's mean where its
+        content is uninformative, and two such estimates look alike mostly through that shared
+        pull: 72% of an unrated movie's nearest ten were unrated too on
+        ML-100K's validation cold split, against 22% of the catalogue. Its neighbours among rated
+        movies are where its ratings would put it (tests/retrieval/test_cold.py).
+        """
         items = np.atleast_1d(np.asarray(item_idx, dtype=np.int64))
         ids, s = self.search(self.item_vectors[items], k, [np.array([i]) for i in items])
+        has_id = self.item_has_id[: self.n_items]
+        placed = np.flatnonzero(has_id[items] <= 0) if self.cold_map is not None else np.zeros(0, np.int64)
+        rated = np.flatnonzero(has_id > 0)
+        if len(placed) and len(rated):
+            scores = self.item_vectors[items[placed]] @ self.item_vectors[rated].T
+            kk = min(k, len(rated))
+            top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < len(rated) else np.tile(np.arange(kk), (len(placed), 1))
+            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable"), axis=1)
+            ids[placed], s[placed] = -1, -np.inf
+            ids[placed, :kk] = rated[top]
+            s[placed, :kk] = np.take_along_axis(scores, top, axis=1)
         return (ids[0], s[0]) if np.ndim(item_idx) == 0 else (ids, s)
 
     # ---- catalogue changes ----------------------------------------------------------------------
