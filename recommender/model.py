@@ -278,10 +278,10 @@ class HybridRecommender:
     ) -> Recommendations:
         """Top-k for a known user."""
         u = self.user_idx(user_id)
-        key = (k, exclude_seen, rank, _filters_key(filters))
-        cached = self.cache.get(u, key)
+        key = self.answer_key(k, exclude_seen, filters, rank)
+        cached = self.cached_answer(u, key)
         if cached is not None:
-            return Recommendations(cached[0].copy(), cached[1].copy())
+            return cached
         with self._lock:  # a consistent snapshot of this user; the work below runs without it
             stamp = self.cache.stamp(u)
             history = self.histories.of(u)
@@ -291,6 +291,19 @@ class HybridRecommender:
         recs = self._finish(u, history, query, k, exclude, allowed, rank)
         self.cache.put(u, key, recs.item_idx, recs.scores, stamp)
         return Recommendations(recs.item_idx.copy(), recs.scores.copy())
+
+    @staticmethod
+    def answer_key(k: int, exclude_seen: bool = True, filters: Filters | None = None, rank: bool = True) -> tuple:
+        """The answer cache's key of a :meth:`recommend_user` request (beside the user row)."""
+        return (k, exclude_seen, rank, _filters_key(filters))
+
+    def cached_answer(self, u: int, key: tuple) -> Recommendations | None:
+        """The cached answer of user row ``u`` for ``key`` (:meth:`answer_key`), or None: a
+        dictionary lookup, cheap enough for an event loop."""
+        cached = self.cache.get(u, key)
+        if cached is None:
+            return None
+        return Recommendations(cached[0].copy(), cached[1].copy())
 
     def forget(self, user: int | None = None) -> None:
         """Drop cached answers for one user (new ratings) or everyone (catalogue change)."""

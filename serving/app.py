@@ -23,10 +23,11 @@ import numpy as np
 from fastapi import Body, Depends, FastAPI, HTTPException, Path as PathParam, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from pydantic import TypeAdapter
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -265,16 +266,27 @@ async def get_store(request: Request) -> ModelStore:
     return request.app.state.store
 
 
-async def get_model(store: Annotated[ModelStore, Depends(get_store)]) -> ServedModel:
+async def get_model(request: Request) -> ServedModel:
     """The model for this request: one reference, held until the answer is sent.
 
     Before it is handed out it catches up with the online state: one indexed lookup of the
-    newest sequence number, and only when another worker wrote since, the events after ours.
-    So every worker answers with every write acknowledged before the request arrived.
+    newest sequence number (a few microseconds, on the event loop), and only when another
+    worker wrote since, the events after ours, applied in the thread pool so that a large
+    catch-up never holds up the loop. So every worker answers with every write acknowledged
+    before the request arrived. (It reads the store itself rather than through
+    :func:`get_store`: one dependency fewer to solve per request.)
     """
+    store: ModelStore = request.app.state.store
     served = store.get()
-    if store.state is not None:
-        catch_up(served, store.state)
+    state = store.state
+    if state is not None:
+        try:
+            behind = state.last_seq() > served.recommender.applied_seq
+        except Exception as e:  # the database went away: the answer would miss acknowledged writes
+            log.error("online state unreadable: %s", e)
+            raise StateError(f"online state unreadable ({e.__class__.__name__}); retry later") from e
+        if behind:
+            await run_in_threadpool(catch_up, served, state)
     return served
 
 
@@ -343,6 +355,11 @@ def _genres(model: HybridRecommender, names: list[str] | None) -> list[str] | No
     return out or None
 
 
+def _pool(rec: HybridRecommender, k: int, diversity: float) -> int:
+    """How many to fetch: ``k``, or a larger pool when diversity re-ranking picks from it."""
+    return k if diversity <= 0 else min(max(3 * k, 50), rec.n_items)
+
+
 def _ranked_items(
     served: ServedModel,
     fetch: Callable[[int], Any],
@@ -351,8 +368,7 @@ def _ranked_items(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run a recommendation, over a larger pool when diversity re-ranking will pick from it."""
     rec = served.recommender
-    pool = k if diversity <= 0 else min(max(3 * k, 50), rec.n_items)
-    result = fetch(pool)
+    result = fetch(_pool(rec, k, diversity))
     idx, scores = result.item_idx, np.nan_to_num(result.scores, nan=0.0, posinf=0.0, neginf=0.0)
     if diversity > 0 and len(idx) > 1:
         order = mmr(idx, scores, rec.retrieval.item_vectors[idx], k, diversity)
@@ -365,15 +381,38 @@ OFF_LOOP_K = 100
 
 
 async def _off_loop_if_heavy(
-    settings: Settings, served: ServedModel, fetch: Callable[[int], Any], k: int, diversity: float, explained: bool
+    settings: Settings,
+    served: ServedModel,
+    fetch: Callable[[int], Any],
+    k: int,
+    diversity: float,
+    explained: bool,
+    cached: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Short retrieval-only answers take well under a millisecond and run on the event loop;
-    ranking takes several milliseconds, and MMR and explanations grow with ``k``, so those run
-    in the thread pool where they cannot hold up other requests (health checks, reloads)."""
-    heavy = (settings.rank and served.recommender.ranker is not None) or diversity > 0 or explained or k > OFF_LOOP_K
+    ranking takes milliseconds, and MMR and explanations grow with ``k``, so those run in the
+    thread pool where they cannot hold up other requests (health checks, reloads). A
+    ``cached`` answer (``fetch`` only copies it) is not ranked again, so it stays on the loop
+    unless diversity or explanations (or a long list) make it heavy."""
+    ranked = settings.rank and served.recommender.ranker is not None and not cached
+    heavy = ranked or diversity > 0 or explained or k > OFF_LOOP_K
     if heavy:
         return await run_in_threadpool(_ranked_items, served, fetch, k, diversity)
     return _ranked_items(served, fetch, k, diversity)
+
+
+_RECOMMENDATIONS = TypeAdapter(RecommendationsOut)
+
+
+def _recommendations_json(content: dict[str, Any]) -> bytes:
+    """The body FastAPI would send for ``response_model=RecommendationsOut``: the same
+    validation and the same serializer (pydantic's ``dump_json``), so the same bytes; done here
+    so that the bytes can be cached with the answer and sent again as they are."""
+    return _RECOMMENDATIONS.dump_json(_RECOMMENDATIONS.validate_python(content, from_attributes=True), by_alias=True)
+
+
+def _json(body: bytes) -> Response:
+    return Response(content=body, media_type="application/json")
 
 
 def _with_reasons(
@@ -489,22 +528,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         user_id: Annotated[str, PathParam(min_length=1, max_length=200)],
         query: Annotated[UserRecommendationQuery, Query()],
         served: ModelDep,
-    ) -> dict[str, Any]:
+    ) -> Response:
         """Top-k movies for a known user, optionally filtered, diversified and explained."""
         rec = served.recommender
         u = rec.user_idx(user_id)
         genres = _genres(rec, query.genres.split(",") if query.genres else None)
         exclude = [e.strip() for e in query.exclude.split(",") if e.strip()] if query.exclude else None
         filters = Filters(genres=genres, year_min=query.year_min, year_max=query.year_max, exclude_items=exclude)
+        # a repeated plain request is answered with the bytes sent the first time; the stamp,
+        # taken before the answer is read, keeps a body from outliving a change to the user
+        plain = query.diversity <= 0 and not query.explain
+        key = rec.answer_key(_pool(rec, query.k, query.diversity), query.exclude_seen, filters, settings.rank)
+        stamp = rec.cache.stamp(u)
+        if plain:
+            blob = rec.cache.get_blob(u, key)
+            if blob is not None:
+                return _json(blob)
+        hit = rec.cached_answer(u, key)
         idx, scores = await _off_loop_if_heavy(
-            settings, served, lambda n: rec.recommend_user(user_id, n, query.exclude_seen, filters, rank=settings.rank), query.k,
-            query.diversity, query.explain,
+            settings, served,
+            (lambda n: hit) if hit is not None else
+            (lambda n: rec.recommend_user(user_id, n, query.exclude_seen, filters, rank=settings.rank)),
+            query.k, query.diversity, query.explain, cached=hit is not None,
         )
         items = served.records(idx, scores)
         if query.explain:
             history, ratings = served.user_history(u)  # live feedback included
             await run_in_threadpool(_with_reasons, items, served, history, ratings, idx, "rated")
-        return {"user_id": rec.users.id_of(u), "model_version": served.model_version, "items": items}
+        body = _recommendations_json({"user_id": rec.users.id_of(u), "model_version": served.model_version, "items": items})
+        if plain:
+            rec.cache.put_blob(u, key, body, stamp)
+        return _json(body)
 
     @app.post(
         "/users/{user_id}/ratings", response_model=FeedbackOut, responses={**_ERRORS, 401: _ADMIN_ERRORS[401]},
