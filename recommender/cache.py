@@ -39,6 +39,7 @@ class AnswerCache:
         # (user, key) -> [item_idx, scores, bytes counted, serialised answer or None]
         self._data: OrderedDict[tuple[int, tuple], list[Any]] = OrderedDict()
         self._by_user: dict[int, set[tuple]] = {}
+        self._aliases: dict[tuple[str, bytes], tuple[int, tuple]] = {}
         self._user_gen: dict[int, int] = {}
         self._gen = 0
         self._lock = threading.Lock()
@@ -68,23 +69,37 @@ class AnswerCache:
             self._data.move_to_end((user, key))
             return hit[3]
 
-    def put_blob(self, user: int, key: tuple, blob: bytes, stamp: tuple[int, int]) -> bool:
+    def put_blob(
+        self, user: int, key: tuple, blob: bytes, stamp: tuple[int, int], alias: tuple[str, bytes] | None = None
+    ) -> bool:
         """Attach ``blob`` (the answer serialised) to the entry ``(user, key)``.
 
         ``stamp`` is :meth:`stamp` taken before the answer was read or computed: when the user
         or the catalogue changed since, the entry may hold a newer answer than ``blob`` and
-        nothing is attached. Returns whether it was.
+        nothing is attached. ``alias`` (the request's path and query string, which always
+        parse to this user and key) lets :meth:`blob_for` find the body without parsing the
+        request. Returns whether the body is attached.
         """
         with self._lock:
             hit = self._data.get((user, key))
-            if hit is None or hit[3] is not None or stamp != self.stamp(user):
+            if hit is None or stamp != self.stamp(user):
                 return False
-            if self.bytes + len(blob) > self.max_bytes:
-                return False
-            hit[3] = blob
-            hit[2] += len(blob)
-            self.bytes += len(blob)
+            if hit[3] is None:
+                if self.bytes + len(blob) > self.max_bytes:
+                    return False
+                hit[3] = blob
+                hit[2] += len(blob)
+                self.bytes += len(blob)
+            if alias is not None and len(alias[0]) + len(alias[1]) <= self.max_key_chars:
+                if len(self._aliases) >= self.max_entries:
+                    self._aliases.clear()  # a bound, not an LRU: they are rebuilt on the next answers
+                self._aliases[alias] = (user, key)
             return True
+
+    def blob_for(self, alias: tuple[str, bytes]) -> bytes | None:
+        """The body attached under ``alias`` by :meth:`put_blob`, while its entry holds it."""
+        target = self._aliases.get(alias)
+        return None if target is None else self.get_blob(*target)
 
     def put(self, user: int, key: tuple, ids: np.ndarray, scores: np.ndarray, stamp: tuple[int, int] | None = None) -> None:
         if self.max_entries <= 0 or user < 0:
