@@ -27,6 +27,7 @@ from movierec.data import to_plain
 from movierec.index import normalize
 from ranking.features import merge_candidates
 from recommender.cache import AnswerCache
+from recommender.encoder import NewUserEncoder
 from recommender.ids import IdSpace, IdTypeError
 from recommender.live import LiveHistories
 from retrieval.candidates import RetrievalModel
@@ -92,6 +93,7 @@ class HybridRecommender:
         self._lock = threading.RLock()  # writes, and the short reads that snapshot a user
         self._catch_up_lock = threading.Lock()
         self.cache = AnswerCache()
+        self._new_user_encoder: NewUserEncoder | None | bool = None  # built on first use; False: none fits
         self._title_lower = self.items["title"].str.lower().to_numpy()
         if len(self.items) != retrieval.n_items or len(self.items) != content.n_items:
             raise ValueError(
@@ -348,9 +350,18 @@ class HybridRecommender:
         if not liked_item_ids:
             raise ValueError("liked_items must name at least one movie")
         liked = np.array([self.item_idx(i) for i in liked_item_ids], dtype=np.int64)
-        query = self.retrieval.encode_histories([liked])[0]
+        query = self._encode_new_user(liked)
         exclude = self._exclusions(np.unique(liked), filters)
         return self._finish(-1, liked, query, k, exclude, self._allowed(filters), rank)
+
+    def _encode_new_user(self, liked: np.ndarray) -> np.ndarray:
+        """The query vector of a new user: :class:`~recommender.encoder.NewUserEncoder` when it
+        reproduces the user tower (checked once, on first use), else ``encode_histories``."""
+        if self._new_user_encoder is None:
+            self._new_user_encoder = NewUserEncoder.build(self.retrieval) or False
+        if self._new_user_encoder:
+            return self._new_user_encoder(liked)
+        return self.retrieval.encode_histories([liked])[0]
 
     def similar(self, item_id: Any, k: int = 10, by: SimilarBy = "hybrid") -> Recommendations:
         """Movies like ``item_id`` by content vectors, two-tower item vectors, or both."""

@@ -869,6 +869,30 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _limit_threads(threads: int) -> None:
+    """``threads`` intra-op threads for torch, FAISS and BLAS in this process and the worker
+    processes it starts (they read the environment when they import them). A request is a
+    few small products; with one thread per worker the workers share the cores, where more
+    threads spin while they wait for each other (measured: ~1.6 ms of CPU per uncached ranked
+    request on 2 cores)."""
+    for name in _THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    import faiss
+    import torch
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except Exception:  # no BLAS found to limit: nothing to do
+        pass
+
+
 def serve(settings: Settings, workers: int = 1) -> None:
     """Run the service with uvicorn (uvloop + httptools) on ``settings.host:settings.port``.
 
@@ -881,6 +905,7 @@ def serve(settings: Settings, workers: int = 1) -> None:
     import uvicorn
 
     _limit_malloc_arenas()
+    _limit_threads(settings.threads)
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
