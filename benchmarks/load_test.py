@@ -93,6 +93,9 @@ def _lua(kind: str, users: list, items: list, delay_ms: float | None, seed: int 
     head = f"math.randomseed({seed})\nlocal users = {lua_list(u)}\nlocal items = {lua_list(i)}\n"
     if kind == "recommendations":
         body = 'return wrk.format("GET", "/users/" .. users[math.random(#users)] .. "/recommendations?k=10")'
+    elif kind == "recommendations_walk":  # every user in turn: warms each worker's answer cache
+        head += "local n = 0\n"
+        body = 'n = n % #users + 1\n  return wrk.format("GET", "/users/" .. users[n] .. "/recommendations?k=10")'
     elif kind == "similar":
         body = 'return wrk.format("GET", "/items/" .. items[math.random(#items)] .. "/similar?k=10")'
     elif kind == "new_user":
@@ -153,6 +156,15 @@ def main() -> None:
         "--servers", default="1:ranked,2:ranked,1:retrieval",
         help="comma-separated WORKERS:MODE, MODE ranked (the bundle's ranker) or retrieval (MOVIEREC_RANK=0)",
     )
+    parser.add_argument(
+        "--endpoints", default="empty,recommendations,similar,new_user",
+        help="comma-separated endpoints to drive (empty is always measured: the ratios need it)",
+    )
+    parser.add_argument(
+        "--cache-warmup", type=float, default=10.0,
+        help="seconds of walking every sampled user in turn before the recommendations runs, so that each worker's "
+        "answer cache holds them and the runs measure cached answers (0: the random warm-up only, as in session 4)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -192,8 +204,11 @@ def main() -> None:
                     empty_port, "/empty", env,
                 )
             )
-            for kind in ["empty", "recommendations", "similar", "new_user"]:
+            kinds = ["empty"] + [k for k in args.endpoints.split(",") if k and k != "empty"]
+            for kind in kinds:
                 url = f"http://127.0.0.1:{empty_port if kind == 'empty' else port}"
+                if kind == "recommendations" and args.cache_warmup > 0:
+                    run_wrk(url, _lua("recommendations_walk", users, items, None), args.max_connections, args.cache_warmup)
                 run_wrk(url, _lua(kind, users, items, None), args.max_connections, 3)  # warm-up
                 peak = run_wrk(url, _lua(kind, users, items, None), args.max_connections, args.duration)
                 steady = run_wrk(url, _lua(kind, users, items, delay_ms), args.rate_connections, args.duration)
@@ -209,16 +224,19 @@ def main() -> None:
                 _stop(proc)
 
     lines = [
-        f"| workers | mode | endpoint | max req/s | p50 ms | p99 ms | at {args.rate} req/s: achieved | p50 ms | p99 ms | vs empty (max req/s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| workers | mode | endpoint | max req/s ({args.max_connections} conn.) | p50 ms | p99 ms | at {args.rate} req/s: achieved "
+        "| p50 ms | p99 ms | vs empty (max req/s) | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results:
         empty = next(r for r in results if r["workers"] == row["workers"] and r["mode"] == row["mode"] and r["endpoint"] == "empty")
         ratio = row["max"]["rps"] / empty["max"]["rps"]
         lines.append(
             f"| {row['workers']} | {row['mode']} | {row['endpoint']} | {row['max']['rps']:,.0f} | {row['max']['p50_ms']:.2f} | {row['max']['p99_ms']:.2f} "
-            f"| {row['rate']['rps']:,.0f} | {row['rate']['p50_ms']:.2f} | {row['rate']['p99_ms']:.2f} | {ratio:.2f} |"
+            f"| {row['rate']['rps']:,.0f} | {row['rate']['p50_ms']:.2f} | {row['rate']['p99_ms']:.2f} | {ratio:.2f} "
+            f"| {row['max']['errors'] + row['rate']['errors']} |"
         )
+    lines.append(f"(load average {os.getloadavg()[0]:.2f} at the end)")
     sys.stdout.write("\n".join(lines) + "\n")
     if any(r["max"]["errors"] or r["rate"]["errors"] for r in results):
         log.warning("some requests failed (non-2xx or socket errors): see the JSON output")
