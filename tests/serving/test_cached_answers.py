@@ -95,3 +95,39 @@ def test_the_exact_scan_returns_the_index_search(bundle_path: Path) -> None:
             keep = ids[0] >= 0
             np.testing.assert_allclose(got.scores, scores[0][keep], rtol=1e-5, atol=1e-6)
             assert set(got.item_idx.tolist()) == set(ids[0][keep].tolist()) and not set(history.tolist()) & set(got.item_idx.tolist())
+
+
+def test_diversity_and_explanations_never_run_on_the_event_loop(bundle_path: Path, tmp_path: Path, monkeypatch) -> None:
+    """MMR and explanations grow with k: they run in the thread pool, cached answer or not."""
+    import threading
+
+    import serving.app as app_module
+
+    ran: list[int] = []
+    real_mmr, real_explain = app_module.mmr, app_module.explain
+
+    def mmr(*args: object, **kwargs: object) -> object:
+        ran.append(threading.get_ident())
+        return real_mmr(*args, **kwargs)
+
+    def explain(*args: object, **kwargs: object) -> object:
+        ran.append(threading.get_ident())
+        return real_explain(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "mmr", mmr)
+    monkeypatch.setattr(app_module, "explain", explain)
+    app = create_app(Settings(model=bundle_path, state_dir=tmp_path / "state"))
+
+    @app.get("/test/loop-thread")
+    async def loop_thread() -> dict[str, int]:
+        return {"ident": threading.get_ident()}
+
+    with TestClient(app) as c:
+        loop = c.get("/test/loop-thread").json()["ident"]
+        user = c.app.state.store.get().recommender.user_ids[6]
+        for _ in range(2):  # the second time the answer comes from the cache
+            for params in ({"k": 200, "diversity": 0.5}, {"k": 200, "explain": "true"}, {"k": 5, "diversity": 0.3, "explain": "true"}):
+                assert c.get(f"/users/{user}/recommendations", params=params).status_code == 200
+        liked = [int(i) for i in c.app.state.store.get().recommender.items["item_id"].iloc[:3]]
+        assert c.post("/recommendations", json={"liked_items": liked, "k": 150, "diversity": 0.5, "explain": True}).status_code == 200
+    assert ran and loop not in ran
