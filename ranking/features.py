@@ -58,7 +58,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
 """Named feature groups that an ablation can leave out (``RankingConfig.exclude``)."""
 
 MAX_HISTORY = 256
-"""Most recent history items a pair feature looks at (bounds work per user)."""
+"""Most recent history items the content features look at (their work is history x candidates x
+content dimensions). The item-item scores read the whole history, as EASE does: cut to the last
+256 ratings they scored ml-latest-small users (up to thousands of ratings each) below EASE itself."""
 
 
 @dataclass
@@ -227,12 +229,13 @@ class PaddedHistories:
 
 
 def pad_histories(
-    histories: list[np.ndarray], ratings: list[np.ndarray | None], user_mean: np.ndarray, max_len: int = MAX_HISTORY
+    histories: list[np.ndarray], ratings: list[np.ndarray | None], user_mean: np.ndarray, max_len: int | None = None
 ) -> PaddedHistories:
-    """Pad the most recent ``max_len`` items of each history; ratings are centred on the user's
-    mean (a history without ratings, e.g. a new user's liked movies, centres to 0)."""
+    """Pad the most recent ``max_len`` items of each history (all of them by default); ratings
+    are centred on the user's mean (a history without ratings, e.g. a new user's liked movies,
+    centres to 0)."""
     n = len(histories)
-    lens = [min(len(h), max_len) for h in histories]
+    lens = [len(h) if max_len is None else min(len(h), max_len) for h in histories]
     width = max(max(lens, default=0), 1)
     items = np.full((n, width), -1, dtype=np.int64)
     centred = np.zeros((n, width), dtype=np.float32)
@@ -241,6 +244,19 @@ def pad_histories(
             items[i, :m] = h[len(h) - m :]
             if r is not None:
                 centred[i, :m] = np.asarray(r[len(h) - m :], np.float32) - mu
+    return PaddedHistories(items, centred)
+
+
+def _most_recent(hist: PaddedHistories, max_len: int) -> PaddedHistories:
+    """The last ``max_len`` items of each padded history (left-aligned, as padded)."""
+    if hist.items.shape[1] <= max_len:
+        return hist
+    start = np.maximum(hist.lengths - max_len, 0)[:, None]
+    cols = start + np.arange(max_len)
+    ok = cols < hist.lengths[:, None]
+    cols = np.minimum(cols, hist.items.shape[1] - 1)
+    items = np.where(ok, np.take_along_axis(hist.items, cols, 1), -1)
+    centred = np.where(ok, np.take_along_axis(hist.centred, cols, 1), np.float32(0.0))
     return PaddedHistories(items, centred)
 
 
@@ -495,7 +511,9 @@ def compute_features(
     hidx = np.where((hist.items >= 0) & (hist.items < none), hist.items, none)
 
     tt_rank = _rank_within(scores, valid)
-    c_mean, c_max, c_liked = _content_scores(tab.content, hidx, hist.centred, cidx)
+    recent = _most_recent(hist, MAX_HISTORY)
+    ridx = np.where((recent.items >= 0) & (recent.items < none), recent.items, none)
+    c_mean, c_max, c_liked = _content_scores(tab.content, ridx, recent.centred, cidx)
 
     # genre affinity: share of the user's history in each genre . candidate's genre shares
     hg = tab.genres[hidx].sum(1)
