@@ -25,7 +25,6 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from movierec.ease import ease_weights
 
 log = logging.getLogger(__name__)
 PREFIX = "ranking/"
@@ -566,43 +565,3 @@ def damped_means(
     counts = np.bincount(idx, minlength=n).astype(np.float64)
     sums = np.bincount(idx, weights=ratings.astype(np.float64), minlength=n)
     return counts, ((sums + damping * global_mean) / (counts + damping)).astype(np.float32)
-
-
-def item_item_matrix(
-    x: sp.csr_matrix, lam: float = 300.0, neighbors: int = 256, dense_max_items: int = 6000
-) -> sp.csr_matrix:
-    """EASE item-item weights from a users x items 0/1 matrix, kept sparse (top ``neighbors`` per candidate).
-
-    EASE (Steck 2019, :func:`movierec.ease.ease_weights`) over the catalogue's ``dense_max_items``
-    most-rated items: the inverse is cubic in the items it covers, so past that size the rarest
-    items (a rating or two each, whose weights would be noise) are left out and get their scores
-    from the two-tower and content signals alone. Per candidate column only the ``neighbors``
-    largest weights by magnitude are kept, so memory is ``O(items * neighbors)`` and a user's
-    score is one sparse product.
-
-    Returns:
-        (I, I) CSR, row = history item, column = candidate, zero diagonal.
-    """
-    x = sp.csr_matrix(x, dtype=np.float32, copy=True)
-    x.data[:] = 1.0
-    n_items = x.shape[1]
-    if n_items == 0:
-        return sp.csr_matrix((0, 0), dtype=np.float32)
-    counts = np.asarray(x.sum(0)).ravel()
-    if n_items > dense_max_items:
-        kept = np.sort(np.argsort(-counts, kind="stable")[:dense_max_items])
-        log.info("item-item model: EASE over the %d most-rated of %d items", len(kept), n_items)
-    else:
-        kept = np.arange(n_items)
-    w = _prune_columns(ease_weights(x[:, kept], lam), min(neighbors, len(kept))).tocoo()
-    return sp.csr_matrix((w.data, (kept[w.row], kept[w.col])), shape=(n_items, n_items))
-
-
-def _prune_columns(w: np.ndarray, keep: int) -> sp.csr_matrix:
-    """Keep the ``keep`` largest-magnitude entries of each column of a dense block."""
-    if keep < w.shape[0]:
-        top = np.argpartition(-np.abs(w), keep - 1, axis=0)[:keep]
-        cols = np.broadcast_to(np.arange(w.shape[1]), top.shape)
-        vals = w[top, cols]
-        return sp.csr_matrix((vals.ravel(), (top.ravel(), cols.ravel())), shape=w.shape)
-    return sp.csr_matrix(w)

@@ -54,9 +54,9 @@ from ranking.features import (
     compute_features,
     damped_means,
     feature_names,
-    item_item_matrix,
     pad_histories,
 )
+from ranking.item_item import choose_lambda, item_item_matrix
 from ranking.net import TIE_BREAK, GuardedRanker, RankerNet
 from ranking.runtime import Ranker
 
@@ -91,9 +91,14 @@ class Snapshot:
 
 
 def snapshot(
-    ds: Dataset, content: np.ndarray, genres: np.ndarray, user_features: np.ndarray, config: RankingConfig
+    ds: Dataset, content: np.ndarray, genres: np.ndarray, user_features: np.ndarray, config: RankingConfig,
+    collab_weights: np.ndarray | None = None,
 ) -> Snapshot:
-    """Everything :func:`compute_features` needs about ``ds``'s ratings."""
+    """Everything :func:`compute_features` needs about ``ds``'s ratings.
+
+    ``config.collab_lambda`` must be a number here (:func:`resolve_collab_lambda`);
+    ``collab_weights`` is the dense EASE block of ``ds`` at that lambda when already computed.
+    """
     r = ds.ratings
     ratings = r["rating"].to_numpy(np.float64)
     mu = float(ratings.mean()) if len(ratings) else 0.0
@@ -105,7 +110,11 @@ def snapshot(
         # returns zeros at once instead of scoring users x items dense blocks of zeros.
         collab = sp.csr_matrix((0, 0), dtype=np.float32)
     else:
-        collab = item_item_matrix(ds.to_csr(), config.collab_lambda, config.collab_neighbors, config.collab_dense_max_items)
+        if config.collab_lambda == "auto":
+            raise ValueError("snapshot needs a numeric ranking.collab_lambda: resolve 'auto' first (resolve_collab_lambda)")
+        collab = item_item_matrix(
+            ds.to_csr(), float(config.collab_lambda), config.collab_neighbors, config.collab_dense_max_items, collab_weights
+        )
     years = item_years(ds)
     order = np.lexsort((r["timestamp"].to_numpy(), r["user_idx"].to_numpy()))
     indptr = np.concatenate([[0], np.cumsum(np.bincount(r["user_idx"].to_numpy(), minlength=ds.n_users))]).astype(np.int64)
@@ -134,6 +143,23 @@ class Lists:
     in_loss: np.ndarray  # (n, W) rows of the ranking loss (retrieved + random)
     label: np.ndarray  # (n, W) held-out item
     rating: np.ndarray  # (n, W) held-out rating, NaN elsewhere
+
+
+def resolve_collab_lambda(
+    past: Dataset, held_out: Dataset, config: RankingConfig, seed: int
+) -> tuple[RankingConfig, np.ndarray | None, dict[float, float]]:
+    """``config`` with a numeric ``collab_lambda``: an ``auto`` weight is chosen on the held-out
+    ratings (:func:`ranking.item_item.choose_lambda`); also that choice's EASE block of ``past``
+    and the NDCG@10 per weight (empty when the weight was given)."""
+    if config.collab_lambda != "auto":
+        return config, None, {}
+    needs = "collab" not in config.exclude or config.collab_candidates > 0
+    if not needs or not len(held_out.ratings):
+        return config.model_copy(update={"collab_lambda": 500.0}), None, {}
+    lam, weights, curve = choose_lambda(
+        past.to_csr(), held_out.to_csr(), config.collab_neighbors, config.collab_dense_max_items, seed
+    )
+    return config.model_copy(update={"collab_lambda": lam}), weights, curve
 
 
 def build_lists(
@@ -614,6 +640,7 @@ def fit_ranker(
     L.seed_everything(seed, workers=True, verbose=False)
     t0 = time.perf_counter()
     n_user_features = np.asarray(user_features).shape[1]
+    config, past_weights, lambda_curve = resolve_collab_lambda(past, held_out, config, seed)
     if config.folds > 1:
         if fit_tower is None:
             raise ValueError("ranking.folds > 1 needs fit_tower (a two-tower model per fold)")
@@ -621,7 +648,7 @@ def fit_ranker(
         lists, raw = cross_fitted_lists(full, past, held_out, arrays, past_user_vectors, item_vectors, fit_tower, config, seed)
         center = float(full.ratings["rating"].mean())
     else:
-        snap = snapshot(past, content, genres, user_features, config)
+        snap = snapshot(past, content, genres, user_features, config, past_weights)
         lists = build_lists(snap, held_out, past_user_vectors, item_vectors, config, seed)
         raw = list_features(snap, lists)
         center = snap.ctx.global_mean
@@ -694,6 +721,8 @@ def fit_ranker(
         "val_ndcg@10_base": float(curve.get(0.0, float("nan"))),
         "val_ndcg@10_nets": float(curve.get(1.0, float("nan"))),
         "alpha": float(alpha),
+        "collab_lambda": float(config.collab_lambda),
+        "collab_lambda_ndcg@10": {str(k): round(v, 4) for k, v in sorted(lambda_curve.items())},
         "members": len(nets),
         "lists": int(len(lists.users)),
         "list_width": int(lists.cand.shape[1]),
