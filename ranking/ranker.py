@@ -143,6 +143,7 @@ class Lists:
     in_loss: np.ndarray  # (n, W) rows of the ranking loss (retrieved + random)
     label: np.ndarray  # (n, W) held-out item
     rating: np.ndarray  # (n, W) held-out rating, NaN elsewhere
+    retrieved: np.ndarray | None = None  # (n, W) the candidate pool a request would rank (None: the loss rows)
 
 
 def resolve_collab_lambda(
@@ -205,7 +206,7 @@ def build_lists(
             rand = np.unique(rand[~np.isin(rand, np.concatenate([seen, items, retrieved]))])
             cand = np.concatenate([retrieved, missed, rand])
             in_loss = np.r_[np.ones(len(retrieved), bool), np.zeros(len(missed), bool), np.ones(len(rand), bool)]
-            rows.append((cand, in_loss, items, ratings))
+            rows.append((cand, in_loss, items, ratings, len(retrieved)))
     width = max((len(x[0]) for x in rows), default=1)
     n = len(rows)
     out = Lists(
@@ -215,11 +216,13 @@ def build_lists(
         in_loss=np.zeros((n, width), bool),
         label=np.zeros((n, width), bool),
         rating=np.full((n, width), np.nan, np.float32),
+        retrieved=np.zeros((n, width), bool),
     )
-    for r, (cand, in_loss, items, ratings) in enumerate(rows):
+    for r, (cand, in_loss, items, ratings, n_retrieved) in enumerate(rows):
         m = len(cand)
         out.cand[r, :m] = cand
         out.in_loss[r, :m] = in_loss
+        out.retrieved[r, :n_retrieved] = True
         pos = {int(i): float(v) for i, v in zip(items, ratings)}
         lab = np.array([int(i) in pos for i in cand])
         out.label[r, :m] = lab
@@ -240,6 +243,7 @@ def concat_lists(parts: list[Lists]) -> Lists:
     return Lists(
         np.concatenate([p.users for p in parts]), pad("cand", -1), pad("scores", 0.0), pad("in_loss", False),
         pad("label", False), pad("rating", np.nan),
+        pad("retrieved", False) if all(p.retrieved is not None for p in parts) else None,
     )
 
 
@@ -444,35 +448,48 @@ def _column_of(columns: np.ndarray, n_user_features: int, name: str) -> int:
     return names.index(name) if name in names else -1
 
 
-def _list_ndcg(scores: np.ndarray, lists: Lists, rows: np.ndarray, k: int = 10) -> np.ndarray:
+def _list_ndcg(scores: np.ndarray, lists: Lists, rows: np.ndarray, k: int = 10, pool: bool = False) -> np.ndarray:
     """NDCG@k of each list's order by ``scores`` (n, W) over its loss candidates (labels: held-out
-    items), NaN for lists without a held-out item among them."""
-    inl = lists.in_loss[rows] & (lists.cand[rows] >= 0)
+    items), NaN for lists without a held-out item among them.
+
+    ``pool``: order only the candidates a request would rank (no random negatives) and count
+    every held-out item in the ideal, retrieved or not: full-ranking NDCG@10 of the served list.
+    """
+    pooled = pool and lists.retrieved is not None
+    inl = (lists.retrieved[rows] if pooled else lists.in_loss[rows]) & (lists.cand[rows] >= 0)
     lab = lists.label[rows] & inl
     s = np.where(inl, scores, -np.inf)
     kk = min(k, s.shape[1])
     top = np.argsort(-s, axis=1, kind="stable")[:, :kk]
     disc = 1.0 / np.log2(np.arange(2, kk + 2))
     dcg = (np.take_along_axis(lab, top, 1) * disc).sum(1)
-    n_rel = lab.sum(1)
+    n_rel = (lists.label[rows] & (lists.cand[rows] >= 0)).sum(1) if pooled else lab.sum(1)
     ideal = np.cumsum(disc)[np.clip(n_rel, 1, kk) - 1]
     return np.where(n_rel > 0, dcg / ideal, np.nan)
 
 
 def choose_alpha(scores: np.ndarray, base: np.ndarray | None, lists: Lists, rows: np.ndarray) -> tuple[float, dict[float, float]]:
-    """The weight of the learned order against the base order with the best mean in-list NDCG@10.
+    """The weight of the learned order against the base order with the best mean NDCG@10.
 
     ``scores`` are the nets' scores of lists none of them trained on, ``base`` the base column
-    (the within-list standardised EASE score). Ties go to the smaller weight: the learned order
-    has to beat the base, not draw with it. Without a base the learned order is all there is.
+    (the within-list standardised EASE score). Both are standardised over the candidate pool a
+    request would rank, as :class:`GuardedRanker` sees them, and each weight is scored by
+    NDCG@10 of that pool against every held-out item (:func:`_list_ndcg` with ``pool``): the
+    served order, not the order among the training lists' random negatives, which favoured the
+    nets. Ties go to the smaller weight: the learned order has to beat the base, not draw with
+    it. Without a base the learned order is all there is.
     """
     if base is None or not len(rows):
-        return 1.0, {1.0: float(np.nanmean(_list_ndcg(scores, lists, rows))) if len(rows) else float("nan")}
-    z = _z_within(scores, lists.cand[rows] >= 0)  # as GuardedRanker standardises the nets' order
+        return 1.0, {1.0: float(np.nanmean(_list_ndcg(scores, lists, rows, pool=True))) if len(rows) else float("nan")}
+    valid = lists.cand[rows] >= 0
+    if lists.retrieved is not None:
+        valid &= lists.retrieved[rows]
+        base = _z_within(base, valid)
+    z = _z_within(scores, valid)  # as GuardedRanker standardises the nets' order
     curve = {}
     for a in ALPHAS:
         w = max(a, TIE_BREAK)  # as GuardedRanker scores
-        curve[a] = float(np.nanmean(_list_ndcg(w * z + (1 - w) * base, lists, rows)))
+        curve[a] = float(np.nanmean(_list_ndcg(w * z + (1 - w) * base, lists, rows, pool=True)))
     best = max(curve.values())
     return min(a for a, v in curve.items() if v >= best - 1e-9), curve
 
