@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import logging
 import os
 import time
@@ -893,6 +894,10 @@ def _limit_threads(threads: int) -> None:
         pass
 
 
+WORKER_HEALTHCHECK_S = 60
+"""Seconds a worker may take to answer uvicorn's liveness ping (starting up included)."""
+
+
 def serve(settings: Settings, workers: int = 1) -> None:
     """Run the service with uvicorn (uvloop + httptools) on ``settings.host:settings.port``.
 
@@ -930,6 +935,12 @@ def serve(settings: Settings, workers: int = 1) -> None:
     if settings.state_location is not None:  # every worker opens the same state
         key = "MOVIEREC_STATE_URL" if settings.state_url else "MOVIEREC_STATE_DIR"
         os.environ[key] = settings.state_location
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
+        # uvicorn's supervisor kills a worker that does not answer its ping within this many
+        # seconds, and a starting worker answers only once it has imported torch and the rest:
+        # with uvicorn's 5 s on a busy 2-core machine every new worker was killed while
+        # importing, 17 times in 25 s, and one worker served alone (measured at load 9)
+        common["timeout_worker_healthcheck"] = WORKER_HEALTHCHECK_S
     with tempfile.TemporaryDirectory(prefix="movierec-metrics-") as metrics_dir:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
         uvicorn.run("serving.app:create_app", factory=True, workers=workers, **common)
