@@ -204,6 +204,47 @@ def build_index(vectors: np.ndarray, config: IndexConfig | None = None, seed: in
     return VectorIndex(index, kind)
 
 
+BATCH_LIST_SIZE = 256
+"""Items per IVF list of the batch index (``nlist = n / BATCH_LIST_SIZE``)."""
+BATCH_PROBE_SHARE = 0.05
+"""Share of the lists the batch index scans per query (recall@100 against exact search is
+measured in benchmarks/batch_candidates.py and quoted in RESULTS.md)."""
+
+
+def build_batch_index(vectors: np.ndarray, nlist: int | None = None, nprobe: int | None = None, seed: int = 42) -> VectorIndex:
+    """An IVF-flat index for batch search over a large catalogue (the candidates job).
+
+    Exact flat search costs users x items dot products plus a top-k over every item per user;
+    an IVF index scans ``nprobe`` of ``nlist`` lists per query (a few thousand items at 100k),
+    with the full float vectors, so the only loss is items outside the probed lists. The coarse
+    quantizer is trained on a sample of 64 vectors per list (k-means cost stays a few seconds);
+    ``nprobe = nlist`` is exact.
+
+    Args:
+        vectors: (n, d) item vectors, row = item_idx.
+        nlist: IVF lists (None: ``n / BATCH_LIST_SIZE``).
+        nprobe: lists scanned per query (None: ``BATCH_PROBE_SHARE`` of the lists, at least 8).
+    """
+    v = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = v.shape
+    nlist = int(nlist or max(1, n // BATCH_LIST_SIZE))
+    nlist = max(1, min(nlist, n))
+    nprobe = int(nprobe or max(8, round(BATCH_PROBE_SHARE * nlist)))
+    t0 = time.perf_counter()
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    sample = v[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))]
+    index.cp.seed = seed
+    index.cp.min_points_per_centroid = 1  # a sample of 64 per list is enough here; no warning
+    index.train(sample)
+    index.add(v)
+    index.nprobe = min(nprobe, nlist)
+    log.info("batch index: IVF-flat over %d items, %d lists, %d probed per query, built in %.1fs",
+             n, nlist, index.nprobe, time.perf_counter() - t0)
+    return VectorIndex(index, "ivf")
+
+
 def _ivfpq(v: np.ndarray, config: IndexConfig, seed: int) -> faiss.Index:
     """An untrained-then-trained ``IndexIVFPQ`` (inner product) over ``v``'s dimension.
 
