@@ -51,14 +51,19 @@ def load_avg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+CPU = {"last": 0.0}
+
+
 def run_search(retr, users: np.ndarray, k: int, chunk: int) -> tuple[float, np.ndarray]:
-    """Seconds for the retrieval step over ``users`` in chunks, and the ids found."""
+    """Seconds for the retrieval step over ``users`` in chunks, and the ids found (CPU seconds
+    of the process, all threads, in ``CPU["last"]``)."""
     out = np.empty((len(users), k), dtype=np.int64)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for s in range(0, len(users), chunk):
         u = users[s : s + chunk]
         ids, _ = retr.search(retr.user_vectors[u], k, [retr.histories.of(x) for x in u])
         out[s : s + len(u)] = ids
+    CPU["last"] = time.process_time() - c
     return time.perf_counter() - t, out
 
 
@@ -106,13 +111,15 @@ def main() -> None:
     _, truth = run_search(retr, few, args.k, args.chunk)
     pos = {u: i for i, u in enumerate(few)}
 
-    def record(path: str, threads: int, seconds: float, n: int, got: np.ndarray | None, got_users: np.ndarray, **extra) -> None:
+    def record(path: str, threads: int, seconds: float, n: int, got: np.ndarray | None, got_users: np.ndarray, cpu: float | None = None,
+               **extra) -> None:
         rec = None
         if got is not None:
             sel = np.array([pos[u] for u in got_users if u in pos])
             mine = np.array([i for i, u in enumerate(got_users) if u in pos])
             rec = round(recall(got[mine], truth[sel]), 4) if len(sel) else None
         row = {"path": path, "threads": threads, "users": n, "seconds": round(seconds, 2), "users_per_s": round(n / seconds, 0),
+               "users_per_cpu_s": None if cpu is None else round(n / max(cpu, 1e-9), 0),
                f"recall@{args.k}_vs_exact": rec, "load": load_avg(), **extra}
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
@@ -123,7 +130,7 @@ def main() -> None:
         for name, index in (("exact", exact_index), (f"bundle ({bundle_index.kind})", bundle_index)):
             retr.index = index
             secs, got = run_search(retr, few, args.k, args.chunk)
-            record(name, threads, secs, len(few), got, few)
+            record(name, threads, secs, len(few), got, few, CPU["last"])
         retr.index = bundle_index
         retr.batch_min_items = 0
         for nprobe in [None, *args.nprobe]:
@@ -134,7 +141,7 @@ def main() -> None:
             build = time.perf_counter() - t
             secs, got = run_search(retr, users, args.k, args.chunk)
             record(f"ivf/{batch.index.nprobe} of {batch.index.nlist}" + (" (default)" if nprobe is None else ""), threads, secs,
-                   len(users), got, users, build_s=round(build, 1))
+                   len(users), got, users, CPU["last"], build_s=round(build, 1))
     # the job as `movierec candidates` runs it in one process: default batch path, parquet written
     retr.batch_nprobe, retr._batch, retr.batch_min_items = None, None, 50_000
     from retrieval.candidates import BATCH_MIN_ITEMS
@@ -146,9 +153,10 @@ def main() -> None:
         for threads in args.threads:
             set_threads(threads)
             for rank, some in ((False, users), (True, users[: args.ranked_users])):
+                c = time.process_time()
                 s = write_candidates(lambda u: m.recommend_batch(u, args.k, rank=rank), some, m.user_ids, item_ids,
                                      Path(tmp) / "c.parquet", chunk_size=args.chunk, show_progress=False)
-                record("job " + ("ranked" if rank else "retrieval-only"), threads, s["seconds"], len(some), None, some)
+                record("job " + ("ranked" if rank else "retrieval-only"), threads, s["seconds"], len(some), None, some, time.process_time() - c)
         if args.workers > 1:
             env = {**os.environ, "PYTHONPATH": str(ROOT), "MOVIEREC_PROGRESS": "0"}
             ulist = Path(tmp) / "users.csv"
@@ -173,11 +181,12 @@ def main() -> None:
         print(json.dumps(rows, indent=1))
         return
     key = f"recall@{args.k}_vs_exact"
-    print(f"| path | threads | users | seconds | users/s | {key} | build s | load |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print(f"| path | threads | users | seconds | users/s | users per CPU-s | {key} | build s | load |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         rec = "" if r[key] is None else f"{r[key]:.4f}"
-        print(f"| {r['path']} | {r['threads']} | {r['users']:,} | {r['seconds']} | {r['users_per_s']:,.0f} | {rec} | {r.get('build_s', '')} | {r['load']} |")
+        cpu = "" if r["users_per_cpu_s"] is None else f"{r['users_per_cpu_s']:,.0f}"
+        print(f"| {r['path']} | {r['threads']} | {r['users']:,} | {r['seconds']} | {r['users_per_s']:,.0f} | {cpu} | {rec} | {r.get('build_s', '')} | {r['load']} |")
 
 
 if __name__ == "__main__":

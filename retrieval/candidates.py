@@ -140,7 +140,7 @@ class RetrievalModel:
             return self._search(self.index, q, k, ex)
         ids, scores = self._search(batch, q, k, ex)
         # rows the probed lists left short of k (while unexcluded items remain): the bundle's index
-        lengths = np.fromiter((len(np.unique(e)) for e in ex), np.int64, len(ex))
+        lengths = np.fromiter((len(e) for e in ex), np.int64, len(ex))  # histories hold no repeats
         short = np.flatnonzero((ids >= 0).sum(1) < np.minimum(k, self.n_items - lengths))
         if len(short):
             ids[short], scores[short] = self._search(self.index, q[short], k, [ex[i] for i in short])
@@ -159,7 +159,22 @@ class RetrievalModel:
             return self._batch
 
     def _search(self, index: VectorIndex, q: np.ndarray, k: int, ex: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows grouped by the size of their exclusion lists (up to 32, then by doublings), so
+        one user with a long history does not make every row of a batch fetch that many more."""
         lengths = np.fromiter((len(e) for e in ex), np.int64, len(ex))
+        group = np.ceil(np.log2(np.maximum(lengths, 32))).astype(np.int64) if len(q) > 1 else np.zeros(len(q), np.int64)
+        groups = np.unique(group)
+        if len(groups) <= 1:
+            return self._search_rows(index, q, k, ex, lengths)
+        ids = np.empty((len(q), k), dtype=np.int64)
+        scores = np.empty((len(q), k), dtype=np.float32)
+        for g in groups:
+            rows = np.flatnonzero(group == g)
+            ids[rows], scores[rows] = self._search_rows(index, q[rows], k, [ex[i] for i in rows], lengths[rows])
+        return ids, scores
+
+    def _search_rows(self, index: VectorIndex, q: np.ndarray, k: int, ex: list[np.ndarray],
+                     lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n_ex = int(lengths.max()) if len(lengths) else 0
         fetch = min(self.n_items, k + n_ex)
         ids, scores = index.search(q, fetch)
