@@ -38,8 +38,8 @@ class RetrievalModel:
     Batch searches over a large catalogue (``batch_min_items`` items, ``batch_min_queries``
     queries or more in one call) use an IVF-flat index over the same vectors, built on first use
     (:meth:`batch_index`); rows it leaves short of ``k`` are searched again with the bundle's
-    index. Set ``batch_min_items`` to a huge number for exact batches, or ``batch_nprobe`` to the
-    list count for an exact IVF scan.
+    index. Set ``batch_min_items`` to a huge number for exact batches, or ``batch_codes = "flat"``
+    and ``batch_nprobe`` to the list count for an exact IVF scan.
 
     Args:
         user_tower, item_tower: trained plain modules (eval mode).
@@ -87,6 +87,7 @@ class RetrievalModel:
         self.batch_min_queries = BATCH_MIN_QUERIES
         self.batch_nlist: int | None = None
         self.batch_nprobe: int | None = None
+        self.batch_codes = "sq8"
         self._batch: VectorIndex | None = None
         if len(self.index) != len(self.item_vectors) or self.index.dim != self.item_vectors.shape[1]:
             raise ValueError(
@@ -153,7 +154,7 @@ class RetrievalModel:
             return None
         with self._lock:
             if self._batch is None:
-                self._batch = build_batch_index(self.item_vectors, self.batch_nlist, self.batch_nprobe)
+                self._batch = build_batch_index(self.item_vectors, self.batch_nlist, self.batch_nprobe, codes=self.batch_codes)
             elif len(self._batch) < self.n_items:  # movies added since it was built
                 self._batch.add(self.item_vectors[len(self._batch) :])
             return self._batch

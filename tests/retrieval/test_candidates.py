@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pandas as pd
 import pytest
@@ -145,10 +146,11 @@ def test_batch_path_probing_every_list_equals_exact_search(model):
     large-catalogue path gives the exact path's answers, seen items excluded."""
     users = np.arange(model.n_users)
     exact = _copy(model)
-    ivf = _copy(model, batch_min_items=0, batch_min_queries=1, batch_nlist=16, batch_nprobe=16)
+    ivf = _copy(model, batch_min_items=0, batch_min_queries=1, batch_nlist=16, batch_nprobe=16, batch_codes="flat")
     a, sa = exact.recommend(users, 25)
     b, sb = ivf.recommend(users, 25)
-    assert ivf._batch is not None and ivf._batch.index.nprobe == ivf._batch.index.nlist == 16
+    lists = faiss.extract_index_ivf(ivf._batch.index)
+    assert lists.nprobe == lists.nlist == 16
     np.testing.assert_allclose(sa, sb, rtol=1e-5, atol=1e-6)
     assert (a == b).mean() > 0.99  # equal scores may come in either order
     for row, u in enumerate(users[:50]):
@@ -171,7 +173,7 @@ def test_batch_path_fills_rows_its_lists_leave_short(model):
 
 
 def test_batch_index_follows_added_items(model):
-    ivf = _copy(model, batch_min_items=0, batch_min_queries=1, batch_nlist=8, batch_nprobe=8)
+    ivf = _copy(model, batch_min_items=0, batch_min_queries=1, batch_nlist=8, batch_nprobe=8, batch_codes="flat")
     ivf.recommend(np.arange(5), 5)
     rows = ivf.add_items(ivf.item_genres[:2].copy(), ivf.item_content[:2].copy())
     queries = ivf.item_vectors[rows]
@@ -188,7 +190,25 @@ def test_build_batch_index_exact_when_every_list_is_probed():
 
     rng = np.random.default_rng(1)
     vecs = normalize(rng.normal(size=(3000, 16)))
-    full = build_batch_index(vecs, nlist=12, nprobe=12)
+    full = build_batch_index(vecs, nlist=12, nprobe=12, codes="flat")
     assert recall_against_exact(full, vecs, vecs[:100], 50) == 1.0
     default = build_batch_index(vecs)
-    assert default.index.nlist == 3000 // 256 and default.index.nprobe == min(8, default.index.nlist)
+    lists = faiss.extract_index_ivf(default.index)
+    assert lists.nlist == 3000 // 128 and lists.nprobe == 8
+
+
+def test_quantised_batch_index_rescores_its_hits_exactly():
+    """sq8 codes choose the hits; the scores returned are the exact inner products, best first,
+    and probing every list finds nearly all of the exact top-k."""
+    from movierec.index import build_batch_index
+
+    rng = np.random.default_rng(2)
+    centers = rng.normal(size=(30, 32))
+    vecs = normalize(centers[rng.integers(0, 30, 4000)] + 0.4 * rng.normal(size=(4000, 32)))
+    queries = vecs[:200]
+    sq8 = build_batch_index(vecs, nlist=16, nprobe=16)
+    ids, scores = sq8.search(queries, 50)
+    np.testing.assert_allclose(scores, np.einsum("nkd,nd->nk", vecs[ids], queries), rtol=1e-5, atol=1e-6)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+    assert recall_against_exact(sq8, vecs, queries, 50) >= 0.98
+    assert recall_against_exact(build_batch_index(vecs, nlist=16), vecs, queries, 50) >= 0.8
