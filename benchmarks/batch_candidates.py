@@ -6,8 +6,9 @@ training items excluded) over chunks of users, for:
 
 * ``exact``: flat inner-product search (blocked matmul + top-k in torch, movierec/index.py),
 * ``bundle``: the bundle's own index (HNSW above ``index.ann_threshold`` items),
-* ``ivf/P``: the IVF-flat batch index (movierec/index.py:build_batch_index) scanning P lists,
-  the path ``movierec candidates`` takes from 50,000 items (P = the default when not given),
+* ``ivf sq8 P/N``: the IVF batch index (movierec/index.py:build_batch_index: 8-bit codes, hits
+  re-scored exactly) scanning P of N lists, the path batch search takes from 50,000 items when
+  the bundle's index is exact flat (P = the default when not given),
 
 each with 1 and 2 threads (FAISS OpenMP and torch), plus the full job in one process
 (``recommend_batch`` through ``write_candidates``, retrieval-only and ranked) and, with
@@ -86,6 +87,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
+    import faiss
+
     from movierec.config import IndexConfig
     from movierec.index import build_index
     from recommender import HybridRecommender
@@ -131,7 +134,7 @@ def main() -> None:
             retr.index = index
             secs, got = run_search(retr, few, args.k, args.chunk)
             record(name, threads, secs, len(few), got, few, CPU["last"])
-        retr.index = bundle_index
+        retr.index = exact_index  # the batch index replaces exact search (with an HNSW bundle index it is not used)
         retr.batch_min_items = 0
         for nprobe in [None, *args.nprobe]:
             retr.batch_nprobe = nprobe
@@ -140,13 +143,14 @@ def main() -> None:
             batch = retr.batch_index()
             build = time.perf_counter() - t
             secs, got = run_search(retr, users, args.k, args.chunk)
-            record(f"ivf/{batch.index.nprobe} of {batch.index.nlist}" + (" (default)" if nprobe is None else ""), threads, secs,
+            lists = faiss.extract_index_ivf(batch.index)
+            record(f"ivf sq8 {lists.nprobe}/{lists.nlist}" + (" (default)" if nprobe is None else ""), threads, secs,
                    len(users), got, users, CPU["last"], build_s=round(build, 1))
-    # the job as `movierec candidates` runs it in one process: default batch path, parquet written
-    retr.batch_nprobe, retr._batch, retr.batch_min_items = None, None, 50_000
+    # the job as `movierec candidates` runs it in one process: the bundle's index as loaded
+    # (HNSW at 100k: the batch index is not used; a flat bundle index would build it), parquet written
     from retrieval.candidates import BATCH_MIN_ITEMS
 
-    retr.batch_min_items = BATCH_MIN_ITEMS
+    retr.index, retr.batch_nprobe, retr._batch, retr.batch_min_items = bundle_index, None, None, BATCH_MIN_ITEMS
     retr.batch_index()
     item_ids = m.items["item_id"].to_numpy()
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,7 +177,7 @@ def main() -> None:
                 if res.returncode:
                     print(res.stderr[-2000:], file=sys.stderr)
                     continue
-                summary = json.loads(res.stdout.strip().splitlines()[-1])
+                summary = json.loads(res.stdout[res.stdout.index("{") :])
                 record(f"CLI --workers {args.workers} " + ("ranked" if rank else "--no-rank"), args.workers, summary["seconds"], len(some),
                        None, some, command_wall_s=round(wall, 1))
 

@@ -139,6 +139,9 @@ def test_small_catalogues_and_small_batches_keep_the_exact_path(model):
     assert forced._batch is None  # 10 queries: below batch_min_queries, the bundle's index answered
     forced.recommend(np.arange(64), 10)
     assert forced._batch is not None and forced._batch.kind == "ivf"
+    hnsw = _copy(model, batch_min_items=0, batch_min_queries=1)
+    hnsw.index = build_index(hnsw.item_vectors, IndexConfig(kind="hnsw"))
+    assert hnsw.batch_index() is None  # an approximate bundle index answers batches itself
 
 
 def test_batch_path_probing_every_list_equals_exact_search(model):
