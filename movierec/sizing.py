@@ -26,11 +26,12 @@ RANKER_LISTS = 3_000
 ranker's validation order stops improving while its cost keeps growing with them."""
 AUTOREC_CELLS = 50_000_000
 """I-AutoRec (users x items wide layers) is left out of the rating model past this many cells."""
-TWO_TOWER_PASSES = 1.5
+TWO_TOWER_PASSES = 1.0
 """Once epochs are capped at ``STEPS_PER_EPOCH`` batches, the two-tower model trains for about
 this many passes over the positives (at least ``MIN_EPOCHS`` epochs) with patience
 ``LARGE_PATIENCE``: at 1M ratings x 100k movies validation recall@50 was flat after the first
-capped epoch while each epoch cost ~50 s (benchmarks/RESULTS.md, session 4)."""
+capped epoch while each epoch cost ~50 s (benchmarks/RESULTS.md, session 4), and with 4 epochs
+the best was the third (0.2519, 0.2543, 0.2550, 0.2511; session 5)."""
 MIN_EPOCHS = 3
 LARGE_PATIENCE = 1
 MF_SPARSE_ROWS = 20_000

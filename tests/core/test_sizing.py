@@ -45,8 +45,8 @@ def test_large_data_bounds_validation_epochs_lists_and_the_rating_model() -> Non
     }
     assert sized.retrieval.val_max_users == VAL_USERS
     assert sized.retrieval.max_steps_per_epoch == STEPS_PER_EPOCH
-    # 1M ratings: ~879 batches of 1,024 per pass; 1.5 passes in 400-batch epochs
-    assert sized.retrieval.epochs == 4 and sized.retrieval.patience == LARGE_PATIENCE
+    # 1M ratings: ~879 batches of 1,024 per pass, one pass in 400-batch epochs
+    assert sized.retrieval.epochs == 3 and sized.retrieval.patience == LARGE_PATIENCE
     assert sized.ranking.rating.mf_sparse is True
     mf_batches = -(-900_000 // 1024)
     assert sized.ranking.rating.mf_epochs == MF_STEPS // mf_batches and sized.ranking.rating.patience == MF_PATIENCE
