@@ -59,7 +59,7 @@ else
 fi
 if [ "${BATCH_BENCH:-0}" = 1 ]; then
   echo "== batch candidates benchmark (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-  OMP_NUM_THREADS= OPENBLAS_NUM_THREADS= MKL_NUM_THREADS= "$python" "$here/benchmarks/batch_candidates.py" --model "$work/model" \
+  env -u OMP_NUM_THREADS -u OPENBLAS_NUM_THREADS -u MKL_NUM_THREADS "$python" "$here/benchmarks/batch_candidates.py" --model "$work/model" \
     --workers "$workers" > "$work/batch_candidates.md" 2> "$work/batch_candidates.log"
   cat "$work/batch_candidates.md" >&2
 fi
