@@ -34,7 +34,12 @@ capped epoch while each epoch cost ~50 s (benchmarks/RESULTS.md, session 4), and
 the best was the third (0.2519, 0.2543, 0.2550, 0.2511; session 5)."""
 MIN_EPOCHS = 3
 LARGE_PATIENCE = 1
-MF_SPARSE_ROWS = 20_000
+LARGE_TABLES = 20_000
+"""Users + items past which a step's optimizer update over the id tables dominates its cost
+(~120 ms a two-tower step, ~105 ms a dense MF step at 20k + 100k): the two-tower epoch budget
+and the rating model's sparse MF apply only past it, so dense data with small tables (MovieLens
+1M: 6,040 + 3,706) keeps its epochs."""
+MF_SPARSE_ROWS = LARGE_TABLES
 """Past this many users + items the rating model's biased MF updates only each batch's rows
 (sparse gradients, lazy Adam): the dense optimizer step costs the whole factor tables."""
 MF_BATCH = 1_024
@@ -83,7 +88,7 @@ def size_to_data(config: Config, n_users: int, n_items: int, n_ratings: int) -> 
         choose("retrieval.max_steps_per_epoch", STEPS_PER_EPOCH, f"{batches:,.0f} batches per full pass: shorter epochs, checked more often")
     if n_users > RANKER_LISTS and config.ranking.max_users > RANKER_LISTS:
         choose("ranking.max_users", RANKER_LISTS, f"{n_users:,} users: ranker training lists sampled to a budget")
-    if batches > STEPS_PER_EPOCH and r.max_steps_per_epoch == STEPS_PER_EPOCH:
+    if batches > STEPS_PER_EPOCH and r.max_steps_per_epoch == STEPS_PER_EPOCH and n_users + n_items > LARGE_TABLES:
         # epochs are random 400-batch subsets now: budget them by passes over the data
         epochs = max(MIN_EPOCHS, math.ceil(TWO_TOWER_PASSES * batches / STEPS_PER_EPOCH))
         if epochs < r.epochs and choose("retrieval.epochs", epochs, f"about {TWO_TOWER_PASSES:g} passes over {batches:,.0f} batches"):

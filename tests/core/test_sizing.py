@@ -76,3 +76,15 @@ def test_epoch_budgets_only_lower_and_grow_with_the_ratings() -> None:
     assert epochs[0] < epochs[1] <= epochs[2] == load_config().retrieval.epochs
     mf = [size_to_data(load_config(), 20_000, 100_000, n)[0].ranking.rating.mf_epochs for n in (1_000_000, 4_000_000, 20_000_000)]
     assert mf[0] > mf[1] >= mf[2] >= 3
+
+
+def test_dense_data_with_small_tables_keeps_its_epochs() -> None:
+    """MovieLens 1M (6,040 users, 3,706 items, 1M ratings): epochs are capped at 400 batches as
+    before, but the epoch budget and sparse MF are for large id tables only."""
+    config = load_config()
+    sized, choices = size_to_data(config, 6_040, 3_706, 1_000_209)
+    keys = {c.key for c in choices}
+    assert "retrieval.max_steps_per_epoch" in keys
+    assert not keys & {"retrieval.epochs", "retrieval.patience", "ranking.rating.mf_sparse", "ranking.rating.mf_epochs",
+                       "ranking.rating.patience"}
+    assert sized.retrieval.epochs == config.retrieval.epochs
