@@ -111,6 +111,11 @@ class RatingConfig(_Section):
     mf_lr: float = Field(5e-3, gt=0)
     mf_reg: float = Field(0.1, ge=0)
     mf_epochs: int = Field(40, ge=1)
+    mf_sparse: bool = Field(
+        False,
+        description="biased MF with sparse gradients and lazy Adam: a step costs the batch's rows instead of the whole "
+        "factor tables (chosen by movierec/sizing.py for large user + item counts)",
+    )
     autorec_hidden: int = Field(500, ge=0, description="I-AutoRec hidden units (0: off)")
     autorec_reg: float = Field(100.0, ge=0, description="I-AutoRec L2 weight (the paper's lambda)")
     autorec_lr: float = Field(1e-3, gt=0)
