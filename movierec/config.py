@@ -91,6 +91,13 @@ class RetrievalConfig(_Section):
     )
     min_rating: float | None = Field(None, description="ratings below this are not positives (None: keep all)")
     threads: int = Field(1, ge=1)
+    cold_map: bool = Field(
+        True,
+        description="movies without training ratings (and movies added later) get their item vector from a ridge map of "
+        "their TF-IDF terms and genres onto the rated movies' vectors (retrieval/cold.py) instead of the item tower",
+    )
+    cold_ridge: float = Field(0.5, gt=0, description="ridge weight of the cold map (chosen on validation cold splits)")
+    cold_iters: int = Field(30, ge=1, description="most conjugate-gradient steps fitting the cold map")
 
 
 class RatingConfig(_Section):

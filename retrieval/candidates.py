@@ -21,6 +21,7 @@ import torch
 from movierec.artifacts import Bundle, BundleWriter
 from movierec.config import IndexConfig
 from movierec.index import VectorIndex, build_batch_index, build_index, recall_against_exact
+from retrieval.cold import ColdMap
 from retrieval.inputs import Histories, UserFeatureEncoder, user_batch
 from retrieval.towers import ItemTower, UserTower
 
@@ -52,6 +53,8 @@ class RetrievalModel:
         encoder: the user feature encoder (for users added at run time).
         hparams: tower sizes and ``history_len``.
         index: a FAISS index over ``item_vectors``; built when not given.
+        cold_map: content -> item-vector map (:mod:`retrieval.cold`) that placed the movies without
+            training ratings; movies added later are placed by it too (None: by the item tower).
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class RetrievalModel:
         hparams: dict[str, Any],
         index: VectorIndex | None = None,
         index_config: IndexConfig | None = None,
+        cold_map: ColdMap | None = None,
     ) -> None:
         self.user_tower = user_tower.eval()
         self.item_tower = item_tower.eval()
@@ -81,6 +85,7 @@ class RetrievalModel:
         self.user_features = user_features
         self.encoder = encoder
         self.hparams = hparams
+        self.cold_map = cold_map
         self.index = index if index is not None else build_index(self.item_vectors, index_config)
         self.n_model_items = int(hparams["n_items"])
         self._lock = threading.Lock()
@@ -211,19 +216,46 @@ class RetrievalModel:
         return self.user_vectors[np.asarray(user_idx)] @ self.item_vectors.T
 
     def similar_items(self, item_idx: np.ndarray | int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest items by vector; a movie without ratings (placed by the cold map) is compared
+        with the rated movies only.
+
+        A placed vector is a shrunk estimate, pulled towards the catalogue's mean where its
+        content is uninformative, and two such estimates look alike mostly through that shared
+        pull: 72% of an unrated movie's nearest ten were unrated too on
+        ML-100K's validation cold split, against 22% of the catalogue. Its neighbours among rated
+        movies are where its ratings would put it (tests/retrieval/test_cold.py).
+        """
         items = np.atleast_1d(np.asarray(item_idx, dtype=np.int64))
         ids, s = self.search(self.item_vectors[items], k, [np.array([i]) for i in items])
+        has_id = self.item_has_id[: self.n_items]
+        placed = np.flatnonzero(has_id[items] <= 0) if self.cold_map is not None else np.zeros(0, np.int64)
+        rated = np.flatnonzero(has_id > 0)
+        if len(placed) and len(rated):
+            scores = self.item_vectors[items[placed]] @ self.item_vectors[rated].T
+            kk = min(k, len(rated))
+            top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < len(rated) else np.tile(np.arange(kk), (len(placed), 1))
+            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable"), axis=1)
+            ids[placed], s[placed] = -1, -np.inf
+            ids[placed, :kk] = rated[top]
+            s[placed, :kk] = np.take_along_axis(scores, top, axis=1)
         return (ids[0], s[0]) if np.ndim(item_idx) == 0 else (ids, s)
 
     # ---- catalogue changes ----------------------------------------------------------------------
     @torch.no_grad()
-    def add_items(self, genres: np.ndarray, content: np.ndarray) -> np.ndarray:
+    def add_items(self, genres: np.ndarray, content: np.ndarray, content_sparse: sp.spmatrix | None = None) -> np.ndarray:
         """Encode movies added after training (no id embedding: content and genres only) and
-        append them to the index; returns their item_idx."""
+        append them to the index; returns their item_idx.
+
+        With a cold map and the movies' TF-IDF rows (``content_sparse``) they are placed the way
+        the training's cold movies were; otherwise the item tower encodes them.
+        """
         g = torch.from_numpy(np.ascontiguousarray(genres, dtype=np.float32))
         c = torch.from_numpy(np.ascontiguousarray(content, dtype=np.float32))
-        idx = torch.zeros(len(g), dtype=torch.long)
-        vec = self.item_tower(idx, torch.zeros(len(g)), g, c).numpy()
+        if self.cold_map is not None and content_sparse is not None:
+            vec = self.cold_map.transform(content_sparse, genres)
+        else:
+            idx = torch.zeros(len(g), dtype=torch.long)
+            vec = self.item_tower(idx, torch.zeros(len(g)), g, c).numpy()
         with self._lock:
             rows = self.index.add(vec)
             # appended into buffers that double when full: adding a movie costs O(1) amortised
@@ -263,6 +295,8 @@ class RetrievalModel:
         writer.save_array(f"{PREFIX}hist_items.npy", self.histories.items)
         self.index.save(writer.file(f"{PREFIX}index.faiss"))
         writer.save_json(f"{PREFIX}index.json", {"kind": self.index.kind, "n_items": len(self.index), "dim": self.index.dim})
+        if self.cold_map is not None:
+            self.cold_map.save(writer)
 
     @classmethod
     def load(cls, bundle: Bundle, mmap: bool = False) -> "RetrievalModel":
@@ -288,6 +322,7 @@ class RetrievalModel:
             UserFeatureEncoder.from_json(bundle.json(f"{PREFIX}user_encoder.json")),
             hp,
             index=index,
+            cold_map=ColdMap.load(bundle),
         )
 
 
