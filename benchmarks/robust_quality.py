@@ -33,7 +33,8 @@ sizes, seed 1), zero10 (ML-100K with ratings mapped r -> 2.5 (r - 1), 0..10, see
 adds P3 on ml100k and latest: 20% of the movies lose every training rating
 (``movierec.splits.cold_items``); ranked among the cold movies only, for users who rated one in
 the held-out part and have training ratings: the pipeline's full ranked order (``candidates --k``
-the whole catalogue, so the ranker scores every movie) against TF-IDF content profiles alone.
+the whole catalogue, so the ranker scores every movie) against TF-IDF content profiles alone;
+also on synth. ``--cold-only`` runs P3 alone (no baselines, no P2 pipeline).
 
 Prints one line per finished run, then markdown tables (per seed, mean +- sd, ratios); writes
 everything per seed to ``--out``.
@@ -120,7 +121,7 @@ def _synth(work: Path, movierec: str) -> Dataset:
 DATASETS: dict[str, DataSpec] = {
     "ml100k": DataSpec("ml100k", _ml100k, [1, 2, 3, 4, 5], cold=True),
     "latest": DataSpec("latest", _latest, [1, 2, 3], cold=True),
-    "synth": DataSpec("synth", _synth, [1]),
+    "synth": DataSpec("synth", _synth, [1], cold=True),
     "zero10": DataSpec("zero10", _zero10, [1]),
 }
 
@@ -292,6 +293,7 @@ class Options:
     sets: list[str] = field(default_factory=list)
     ablations: bool = False
     cold: bool = False
+    cold_only: bool = False
     keep_bundles: bool = False
 
 
@@ -448,6 +450,23 @@ def run_cold(name: str, ds: Dataset, seed: int, opts: Options) -> dict[str, Any]
     return out
 
 
+def run_cold_only(name: str, ds: Dataset, seed: int, opts: Options) -> dict[str, Any]:
+    """P3 alone on one (data set, seed): what ``--cold-only`` runs."""
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {"dataset": name, "seed": seed, "mode": opts.mode, "models": {}}
+    if DATASETS[name].cold:
+        result["cold"] = run_cold(name, ds, seed, opts)
+        if "error" in result["cold"]:
+            result["errors"] = {"cold": result["cold"]["error"]}
+    result["seconds"] = time.perf_counter() - t0
+    c = result.get("cold", {})
+    ratio = f"{c['ranked/tf-idf']:.2f}" if "ranked/tf-idf" in c else "-"
+    print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed} ({opts.mode}) cold: TF-IDF "
+          f"{c.get('tf-idf alone', {}).get('ndcg@10', float('nan')):.4f} two-tower {c.get('two-tower', {}).get('ndcg@10', float('nan')):.4f} "
+          f"ranked {c.get('ranked', {}).get('ndcg@10', float('nan')):.4f} -> ranked/TF-IDF {ratio}; run {result['seconds']:.0f}s", flush=True)
+    return result
+
+
 def _progress(r: dict[str, Any]) -> None:
     m = r["models"]
 
@@ -478,6 +497,8 @@ def run(datasets: list[tuple[str, list[int]]], opts: Options, jobs: int = 1) -> 
 
     def one(unit: tuple[str, int]) -> dict[str, Any]:
         name, seed = unit
+        if opts.cold_only:
+            return run_cold_only(name, loaded[name], seed, opts)
         return run_one(name, loaded[name], seed, DATASETS[name].seeds[0], opts)
 
     if jobs <= 1:
@@ -486,7 +507,7 @@ def run(datasets: list[tuple[str, list[int]]], opts: Options, jobs: int = 1) -> 
         with cf.ThreadPoolExecutor(jobs) as pool:
             results = list(pool.map(one, units))
     return {"mode": opts.mode, "config": str(opts.config) if opts.config else None, "sets": opts.sets,
-            "ablations": opts.ablations, "runs": results}
+            "ablations": opts.ablations, "cold_only": opts.cold_only, "runs": results}
 
 
 # ---- tables ------------------------------------------------------------------------------------------
@@ -503,7 +524,7 @@ def markdown(doc: dict[str, Any]) -> str:
     names = list(dict.fromkeys(x["dataset"] for x in runs))
     lines: list[str] = []
     part = "validation part (carved from each training split)" if doc["mode"] == "validation" else "test part"
-    for metric in METRICS:
+    for metric in METRICS if rows else ():
         lines += [f"Per seed, {LABELS[metric]} on the {part}:", "",
                   "| data | seed | " + " | ".join(rows) + " | ranked / EASE | train s |",
                   "|---|---:|" + "---:|" * len(rows) + "---:|---:|"]
@@ -514,7 +535,7 @@ def markdown(doc: dict[str, Any]) -> str:
             lines.append(f"| {x['dataset']} | {x['seed']} | " + " | ".join(cells)
                          + f" | {_fmt(rr, 3)} | {_fmt(x.get('train_seconds'), 0)} |")
         lines.append("")
-    lines += ["Mean ± sd over seeds:", "", "| data | model | seeds | NDCG@10 | Recall@10 | Recall@100 |",
+    lines += [] if not rows else ["Mean ± sd over seeds:", "", "| data | model | seeds | NDCG@10 | Recall@10 | Recall@100 |",
               "|---|---|---:|---:|---:|---:|"]
     for n in names:
         xs = [x for x in runs if x["dataset"] == n]
@@ -530,7 +551,7 @@ def markdown(doc: dict[str, Any]) -> str:
         secs = [x["train_seconds"] for x in xs if "train_seconds" in x]
         if secs:
             lines.append(f"| {n} | train wall s | {len(secs)} | {np.mean(secs):.0f} ± {np.std(secs, ddof=1) if len(secs) > 1 else 0:.0f} | | |")
-    lines += ["", "Ratios per data set (min / mean / max over seeds):", "",
+    lines += [] if not rows else ["", "Ratios per data set (min / mean / max over seeds):", "",
               "| data | ranked / EASE NDCG@10 | ranked / two-tower NDCG@10 | two-tower / EASE Recall@100 | seeds |",
               "|---|---|---|---|---:|"]
     all_ratio: list[float] = []
@@ -555,6 +576,9 @@ def markdown(doc: dict[str, Any]) -> str:
             c = x["cold"]
             lines.append(f"| {x['dataset']} | {x['seed']} | {c['tf-idf alone']['ndcg@10']:.4f} | {c['two-tower']['ndcg@10']:.4f} "
                          f"| {c['ranked']['ndcg@10']:.4f} | {c['ranked/tf-idf']:.2f} |")
+        for n in dict.fromkeys(x["dataset"] for x in cold):
+            v = np.array([x["cold"]["ranked/tf-idf"] for x in cold if x["dataset"] == n])
+            lines.append(f"| {n} | ranked / TF-IDF min / mean / max | | | | {v.min():.2f} / {v.mean():.2f} / {v.max():.2f} |")
     failed = [x for x in runs if x.get("errors")]
     if failed:
         lines += ["", "Failed runs: " + ", ".join(f"{x['dataset']} seed {x['seed']} ({', '.join(x['errors'])})" for x in failed)]
@@ -571,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="passed to movierec train as --set (repeatable; lists as ranking.exclude=[content])")
     ap.add_argument("--config", type=Path, default=None, help="passed to movierec train")
     ap.add_argument("--ablations", action="store_true", help="also train with ranking.exclude=[content] and [collab]")
-    ap.add_argument("--cold", action="store_true", help="P3 cold items on ml100k and latest (one more training each)")
+    ap.add_argument("--cold", action="store_true", help="P3 cold items on ml100k, latest and synth (one more training each)")
+    ap.add_argument("--cold-only", action="store_true", help="P3 alone: no baselines and no P2 pipeline")
     ap.add_argument("--jobs", type=int, default=1, help="(data set, seed) runs at once (default 1: one training at a time)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/movierec-robust"), help="CSV, bundles and the baseline cache")
     ap.add_argument("--out", type=Path, default=Path("robust_results.json"))
@@ -582,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     opts = Options(workdir=args.workdir.resolve(), mode="test" if args.test else "validation", movierec=args.movierec,
                    config=args.config.resolve() if args.config else None, sets=args.sets, ablations=args.ablations,
-                   cold=args.cold, keep_bundles=args.keep_bundles)
+                   cold=args.cold or args.cold_only, cold_only=args.cold_only, keep_bundles=args.keep_bundles)
     t = time.perf_counter()
     doc = run(parse_datasets(args.datasets), opts, jobs=args.jobs)
     doc["command"] = " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if argv is None else " ".join(argv)

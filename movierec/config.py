@@ -91,6 +91,13 @@ class RetrievalConfig(_Section):
     )
     min_rating: float | None = Field(None, description="ratings below this are not positives (None: keep all)")
     threads: int = Field(1, ge=1)
+    cold_map: bool = Field(
+        True,
+        description="movies without training ratings (and movies added later) get their item vector from a ridge map of "
+        "their TF-IDF terms and genres onto the rated movies' vectors (retrieval/cold.py) instead of the item tower",
+    )
+    cold_ridge: float = Field(0.5, gt=0, description="ridge weight of the cold map (chosen on validation cold splits)")
+    cold_iters: int = Field(30, ge=1, description="most conjugate-gradient steps fitting the cold map")
 
 
 class RatingConfig(_Section):
@@ -111,6 +118,11 @@ class RatingConfig(_Section):
     mf_lr: float = Field(5e-3, gt=0)
     mf_reg: float = Field(0.1, ge=0)
     mf_epochs: int = Field(40, ge=1)
+    mf_sparse: bool = Field(
+        False,
+        description="biased MF with sparse gradients and lazy Adam: a step costs the batch's rows instead of the whole "
+        "factor tables (chosen by movierec/sizing.py for large user + item counts)",
+    )
     autorec_hidden: int = Field(500, ge=0, description="I-AutoRec hidden units (0: off)")
     autorec_reg: float = Field(100.0, ge=0, description="I-AutoRec L2 weight (the paper's lambda)")
     autorec_lr: float = Field(1e-3, gt=0)

@@ -105,16 +105,30 @@ def train(ds: Dataset, out: str | Path, config: Config | None = None, manifest: 
     return Path(out)
 
 
-def tower_trainer(content: np.ndarray, config: Config) -> Any:
+def tower_trainer(content: np.ndarray, config: Config, content_sparse: Any = None) -> Any:
     """Two-tower training for the ranker's cross-fitted folds (``ranking.folds``): (ratings) ->
-    (user vectors, item vectors) of a model that never saw the fold it will score."""
+    (user vectors, item vectors) of a model that never saw the fold it will score; movies the
+    fold's model saw no rating of are placed by the cold map, as in the bundle."""
     from retrieval.two_tower import fit_two_tower
 
     def fit(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
         tt = fit_two_tower(ds, content, config.retrieval, config.trainer, seed=config.seed)
-        return tt.user_vectors, tt.item_vectors
+        item_vectors, _ = _place_cold(tt, content_sparse, config)
+        return tt.user_vectors, item_vectors
 
     return fit
+
+
+def _place_cold(tt: Any, content_sparse: Any, config: Config) -> tuple[np.ndarray, Any]:
+    """(item vectors, cold map): the two-tower vectors with the unrated movies placed by the
+    content -> item-vector map (``retrieval.cold_map``), or unchanged when it is off."""
+    if not config.retrieval.cold_map or content_sparse is None:
+        return tt.item_vectors, None
+    from retrieval.cold import place_cold_items
+
+    return place_cold_items(
+        tt.item_vectors, content_sparse, tt.items.genres, tt.items.has_id, config.retrieval.cold_ridge, config.retrieval.cold_iters
+    )
 
 
 def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float], manifest: dict[str, Any]) -> None:
@@ -147,6 +161,7 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
         if background is not None:
             cleanup.callback(background.close)  # stops the child if anything below fails
         tt = fit_two_tower(tt_train, content_model.vectors, config.retrieval, config.trainer, seed=config.seed, log_dir=writer.path / "logs")
+        tt.item_vectors, cold_map = _place_cold(tt, content_model.sparse, config)
         timings["two_tower"] = time.perf_counter() - t
         user_vectors = tt.user_vectors
         if ranking:
@@ -170,6 +185,7 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
             tt.feature_encoder,
             {**tt.hparams, "history_len": config.retrieval.history_len, "genres": ds.genre_vocabulary()},
             index_config=config.index,
+            cold_map=cold_map,
         )
         recall = index_recall(retrieval)
         log.info("retrieval index: %s over %d items, recall@10 vs exact %.3f", retrieval.index.kind, retrieval.n_items, recall)
@@ -183,7 +199,7 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
             result = fit_ranker(
                 ds, tt_train, held_out, content.item_vectors, tt.items.genres, tt.user_features, tt.user_vectors,
                 tt.item_vectors, config.ranking, config.trainer, seed=config.seed, log_dir=writer.path / "logs",
-                fit_tower=tower_trainer(content_model.vectors, config),
+                fit_tower=tower_trainer(content_model.vectors, config, content_model.sparse),
             )
             ranker = result.ranker
             metrics["ranker"] = result.metrics

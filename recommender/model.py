@@ -465,7 +465,7 @@ class HybridRecommender:
             for name in genres:
                 if name in self.genre_vocab:
                     g[0, self.genre_vocab.index(name)] = 1.0
-            self.retrieval.add_items(g, content_vec)
+            self.retrieval.add_items(g, content_vec, self.content.model.transform_sparse(row))
             for c in [c for c in self.items.columns if c not in row.columns]:
                 row[c] = None
             self.items = pd.concat([self.items, row[self.items.columns]], ignore_index=True)
