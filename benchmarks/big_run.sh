@@ -7,6 +7,12 @@
 # TRAIN_SET="key=value ..." adds `--set` overrides to the train stage (e.g. a time-boxed run:
 # TRAIN_SET="retrieval.max_steps_per_epoch=1000"). An existing WORKDIR/data is reused (no synth).
 #
+# BATCH_BENCH=1 then times the batch retrieval paths and the candidates job on the trained bundle
+# (benchmarks/batch_candidates.py: exact, the bundle's index, the IVF batch index, recall@100 vs
+# exact, one and two workers) into WORKDIR/batch_candidates.md.
+#
+# Issue 18's size: nice -n 10 benchmarks/big_run.sh WORKDIR 20000 100000 1000000 2
+#
 # Defaults are the issue-8 size: 200,000 users, 100,000 items, 20,000,000 ratings, candidates with
 # 1 worker. Each stage's full `time -v` report is kept in WORKDIR/<stage>.time; a summary table is
 # printed at the end.
@@ -50,6 +56,12 @@ if [ "$workers" -gt 1 ]; then
   stage candidates $movierec candidates --model "$work/model" --out "$work/candidates" --k 100 --workers "$workers"
 else
   stage candidates $movierec candidates --model "$work/model" --out "$work/candidates.parquet" --k 100
+fi
+if [ "${BATCH_BENCH:-0}" = 1 ]; then
+  echo "== batch candidates benchmark (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+  env -u OMP_NUM_THREADS -u OPENBLAS_NUM_THREADS -u MKL_NUM_THREADS "$python" "$here/benchmarks/batch_candidates.py" --model "$work/model" \
+    --workers "$workers" > "$work/batch_candidates.md" 2> "$work/batch_candidates.log"
+  cat "$work/batch_candidates.md" >&2
 fi
 
 echo

@@ -1,11 +1,13 @@
-"""Ranking speed (issue 5): re-scoring 100 candidates for one user, and batch users/s.
+"""Ranking speed (issues 5, 18): re-scoring 100 and 250 candidates for one user, and batch users/s.
 
     python benchmarks/ranking_speed.py --model MODEL_DIR            # an existing bundle with a ranker
     python benchmarks/ranking_speed.py --data ../shared/data/ml-100k  # trains one first (P2 train side)
     python benchmarks/ranking_speed.py --model MODEL_DIR --scale-items 100000  # + features at 100k items
+    python benchmarks/ranking_speed.py --model MODEL_DIR --candidates 250 --no-batch   # issue 18's request
 
-Single user: the time of ``Ranker.rerank`` for one user and their top-100 retrieval candidates
-(features + net, what a request adds on top of retrieval), p50/p99 over many users, one thread.
+Single user: the time of ``Ranker.rerank`` for one user and their top-C retrieval candidates
+(features + net, what a request adds on top of retrieval), p50/p99 over many users, one thread
+(torch, FAISS and BLAS each limited to one, as ``movierec serve`` runs its workers).
 Batch: ``HybridRecommender.recommend_batch(users, k=100, rank=True)`` over every user in chunks
 of 1,000 (retrieval + ranking), users per second, next to the same call with ``rank=False``.
 """
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", type=Path)
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ml-100k")
     p.add_argument("--repeats", type=int, default=2000)
+    p.add_argument("--candidates", default="100,250", help="comma-separated list lengths of the single-user runs")
+    p.add_argument("--no-batch", action="store_true", help="skip the batch users/s runs")
     p.add_argument("--scale-items", type=int, default=0, help="also time compute_features over a synthetic catalogue of this many items")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "ranking_speed.json")
     args = p.parse_args(argv)
@@ -122,6 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("MOVIEREC_PROGRESS", "0")
     torch.set_num_threads(1)
+    import faiss
+
+    faiss.omp_set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="movierec-ranks-") as tmp:
         path = args.model
         if path is None:
@@ -137,17 +144,19 @@ def main(argv: list[str] | None = None) -> None:
         model = HybridRecommender.load(path)
         if model.ranker is None:
             raise SystemExit(f"{path}: bundle has no ranker")
-        out = {
-            "catalogue": {"users": model.retrieval.n_users, "items": model.n_items},
-            "single_user_100_candidates": single_user(model, 100, args.repeats),
-            "batch_ranked_k100": batch(model, rank=True),
-            "batch_retrieval_only_k100": batch(model, rank=False),
-        }
+        sizes = [int(c) for c in args.candidates.split(",")]
+        out = {"catalogue": {"users": model.retrieval.n_users, "items": model.n_items}}
+        for c in sizes:
+            out[f"single_user_{c}_candidates"] = single_user(model, c, args.repeats)
+        if not args.no_batch:
+            out["batch_ranked_k100"] = batch(model, rank=True)
+            out["batch_retrieval_only_k100"] = batch(model, rank=False)
     if args.scale_items:
         out["features_at_scale"] = features_at_scale(args.scale_items)
-    s = out["single_user_100_candidates"]
-    print(f"| rerank 100 candidates, one user | p50 {s['p50_ms']:.2f} ms | p90 {s['p90_ms']:.2f} ms | p99 {s['p99_ms']:.2f} ms | CPU p50 {s['cpu_p50_ms']:.2f} ms |")
-    for name in ("batch_ranked_k100", "batch_retrieval_only_k100"):
+    for c in sizes:
+        s = out[f"single_user_{c}_candidates"]
+        print(f"| rerank {c} candidates, one user | p50 {s['p50_ms']:.2f} ms | p90 {s['p90_ms']:.2f} ms | p99 {s['p99_ms']:.2f} ms | CPU p50 {s['cpu_p50_ms']:.2f} ms |")
+    for name in [] if args.no_batch else ("batch_ranked_k100", "batch_retrieval_only_k100"):
         print(f"| {name} | {out[name]['users_per_s']:,.0f} users/s | {out[name]['users_per_cpu_s']:,.0f} users per CPU second |")
     if args.scale_items:
         f = out["features_at_scale"]

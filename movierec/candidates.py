@@ -208,6 +208,10 @@ def write_candidates_distributed(
     t0 = time.perf_counter()
     try:
         start = worker_start_method("cpu")
+        if model is not None and start == "fork":
+            # a large catalogue's batch index, built once here: forked workers share it
+            # copy-on-write instead of each training its own
+            model.retrieval.batch_index()
         task = CandidateTask(model_dir, users, k, rank, chunk_size, threads, model=model if start == "fork" else None)
         trainer = L.Trainer(
             accelerator="cpu",

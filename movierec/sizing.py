@@ -10,6 +10,7 @@ and the rating model's I-AutoRec are users x items wide, and two-tower epochs gr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,27 @@ RANKER_LISTS = 3_000
 ranker's validation order stops improving while its cost keeps growing with them."""
 AUTOREC_CELLS = 50_000_000
 """I-AutoRec (users x items wide layers) is left out of the rating model past this many cells."""
+TWO_TOWER_PASSES = 1.0
+"""Once epochs are capped at ``STEPS_PER_EPOCH`` batches, the two-tower model trains for about
+this many passes over the positives (at least ``MIN_EPOCHS`` epochs) with patience
+``LARGE_PATIENCE``: at 1M ratings x 100k movies validation recall@50 was flat after the first
+capped epoch while each epoch cost ~50 s (benchmarks/RESULTS.md, session 4), and with 4 epochs
+the best was the third (0.2519, 0.2543, 0.2550, 0.2511; session 5)."""
+MIN_EPOCHS = 3
+LARGE_PATIENCE = 1
+LARGE_TABLES = 20_000
+"""Users + items past which a step's optimizer update over the id tables dominates its cost
+(~120 ms a two-tower step, ~105 ms a dense MF step at 20k + 100k): the two-tower epoch budget
+and the rating model's sparse MF apply only past it, so dense data with small tables (MovieLens
+1M: 6,040 + 3,706) keeps its epochs."""
+MF_SPARSE_ROWS = LARGE_TABLES
+"""Past this many users + items the rating model's biased MF updates only each batch's rows
+(sparse gradients, lazy Adam): the dense optimizer step costs the whole factor tables."""
+MF_BATCH = 1_024
+"""The rating model's MF batch (ranking/_rating_train.py)."""
+MF_STEPS = 12_000
+"""Upper bound on the rating model's MF steps (epochs x batches) once its tables are sparse."""
+MF_PATIENCE = 3
 
 
 @dataclass(frozen=True)
@@ -46,7 +68,7 @@ def size_to_data(config: Config, n_users: int, n_items: int, n_ratings: int) -> 
     config = config.model_copy(deep=True)
     choices: list[Choice] = []
 
-    def choose(key: str, value: Any, reason: str) -> None:
+    def choose(key: str, value: Any, reason: str) -> bool:
         *path, field = key.split(".")
         section: Any = config
         for part in path:
@@ -55,6 +77,8 @@ def size_to_data(config: Config, n_users: int, n_items: int, n_ratings: int) -> 
             setattr(section, field, value)
             section.model_fields_set.discard(field)  # still a default: a re-sizing may change it again
             choices.append(Choice(key, value, reason))
+            return True
+        return False
 
     r = config.retrieval
     if n_users > VAL_USERS_ABOVE and r.val_max_users is None:
@@ -64,6 +88,18 @@ def size_to_data(config: Config, n_users: int, n_items: int, n_ratings: int) -> 
         choose("retrieval.max_steps_per_epoch", STEPS_PER_EPOCH, f"{batches:,.0f} batches per full pass: shorter epochs, checked more often")
     if n_users > RANKER_LISTS and config.ranking.max_users > RANKER_LISTS:
         choose("ranking.max_users", RANKER_LISTS, f"{n_users:,} users: ranker training lists sampled to a budget")
+    if batches > STEPS_PER_EPOCH and r.max_steps_per_epoch == STEPS_PER_EPOCH and n_users + n_items > LARGE_TABLES:
+        # epochs are random 400-batch subsets now: budget them by passes over the data
+        epochs = max(MIN_EPOCHS, math.ceil(TWO_TOWER_PASSES * batches / STEPS_PER_EPOCH))
+        if epochs < r.epochs and choose("retrieval.epochs", epochs, f"about {TWO_TOWER_PASSES:g} passes over {batches:,.0f} batches"):
+            choose("retrieval.patience", min(r.patience, LARGE_PATIENCE), "capped epochs: stop at the first epoch without a better validation recall")
+    rating = config.ranking.rating
     if config.ranking.rating.autorec_hidden > 0 and n_users * n_items > AUTOREC_CELLS:
         choose("ranking.rating.autorec_hidden", 0, f"{n_users:,} x {n_items:,} users x items: I-AutoRec left out of the rating model")
+    if rating.mf_dim > 0 and n_users + n_items > MF_SPARSE_ROWS:
+        choose("ranking.rating.mf_sparse", True, f"{n_users + n_items:,} users + items: MF steps update the batch's rows only (lazy Adam)")
+        mf_batches = math.ceil(n_ratings * (1 - rating.val_fraction) / MF_BATCH)
+        epochs = max(MIN_EPOCHS, MF_STEPS // max(mf_batches, 1))
+        if epochs < rating.mf_epochs and choose("ranking.rating.mf_epochs", epochs, f"{mf_batches:,} MF batches per epoch: at most {MF_STEPS:,} steps"):
+            choose("ranking.rating.patience", min(rating.patience, MF_PATIENCE), "capped MF epochs: stop sooner once validation RMSE stalls")
     return config, choices

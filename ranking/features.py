@@ -25,7 +25,6 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from movierec.ease import ease_weights
 
 log = logging.getLogger(__name__)
 PREFIX = "ranking/"
@@ -58,7 +57,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
 """Named feature groups that an ablation can leave out (``RankingConfig.exclude``)."""
 
 MAX_HISTORY = 256
-"""Most recent history items a pair feature looks at (bounds work per user)."""
+"""Most recent history items the content features look at (their work is history x candidates x
+content dimensions). The item-item scores read the whole history, as EASE does: cut to the last
+256 ratings they scored ml-latest-small users (up to thousands of ratings each) below EASE itself."""
 
 
 @dataclass
@@ -227,12 +228,13 @@ class PaddedHistories:
 
 
 def pad_histories(
-    histories: list[np.ndarray], ratings: list[np.ndarray | None], user_mean: np.ndarray, max_len: int = MAX_HISTORY
+    histories: list[np.ndarray], ratings: list[np.ndarray | None], user_mean: np.ndarray, max_len: int | None = None
 ) -> PaddedHistories:
-    """Pad the most recent ``max_len`` items of each history; ratings are centred on the user's
-    mean (a history without ratings, e.g. a new user's liked movies, centres to 0)."""
+    """Pad the most recent ``max_len`` items of each history (all of them by default); ratings
+    are centred on the user's mean (a history without ratings, e.g. a new user's liked movies,
+    centres to 0)."""
     n = len(histories)
-    lens = [min(len(h), max_len) for h in histories]
+    lens = [len(h) if max_len is None else min(len(h), max_len) for h in histories]
     width = max(max(lens, default=0), 1)
     items = np.full((n, width), -1, dtype=np.int64)
     centred = np.zeros((n, width), dtype=np.float32)
@@ -241,6 +243,19 @@ def pad_histories(
             items[i, :m] = h[len(h) - m :]
             if r is not None:
                 centred[i, :m] = np.asarray(r[len(h) - m :], np.float32) - mu
+    return PaddedHistories(items, centred)
+
+
+def _most_recent(hist: PaddedHistories, max_len: int) -> PaddedHistories:
+    """The last ``max_len`` items of each padded history (left-aligned, as padded)."""
+    if hist.items.shape[1] <= max_len:
+        return hist
+    start = np.maximum(hist.lengths - max_len, 0)[:, None]
+    cols = start + np.arange(max_len)
+    ok = cols < hist.lengths[:, None]
+    cols = np.minimum(cols, hist.items.shape[1] - 1)
+    items = np.where(ok, np.take_along_axis(hist.items, cols, 1), -1)
+    centred = np.where(ok, np.take_along_axis(hist.centred, cols, 1), np.float32(0.0))
     return PaddedHistories(items, centred)
 
 
@@ -495,7 +510,9 @@ def compute_features(
     hidx = np.where((hist.items >= 0) & (hist.items < none), hist.items, none)
 
     tt_rank = _rank_within(scores, valid)
-    c_mean, c_max, c_liked = _content_scores(tab.content, hidx, hist.centred, cidx)
+    recent = _most_recent(hist, MAX_HISTORY)
+    ridx = np.where((recent.items >= 0) & (recent.items < none), recent.items, none)
+    c_mean, c_max, c_liked = _content_scores(tab.content, ridx, recent.centred, cidx)
 
     # genre affinity: share of the user's history in each genre . candidate's genre shares
     hg = tab.genres[hidx].sum(1)
@@ -548,43 +565,3 @@ def damped_means(
     counts = np.bincount(idx, minlength=n).astype(np.float64)
     sums = np.bincount(idx, weights=ratings.astype(np.float64), minlength=n)
     return counts, ((sums + damping * global_mean) / (counts + damping)).astype(np.float32)
-
-
-def item_item_matrix(
-    x: sp.csr_matrix, lam: float = 300.0, neighbors: int = 256, dense_max_items: int = 6000
-) -> sp.csr_matrix:
-    """EASE item-item weights from a users x items 0/1 matrix, kept sparse (top ``neighbors`` per candidate).
-
-    EASE (Steck 2019, :func:`movierec.ease.ease_weights`) over the catalogue's ``dense_max_items``
-    most-rated items: the inverse is cubic in the items it covers, so past that size the rarest
-    items (a rating or two each, whose weights would be noise) are left out and get their scores
-    from the two-tower and content signals alone. Per candidate column only the ``neighbors``
-    largest weights by magnitude are kept, so memory is ``O(items * neighbors)`` and a user's
-    score is one sparse product.
-
-    Returns:
-        (I, I) CSR, row = history item, column = candidate, zero diagonal.
-    """
-    x = sp.csr_matrix(x, dtype=np.float32, copy=True)
-    x.data[:] = 1.0
-    n_items = x.shape[1]
-    if n_items == 0:
-        return sp.csr_matrix((0, 0), dtype=np.float32)
-    counts = np.asarray(x.sum(0)).ravel()
-    if n_items > dense_max_items:
-        kept = np.sort(np.argsort(-counts, kind="stable")[:dense_max_items])
-        log.info("item-item model: EASE over the %d most-rated of %d items", len(kept), n_items)
-    else:
-        kept = np.arange(n_items)
-    w = _prune_columns(ease_weights(x[:, kept], lam), min(neighbors, len(kept))).tocoo()
-    return sp.csr_matrix((w.data, (kept[w.row], kept[w.col])), shape=(n_items, n_items))
-
-
-def _prune_columns(w: np.ndarray, keep: int) -> sp.csr_matrix:
-    """Keep the ``keep`` largest-magnitude entries of each column of a dense block."""
-    if keep < w.shape[0]:
-        top = np.argpartition(-np.abs(w), keep - 1, axis=0)[:keep]
-        cols = np.broadcast_to(np.arange(w.shape[1]), top.shape)
-        vals = w[top, cols]
-        return sp.csr_matrix((vals.ravel(), (top.ravel(), cols.ravel())), shape=w.shape)
-    return sp.csr_matrix(w)

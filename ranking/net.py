@@ -9,6 +9,9 @@ x collaborative score", then an MLP with layer norm and dropout feeds two heads:
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -195,3 +198,156 @@ class GuardedRanker(nn.Module):
     @torch.inference_mode()
     def score(self, dense: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.blend([net.score(dense, users, items) for net in self.nets], dense, items)
+
+
+class FusedScorer:
+    """The eval-mode :meth:`GuardedRanker.score` / :meth:`RankerNet.score` with every member
+    net at once.
+
+    A request scores one list of a few hundred candidates, where three member nets called
+    layer by layer cost about as much in per-call overhead as in arithmetic. Here the members'
+    weights are stacked once: their first layers (which read the same features when there are
+    no id embeddings or cross layers) are one matrix product, each later layer one batched
+    product, layer norm one call without its affine part (then each member's own scale and
+    shift), and the within-list standardisation and blend run on the (members, lists,
+    candidates) block. Same operations as ``score`` in float32, so the same numbers up to
+    rounding; :meth:`build` checks that on random lists and returns None (the caller keeps
+    ``score``) for a layout it does not know or a mismatch.
+
+    Args:
+        net: the eval-mode net whose weights are copied (a snapshot: rebuild after changing them).
+    """
+
+    def __init__(self, net: RankerNet | GuardedRanker) -> None:
+        members = list(net.nets) if isinstance(net, GuardedRanker) else [net]
+        self.guarded = isinstance(net, GuardedRanker)
+        self.alpha = float(net.alpha) if self.guarded else 1.0
+        self.blend_column = int(net.base_column) if self.guarded else -1
+        first = members[0]
+        self.emb_dim = first.emb_dim
+        self.n_users, self.n_items = first.n_users, first.n_items
+        self.base_column = first.base_column
+        if len({tuple(type(m).__name__ for m in n.mlp) for n in members}) != 1 or any(
+            m.emb_dim != first.emb_dim or len(m.cross) != len(first.cross) or m.base_column != first.base_column for m in members
+        ):
+            raise ValueError("member nets differ in layout")
+
+        def stack(get: Any) -> torch.Tensor:
+            return torch.stack([get(m).detach().to(torch.float32) for m in members]).contiguous()
+
+        self.shared_input = first.emb_dim == 0 and len(first.cross) == 0
+        if first.emb_dim > 0:
+            self.user_emb = stack(lambda m: m.user_emb.weight)  # (M, U + 1, E)
+            self.item_emb = stack(lambda m: m.item_emb.weight)
+        self.cross = [
+            (stack(lambda m, j=j: m.cross[j].weight.T), stack(lambda m, j=j: m.cross[j].bias)[:, None, :])
+            for j in range(len(first.cross))
+        ]
+        self.layers: list[tuple[str, Any]] = []
+        for j, layer in enumerate(first.mlp):
+            if isinstance(layer, nn.Linear):
+                if layer.bias is None:
+                    raise ValueError("Linear without bias")
+                self.layers.append(("linear", (stack(lambda m, j=j: m.mlp[j].weight.T), stack(lambda m, j=j: m.mlp[j].bias)[:, None, :])))
+            elif isinstance(layer, nn.LayerNorm):
+                if len(layer.normalized_shape) != 1 or layer.weight is None or layer.bias is None:
+                    raise ValueError("unsupported LayerNorm")
+                g, b = stack(lambda m, j=j: m.mlp[j].weight), stack(lambda m, j=j: m.mlp[j].bias)
+                self.layers.append(("layernorm", (g[:, None, :], b[:, None, :], int(layer.normalized_shape[0]), float(layer.eps))))
+            elif isinstance(layer, nn.ReLU):
+                self.layers.append(("relu", None))
+            elif not isinstance(layer, nn.Dropout):  # dropout is the identity in eval mode
+                raise ValueError(f"unsupported layer {type(layer).__name__}")
+        self.first: tuple[torch.Tensor, torch.Tensor] | None = None
+        if self.shared_input and self.layers and self.layers[0][0] == "linear":
+            w, b = self.layers[0][1]  # (M, F, H), (M, 1, H): every member's first layer as one (F, M * H) product
+            self.first = (torch.cat(list(w), dim=1).contiguous(), b.reshape(-1).contiguous())
+        heads = stack(lambda m: m.score_head.weight[0])  # (M, H + D): [MLP output, crossed input]
+        width = next((p[0].shape[-1] for kind, p in reversed(self.layers) if kind == "linear"), None)
+        self.width = width if width is not None else heads.shape[1] // 2
+        self.head_h = heads[:, : self.width, None].contiguous()  # (M, H, 1)
+        self.head_x = heads[:, self.width :].contiguous()  # (M, D)
+        self.head_bias = stack(lambda m: m.score_head.bias)  # (M, 1)
+        self.base_weight = stack(lambda m: m.base_weight.reshape(1)) if first.base_column >= 0 else None
+
+    @classmethod
+    def build(cls, net: RankerNet | GuardedRanker, n_dense: int) -> FusedScorer | None:
+        """A scorer equal to ``net.score`` (checked on random lists, padding included), or None."""
+        try:
+            scorer = cls(net)
+            n_items = max(scorer.n_items, 1)
+            rng = np.random.default_rng(0)
+            dense = rng.normal(size=(3, 9, n_dense)).astype(np.float32)
+            users = np.array([0, -1, 10**9], np.int64)
+            items = rng.integers(0, n_items, size=(3, 9)).astype(np.int64)
+            items[1, 6:] = -1
+            items[2, 1:] = -1
+            want = net.score(torch.from_numpy(dense), torch.from_numpy(users), torch.from_numpy(items)).numpy()
+            got = scorer(dense, users, items)
+            if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-4):
+                return None
+            return scorer
+        except (ValueError, AttributeError, TypeError, IndexError, RuntimeError):
+            return None
+
+    @torch.inference_mode()
+    def __call__(self, dense: np.ndarray, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Scores (B, C) of ``dense`` (B, C, F) normalised features, ``users`` (B,), ``items`` (B, C)."""
+        b, c, f = dense.shape
+        n = b * c
+        m = len(self.head_h)
+        flat = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)).reshape(n, f)
+        items_t = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64))
+        xs = None  # (M, N, D) per-member input of the MLP when the members' inputs differ
+        if not self.shared_input:
+            x0 = flat.expand(m, n, f)
+            if self.emb_dim > 0:
+                u_ids = torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64))
+                u_ids = torch.where((u_ids >= 0) & (u_ids < self.n_users), u_ids, self.n_users)
+                i_ids = torch.where((items_t >= 0) & (items_t < self.n_items), items_t, self.n_items).reshape(n)
+                u = self.user_emb[:, u_ids].repeat_interleave(c, dim=1)  # (M, N, E)
+                i = self.item_emb[:, i_ids]
+                x0 = torch.cat([x0, u, i, u * i], dim=-1)
+            xs = x0
+            for w, bias in self.cross:
+                xs = x0 * torch.baddbmm(bias, xs, w) + xs
+        layers = self.layers
+        if self.first is not None:
+            w, bias = self.first
+            hid = torch.addmm(bias, flat, w).view(n, m, -1)  # (N, M, H): layer norm and ReLU are row-wise
+            kind, params = layers[1] if len(layers) > 1 else ("", None)
+            if kind == "layernorm":
+                g, beta, h, eps = params
+                hid = F.layer_norm(hid, (h,), eps=eps) * g.view(m, h) + beta.view(m, h)
+                layers = layers[2:]
+            else:
+                layers = layers[1:]
+            hid = hid.transpose(0, 1)
+        else:
+            hid = xs if xs is not None else flat.expand(m, n, f)
+        for kind, params in layers:
+            if kind == "linear":
+                w, bias = params
+                hid = torch.baddbmm(bias, hid, w)
+            elif kind == "layernorm":
+                g, beta, h, eps = params
+                hid = torch.addcmul(beta, F.layer_norm(hid, (h,), eps=eps), g)
+            else:
+                hid = torch.relu(hid)
+        score = torch.bmm(hid, self.head_h)[..., 0]  # (M, N)
+        if xs is None:
+            score = score + (flat @ self.head_x.T).T
+        else:
+            score = score + torch.einsum("mnd,md->mn", xs, self.head_x)
+        score = score + self.head_bias
+        if self.base_weight is not None:
+            score = score + self.base_weight * flat[:, self.base_column]
+        score = score.view(m, b, c)
+        if not self.guarded:
+            return score[0].numpy()
+        valid = items_t >= 0
+        learned = _z_valid(score, valid).mean(0)
+        if self.alpha >= 1.0:
+            return learned.numpy()
+        a = max(self.alpha, TIE_BREAK)
+        return (a * learned + (1.0 - a) * flat.view(b, c, f)[..., self.blend_column]).numpy()

@@ -54,9 +54,9 @@ from ranking.features import (
     compute_features,
     damped_means,
     feature_names,
-    item_item_matrix,
     pad_histories,
 )
+from ranking.item_item import choose_lambda, item_item_matrix
 from ranking.net import TIE_BREAK, GuardedRanker, RankerNet
 from ranking.runtime import Ranker
 
@@ -91,9 +91,14 @@ class Snapshot:
 
 
 def snapshot(
-    ds: Dataset, content: np.ndarray, genres: np.ndarray, user_features: np.ndarray, config: RankingConfig
+    ds: Dataset, content: np.ndarray, genres: np.ndarray, user_features: np.ndarray, config: RankingConfig,
+    collab_weights: np.ndarray | None = None,
 ) -> Snapshot:
-    """Everything :func:`compute_features` needs about ``ds``'s ratings."""
+    """Everything :func:`compute_features` needs about ``ds``'s ratings.
+
+    ``config.collab_lambda`` must be a number here (:func:`resolve_collab_lambda`);
+    ``collab_weights`` is the dense EASE block of ``ds`` at that lambda when already computed.
+    """
     r = ds.ratings
     ratings = r["rating"].to_numpy(np.float64)
     mu = float(ratings.mean()) if len(ratings) else 0.0
@@ -105,7 +110,11 @@ def snapshot(
         # returns zeros at once instead of scoring users x items dense blocks of zeros.
         collab = sp.csr_matrix((0, 0), dtype=np.float32)
     else:
-        collab = item_item_matrix(ds.to_csr(), config.collab_lambda, config.collab_neighbors, config.collab_dense_max_items)
+        if config.collab_lambda == "auto":
+            raise ValueError("snapshot needs a numeric ranking.collab_lambda: resolve 'auto' first (resolve_collab_lambda)")
+        collab = item_item_matrix(
+            ds.to_csr(), float(config.collab_lambda), config.collab_neighbors, config.collab_dense_max_items, collab_weights
+        )
     years = item_years(ds)
     order = np.lexsort((r["timestamp"].to_numpy(), r["user_idx"].to_numpy()))
     indptr = np.concatenate([[0], np.cumsum(np.bincount(r["user_idx"].to_numpy(), minlength=ds.n_users))]).astype(np.int64)
@@ -134,6 +143,24 @@ class Lists:
     in_loss: np.ndarray  # (n, W) rows of the ranking loss (retrieved + random)
     label: np.ndarray  # (n, W) held-out item
     rating: np.ndarray  # (n, W) held-out rating, NaN elsewhere
+    retrieved: np.ndarray | None = None  # (n, W) the candidate pool a request would rank (None: the loss rows)
+
+
+def resolve_collab_lambda(
+    past: Dataset, held_out: Dataset, config: RankingConfig, seed: int
+) -> tuple[RankingConfig, np.ndarray | None, dict[float, float]]:
+    """``config`` with a numeric ``collab_lambda``: an ``auto`` weight is chosen on the held-out
+    ratings (:func:`ranking.item_item.choose_lambda`); also that choice's EASE block of ``past``
+    and the NDCG@10 per weight (empty when the weight was given)."""
+    if config.collab_lambda != "auto":
+        return config, None, {}
+    needs = "collab" not in config.exclude or config.collab_candidates > 0
+    if not needs or not len(held_out.ratings):
+        return config.model_copy(update={"collab_lambda": 500.0}), None, {}
+    lam, weights, curve = choose_lambda(
+        past.to_csr(), held_out.to_csr(), config.collab_neighbors, config.collab_dense_max_items, seed
+    )
+    return config.model_copy(update={"collab_lambda": lam}), weights, curve
 
 
 def build_lists(
@@ -179,7 +206,7 @@ def build_lists(
             rand = np.unique(rand[~np.isin(rand, np.concatenate([seen, items, retrieved]))])
             cand = np.concatenate([retrieved, missed, rand])
             in_loss = np.r_[np.ones(len(retrieved), bool), np.zeros(len(missed), bool), np.ones(len(rand), bool)]
-            rows.append((cand, in_loss, items, ratings))
+            rows.append((cand, in_loss, items, ratings, len(retrieved)))
     width = max((len(x[0]) for x in rows), default=1)
     n = len(rows)
     out = Lists(
@@ -189,11 +216,13 @@ def build_lists(
         in_loss=np.zeros((n, width), bool),
         label=np.zeros((n, width), bool),
         rating=np.full((n, width), np.nan, np.float32),
+        retrieved=np.zeros((n, width), bool),
     )
-    for r, (cand, in_loss, items, ratings) in enumerate(rows):
+    for r, (cand, in_loss, items, ratings, n_retrieved) in enumerate(rows):
         m = len(cand)
         out.cand[r, :m] = cand
         out.in_loss[r, :m] = in_loss
+        out.retrieved[r, :n_retrieved] = True
         pos = {int(i): float(v) for i, v in zip(items, ratings)}
         lab = np.array([int(i) in pos for i in cand])
         out.label[r, :m] = lab
@@ -214,6 +243,7 @@ def concat_lists(parts: list[Lists]) -> Lists:
     return Lists(
         np.concatenate([p.users for p in parts]), pad("cand", -1), pad("scores", 0.0), pad("in_loss", False),
         pad("label", False), pad("rating", np.nan),
+        pad("retrieved", False) if all(p.retrieved is not None for p in parts) else None,
     )
 
 
@@ -418,37 +448,61 @@ def _column_of(columns: np.ndarray, n_user_features: int, name: str) -> int:
     return names.index(name) if name in names else -1
 
 
-def _list_ndcg(scores: np.ndarray, lists: Lists, rows: np.ndarray, k: int = 10) -> np.ndarray:
+def _list_ndcg(scores: np.ndarray, lists: Lists, rows: np.ndarray, k: int = 10, pool: bool = False) -> np.ndarray:
     """NDCG@k of each list's order by ``scores`` (n, W) over its loss candidates (labels: held-out
-    items), NaN for lists without a held-out item among them."""
-    inl = lists.in_loss[rows] & (lists.cand[rows] >= 0)
+    items), NaN for lists without a held-out item among them.
+
+    ``pool``: order only the candidates a request would rank (no random negatives) and count
+    every held-out item in the ideal, retrieved or not: full-ranking NDCG@10 of the served list.
+    """
+    pooled = pool and lists.retrieved is not None
+    inl = (lists.retrieved[rows] if pooled else lists.in_loss[rows]) & (lists.cand[rows] >= 0)
     lab = lists.label[rows] & inl
     s = np.where(inl, scores, -np.inf)
     kk = min(k, s.shape[1])
     top = np.argsort(-s, axis=1, kind="stable")[:, :kk]
     disc = 1.0 / np.log2(np.arange(2, kk + 2))
     dcg = (np.take_along_axis(lab, top, 1) * disc).sum(1)
-    n_rel = lab.sum(1)
+    n_rel = (lists.label[rows] & (lists.cand[rows] >= 0)).sum(1) if pooled else lab.sum(1)
     ideal = np.cumsum(disc)[np.clip(n_rel, 1, kk) - 1]
     return np.where(n_rel > 0, dcg / ideal, np.nan)
 
 
 def choose_alpha(scores: np.ndarray, base: np.ndarray | None, lists: Lists, rows: np.ndarray) -> tuple[float, dict[float, float]]:
-    """The weight of the learned order against the base order with the best mean in-list NDCG@10.
+    """The weight of the learned order against the base order: the smallest weight whose mean
+    NDCG@10 is within one standard error of the best weight's (the one-standard-error rule).
 
     ``scores`` are the nets' scores of lists none of them trained on, ``base`` the base column
-    (the within-list standardised EASE score). Ties go to the smaller weight: the learned order
-    has to beat the base, not draw with it. Without a base the learned order is all there is.
+    (the within-list standardised EASE score). Both are standardised over the candidate pool a
+    request would rank, as :class:`GuardedRanker` sees them, and each weight is scored by
+    NDCG@10 of that pool against every held-out item (:func:`_list_ndcg` with ``pool``): the
+    served order, not the order among the training lists' random negatives, which favoured the
+    nets. The standard error is that of the per-list difference to the best weight. Leaning to
+    the base is deliberate: the lists come from a snapshot without the held-out ratings, whose
+    EASE is weaker than the one served from all of them, so these lists overrate the nets (on
+    validation the best served weight sat below the one these lists picked; benchmarks/RESULTS.md,
+    session 5). Without a base the learned order is all there is.
     """
     if base is None or not len(rows):
-        return 1.0, {1.0: float(np.nanmean(_list_ndcg(scores, lists, rows))) if len(rows) else float("nan")}
-    z = _z_within(scores, lists.cand[rows] >= 0)  # as GuardedRanker standardises the nets' order
-    curve = {}
+        return 1.0, {1.0: float(np.nanmean(_list_ndcg(scores, lists, rows, pool=True))) if len(rows) else float("nan")}
+    valid = lists.cand[rows] >= 0
+    if lists.retrieved is not None:
+        valid &= lists.retrieved[rows]
+        base = _z_within(base, valid)
+    z = _z_within(scores, valid)  # as GuardedRanker standardises the nets' order
+    per_list = {}
     for a in ALPHAS:
         w = max(a, TIE_BREAK)  # as GuardedRanker scores
-        curve[a] = float(np.nanmean(_list_ndcg(w * z + (1 - w) * base, lists, rows)))
-    best = max(curve.values())
-    return min(a for a, v in curve.items() if v >= best - 1e-9), curve
+        per_list[a] = _list_ndcg(w * z + (1 - w) * base, lists, rows, pool=True)
+    curve = {a: float(np.nanmean(v)) for a, v in per_list.items()}
+    best = max(curve, key=lambda a: (curve[a], -a))
+    for a in ALPHAS:  # ascending: the first weight close enough to the best
+        diff = per_list[best] - per_list[a]
+        diff = diff[np.isfinite(diff)]
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        if curve[a] >= curve[best] - se - 1e-9:
+            return a, curve
+    return best, curve
 
 
 @torch.no_grad()
@@ -614,6 +668,7 @@ def fit_ranker(
     L.seed_everything(seed, workers=True, verbose=False)
     t0 = time.perf_counter()
     n_user_features = np.asarray(user_features).shape[1]
+    config, past_weights, lambda_curve = resolve_collab_lambda(past, held_out, config, seed)
     if config.folds > 1:
         if fit_tower is None:
             raise ValueError("ranking.folds > 1 needs fit_tower (a two-tower model per fold)")
@@ -621,7 +676,7 @@ def fit_ranker(
         lists, raw = cross_fitted_lists(full, past, held_out, arrays, past_user_vectors, item_vectors, fit_tower, config, seed)
         center = float(full.ratings["rating"].mean())
     else:
-        snap = snapshot(past, content, genres, user_features, config)
+        snap = snapshot(past, content, genres, user_features, config, past_weights)
         lists = build_lists(snap, held_out, past_user_vectors, item_vectors, config, seed)
         raw = list_features(snap, lists)
         center = snap.ctx.global_mean
@@ -694,6 +749,8 @@ def fit_ranker(
         "val_ndcg@10_base": float(curve.get(0.0, float("nan"))),
         "val_ndcg@10_nets": float(curve.get(1.0, float("nan"))),
         "alpha": float(alpha),
+        "collab_lambda": float(config.collab_lambda),
+        "collab_lambda_ndcg@10": {str(k): round(v, 4) for k, v in sorted(lambda_curve.items())},
         "members": len(nets),
         "lists": int(len(lists.users)),
         "list_width": int(lists.cand.shape[1]),

@@ -30,7 +30,7 @@ from ranking.features import (
     feature_names,
     pad_histories,
 )
-from ranking.net import GuardedRanker, RankerNet
+from ranking.net import FusedScorer, GuardedRanker, RankerNet
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class Ranker:
         self.std = np.asarray(meta["std"], dtype=np.float32)
         self.rating_min, self.rating_max = (float(v) for v in meta["rating_scale"])
         self._cached: tuple[int, FeatureContext] | None = None
+        self._scorer: tuple[tuple[int, int], FusedScorer | None] | None = None
         self.chunk_pairs = 16_384
         """(user, candidate) pairs re-ranked per step of a batch (~2x faster than one step at ML-100K)."""
         # item-item tables built at load, not in the first request
@@ -148,6 +149,31 @@ class Ranker:
         return np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
 
     # ---- scoring ---------------------------------------------------------------------------
+    def _fused(self) -> FusedScorer | None:
+        """The NumPy scorer of the current net, rebuilt when the net or its weights change
+        (a parameter's ``_version`` counts its in-place updates); None keeps torch."""
+        net = self.net
+        key = (id(net), sum(p._version for p in net.parameters()))
+        cached = self._scorer
+        if cached is None or cached[0] != key:
+            n_dense = len(self.columns)
+            cached = self._scorer = (key, FusedScorer.build(net, n_dense) if not net.training else None)
+        return cached[1]
+
+    FUSED_MAX_PAIRS = 512
+    """Up to this many (user, candidate) pairs (a request's list) the members run fused; larger
+    batches run member by member, where per-call overhead no longer counts and the fused
+    layout's reshapes cost more (measured: fused 0.74 against 0.99 ms for one list of 150,
+    1.14 against 1.27 ms for 250, but 57 against 29 ms for 64 lists of 150)."""
+
+    def score_net(self, x: np.ndarray, users: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        """The net's ranking scores (n, C) of normalised features ``x`` (n, C, F): for a request's
+        list the fused scorer when it reproduces the net, else the torch net."""
+        fused = self._fused() if x.shape[0] * x.shape[1] <= self.FUSED_MAX_PAIRS else None
+        if fused is not None:
+            return fused(x, users, cand)
+        return self.net.score(torch.from_numpy(x), torch.from_numpy(users), torch.from_numpy(cand)).numpy()
+
     @torch.inference_mode()
     def _net(self, x: np.ndarray, users: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         score, rating = self.net(torch.from_numpy(x), torch.from_numpy(np.asarray(users, np.int64)), torch.from_numpy(cand))
@@ -172,7 +198,7 @@ class Ranker:
         step = max(1, self.chunk_pairs // c)
         for s in range(0, n, step):  # the net per chunk of users: its intermediates stay in cache
             e = min(n, s + step)
-            score[s:e] = self.net.score(torch.from_numpy(x[s:e]), torch.from_numpy(users[s:e]), torch.from_numpy(cand[s:e])).numpy()
+            score[s:e] = self.score_net(x[s:e], users[s:e], cand[s:e])
         lengths = np.fromiter((len(h) for h in histories), np.int64, n)
         cold = (lengths == 0) & ~((users >= 0) & (users < len(self.arrays["user_mean"])))
         bad = ~np.isfinite(np.where(valid, score, 0.0)).all(1) | cold

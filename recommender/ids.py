@@ -90,10 +90,15 @@ class IdSpace:
             key = self.parse(value)
         except IdTypeError:
             return -1
-        pos = int(self._index.get_indexer([key])[0]) if len(self._index) else -1
-        if pos >= 0:
-            return pos
-        return self._added.get(key, -1)
+        # one hash lookup (~0.3 us); get_indexer([key]) builds an Index per call (~80 us), which
+        # was a tenth of a cached answer's time
+        try:
+            pos = self._index.get_loc(key)
+        except (KeyError, TypeError):
+            return self._added.get(key, -1)
+        if isinstance(pos, (int, np.integer)):
+            return int(pos)
+        return int(np.flatnonzero(self._index == key)[0])  # duplicated ids (never built so): the first
 
     def rows(self, values: list[Any]) -> np.ndarray:
         """Rows of many ids at once (-1 for unknown ones and ids of the wrong type): one index

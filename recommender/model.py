@@ -27,6 +27,7 @@ from movierec.data import to_plain
 from movierec.index import normalize
 from ranking.features import merge_candidates
 from recommender.cache import AnswerCache
+from recommender.encoder import NewUserEncoder
 from recommender.ids import IdSpace, IdTypeError
 from recommender.live import LiveHistories
 from retrieval.candidates import RetrievalModel
@@ -92,6 +93,7 @@ class HybridRecommender:
         self._lock = threading.RLock()  # writes, and the short reads that snapshot a user
         self._catch_up_lock = threading.Lock()
         self.cache = AnswerCache()
+        self._new_user_encoder: NewUserEncoder | None | bool = None  # built on first use; False: none fits
         self._title_lower = self.items["title"].str.lower().to_numpy()
         if len(self.items) != retrieval.n_items or len(self.items) != content.n_items:
             raise ValueError(
@@ -203,15 +205,30 @@ class HybridRecommender:
                     extra.append(pos)
         return np.unique(np.concatenate([seen, np.asarray(extra, dtype=np.int64)])) if extra else seen
 
+    EXACT_SCAN_ITEMS = 20_000
+    """Up to this many movies, one query over an exact (flat) index is a product with the item
+    vectors and a partial sort here: the same top-k as the index's search, in ~0.05 ms instead
+    of ~0.3 ms of search call, exclusion and compaction for a single query."""
+
     def _retrieve(self, query: np.ndarray, k: int, exclude: np.ndarray, allowed: np.ndarray | None) -> Recommendations:
         """Top-k by the two-tower score among allowed, non-excluded items."""
+        vectors = self.retrieval.item_vectors
         if allowed is None:
-            ids, s = self.retrieval.search(query[None, :], k, [exclude])
-            return Recommendations(ids[0][ids[0] >= 0], s[0][ids[0] >= 0])
+            if getattr(self.retrieval.index, "kind", None) != "flat" or len(vectors) > self.EXACT_SCAN_ITEMS:
+                ids, s = self.retrieval.search(query[None, :], k, [exclude])
+                return Recommendations(ids[0][ids[0] >= 0], s[0][ids[0] >= 0])
+            scores = vectors @ query
+            scores[exclude] = -np.inf
+            n = min(k, len(scores) - len(np.unique(exclude)) if len(exclude) else len(scores))
+            if n <= 0:
+                return Recommendations(np.zeros(0, np.int64), np.zeros(0, np.float32))
+            top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
+            top = top[np.argsort(-scores[top], kind="stable")]
+            return Recommendations(top.astype(np.int64), scores[top].astype(np.float32))
         # strict filters: score only the qualifying items, so k come back whenever k qualify
         cand = np.flatnonzero(allowed)
         cand = cand[~np.isin(cand, exclude)]
-        scores = self.retrieval.item_vectors[cand] @ query
+        scores = vectors[cand] @ query
         order = np.argsort(-scores, kind="stable")[:k]
         return Recommendations(cand[order], scores[order].astype(np.float32))
 
@@ -278,10 +295,10 @@ class HybridRecommender:
     ) -> Recommendations:
         """Top-k for a known user."""
         u = self.user_idx(user_id)
-        key = (k, exclude_seen, rank, _filters_key(filters))
-        cached = self.cache.get(u, key)
+        key = self.answer_key(k, exclude_seen, filters, rank)
+        cached = self.cached_answer(u, key)
         if cached is not None:
-            return Recommendations(cached[0].copy(), cached[1].copy())
+            return cached
         with self._lock:  # a consistent snapshot of this user; the work below runs without it
             stamp = self.cache.stamp(u)
             history = self.histories.of(u)
@@ -291,6 +308,19 @@ class HybridRecommender:
         recs = self._finish(u, history, query, k, exclude, allowed, rank)
         self.cache.put(u, key, recs.item_idx, recs.scores, stamp)
         return Recommendations(recs.item_idx.copy(), recs.scores.copy())
+
+    @staticmethod
+    def answer_key(k: int, exclude_seen: bool = True, filters: Filters | None = None, rank: bool = True) -> tuple:
+        """The answer cache's key of a :meth:`recommend_user` request (beside the user row)."""
+        return (k, exclude_seen, rank, _filters_key(filters))
+
+    def cached_answer(self, u: int, key: tuple) -> Recommendations | None:
+        """The cached answer of user row ``u`` for ``key`` (:meth:`answer_key`), or None: a
+        dictionary lookup, cheap enough for an event loop."""
+        cached = self.cache.get(u, key)
+        if cached is None:
+            return None
+        return Recommendations(cached[0].copy(), cached[1].copy())
 
     def forget(self, user: int | None = None) -> None:
         """Drop cached answers for one user (new ratings) or everyone (catalogue change)."""
@@ -335,9 +365,18 @@ class HybridRecommender:
         if not liked_item_ids:
             raise ValueError("liked_items must name at least one movie")
         liked = np.array([self.item_idx(i) for i in liked_item_ids], dtype=np.int64)
-        query = self.retrieval.encode_histories([liked])[0]
+        query = self._encode_new_user(liked)
         exclude = self._exclusions(np.unique(liked), filters)
         return self._finish(-1, liked, query, k, exclude, self._allowed(filters), rank)
+
+    def _encode_new_user(self, liked: np.ndarray) -> np.ndarray:
+        """The query vector of a new user: :class:`~recommender.encoder.NewUserEncoder` when it
+        reproduces the user tower (checked once, on first use), else ``encode_histories``."""
+        if self._new_user_encoder is None:
+            self._new_user_encoder = NewUserEncoder.build(self.retrieval) or False
+        if self._new_user_encoder:
+            return self._new_user_encoder(liked)
+        return self.retrieval.encode_histories([liked])[0]
 
     def similar(self, item_id: Any, k: int = 10, by: SimilarBy = "hybrid") -> Recommendations:
         """Movies like ``item_id`` by content vectors, two-tower item vectors, or both."""

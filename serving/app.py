@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import logging
 import os
 import time
@@ -23,10 +24,11 @@ import numpy as np
 from fastapi import Body, Depends, FastAPI, HTTPException, Path as PathParam, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from pydantic import TypeAdapter
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -183,8 +185,11 @@ class TimeoutMiddleware:
             await send(message)
 
         try:
-            await asyncio.wait_for(self.app(scope, receive, tracking_send), timeout=self.seconds)
-        except asyncio.TimeoutError:
+            # asyncio.timeout cancels this task at the deadline; wait_for would start a second
+            # task per request (about a tenth of a cached answer's time)
+            async with asyncio.timeout(self.seconds):
+                await self.app(scope, receive, tracking_send)
+        except TimeoutError:
             log.warning("%s %s exceeded the %.3gs request budget", scope["method"], scope["path"], self.seconds)
             if started:
                 raise
@@ -198,12 +203,18 @@ class TimeoutMiddleware:
 
 class MetricsMiddleware:
     """Request counts and latency histograms labelled by route *template* (``/items/{item_id}``),
-    never the raw path, so the number of series stays bounded whatever clients send."""
+    never the raw path, so the number of series stays bounded whatever clients send.
+
+    The labelled children are looked up once per (method, template[, status]) and kept: a
+    ``labels()`` call takes a lock and normalises its arguments, twice per request otherwise.
+    """
 
     def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
         self.app = app
         self.requests = requests
         self.latency = latency
+        self._latency: dict[tuple[str, str], Any] = {}
+        self._requests: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -226,8 +237,65 @@ class MetricsMiddleware:
             if template is None:
                 template = "/static" if scope["path"].startswith("/static/") else "unmatched"
             method = scope["method"]
-            self.latency.labels(method, template).observe(time.perf_counter() - t0)
-            self.requests.labels(method, template, str(status)).inc()
+            timer = self._latency.get((method, template))
+            if timer is None:
+                timer = self._latency[(method, template)] = self.latency.labels(method, template)
+            timer.observe(time.perf_counter() - t0)
+            counter = self._requests.get((method, template, status))
+            if counter is None:
+                counter = self._requests[(method, template, status)] = self.requests.labels(method, template, str(status))
+            counter.inc()
+
+
+class CachedAnswerMiddleware:
+    """``GET /users/{user_id}/recommendations`` answered from the answer cache before routing.
+
+    When the app answered a plain request (no diversity, no explanations) it keeps the JSON
+    body with the cached answer and remembers the exact path and query string that asked for
+    it (:meth:`~recommender.cache.AnswerCache.put_blob`). The same path and query string
+    parse to the same user and request for the same model, so a repeat is sent those bytes
+    here, without parameter parsing, dependencies or serialisation (about a third of the
+    time of the routed answer). Everything else, and a repeat whose body is gone (the user
+    rated, the catalogue changed, evicted), goes to the app. The online-state check is the
+    same as :func:`get_model`'s: a worker behind the state lets the app catch up first.
+    It sits inside the metrics, size-limit, timeout and CORS layers, so those see it as any
+    other request, labelled with the route's template.
+    """
+
+    PREFIX = "/users/"
+    SUFFIX = "/recommendations"
+
+    def __init__(self, app: ASGIApp, host: FastAPI) -> None:
+        self.app = app
+        self.host = host
+        self.route = next(r for r in host.routes if getattr(r, "path", None) == self.PREFIX + "{user_id}" + self.SUFFIX)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            path = scope["path"]
+            if path.startswith(self.PREFIX) and path.endswith(self.SUFFIX):
+                body = self._cached(path, scope["query_string"])
+                if body is not None:
+                    scope["route"] = self.route
+                    await send({"type": "http.response.start", "status": 200, "headers": [
+                        (b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+        await self.app(scope, receive, send)
+
+    def _cached(self, path: str, query: bytes) -> bytes | None:
+        store: ModelStore | None = getattr(self.host.state, "store", None)
+        served = store._current if store is not None else None
+        if served is None:
+            return None
+        rec = served.recommender
+        if store.state is not None:
+            try:
+                if store.state.last_seq() > rec.applied_seq:
+                    return None  # the app catches up, then answers
+            except Exception:
+                return None  # the app answers 503 with the reason
+        return rec.cache.blob_for((path, query))
 
 
 def _metrics_registry() -> tuple[CollectorRegistry, Counter, Histogram, Counter]:
@@ -265,16 +333,27 @@ async def get_store(request: Request) -> ModelStore:
     return request.app.state.store
 
 
-async def get_model(store: Annotated[ModelStore, Depends(get_store)]) -> ServedModel:
+async def get_model(request: Request) -> ServedModel:
     """The model for this request: one reference, held until the answer is sent.
 
     Before it is handed out it catches up with the online state: one indexed lookup of the
-    newest sequence number, and only when another worker wrote since, the events after ours.
-    So every worker answers with every write acknowledged before the request arrived.
+    newest sequence number (a few microseconds, on the event loop), and only when another
+    worker wrote since, the events after ours, applied in the thread pool so that a large
+    catch-up never holds up the loop. So every worker answers with every write acknowledged
+    before the request arrived. (It reads the store itself rather than through
+    :func:`get_store`: one dependency fewer to solve per request.)
     """
+    store: ModelStore = request.app.state.store
     served = store.get()
-    if store.state is not None:
-        catch_up(served, store.state)
+    state = store.state
+    if state is not None:
+        try:
+            behind = state.last_seq() > served.recommender.applied_seq
+        except Exception as e:  # the database went away: the answer would miss acknowledged writes
+            log.error("online state unreadable: %s", e)
+            raise StateError(f"online state unreadable ({e.__class__.__name__}); retry later") from e
+        if behind:
+            await run_in_threadpool(catch_up, served, state)
     return served
 
 
@@ -343,6 +422,11 @@ def _genres(model: HybridRecommender, names: list[str] | None) -> list[str] | No
     return out or None
 
 
+def _pool(rec: HybridRecommender, k: int, diversity: float) -> int:
+    """How many to fetch: ``k``, or a larger pool when diversity re-ranking picks from it."""
+    return k if diversity <= 0 else min(max(3 * k, 50), rec.n_items)
+
+
 def _ranked_items(
     served: ServedModel,
     fetch: Callable[[int], Any],
@@ -351,8 +435,7 @@ def _ranked_items(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run a recommendation, over a larger pool when diversity re-ranking will pick from it."""
     rec = served.recommender
-    pool = k if diversity <= 0 else min(max(3 * k, 50), rec.n_items)
-    result = fetch(pool)
+    result = fetch(_pool(rec, k, diversity))
     idx, scores = result.item_idx, np.nan_to_num(result.scores, nan=0.0, posinf=0.0, neginf=0.0)
     if diversity > 0 and len(idx) > 1:
         order = mmr(idx, scores, rec.retrieval.item_vectors[idx], k, diversity)
@@ -365,15 +448,38 @@ OFF_LOOP_K = 100
 
 
 async def _off_loop_if_heavy(
-    settings: Settings, served: ServedModel, fetch: Callable[[int], Any], k: int, diversity: float, explained: bool
+    settings: Settings,
+    served: ServedModel,
+    fetch: Callable[[int], Any],
+    k: int,
+    diversity: float,
+    explained: bool,
+    cached: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Short retrieval-only answers take well under a millisecond and run on the event loop;
-    ranking takes several milliseconds, and MMR and explanations grow with ``k``, so those run
-    in the thread pool where they cannot hold up other requests (health checks, reloads)."""
-    heavy = (settings.rank and served.recommender.ranker is not None) or diversity > 0 or explained or k > OFF_LOOP_K
+    ranking takes milliseconds, and MMR and explanations grow with ``k``, so those run in the
+    thread pool where they cannot hold up other requests (health checks, reloads). A
+    ``cached`` answer (``fetch`` only copies it) is not ranked again, so it stays on the loop
+    unless diversity or explanations (or a long list) make it heavy."""
+    ranked = settings.rank and served.recommender.ranker is not None and not cached
+    heavy = ranked or diversity > 0 or explained or k > OFF_LOOP_K
     if heavy:
         return await run_in_threadpool(_ranked_items, served, fetch, k, diversity)
     return _ranked_items(served, fetch, k, diversity)
+
+
+_RECOMMENDATIONS = TypeAdapter(RecommendationsOut)
+
+
+def _recommendations_json(content: dict[str, Any]) -> bytes:
+    """The body FastAPI would send for ``response_model=RecommendationsOut``: the same
+    validation and the same serializer (pydantic's ``dump_json``), so the same bytes; done here
+    so that the bytes can be cached with the answer and sent again as they are."""
+    return _RECOMMENDATIONS.dump_json(_RECOMMENDATIONS.validate_python(content, from_attributes=True), by_alias=True)
+
+
+def _json(body: bytes) -> Response:
+    return Response(content=body, media_type="application/json")
 
 
 def _with_reasons(
@@ -489,22 +595,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         user_id: Annotated[str, PathParam(min_length=1, max_length=200)],
         query: Annotated[UserRecommendationQuery, Query()],
         served: ModelDep,
-    ) -> dict[str, Any]:
+        request: Request,
+    ) -> Response:
         """Top-k movies for a known user, optionally filtered, diversified and explained."""
         rec = served.recommender
         u = rec.user_idx(user_id)
         genres = _genres(rec, query.genres.split(",") if query.genres else None)
         exclude = [e.strip() for e in query.exclude.split(",") if e.strip()] if query.exclude else None
         filters = Filters(genres=genres, year_min=query.year_min, year_max=query.year_max, exclude_items=exclude)
+        # a repeated plain request is answered with the bytes sent the first time; the stamp,
+        # taken before the answer is read, keeps a body from outliving a change to the user
+        plain = query.diversity <= 0 and not query.explain
+        key = rec.answer_key(_pool(rec, query.k, query.diversity), query.exclude_seen, filters, settings.rank)
+        stamp = rec.cache.stamp(u)
+        if plain:
+            blob = rec.cache.get_blob(u, key)
+            if blob is not None:
+                return _json(blob)
+        hit = rec.cached_answer(u, key)
         idx, scores = await _off_loop_if_heavy(
-            settings, served, lambda n: rec.recommend_user(user_id, n, query.exclude_seen, filters, rank=settings.rank), query.k,
-            query.diversity, query.explain,
+            settings, served,
+            (lambda n: hit) if hit is not None else
+            (lambda n: rec.recommend_user(user_id, n, query.exclude_seen, filters, rank=settings.rank)),
+            query.k, query.diversity, query.explain, cached=hit is not None,
         )
         items = served.records(idx, scores)
         if query.explain:
             history, ratings = served.user_history(u)  # live feedback included
             await run_in_threadpool(_with_reasons, items, served, history, ratings, idx, "rated")
-        return {"user_id": rec.users.id_of(u), "model_version": served.model_version, "items": items}
+        body = _recommendations_json({"user_id": rec.users.id_of(u), "model_version": served.model_version, "items": items})
+        if plain:
+            rec.cache.put_blob(u, key, body, stamp, alias=(request.scope["path"], request.scope["query_string"]))
+        return _json(body)
 
     @app.post(
         "/users/{user_id}/ratings", response_model=FeedbackOut, responses={**_ERRORS, 401: _ADMIN_ERRORS[401]},
@@ -722,7 +844,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
-    # outermost first: metrics see every request (413s included), then size limit, then CORS
+    # outermost first: metrics see every request (413s included), then size limit, then CORS,
+    # then the cached answers
+    app.add_middleware(CachedAnswerMiddleware, host=app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
@@ -746,6 +870,34 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _limit_threads(threads: int) -> None:
+    """``threads`` intra-op threads for torch, FAISS and BLAS in this process and the worker
+    processes it starts (they read the environment when they import them). A request is a
+    few small products; with one thread per worker the workers share the cores, where more
+    threads spin while they wait for each other (measured: ~1.6 ms of CPU per uncached ranked
+    request on 2 cores)."""
+    for name in _THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    import faiss
+    import torch
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except Exception:  # no BLAS found to limit: nothing to do
+        pass
+
+
+WORKER_HEALTHCHECK_S = 60
+"""Seconds a worker may take to answer uvicorn's liveness ping (starting up included)."""
+
+
 def serve(settings: Settings, workers: int = 1) -> None:
     """Run the service with uvicorn (uvloop + httptools) on ``settings.host:settings.port``.
 
@@ -758,6 +910,7 @@ def serve(settings: Settings, workers: int = 1) -> None:
     import uvicorn
 
     _limit_malloc_arenas()
+    _limit_threads(settings.threads)
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -782,6 +935,12 @@ def serve(settings: Settings, workers: int = 1) -> None:
     if settings.state_location is not None:  # every worker opens the same state
         key = "MOVIEREC_STATE_URL" if settings.state_url else "MOVIEREC_STATE_DIR"
         os.environ[key] = settings.state_location
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
+        # uvicorn's supervisor kills a worker that does not answer its ping within this many
+        # seconds, and a starting worker answers only once it has imported torch and the rest:
+        # with uvicorn's 5 s on a busy 2-core machine every new worker was killed while
+        # importing, 17 times in 25 s, and one worker served alone (measured at load 9)
+        common["timeout_worker_healthcheck"] = WORKER_HEALTHCHECK_S
     with tempfile.TemporaryDirectory(prefix="movierec-metrics-") as metrics_dir:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
         uvicorn.run("serving.app:create_app", factory=True, workers=workers, **common)

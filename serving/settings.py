@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     )
     report: Path | None = Field(None, description="HTML report linked from the page (default: report.html in or beside the bundle)")
     log_level: str = "info"
+    threads: int = Field(
+        1, ge=1, le=64,
+        description="torch, FAISS and BLAS threads per worker process (movierec serve); the workers already use the cores, "
+        "and a second thread per request only spins",
+    )
     rank: bool = Field(True, description="re-score candidates with the bundle's ranker (off: two-tower order, much faster)")
     state_dir: Path | None = Field(
         None,

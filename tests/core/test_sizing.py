@@ -4,12 +4,33 @@ work, and a value the user set is never changed."""
 from __future__ import annotations
 
 from movierec.config import load_config
-from movierec.sizing import AUTOREC_CELLS, RANKER_LISTS, STEPS_PER_EPOCH, VAL_USERS, size_to_data
+import pytest
+
+from movierec.sizing import (
+    AUTOREC_CELLS,
+    LARGE_PATIENCE,
+    MF_PATIENCE,
+    MF_STEPS,
+    RANKER_LISTS,
+    STEPS_PER_EPOCH,
+    VAL_USERS,
+    size_to_data,
+)
 
 
-def test_small_data_keeps_every_default() -> None:
+@pytest.mark.parametrize(
+    "n_users, n_items, n_ratings",
+    [
+        (943, 1682, 80_000),  # MovieLens 100K, a P2 training part
+        (943, 1682, 100_000),  # MovieLens 100K, whole
+        (610, 9742, 100_836),  # ml-latest-small, whole
+        (610, 9742, 80_669),  # ml-latest-small, a training part
+    ],
+)
+def test_small_data_keeps_every_default(n_users: int, n_items: int, n_ratings: int) -> None:
+    """The size rules never fire at the sizes the quality protocols run on."""
     config = load_config()
-    sized, choices = size_to_data(config, 943, 1682, 80_000)
+    sized, choices = size_to_data(config, n_users, n_items, n_ratings)
     assert choices == []
     assert sized == config
 
@@ -17,18 +38,53 @@ def test_small_data_keeps_every_default() -> None:
 def test_large_data_bounds_validation_epochs_lists_and_the_rating_model() -> None:
     sized, choices = size_to_data(load_config(), 20_000, 100_000, 1_000_000)
     keys = {c.key for c in choices}
-    assert keys == {"retrieval.val_max_users", "retrieval.max_steps_per_epoch", "ranking.max_users", "ranking.rating.autorec_hidden"}
+    assert keys == {
+        "retrieval.val_max_users", "retrieval.max_steps_per_epoch", "retrieval.epochs", "retrieval.patience",
+        "ranking.max_users", "ranking.rating.autorec_hidden", "ranking.rating.mf_sparse", "ranking.rating.mf_epochs",
+        "ranking.rating.patience",
+    }
     assert sized.retrieval.val_max_users == VAL_USERS
     assert sized.retrieval.max_steps_per_epoch == STEPS_PER_EPOCH
+    # 1M ratings: ~879 batches of 1,024 per pass, one pass in 400-batch epochs
+    assert sized.retrieval.epochs == 3 and sized.retrieval.patience == LARGE_PATIENCE
+    assert sized.ranking.rating.mf_sparse is True
+    mf_batches = -(-900_000 // 1024)
+    assert sized.ranking.rating.mf_epochs == MF_STEPS // mf_batches and sized.ranking.rating.patience == MF_PATIENCE
     assert sized.ranking.max_users == RANKER_LISTS
     assert sized.ranking.rating.autorec_hidden == 0 and 20_000 * 100_000 > AUTOREC_CELLS
     assert all(c.reason for c in choices)
 
 
 def test_values_the_user_set_are_kept() -> None:
-    config = load_config(overrides=["retrieval.max_steps_per_epoch=50", "ranking.max_users=10000", "ranking.rating.autorec_hidden=100"])
+    config = load_config(overrides=[
+        "retrieval.max_steps_per_epoch=50", "ranking.max_users=10000", "ranking.rating.autorec_hidden=100",
+        "ranking.rating.mf_sparse=false", "ranking.rating.mf_epochs=40",
+    ])
     sized, choices = size_to_data(config, 20_000, 100_000, 1_000_000)
     assert sized.retrieval.max_steps_per_epoch == 50
     assert sized.ranking.max_users == 10_000
     assert sized.ranking.rating.autorec_hidden == 100
+    assert sized.ranking.rating.mf_sparse is False and sized.ranking.rating.mf_epochs == 40
+    assert sized.retrieval.epochs == 30  # no epoch budget: the user chose the epoch length
     assert {c.key for c in choices} == {"retrieval.val_max_users"}
+
+
+def test_epoch_budgets_only_lower_and_grow_with_the_ratings() -> None:
+    """The two-tower budget is passes over the data (linear in ratings), never above the
+    configured maximum; the MF budget is a step count."""
+    epochs = [size_to_data(load_config(), 20_000, 100_000, n)[0].retrieval.epochs for n in (1_000_000, 4_000_000, 20_000_000)]
+    assert epochs[0] < epochs[1] <= epochs[2] == load_config().retrieval.epochs
+    mf = [size_to_data(load_config(), 20_000, 100_000, n)[0].ranking.rating.mf_epochs for n in (1_000_000, 4_000_000, 20_000_000)]
+    assert mf[0] > mf[1] >= mf[2] >= 3
+
+
+def test_dense_data_with_small_tables_keeps_its_epochs() -> None:
+    """MovieLens 1M (6,040 users, 3,706 items, 1M ratings): epochs are capped at 400 batches as
+    before, but the epoch budget and sparse MF are for large id tables only."""
+    config = load_config()
+    sized, choices = size_to_data(config, 6_040, 3_706, 1_000_209)
+    keys = {c.key for c in choices}
+    assert "retrieval.max_steps_per_epoch" in keys
+    assert not keys & {"retrieval.epochs", "retrieval.patience", "ranking.rating.mf_sparse", "ranking.rating.mf_epochs",
+                       "ranking.rating.patience"}
+    assert sized.retrieval.epochs == config.retrieval.epochs

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ranking.features import FEATURES, compute_features, pad_histories
+from ranking.features import FEATURES, MAX_HISTORY, compute_features, pad_histories
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -32,11 +32,18 @@ def golden():
     return mod, stored
 
 
-def _compare(new: np.ndarray, old: np.ndarray, old_names: list[str]) -> None:
+FULL_HISTORY = ("collab_z", "collab_rank", "collab_liked_z", "genre_affinity", "year_gap", "user_activity")
+"""Features that read the whole history since session 5 (the reference cut every history to its
+last 256 items): compared with the reference only for rows whose history is not longer."""
+
+
+def _compare(new: np.ndarray, old: np.ndarray, old_names: list[str], lengths: list[int] | None = None) -> None:
     assert new.shape[:2] == old.shape[:2]
+    short = np.array([n <= MAX_HISTORY for n in lengths]) if lengths is not None else np.ones(len(new), bool)
     for j, name in enumerate(old_names):
         if name in FEATURES:
-            np.testing.assert_allclose(new[..., FEATURES.index(name)], old[..., j], rtol=1e-5, atol=1e-5, equal_nan=True, err_msg=name)
+            rows = short if name in FULL_HISTORY else slice(None)
+            np.testing.assert_allclose(new[rows][..., FEATURES.index(name)], old[rows][..., j], rtol=1e-5, atol=1e-5, equal_nan=True, err_msg=name)
     n_uf = old.shape[2] - len(old_names)
     np.testing.assert_allclose(new[..., len(FEATURES) :], old[..., len(old_names) :], rtol=1e-6, atol=1e-6)
     assert new.shape[2] - len(FEATURES) == n_uf
@@ -47,7 +54,29 @@ def test_batch_matches_reference(golden) -> None:
     ctx, users, histories, ratings, cand, scores = mod.build(stored)
     hist = pad_histories(histories, ratings, mod.user_means(ctx, users))
     new = compute_features(ctx, users, hist, cand, scores)
-    _compare(new, stored["features"], [str(s) for s in stored["feature_names"]])
+    _compare(new, stored["features"], [str(s) for s in stored["feature_names"]], [len(h) for h in histories])
+
+
+def test_item_item_features_read_the_whole_history(golden) -> None:
+    """A history longer than MAX_HISTORY: the item-item scores sum W over every history item
+    (as EASE scores), while the content features still see the reference's last 256."""
+    from ranking.features import _z_within
+
+    mod, stored = golden
+    ctx, users, histories, ratings, cand, scores = mod.build(stored)
+    row = next(i for i, h in enumerate(histories) if len(h) > MAX_HISTORY)
+    hist = pad_histories(histories[row : row + 1], ratings[row : row + 1], mod.user_means(ctx, users[row : row + 1]))
+    new = compute_features(ctx, users[row : row + 1], hist, cand[row : row + 1], scores[row : row + 1])[0]
+    dense, i0 = ctx.collab.toarray(), ctx.collab.shape[0]
+    h = histories[row][histories[row] < i0]
+    c = cand[row]
+    ok = (c >= 0) & (c < i0)
+    plain = np.where(ok, dense[h][:, np.where(ok, c, 0)].sum(0), 0.0)
+    want = _z_within(plain[None, :], (c >= 0)[None, :])[0]
+    np.testing.assert_allclose(new[:, FEATURES.index("collab_z")], want, rtol=1e-4, atol=1e-4)
+    for name in ("content_mean", "content_max", "content_liked"):
+        j = [str(s) for s in stored["feature_names"]].index(name)
+        np.testing.assert_allclose(new[:, FEATURES.index(name)], stored["features"][row, :, j], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 @pytest.mark.parametrize("row", range(9))
@@ -58,7 +87,7 @@ def test_single_user_matches_reference(golden, row: int) -> None:
     u = users[row : row + 1]
     hist = pad_histories(histories[row : row + 1], ratings[row : row + 1], mod.user_means(ctx, u))
     new = compute_features(ctx, u, hist, cand[row : row + 1], scores[row : row + 1])
-    _compare(new, stored["features"][row : row + 1], [str(s) for s in stored["feature_names"]])
+    _compare(new, stored["features"][row : row + 1], [str(s) for s in stored["feature_names"]], [len(histories[row])])
 
 
 def test_reference_covers_the_awkward_cases(golden) -> None:
@@ -85,7 +114,7 @@ def test_whole_row_item_item_path_matches_reference(golden, monkeypatch: pytest.
     u = users[rows]
     hist = pad_histories(histories[rows], ratings[rows], mod.user_means(ctx, u))
     new = compute_features(ctx, u, hist, cand[rows], scores[rows])
-    _compare(new, stored["features"][rows], [str(s) for s in stored["feature_names"]])
+    _compare(new, stored["features"][rows], [str(s) for s in stored["feature_names"]], [len(h) for h in histories[rows]])
 
 
 def test_collab_top_paths_agree(golden) -> None:
@@ -110,7 +139,7 @@ def test_large_batch_matches_reference(golden) -> None:
     u = users[rep]
     hist = pad_histories([histories[i] for i in rep], [ratings[i] for i in rep], mod.user_means(ctx, u))
     new = compute_features(ctx, u, hist, cand[rep], scores[rep])
-    _compare(new, stored["features"][rep], [str(s) for s in stored["feature_names"]])
+    _compare(new, stored["features"][rep], [str(s) for s in stored["feature_names"]], [len(histories[i]) for i in rep])
 
 
 def test_merge_candidates_matches_per_row_reference() -> None:
@@ -142,7 +171,7 @@ def test_sparse_request_paths_match_reference_for_large_catalogues(golden, monke
         u = users[row : row + 1]
         hist = pad_histories(histories[row : row + 1], ratings[row : row + 1], mod.user_means(ctx, u))
         new = compute_features(ctx, u, hist, cand[row : row + 1], scores[row : row + 1])
-        _compare(new, stored["features"][row : row + 1], [str(s) for s in stored["feature_names"]])
+        _compare(new, stored["features"][row : row + 1], [str(s) for s in stored["feature_names"]], [len(histories[row])])
     batch = F.collab_top(ctx.collab, histories, histories, 20)
     single = np.concatenate([F.collab_top(ctx.collab, [h], [h], 20) for h in histories])
     np.testing.assert_array_equal(batch, single)

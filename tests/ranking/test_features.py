@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from ranking.features import FEATURES, FeatureContext, compute_features, item_item_matrix, pad_histories
+from ranking.features import FEATURES, FeatureContext, compute_features, pad_histories
+from ranking.item_item import item_item_matrix
 
 
 def col(name: str) -> int:
@@ -123,3 +124,44 @@ def test_item_item_matrix_is_ease_when_small_and_ease_over_the_most_rated_items_
         kept = np.flatnonzero(big[:, col])
         np.testing.assert_allclose(big[kept, col], sub[np.searchsorted(top, kept), j], rtol=1e-4, atol=1e-5)
         assert set(np.searchsorted(top, kept)) <= set(np.argsort(-np.abs(sub[:, j]))[:4])  # the largest ones (ties allowed)
+
+def test_item_item_lambda_is_chosen_on_the_held_out_ratings() -> None:
+    """``collab_lambda: auto`` picks the weight whose EASE ranks the held-out ratings best
+    (recomputed here with a plain float64 EASE and full ranking), and hands back EASE at it."""
+    from movierec.metrics import topn_metrics
+    from movierec.splits import holdout_per_user
+    from ranking.item_item import choose_lambda
+
+    rng = np.random.default_rng(3)
+    n_users, n_items = 400, 60
+    # four taste groups, each liking its own 15 items, plus popularity falling across items
+    group = rng.integers(0, 4, n_users)
+    like = (np.arange(n_items)[None, :] // 15) == group[:, None]
+    x = rng.random((n_users, n_items)) < np.where(like, 0.5, 0.2 * np.linspace(0.35, 0.05, n_items))
+    ds = _dataset_from_pairs(*np.nonzero(x), n_users, n_items)
+    past, held_out = holdout_per_user(ds, 0.2, seed=1)
+    grid = (0.5, 20.0, 1e6)
+    lam, weights, curve = choose_lambda(past.to_csr(), held_out.to_csr(), neighbors=60, dense_max_items=60, lambdas=grid)
+
+    xp = (past.to_csr().toarray() > 0).astype(np.float64)
+    rel = held_out.to_csr().tocsr()
+    users = np.flatnonzero(np.diff(rel.indptr) > 0)
+    want = {}
+    for g in grid:
+        scores = xp[users] @ _ease(xp, g)
+        scores[xp[users] > 0] = -np.inf
+        want[g] = topn_metrics(np.argsort(-scores, axis=1, kind="stable")[:, :10], rel[users], 10)["ndcg@10"]
+    assert curve == pytest.approx(want, abs=1e-3)
+    assert max(want.values()) - min(want.values()) > 0.01  # the choice matters on this data
+    assert lam == max(want, key=want.get)
+    np.testing.assert_allclose(weights, _ease(xp, lam), rtol=1e-3, atol=1e-4)
+
+
+def _dataset_from_pairs(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int):
+    import pandas as pd
+
+    from movierec.data import Dataset
+
+    ratings = pd.DataFrame({"user_id": users, "item_id": items, "rating": 4.0, "timestamp": np.arange(len(users))})
+    catalogue = pd.DataFrame({"item_id": np.arange(n_items), "title": [f"m{j}" for j in range(n_items)]})
+    return Dataset(ratings, catalogue)

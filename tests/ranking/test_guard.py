@@ -81,3 +81,32 @@ def test_alpha_zero_is_the_base_order_with_the_nets_breaking_only_its_ties() -> 
     n = net[:, 15:]
     apart = n[:, :, None] - n[:, None, :] > 1e-3 * n.std(1, keepdims=True)[..., None]
     assert apart.any() and ((s[:, 15:, None] > s[:, None, 15:]) | ~apart).all()  # the ties follow the net
+
+
+def test_weight_is_chosen_on_the_pool_a_request_ranks() -> None:
+    """Random negatives are in the training lists but never in a served pool: a learned order
+    that only beats the base at pushing them down must not win the weight. Each list's pool
+    holds one held-out movie that the base puts first and the nets third; one more held-out
+    movie was not retrieved (it counts in the ideal, unreachable by either); the base scores
+    two random negatives at the top, the nets put them last."""
+    n, pool, rand = 200, 8, 4
+    width = pool + 1 + rand
+    cand = np.tile(np.arange(width, dtype=np.int64), (n, 1))
+    label = np.zeros((n, width), bool)
+    label[:, 0] = True  # the pool's held-out movie
+    label[:, pool] = True  # held out but not retrieved
+    in_loss = np.ones((n, width), bool)
+    in_loss[:, pool] = False
+    retrieved = np.zeros((n, width), bool)
+    retrieved[:, :pool] = True
+    lists = Lists(np.arange(n, dtype=np.int64), cand, np.zeros((n, width), np.float32), in_loss, label,
+                  np.full((n, width), np.nan, np.float32), retrieved)
+    base = np.tile(np.r_[9.0, np.arange(pool - 1, 0, -1), 0.0, 20.0, 19.0, 0.0, 0.0], (n, 1))
+    nets = np.tile(np.r_[7.0, 9.0, 8.0, np.arange(pool - 3, 0, -1), 0.0, -9.0, -9.0, -9.0, -9.0], (n, 1))
+    rows = np.arange(n)
+    alpha, curve = choose_alpha(nets, base, lists, rows)
+    assert alpha == 0.0 and curve[0.0] > curve[1.0], curve
+    # the old in-list choice, with the random negatives ranked, preferred the nets
+    old = Lists(lists.users, cand, lists.scores, in_loss, label, lists.rating)
+    alpha_old, _ = choose_alpha(nets, base, old, rows)
+    assert alpha_old > 0.5

@@ -217,7 +217,7 @@ def test_item_item_model_is_skipped_when_nothing_reads_it(trained: Trained) -> N
     content = np.zeros((ds.n_items, 4), np.float32)
     genres = np.zeros((ds.n_items, 2), np.float32)
     feats = np.zeros((ds.n_users, 1), np.float32)
-    base = trained.config.ranking
+    base = trained.config.ranking.model_copy(update={"collab_lambda": 300.0})  # as resolve_collab_lambda leaves it
     skip = snapshot(ds, content, genres, feats, base.model_copy(update={"exclude": ["collab"], "collab_candidates": 0}))
     assert skip.ctx.collab.shape == (0, 0)  # no item has item-item rows: features score 0 at once
     keep = snapshot(ds, content, genres, feats, base.model_copy(update={"exclude": ["collab"], "collab_candidates": 5}))
@@ -268,7 +268,7 @@ def test_cross_fitted_lists_never_see_their_own_fold(trained: Trained, monkeypat
         return pairs(part.users[rows], part.cand[rows, cols])
 
     full = trained.train
-    config = trained.config.ranking.model_copy(update={"folds": 3})
+    config = trained.config.ranking.model_copy(update={"folds": 3, "collab_lambda": 300.0})
     past, held_out = rr.split_for_ranker(full, config, seed=0)
     arrays = (np.zeros((full.n_items, 4), np.float32), np.zeros((full.n_items, 2), np.float32), np.zeros((full.n_users, 1), np.float32))
     user_vectors, item_vectors = fit_tower(past)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pandas as pd
 import pytest
@@ -114,3 +115,103 @@ def test_candidates_failure_leaves_no_file(model, tmp_path):
     with pytest.raises(RuntimeError):
         write_candidates(broken, np.arange(5), np.arange(5), np.arange(model.n_items), tmp_path / "c.parquet", show_progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- the large-catalogue batch path (IVF-flat batch index) ----------------------------------------
+def _copy(model: RetrievalModel, **batch: object) -> RetrievalModel:
+    """A fresh model over the same vectors (the module fixture is changed by other tests)."""
+    n = int(model.hparams["n_items"])
+    other = RetrievalModel(
+        model.user_tower, model.item_tower, model.item_vectors[:n].copy(), model.user_vectors, model.histories,
+        model.item_genres[:n], model.item_content[:n], model.item_has_id[:n], model.user_features, model.encoder,
+        model.hparams, index_config=IndexConfig(kind="flat"),
+    )
+    for key, value in batch.items():
+        setattr(other, key, value)
+    return other
+
+
+def test_small_catalogues_and_small_batches_keep_the_exact_path(model):
+    exact = _copy(model)
+    assert exact.n_items < exact.batch_min_items and exact.batch_index() is None
+    forced = _copy(model, batch_min_items=0, batch_min_queries=64, batch_nlist=8)
+    forced.recommend(np.arange(10), 10)
+    assert forced._batch is None  # 10 queries: below batch_min_queries, the bundle's index answered
+    forced.recommend(np.arange(64), 10)
+    assert forced._batch is not None and forced._batch.kind == "ivf"
+    hnsw = _copy(model, batch_min_items=0, batch_min_queries=1)
+    hnsw.index = build_index(hnsw.item_vectors, IndexConfig(kind="hnsw"))
+    assert hnsw.batch_index() is None  # an approximate bundle index answers batches itself
+
+
+def test_batch_path_probing_every_list_equals_exact_search(model):
+    """Where both apply (a small catalogue forced through the IVF path, nprobe = nlist), the
+    large-catalogue path gives the exact path's answers, seen items excluded."""
+    users = np.arange(model.n_users)
+    exact = _copy(model)
+    ivf = _copy(model, batch_min_items=0, batch_min_queries=1, batch_nlist=16, batch_nprobe=16, batch_codes="flat")
+    a, sa = exact.recommend(users, 25)
+    b, sb = ivf.recommend(users, 25)
+    lists = faiss.extract_index_ivf(ivf._batch.index)
+    assert lists.nprobe == lists.nlist == 16
+    np.testing.assert_allclose(sa, sb, rtol=1e-5, atol=1e-6)
+    assert (a == b).mean() > 0.99  # equal scores may come in either order
+    for row, u in enumerate(users[:50]):
+        assert not set(b[row]) & set(model.histories.of(u))
+
+
+def test_batch_path_fills_rows_its_lists_leave_short(model):
+    """One probed list of many cannot hold k unseen items: those rows come from the bundle's index,
+    so every user still gets k distinct unseen items."""
+    users = np.arange(min(200, model.n_users))
+    ivf = _copy(model, batch_min_items=0, batch_min_queries=1, batch_nlist=64, batch_nprobe=1)
+    k = min(40, model.n_items - max(len(model.histories.of(u)) for u in users))
+    ids, scores = ivf.recommend(users, k)
+    assert (ids >= 0).all() and np.isfinite(scores).all()
+    for row, u in enumerate(users):
+        assert len(set(ids[row])) == k and not set(ids[row]) & set(model.histories.of(u))
+    exact_ids, _ = _copy(model).recommend(users, k)
+    hits = np.mean([len(np.intersect1d(x, y)) / k for x, y in zip(ids, exact_ids)])
+    assert hits > 0.3  # approximate, but the probed list is the nearest one
+
+
+def test_batch_index_follows_added_items(model):
+    ivf = _copy(model, batch_min_items=0, batch_min_queries=1, batch_nlist=8, batch_nprobe=8, batch_codes="flat")
+    ivf.recommend(np.arange(5), 5)
+    rows = ivf.add_items(ivf.item_genres[:2].copy(), ivf.item_content[:2].copy())
+    queries = ivf.item_vectors[rows]
+    ids, scores = ivf.search(queries, 10)  # two queries: the batch path
+    assert len(ivf._batch) == ivf.n_items
+    ivf.batch_min_items = 1 << 62
+    exact_ids, exact_scores = ivf.search(queries, 10)
+    np.testing.assert_allclose(scores, exact_scores, rtol=1e-5, atol=1e-6)
+    assert set(rows) & set(ids.ravel())
+
+
+def test_build_batch_index_exact_when_every_list_is_probed():
+    from movierec.index import build_batch_index
+
+    rng = np.random.default_rng(1)
+    vecs = normalize(rng.normal(size=(3000, 16)))
+    full = build_batch_index(vecs, nlist=12, nprobe=12, codes="flat")
+    assert recall_against_exact(full, vecs, vecs[:100], 50) == 1.0
+    default = build_batch_index(vecs)
+    lists = faiss.extract_index_ivf(default.index)
+    assert lists.nlist == 3000 // 128 and lists.nprobe == 8
+
+
+def test_quantised_batch_index_rescores_its_hits_exactly():
+    """sq8 codes choose the hits; the scores returned are the exact inner products, best first,
+    and probing every list finds nearly all of the exact top-k."""
+    from movierec.index import build_batch_index
+
+    rng = np.random.default_rng(2)
+    centers = rng.normal(size=(30, 32))
+    vecs = normalize(centers[rng.integers(0, 30, 4000)] + 0.4 * rng.normal(size=(4000, 32)))
+    queries = vecs[:200]
+    sq8 = build_batch_index(vecs, nlist=16, nprobe=16)
+    ids, scores = sq8.search(queries, 50)
+    np.testing.assert_allclose(scores, np.einsum("nkd,nd->nk", vecs[ids], queries), rtol=1e-5, atol=1e-6)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+    assert recall_against_exact(sq8, vecs, queries, 50) >= 0.98
+    assert recall_against_exact(build_batch_index(vecs, nlist=16), vecs, queries, 50) >= 0.8

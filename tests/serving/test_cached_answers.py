@@ -1,0 +1,133 @@
+"""Repeated requests answered from the cached JSON bytes: the same answer as the routed one, and
+never an answer older than the last acknowledged write, from this worker or another."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from recommender import HybridRecommender
+from recommender.encoder import NewUserEncoder
+from serving.app import create_app
+from serving.settings import Settings
+
+
+def _routed(app_client: TestClient, monkeypatch, url: str, **params: object) -> bytes:
+    """The body the app's route gives (the cached-bytes path switched off for this call)."""
+    rec = app_client.app.state.store.get().recommender  # type: ignore[attr-defined]
+    monkeypatch.setattr(rec.cache, "blob_for", lambda alias: None)
+    try:
+        return app_client.get(url, params=params).content
+    finally:
+        monkeypatch.undo()
+
+
+def test_a_repeat_gets_the_same_bytes_and_counts_in_metrics(bundle_path: Path, tmp_path: Path, monkeypatch) -> None:
+    with TestClient(create_app(Settings(model=bundle_path, state_dir=tmp_path / "state"))) as c:
+        user = c.app.state.store.get().recommender.user_ids[3]
+        first = c.get(f"/users/{user}/recommendations", params={"k": 7})
+        again = c.get(f"/users/{user}/recommendations", params={"k": 7})
+        assert first.status_code == again.status_code == 200
+        assert again.content == first.content == _routed(c, monkeypatch, f"/users/{user}/recommendations", k=7)
+        assert again.headers["content-type"] == "application/json"
+        body = again.json()
+        assert body["user_id"] == int(user) and len(body["items"]) == 7 and all("because" not in i for i in body["items"])
+        metrics = c.get("/metrics").text
+        line = next(x for x in metrics.splitlines() if x.startswith("movierec_http_requests_total") and "/users/{user_id}/recommendations" in x)
+        assert float(line.rsplit(" ", 1)[1]) >= 3  # the cached answers are counted under the route's template
+
+
+def test_diversified_and_explained_answers_are_not_replayed_as_plain_ones(bundle_path: Path, tmp_path: Path) -> None:
+    with TestClient(create_app(Settings(model=bundle_path, state_dir=tmp_path / "state"))) as c:
+        user = c.app.state.store.get().recommender.user_ids[4]
+        plain = c.get(f"/users/{user}/recommendations", params={"k": 5}).json()
+        for _ in range(2):
+            explained = c.get(f"/users/{user}/recommendations", params={"k": 5, "explain": "true"}).json()
+            assert all("because" in i for i in explained["items"])
+            diverse = c.get(f"/users/{user}/recommendations", params={"k": 5, "diversity": 0.9}).json()
+            assert len(diverse["items"]) == 5
+        assert c.get(f"/users/{user}/recommendations", params={"k": 5}).json() == plain
+
+
+def test_a_rating_through_this_or_another_worker_is_never_answered_from_the_cache(bundle_path: Path, tmp_path: Path) -> None:
+    """Two apps on one online state are two workers: a write through either one changes what a
+    repeated request gets from the first, at once."""
+    state = tmp_path / "state"
+    with TestClient(create_app(Settings(model=bundle_path, state_dir=state))) as a, TestClient(
+        create_app(Settings(model=bundle_path, state_dir=state))
+    ) as b:
+        user = a.app.state.store.get().recommender.user_ids[5]
+        url = f"/users/{user}/recommendations"
+        for writer in (b, a):
+            top = [a.get(url, params={"k": 5}).json()["items"][0]["item_id"] for _ in range(2)][-1]
+            assert writer.post(f"/users/{user}/ratings", json=[{"item_id": top, "rating": 5}]).status_code == 200
+            after = a.get(url, params={"k": 5}).json()
+            assert top not in {i["item_id"] for i in after["items"]}  # now seen, so excluded
+
+
+def test_the_new_user_encoder_equals_the_user_tower(bundle_path: Path) -> None:
+    rec = HybridRecommender.load(bundle_path)
+    enc = NewUserEncoder.build(rec.retrieval)
+    assert enc is not None
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 5, 300):
+        liked = rng.integers(0, rec.n_items, size=n)  # repeats included
+        np.testing.assert_allclose(enc(liked), rec.retrieval.encode_histories([liked])[0], rtol=1e-5, atol=1e-6)
+    # a movie added at run time counts through its content, as in the tower
+    added = rec.add_item("A Film Added Later", list(rec.items["genres"].iloc[0]), description="space")
+    i = rec.item_idx(added["item_id"])
+    liked = np.array([i, 0, 1])
+    np.testing.assert_allclose(enc(liked), rec.retrieval.encode_histories([liked])[0], rtol=1e-5, atol=1e-6)
+
+
+def test_the_exact_scan_returns_the_index_search(bundle_path: Path) -> None:
+    """One query over a flat index is scanned in NumPy: the same items in the same order, with
+    the history excluded, as the index's own search."""
+    rec = HybridRecommender.load(bundle_path)
+    assert rec.retrieval.index.kind == "flat" and rec.n_items <= rec.EXACT_SCAN_ITEMS
+    for u in range(0, 60, 3):
+        history, query = rec.histories.of(u), rec.retrieval.user_vectors[u]
+        for k in (1, 10, rec.n_items):
+            got = rec._retrieve(query, k, history, None)
+            ids, scores = rec.retrieval.search(query[None, :], k, [history])
+            keep = ids[0] >= 0
+            np.testing.assert_allclose(got.scores, scores[0][keep], rtol=1e-5, atol=1e-6)
+            assert set(got.item_idx.tolist()) == set(ids[0][keep].tolist()) and not set(history.tolist()) & set(got.item_idx.tolist())
+
+
+def test_diversity_and_explanations_never_run_on_the_event_loop(bundle_path: Path, tmp_path: Path, monkeypatch) -> None:
+    """MMR and explanations grow with k: they run in the thread pool, cached answer or not."""
+    import threading
+
+    import serving.app as app_module
+
+    ran: list[int] = []
+    real_mmr, real_explain = app_module.mmr, app_module.explain
+
+    def mmr(*args: object, **kwargs: object) -> object:
+        ran.append(threading.get_ident())
+        return real_mmr(*args, **kwargs)
+
+    def explain(*args: object, **kwargs: object) -> object:
+        ran.append(threading.get_ident())
+        return real_explain(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "mmr", mmr)
+    monkeypatch.setattr(app_module, "explain", explain)
+    app = create_app(Settings(model=bundle_path, state_dir=tmp_path / "state"))
+
+    @app.get("/test/loop-thread")
+    async def loop_thread() -> dict[str, int]:
+        return {"ident": threading.get_ident()}
+
+    with TestClient(app) as c:
+        loop = c.get("/test/loop-thread").json()["ident"]
+        user = c.app.state.store.get().recommender.user_ids[6]
+        for _ in range(2):  # the second time the answer comes from the cache
+            for params in ({"k": 200, "diversity": 0.5}, {"k": 200, "explain": "true"}, {"k": 5, "diversity": 0.3, "explain": "true"}):
+                assert c.get(f"/users/{user}/recommendations", params=params).status_code == 200
+        liked = [int(i) for i in c.app.state.store.get().recommender.items["item_id"].iloc[:3]]
+        assert c.post("/recommendations", json={"liked_items": liked, "k": 150, "diversity": 0.5, "explain": True}).status_code == 200
+    assert ran and loop not in ran
