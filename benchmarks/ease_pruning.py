@@ -21,13 +21,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-import validation_quick as vq  # noqa: E402
+import validation_quick as vq
 
-from movierec.data import load_dataset  # noqa: E402
-from movierec.ease import ease_weights  # noqa: E402
-from movierec.metrics import topn_metrics  # noqa: E402
-from movierec.splits import holdout_per_user  # noqa: E402
-from ranking.item_item import _prune_columns, binary, most_rated  # noqa: E402
+from movierec.data import load_dataset
+from movierec.ease import ease_weights
+from movierec.metrics import topn_metrics
+from movierec.splits import holdout_per_user
+from ranking.item_item import _prune_columns, binary, most_rated
 
 KEEP = (128, 256, 512, 1024, None)
 

@@ -24,14 +24,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-import validation_quick as vq  # noqa: E402
+import validation_quick as vq
 
-from movierec.config import load_config  # noqa: E402
-from movierec.data import load_dataset  # noqa: E402
-from movierec.metrics import topn_metrics  # noqa: E402
-from movierec.pipeline import train as train_pipeline  # noqa: E402
-from movierec.splits import holdout_per_user  # noqa: E402
-from recommender import HybridRecommender  # noqa: E402
+from movierec.config import load_config
+from movierec.data import load_dataset
+from movierec.metrics import topn_metrics
+from movierec.pipeline import train as train_pipeline
+from movierec.splits import holdout_per_user
+from recommender import HybridRecommender
 
 WEIGHTS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
