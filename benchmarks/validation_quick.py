@@ -88,7 +88,7 @@ def run(spec: str, sets: list[str], tag: str) -> dict:
         tag=tag, data=spec, ranked=round(scores[True], 4), retrieval=round(scores[False], 4), ease=round(ease[str(lam)], 4), lam=lam,
         ratio=round(scores[True] / ease[str(lam)], 4),
         tt_recall100_ratio=round(recall / ease[f"recall@100 {lam}"], 4), wall=round(wall, 1), cpu=round(cpu, 1), timings=meta.get("timings"),
-        alpha=ranker.get("alpha"), in_list=[ranker.get(k) for k in ("val_ndcg@10_base", "val_ndcg@10_nets", "val_ndcg@10_in_list")],
+        alpha=ranker.get("alpha"), pool_ndcg=[ranker.get(k) for k in ("val_ndcg@10_base", "val_ndcg@10_nets", "val_ndcg@10_pool")],
     )
 
 
