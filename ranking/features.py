@@ -107,9 +107,15 @@ class FeatureContext:
         return cached
 
     @property
+    def collab_covered(self) -> Covered:
+        """``collab`` on the items it covers (see :class:`Covered`)."""
+        return covered(self.collab)
+
+    @property
     def collab_columns(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """``collab`` by candidate column, padded to the longest column (see :func:`_padded_columns`)."""
-        return _per_matrix(self.collab, "columns", _padded_columns)
+        """The covered block of ``collab`` by candidate column, padded to the longest column (see
+        :func:`_padded_columns`)."""
+        return _per_matrix(self.collab_covered.matrix, "columns", _padded_columns)
 
 
 @dataclass
@@ -166,8 +172,69 @@ def _per_matrix(collab: sp.csr_matrix, kind: str, build: Any) -> Any:
     if hit is not None and hit[0]() is collab:
         return hit[1]
     value = build(collab)
-    _MATRIX_CACHE[key] = (weakref.ref(collab, lambda _ref, key=key: _MATRIX_CACHE.pop(key, None)), value)
+    # (the dict is bound now: at interpreter exit the module global may be gone before the matrix)
+    _MATRIX_CACHE[key] = (weakref.ref(collab, lambda _ref, key=key, cache=_MATRIX_CACHE: cache.pop(key, None)), value)
     return value
+
+
+@dataclass(frozen=True)
+class Covered:
+    """The item-item matrix restricted to the items it covers (a weight in their row or column).
+
+    EASE covers only the most-rated movies (``ranking.collab_dense_max_items``, 6,000 by
+    default): past that size the rows and columns of every other movie are empty, and work
+    over the whole catalogue (a dense score per movie, a top-k over all of them) is spent on
+    zeros. Every item-item computation runs on ``matrix`` with items mapped by :meth:`map`; an
+    uncovered movie maps to ``m``, which the computations treat like padding: it adds nothing to
+    a history's scores and scores 0 itself, exactly what its empty row and column gave.
+
+    Attributes:
+        items: (m,) sorted item_idx of the covered items.
+        pos: (I0 + 1,) position of each item in ``items``; ``m`` for uncovered items and for the
+            extra last index I0 (what :meth:`map` sends padding and out-of-range indices to).
+        matrix: (m, m) CSR, ``collab[items][:, items]``; ``collab`` itself when it covers every item.
+    """
+
+    items: np.ndarray
+    pos: np.ndarray
+    matrix: sp.csr_matrix
+
+    @property
+    def m(self) -> int:
+        return len(self.items)
+
+    def map(self, idx: np.ndarray) -> np.ndarray:
+        """Covered positions of item indices (any shape); ``m`` for padding (-1), uncovered items
+        and indices beyond the matrix."""
+        i0 = len(self.pos) - 1
+        return self.pos[np.where((idx >= 0) & (idx < i0), idx, i0)]
+
+
+def _covered(collab: sp.csr_matrix) -> Covered:
+    i0 = collab.shape[0]
+    used = np.diff(collab.indptr) > 0
+    used[collab.indices] = True
+    items = np.flatnonzero(used)
+    pos = np.full(i0 + 1, len(items), np.int64)
+    pos[items] = np.arange(len(items))
+    if len(items) == i0:
+        return Covered(items, pos, collab)
+    sub = collab[items][:, items]
+    sub.sort_indices()
+    return Covered(items, pos, sp.csr_matrix(sub))
+
+
+def covered(collab: sp.csr_matrix) -> Covered:
+    """:class:`Covered` of ``collab``, made once per matrix."""
+    return _per_matrix(collab, "covered", _covered)
+
+
+def prepare_collab(collab: sp.csr_matrix) -> None:
+    """Build the item-item tables a request reads (at load, not in the first request)."""
+    cov = covered(collab)
+    _per_matrix(cov.matrix, "columns", _padded_columns)
+    if _small_enough(cov.matrix):
+        _per_matrix(cov.matrix, "float64", _float64)
 
 
 DENSE_PRODUCT_CELLS = 1 << 23
@@ -336,17 +403,18 @@ def _collab_dense(collab: sp.csr_matrix, items: np.ndarray, weights: np.ndarray 
 
 
 def _collab_columns_sum(
-    columns: tuple[np.ndarray, np.ndarray], hist: PaddedHistories, cidx: np.ndarray
+    columns: tuple[np.ndarray, np.ndarray], items: np.ndarray, centred: np.ndarray, cidx: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plain and rating-weighted item-item sums of the candidates ``cidx`` (b, C; I0 = none)
-    from their padded columns: the history enters as a (b, I0 + 1) count / weight table."""
+    from their padded columns: the history ``items`` (b, L; outside [0, I0) = none) with its
+    ``centred`` ratings enters as a (b, I0 + 1) count / weight table."""
     rows_t, w_t = columns
     b = len(cidx)
     slot = len(rows_t)  # I0 + 1; row I0 of each user's slot stays empty
-    h = hist.items
+    h = items
     key = np.where((h >= 0) & (h < slot - 1), np.arange(b)[:, None] * slot + h, b * slot).ravel()
     counts = np.bincount(key, minlength=b * slot + 1)[:-1].astype(np.float64)
-    liked = np.bincount(key, weights=hist.centred.ravel(), minlength=b * slot + 1)[:-1].astype(np.float64, copy=False)
+    liked = np.bincount(key, weights=centred.ravel(), minlength=b * slot + 1)[:-1].astype(np.float64, copy=False)
     r = rows_t[cidx]
     if b > 1:
         r = r + (np.arange(b) * slot)[:, None, None]
@@ -359,74 +427,103 @@ def _collab_scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Item-item scores of each candidate given the history: plain and rating-weighted sums.
 
-    Whichever is cheaper for the batch: the candidates' columns (work ~ candidates x
-    neighbours, independent of the catalogue; what a request uses) or whole rows summed over the
-    catalogue and gathered (work ~ history x neighbours + catalogue; cheaper for big batches
-    over a small catalogue, where histories are shorter than candidate lists).
+    Over the covered items only (:class:`Covered`): uncovered history items add nothing and
+    uncovered candidates score 0, as their empty rows and columns gave. Whichever is cheaper for
+    the batch: the candidates' columns (work ~ candidates x neighbours, independent of the
+    catalogue; what a request uses) or whole rows summed over the covered items and gathered
+    (work ~ history x neighbours + covered items; cheaper for big batches over a small
+    catalogue, where histories are shorter than candidate lists).
     """
     n, c = cand.shape
-    i0 = ctx.collab.shape[0]
     plain = np.zeros((n, c), np.float32)
     liked = np.zeros((n, c), np.float32)
-    if i0 == 0 or n == 0:
+    if ctx.collab.shape[0] == 0 or n == 0:
         return plain, liked
-    cand_ok = (cand >= 0) & (cand < i0)
-    if n <= SMALL_BATCH and _small_enough(ctx.collab):
+    cov = ctx.collab_covered
+    collab, i0 = cov.matrix, cov.m  # from here on, item indices are covered positions; i0 = none
+    if i0 == 0:
+        return plain, liked
+    items, centred = cov.map(hist.items), hist.centred
+    cand = cov.map(cand)
+    cand_ok = cand < i0
+    if n <= SMALL_BATCH and _small_enough(collab):
         # a request over a small catalogue: the (history x candidates) block of the dense matrix
-        w64 = _per_matrix(ctx.collab, "float64", _float64)
+        w64 = _per_matrix(collab, "float64", _float64)
         for r in range(n):
-            keep = (hist.items[r] >= 0) & (hist.items[r] < i0)
-            block = w64[np.ix_(hist.items[r][keep], cand[r][cand_ok[r]])]
+            keep = items[r] < i0
+            block = w64[np.ix_(items[r][keep], cand[r][cand_ok[r]])]
             plain[r, cand_ok[r]] = block.sum(0)
-            liked[r, cand_ok[r]] = hist.centred[r][keep].astype(np.float64) @ block
+            liked[r, cand_ok[r]] = centred[r][keep].astype(np.float64) @ block
         return plain, liked
     columns = ctx.collab_columns
     k = columns[0].shape[1] if columns is not None else 0
-    h = np.where((hist.items >= 0) & (hist.items < i0), hist.items, i0)
-    row_nnz = int(_per_matrix(ctx.collab, "row_lengths", _row_lengths)[h].sum())
+    row_nnz = int(_per_matrix(collab, "row_lengths", _row_lengths)[items].sum())
     # per entry a column read costs ~2x a row entry of the sparse product (measured on ML-100K);
-    # rows also pay for the dense catalogue-wide output and a fixed set-up cost
+    # rows also pay for the dense output over the covered items and a fixed set-up cost
     by_columns = columns is not None and 2 * n * c * k <= row_nnz + n * i0 + 50_000
     step = max(1, chunk_cells // (c * k if by_columns else i0))
     for s in range(0, n, step):
         e = min(n, s + step)
         if by_columns:
-            part = PaddedHistories(hist.items[s:e], hist.centred[s:e])
-            plain[s:e], liked[s:e] = _collab_columns_sum(columns, part, np.where(cand_ok[s:e], cand[s:e], i0))
+            plain[s:e], liked[s:e] = _collab_columns_sum(columns, items[s:e], centred[s:e], cand[s:e])
         else:
             safe = np.where(cand_ok[s:e], cand[s:e], 0)
-            dense_plain, dense_liked = _collab_dense(ctx.collab, hist.items[s:e], hist.centred[s:e])
+            dense_plain, dense_liked = _collab_dense(collab, items[s:e], centred[s:e])
             plain[s:e] = np.where(cand_ok[s:e], np.take_along_axis(dense_plain, safe, 1), 0.0)
             liked[s:e] = np.where(cand_ok[s:e], np.take_along_axis(dense_liked, safe, 1), 0.0)
     return plain, liked
+
+
+def _top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """(b, k) column indices of each row's ``k`` highest finite scores, highest first, ties to
+    the lower column: what a stable descending sort of the row gives, by a partial sort.
+
+    The partial sort picks among entries tied at the k-th value by position, so rows where a
+    finite tie straddles the cut are sorted in full (rare: ties of float64 sums)."""
+    b, m = scores.shape
+    if k >= m:
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(scores, top, 1)
+    top = np.take_along_axis(top, np.lexsort((top, -vals), axis=-1), 1)
+    kth = np.take_along_axis(scores, top[:, -1:], 1)
+    redo = np.flatnonzero(np.isfinite(kth[:, 0]) & ((scores >= kth).sum(1) > k))
+    if len(redo):
+        top[redo] = np.argsort(-scores[redo], axis=1, kind="stable")[:, :k]
+    return top
 
 
 def collab_top(
     collab: sp.csr_matrix, histories: list[np.ndarray], exclude: list[np.ndarray], k: int, chunk_cells: int = 1 << 22
 ) -> np.ndarray:
     """(n, k) items with the highest item-item score given each history, excluded items and
-    items with no item-item evidence left out (-1 padded). The second candidate source next to
-    the two-tower index: it brings in what the collaborative feature ranks high but the towers
-    missed, in training and at serve time alike."""
-    n, i0 = len(histories), collab.shape[0]
+    items with no item-item evidence left out (-1 padded; ties to the lower item index). The
+    second candidate source next to the two-tower index: it brings in what the collaborative
+    feature ranks high but the towers missed, in training and at serve time alike.
+
+    Scores and the top-k run over the covered items only (:class:`Covered`): an uncovered item
+    scores 0, and items without positive evidence are never returned."""
+    n = len(histories)
     out = np.full((n, k), -1, dtype=np.int64)
-    if n == 0 or i0 == 0 or k <= 0:
+    if n == 0 or collab.shape[0] == 0 or k <= 0:
         return out
-    hist = pad_histories(histories, [None] * n, np.zeros(n))
-    step = max(1, chunk_cells // i0)
+    cov = covered(collab)
+    w, m = cov.matrix, cov.m
+    if m == 0:
+        return out
+    items = cov.map(pad_histories(histories, [None] * n, np.zeros(n)).items)
+    kk = min(k, m)
+    step = max(1, chunk_cells // m)
     for s in range(0, n, step):
         e = min(n, s + step)
-        dense, _ = _collab_dense(collab, hist.items[s:e])
+        dense, _ = _collab_dense(w, items[s:e])
         dense[dense <= 0] = -np.inf
         for r in range(e - s):
-            ex = np.asarray(exclude[s + r], dtype=np.int64)
-            dense[r, ex[(ex >= 0) & (ex < i0)]] = -np.inf
-        kk = min(k, i0)
-        top = np.argpartition(-dense, kk - 1, axis=1)[:, :kk]
+            ex = cov.map(np.asarray(exclude[s + r], dtype=np.int64))
+            dense[r, ex[ex < m]] = -np.inf
+        top = _top_k_rows(dense, kk)
         vals = np.take_along_axis(dense, top, 1)
-        order = np.argsort(-vals, axis=1, kind="stable")
-        top, vals = np.take_along_axis(top, order, 1), np.take_along_axis(vals, order, 1)
-        out[s:e, :kk] = np.where(np.isfinite(vals), top, -1)
+        out[s:e, :kk] = np.where(np.isfinite(vals), cov.items[top], -1)
     return out
 
 

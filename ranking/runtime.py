@@ -20,15 +20,12 @@ from ranking.features import (
     FEATURES,
     PREFIX,
     FeatureContext,
-    _float64,
     _gather,
-    _padded_columns,
-    _per_matrix,
-    _small_enough,
     collab_top,
     compute_features,
     feature_names,
     pad_histories,
+    prepare_collab,
 )
 from ranking.net import FusedScorer, GuardedRanker, RankerNet
 
@@ -68,10 +65,7 @@ class Ranker:
         self._scorer: tuple[tuple[int, int], FusedScorer | None] | None = None
         self.chunk_pairs = 16_384
         """(user, candidate) pairs re-ranked per step of a batch (~2x faster than one step at ML-100K)."""
-        # item-item tables built at load, not in the first request
-        _per_matrix(self.collab, "columns", _padded_columns)
-        if _small_enough(self.collab):
-            _per_matrix(self.collab, "float64", _float64)  # what a request over a small catalogue reads
+        prepare_collab(self.collab)  # item-item tables built at load, not in the first request
 
     @property
     def n_candidates(self) -> int:
