@@ -455,12 +455,8 @@ def _collab_scores(
             plain[r, cand_ok[r]] = block.sum(0)
             liked[r, cand_ok[r]] = centred[r][keep].astype(np.float64) @ block
         return plain, liked
-    columns = ctx.collab_columns
-    k = columns[0].shape[1] if columns is not None else 0
-    row_nnz = int(_per_matrix(collab, "row_lengths", _row_lengths)[items].sum())
-    # per entry a column read costs ~2x a row entry of the sparse product (measured on ML-100K);
-    # rows also pay for the dense output over the covered items and a fixed set-up cost
-    by_columns = columns is not None and 2 * n * c * k <= row_nnz + n * i0 + 50_000
+    columns, by_columns = _collab_plan(ctx, items, c)
+    k = columns[0].shape[1] if by_columns else 0
     step = max(1, chunk_cells // (c * k if by_columns else i0))
     for s in range(0, n, step):
         e = min(n, s + step)
@@ -472,6 +468,80 @@ def _collab_scores(
             plain[s:e] = np.where(cand_ok[s:e], np.take_along_axis(dense_plain, safe, 1), 0.0)
             liked[s:e] = np.where(cand_ok[s:e], np.take_along_axis(dense_liked, safe, 1), 0.0)
     return plain, liked
+
+
+def _collab_plan(ctx: FeatureContext, items: np.ndarray, c: int) -> tuple[tuple[np.ndarray, np.ndarray] | None, bool]:
+    """(padded columns, whether a batch with covered history positions ``items`` (n, L) and
+    ``c`` candidates per user reads candidate columns rather than whole rows)."""
+    columns = ctx.collab_columns
+    if columns is None:
+        return None, False
+    n, i0 = len(items), ctx.collab_covered.m
+    row_nnz = int(_per_matrix(ctx.collab_covered.matrix, "row_lengths", _row_lengths)[items].sum())
+    # per entry a column read costs ~2x a row entry of the sparse product (measured on ML-100K);
+    # rows also pay for the dense output over the covered items and a fixed set-up cost
+    return columns, 2 * n * c * columns[0].shape[1] <= row_nnz + n * i0 + 50_000
+
+
+@dataclass
+class CollabRows:
+    """A batch's item-item scores of every covered item: the plain and rating-weighted sums
+    (what :func:`_collab_scores` sums by whole rows), read by both the item-item candidates
+    (:meth:`top`) and the features of any candidate list (:meth:`at`), so a batch that needs
+    both computes the sparse product once.
+
+    Attributes:
+        cov: the covered block the rows are over.
+        plain, liked: (n, m) float64 sums.
+    """
+
+    cov: Covered
+    plain: np.ndarray
+    liked: np.ndarray
+
+    @classmethod
+    def of(cls, ctx: FeatureContext, hist: PaddedHistories, n_cand: int) -> CollabRows | None:
+        """The rows of a batch's users, or None where :func:`compute_features` would not sum
+        whole rows for ``n_cand`` candidates per user (a request, or candidate columns being
+        cheaper): the features then keep their own path, so answers never depend on this."""
+        n = len(hist.items)
+        cov = ctx.collab_covered
+        if n <= SMALL_BATCH or cov.m == 0:
+            return None
+        items = cov.map(hist.items)
+        if _collab_plan(ctx, items, n_cand)[1]:
+            return None
+        plain, liked = _collab_dense(cov.matrix, items, hist.centred)
+        return cls(cov, plain, liked)
+
+    def at(self, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, C) float32 plain and rating-weighted sums of candidates ``cand`` (-1 padded)."""
+        c = self.cov.map(cand)
+        ok = c < self.cov.m
+        safe = np.where(ok, c, 0)
+        plain = np.where(ok, np.take_along_axis(self.plain, safe, 1), 0.0).astype(np.float32)
+        liked = np.where(ok, np.take_along_axis(self.liked, safe, 1), 0.0).astype(np.float32)
+        return plain, liked
+
+    def top(self, exclude: list[np.ndarray], k: int) -> np.ndarray:
+        """What :func:`collab_top` gives for these users' histories."""
+        out = np.full((len(self.plain), k), -1, dtype=np.int64)
+        if k > 0:
+            out[:, : min(k, self.cov.m)] = _top_items(self.cov, self.plain.copy(), exclude, k)
+        return out
+
+
+def _top_items(cov: Covered, dense: np.ndarray, exclude: list[np.ndarray], k: int) -> np.ndarray:
+    """(b, min(k, m)) items of the highest positive plain scores ``dense`` (b, m; overwritten),
+    the ``exclude`` items of each row left out; -1 padded."""
+    m = cov.m
+    dense[dense <= 0] = -np.inf
+    for r in range(len(dense)):
+        ex = cov.map(np.asarray(exclude[r], dtype=np.int64))
+        dense[r, ex[ex < m]] = -np.inf
+    top = _top_k_rows(dense, min(k, m))
+    vals = np.take_along_axis(dense, top, 1)
+    return np.where(np.isfinite(vals), cov.items[top], -1)
 
 
 def _top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
@@ -512,18 +582,11 @@ def collab_top(
     if m == 0:
         return out
     items = cov.map(pad_histories(histories, [None] * n, np.zeros(n)).items)
-    kk = min(k, m)
     step = max(1, chunk_cells // m)
     for s in range(0, n, step):
         e = min(n, s + step)
         dense, _ = _collab_dense(w, items[s:e])
-        dense[dense <= 0] = -np.inf
-        for r in range(e - s):
-            ex = cov.map(np.asarray(exclude[s + r], dtype=np.int64))
-            dense[r, ex[ex < m]] = -np.inf
-        top = _top_k_rows(dense, kk)
-        vals = np.take_along_axis(dense, top, 1)
-        out[s:e, :kk] = np.where(np.isfinite(vals), cov.items[top], -1)
+        out[s:e, : min(k, m)] = _top_items(cov, dense, exclude[s:e], k)
     return out
 
 
@@ -579,6 +642,7 @@ def compute_features(
     hist: PaddedHistories,
     cand: np.ndarray,
     cand_scores: np.ndarray,
+    collab: CollabRows | None = None,
 ) -> np.ndarray:
     """Dense features of every (user, candidate) pair of a batch.
 
@@ -588,6 +652,8 @@ def compute_features(
         hist: the users' padded histories (see :func:`pad_histories`).
         cand: (n, C) candidate item_idx, -1 = padding.
         cand_scores: (n, C) two-tower scores of the candidates.
+        collab: these users' item-item rows when already computed (:meth:`CollabRows.of` with
+            ``hist`` and ``C``); the same numbers as without.
 
     Returns:
         (n, C, len(FEATURES) + F) float32 in :data:`FEATURES` order then user features; padding
@@ -616,7 +682,7 @@ def compute_features(
     hg /= np.maximum(hg.sum(1, keepdims=True), 1e-9)
     genre_aff = np.einsum("ncg,ng->nc", tab.genre_shares[cidx], hg)
 
-    collab, collab_liked = _collab_scores(ctx, hist, cand)
+    collab, collab_liked = collab.at(cand) if collab is not None else _collab_scores(ctx, hist, cand)
     collab_rank = _rank_within(collab, valid)
     finite = valid & np.isfinite(scores)
     tt_z = _z_within(np.where(finite, scores, 0.0), finite)

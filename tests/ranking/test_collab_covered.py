@@ -173,3 +173,32 @@ def test_top_k_rows_breaks_ties_like_a_stable_sort() -> None:
         np.testing.assert_array_equal(np.take_along_axis(scores, got, 1), np.take_along_axis(scores, want, 1))
         finite = np.isfinite(np.take_along_axis(scores, want, 1))
         np.testing.assert_array_equal(np.where(finite, got, -1), np.where(finite, want, -1))
+
+
+def test_ranked_batch_reads_one_item_item_product(trained, monkeypatch) -> None:
+    """A ranked batch computes its users' item-item rows once for the extra candidates and the
+    features (``Ranker.collab_rows``), in steps of ``batch_users``: the same candidates and
+    order as the separate computations, and every user gets his own rows."""
+    from ranking.runtime import Ranker
+
+    model = trained.model
+    users = np.arange(min(model.retrieval.n_users, 120))
+    calls = []
+    real = Ranker.collab_rows
+
+    def spy(self, *args, **kwargs):
+        rows = real(self, *args, **kwargs)
+        calls.append(rows is not None)
+        return rows
+
+    monkeypatch.setattr(Ranker, "collab_rows", spy)
+    ids, scores = model.recommend_batch(users, 20)
+    assert calls == [True]  # the shared rows were used for this batch
+    monkeypatch.setattr(Ranker, "batch_users", property(lambda self: 37))
+    ids_steps, scores_steps = model.recommend_batch(users, 20)
+    assert calls[1:] == [True] * 4
+    monkeypatch.setattr(Ranker, "collab_rows", lambda self, *a, **k: None)
+    ids_apart, scores_apart = model.recommend_batch(users, 20)
+    for got_ids, got_scores in ((ids_steps, scores_steps), (ids_apart, scores_apart)):
+        np.testing.assert_array_equal(got_ids, ids)
+        np.testing.assert_allclose(got_scores, scores, rtol=1e-5, atol=1e-5)
