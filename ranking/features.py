@@ -234,7 +234,7 @@ def prepare_collab(collab: sp.csr_matrix) -> None:
     cov = covered(collab)
     _per_matrix(cov.matrix, "columns", _padded_columns)
     if _small_enough(cov.matrix):
-        _per_matrix(cov.matrix, "float64", _float64)
+        _per_matrix(cov.matrix, "dense32", _dense32)  # what a request over a small catalogue reads
 
 
 DENSE_PRODUCT_CELLS = 1 << 23
@@ -252,6 +252,11 @@ def _float64(collab: sp.csr_matrix) -> sp.csr_matrix | np.ndarray:
     if _small_enough(collab):
         return collab.toarray().astype(np.float64)
     return collab if collab.dtype == np.float64 else sp.csr_matrix(collab, dtype=np.float64)
+
+
+def _dense32(collab: sp.csr_matrix) -> np.ndarray:
+    """``collab`` as a dense float32 array (its own dtype: float64 copies of it are exact)."""
+    return collab.toarray().astype(np.float32, copy=False)
 
 
 def _row_lengths(collab: sp.csr_matrix) -> np.ndarray:
@@ -369,8 +374,8 @@ def _collab_dense(collab: sp.csr_matrix, items: np.ndarray, weights: np.ndarray 
     b = len(items)
     ok = (items >= 0) & (items < i0)
     if b <= SMALL_BATCH and _small_enough(collab):  # a request: add up the history's dense rows
-        w64 = _per_matrix(collab, "float64", _float64)
-        hist_rows = [w64[items[r][ok[r]]] for r in range(b)]
+        w32 = _per_matrix(collab, "dense32", _dense32)  # float32 rows read, float64 sums (exact copies)
+        hist_rows = [w32[items[r][ok[r]]].astype(np.float64) for r in range(b)]
         plain = np.stack([x.sum(0) for x in hist_rows]) if b else np.zeros((0, i0))
         if weights is None:
             return plain, None
@@ -447,11 +452,13 @@ def _collab_scores(
     cand = cov.map(cand)
     cand_ok = cand < i0
     if n <= SMALL_BATCH and _small_enough(collab):
-        # a request over a small catalogue: the (history x candidates) block of the dense matrix
-        w64 = _per_matrix(collab, "float64", _float64)
+        # a request over a small catalogue: the (history x candidates) block of the dense matrix,
+        # read as whole float32 rows (contiguous copies) and then columns: half the bytes and far
+        # fewer cache misses than picking each cell of a float64 matrix; exact in float64
+        w32 = _per_matrix(collab, "dense32", _dense32)
         for r in range(n):
             keep = items[r] < i0
-            block = w64[np.ix_(items[r][keep], cand[r][cand_ok[r]])]
+            block = w32[items[r][keep]][:, cand[r][cand_ok[r]]].astype(np.float64)
             plain[r, cand_ok[r]] = block.sum(0)
             liked[r, cand_ok[r]] = centred[r][keep].astype(np.float64) @ block
         return plain, liked
