@@ -534,39 +534,42 @@ class CollabRows:
         """What :func:`collab_top` gives for these users' histories."""
         out = np.full((len(self.plain), k), -1, dtype=np.int64)
         if k > 0:
-            out[:, : min(k, self.cov.m)] = _top_items(self.cov, self.plain.copy(), exclude, k)
+            out[:, : min(k, self.cov.m)] = _top_items(self.cov, self.plain, exclude, k)
         return out
 
 
 def _top_items(cov: Covered, dense: np.ndarray, exclude: list[np.ndarray], k: int) -> np.ndarray:
-    """(b, min(k, m)) items of the highest positive plain scores ``dense`` (b, m; overwritten),
-    the ``exclude`` items of each row left out; -1 padded."""
+    """(b, min(k, m)) items of the highest positive plain scores ``dense`` (b, m), the
+    ``exclude`` items of each row left out; -1 padded."""
     m = cov.m
-    dense[dense <= 0] = -np.inf
-    for r in range(len(dense)):
-        ex = cov.map(np.asarray(exclude[r], dtype=np.int64))
-        dense[r, ex[ex < m]] = -np.inf
-    top = _top_k_rows(dense, min(k, m))
-    vals = np.take_along_axis(dense, top, 1)
+    # negated, so one pass makes the keys of the partial sort: no evidence (<= 0) sorts last
+    keys = np.where(dense > 0, -dense, np.inf)
+    lens = np.fromiter((len(e) for e in exclude), np.int64, len(exclude))
+    if lens.sum():
+        rows = np.repeat(np.arange(len(exclude)), lens)
+        cols = cov.map(np.concatenate([np.asarray(e, dtype=np.int64) for e in exclude]))
+        keys[rows[cols < m], cols[cols < m]] = np.inf
+    top = _smallest_k(keys, min(k, m))
+    vals = np.take_along_axis(keys, top, 1)
     return np.where(np.isfinite(vals), cov.items[top], -1)
 
 
-def _top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
-    """(b, k) column indices of each row's ``k`` highest finite scores, highest first, ties to
-    the lower column: what a stable descending sort of the row gives, by a partial sort.
+def _smallest_k(keys: np.ndarray, k: int) -> np.ndarray:
+    """(b, k) column indices of each row's ``k`` smallest finite keys, smallest first, ties to
+    the lower column: what a stable ascending sort of the row gives, by a partial sort.
 
-    The partial sort picks among entries tied at the k-th value by position, so rows where a
+    The partial sort picks among entries tied at the k-th key by position, so rows where a
     finite tie straddles the cut are sorted in full (rare: ties of float64 sums)."""
-    b, m = scores.shape
+    b, m = keys.shape
     if k >= m:
-        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    vals = np.take_along_axis(scores, top, 1)
-    top = np.take_along_axis(top, np.lexsort((top, -vals), axis=-1), 1)
-    kth = np.take_along_axis(scores, top[:, -1:], 1)
-    redo = np.flatnonzero(np.isfinite(kth[:, 0]) & ((scores >= kth).sum(1) > k))
+        return np.argsort(keys, axis=1, kind="stable")[:, :k]
+    top = np.argpartition(keys, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(keys, top, 1)
+    top = np.take_along_axis(top, np.lexsort((top, vals), axis=-1), 1)
+    kth = np.take_along_axis(keys, top[:, -1:], 1)
+    redo = np.flatnonzero(np.isfinite(kth[:, 0]) & ((keys <= kth).sum(1) > k))
     if len(redo):
-        top[redo] = np.argsort(-scores[redo], axis=1, kind="stable")[:, :k]
+        top[redo] = np.argsort(keys[redo], axis=1, kind="stable")[:, :k]
     return top
 
 
