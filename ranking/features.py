@@ -702,7 +702,7 @@ def compute_features(
     missing = np.isnan(years)
     hy = tab.years[hidx]
     hy_ok = ~np.isnan(hy)
-    user_year = np.where(hy_ok.any(1), np.nansum(np.where(hy_ok, hy, 0.0), 1) / np.maximum(hy_ok.sum(1), 1), np.nan)
+    user_year = np.where(hy_ok.any(1), np.where(hy_ok, hy, 0.0).sum(1) / np.maximum(hy_ok.sum(1), 1), np.nan)
     year_gap = np.where(missing | np.isnan(user_year)[:, None], 0.0, years - user_year[:, None]).astype(np.float32)
 
     user_mean = np.where(known, ctx.user_mean[safe_users], ctx.global_mean).astype(np.float32)
