@@ -229,12 +229,16 @@ def covered(collab: sp.csr_matrix) -> Covered:
     return _per_matrix(collab, "covered", _covered)
 
 
-def prepare_collab(collab: sp.csr_matrix) -> None:
-    """Build the item-item tables a request reads (at load, not in the first request)."""
+def prepare_collab(collab: sp.csr_matrix, batch: bool = False) -> None:
+    """Build the item-item tables a request reads (at load, not in the first request), and with
+    ``batch`` those of whole-row sums too."""
     cov = covered(collab)
     _per_matrix(cov.matrix, "columns", _padded_columns)
     if _small_enough(cov.matrix):
         _per_matrix(cov.matrix, "dense32", _dense32)  # what a request over a small catalogue reads
+    if batch:
+        _per_matrix(cov.matrix, "float64", _float64)
+        _per_matrix(cov.matrix, "row_lengths", _row_lengths)
 
 
 DENSE_PRODUCT_CELLS = 1 << 23

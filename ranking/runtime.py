@@ -109,6 +109,7 @@ class Ranker:
         """Build the per-catalogue tables a batch reads (feature context, item tables), e.g.
         before forking workers, which then share them instead of each building its own."""
         _ = self.context(model).item_tables
+        prepare_collab(self.collab, batch=True)
 
     def _ratings_of(self, users: np.ndarray, histories: list[np.ndarray], model: Any = None) -> list[np.ndarray | None]:
         """Ratings of each user's history: from the model's live histories when it keeps them
