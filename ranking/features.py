@@ -554,7 +554,7 @@ def _top_items(cov: Covered, dense: np.ndarray, exclude: list[np.ndarray], k: in
         cols = cov.map(np.concatenate([np.asarray(e, dtype=np.int64) for e in exclude]))
         keys[rows[cols < m], cols[cols < m]] = np.inf
     top = _smallest_k(keys, min(k, m))
-    vals = np.take_along_axis(keys, top, 1)
+    vals = keys[np.arange(len(keys))[:, None], top]
     return np.where(np.isfinite(vals), cov.items[top], -1)
 
 
@@ -568,9 +568,10 @@ def _smallest_k(keys: np.ndarray, k: int) -> np.ndarray:
     if k >= m:
         return np.argsort(keys, axis=1, kind="stable")[:, :k]
     top = np.argpartition(keys, k - 1, axis=1)[:, :k]
-    vals = np.take_along_axis(keys, top, 1)
-    top = np.take_along_axis(top, np.lexsort((top, vals), axis=-1), 1)
-    kth = np.take_along_axis(keys, top[:, -1:], 1)
+    rows_ = np.arange(b)[:, None]  # (plain indexing: take_along_axis costs ~10 us a call for a request's row)
+    vals = keys[rows_, top]
+    top = top[rows_, np.lexsort((top, vals), axis=-1)]
+    kth = keys[rows_, top[:, -1:]]
     redo = np.flatnonzero(np.isfinite(kth[:, 0]) & ((keys <= kth).sum(1) > k))
     if len(redo):
         top[redo] = np.argsort(keys[redo], axis=1, kind="stable")[:, :k]
