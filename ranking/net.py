@@ -159,7 +159,7 @@ def _z_valid(score: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 def _z_full(score: torch.Tensor) -> torch.Tensor:
     """:func:`_z_valid` of rows without padding: the same operations less the masking, which
-    would keep every value (a request's list is one such row; each call costs ~10 us)."""
+    would keep every value (a request's list is one such row, and each torch call has a fixed cost)."""
     n = score.shape[-1]
     mean = score.sum(-1, keepdim=True) / n
     d = score - mean
@@ -273,7 +273,7 @@ class FusedScorer:
             self.first = (torch.cat(list(w), dim=1).contiguous(), b.reshape(-1).contiguous())
         self.n_members = len(members)
         # layer norm is called with a unit scale and zero shift: the same numbers as without
-        # them, but torch runs its vectorised affine kernel (~40% faster at a request's sizes)
+        # them, but torch runs its vectorised affine kernel, faster at a request's sizes
         self.unit = {h: (torch.ones(h), torch.zeros(h)) for kind, p in self.layers if kind == "layernorm" for h in [p[2]]}
         heads = stack(lambda m: m.score_head.weight[0])  # (M, H + D): [MLP output, crossed input]
         width = next((p[0].shape[-1] for kind, p in reversed(self.layers) if kind == "linear"), None)

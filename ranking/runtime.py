@@ -179,7 +179,7 @@ class Ranker:
         (a parameter's ``_version`` counts its in-place updates); None keeps torch."""
         net = self.net
         params = self._params
-        if params is None or params[0] is not net:  # the parameter list once per net: walking the modules costs ~50 us a request
+        if params is None or params[0] is not net:  # the parameter list once per net: walking the modules every request costs more than the check
             params = self._params = (net, tuple(net.parameters()))
         key = (id(net), sum(p._version for p in params[1]))
         cached = self._scorer
