@@ -212,6 +212,8 @@ def write_candidates_distributed(
             # a large catalogue's batch index, built once here: forked workers share it
             # copy-on-write instead of each training its own
             model.retrieval.batch_index()
+            if rank and getattr(model, "ranker", None) is not None:
+                model.ranker.prepare(model)  # the ranker's item tables, likewise
         task = CandidateTask(model_dir, users, k, rank, chunk_size, threads, model=model if start == "fork" else None)
         trainer = L.Trainer(
             accelerator="cpu",

@@ -107,9 +107,15 @@ class FeatureContext:
         return cached
 
     @property
+    def collab_covered(self) -> Covered:
+        """``collab`` on the items it covers (see :class:`Covered`)."""
+        return covered(self.collab)
+
+    @property
     def collab_columns(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """``collab`` by candidate column, padded to the longest column (see :func:`_padded_columns`)."""
-        return _per_matrix(self.collab, "columns", _padded_columns)
+        """The covered block of ``collab`` by candidate column, padded to the longest column (see
+        :func:`_padded_columns`)."""
+        return _per_matrix(self.collab_covered.matrix, "columns", _padded_columns)
 
 
 @dataclass
@@ -166,8 +172,73 @@ def _per_matrix(collab: sp.csr_matrix, kind: str, build: Any) -> Any:
     if hit is not None and hit[0]() is collab:
         return hit[1]
     value = build(collab)
-    _MATRIX_CACHE[key] = (weakref.ref(collab, lambda _ref, key=key: _MATRIX_CACHE.pop(key, None)), value)
+    # (the dict is bound now: at interpreter exit the module global may be gone before the matrix)
+    _MATRIX_CACHE[key] = (weakref.ref(collab, lambda _ref, key=key, cache=_MATRIX_CACHE: cache.pop(key, None)), value)
     return value
+
+
+@dataclass(frozen=True)
+class Covered:
+    """The item-item matrix restricted to the items it covers (a weight in their row or column).
+
+    EASE covers only the most-rated movies (``ranking.collab_dense_max_items``, 6,000 by
+    default): past that size the rows and columns of every other movie are empty, and work
+    over the whole catalogue (a dense score per movie, a top-k over all of them) is spent on
+    zeros. Every item-item computation runs on ``matrix`` with items mapped by :meth:`map`; an
+    uncovered movie maps to ``m``, which the computations treat like padding: it adds nothing to
+    a history's scores and scores 0 itself, exactly what its empty row and column gave.
+
+    Attributes:
+        items: (m,) sorted item_idx of the covered items.
+        pos: (I0 + 1,) position of each item in ``items``; ``m`` for uncovered items and for the
+            extra last index I0 (what :meth:`map` sends padding and out-of-range indices to).
+        matrix: (m, m) CSR, ``collab[items][:, items]``; ``collab`` itself when it covers every item.
+    """
+
+    items: np.ndarray
+    pos: np.ndarray
+    matrix: sp.csr_matrix
+
+    @property
+    def m(self) -> int:
+        return len(self.items)
+
+    def map(self, idx: np.ndarray) -> np.ndarray:
+        """Covered positions of item indices (any shape); ``m`` for padding (-1), uncovered items
+        and indices beyond the matrix."""
+        i0 = len(self.pos) - 1
+        return self.pos[np.where((idx >= 0) & (idx < i0), idx, i0)]
+
+
+def _covered(collab: sp.csr_matrix) -> Covered:
+    i0 = collab.shape[0]
+    used = np.diff(collab.indptr) > 0
+    used[collab.indices] = True
+    items = np.flatnonzero(used)
+    pos = np.full(i0 + 1, len(items), np.int64)
+    pos[items] = np.arange(len(items))
+    if len(items) == i0:
+        return Covered(items, pos, collab)
+    sub = collab[items][:, items]
+    sub.sort_indices()
+    return Covered(items, pos, sp.csr_matrix(sub))
+
+
+def covered(collab: sp.csr_matrix) -> Covered:
+    """:class:`Covered` of ``collab``, made once per matrix."""
+    return _per_matrix(collab, "covered", _covered)
+
+
+def prepare_collab(collab: sp.csr_matrix, batch: bool = False) -> None:
+    """Build the item-item tables a request reads (at load, not in the first request), and with
+    ``batch`` those of whole-row sums too."""
+    cov = covered(collab)
+    _per_matrix(cov.matrix, "columns", _padded_columns)
+    if _small_enough(cov.matrix):
+        _per_matrix(cov.matrix, "dense32", _dense32)  # what a request over a small catalogue reads
+    if batch:
+        _per_matrix(cov.matrix, "float64", _float64)
+        _per_matrix(cov.matrix, "row_lengths", _row_lengths)
 
 
 DENSE_PRODUCT_CELLS = 1 << 23
@@ -185,6 +256,11 @@ def _float64(collab: sp.csr_matrix) -> sp.csr_matrix | np.ndarray:
     if _small_enough(collab):
         return collab.toarray().astype(np.float64)
     return collab if collab.dtype == np.float64 else sp.csr_matrix(collab, dtype=np.float64)
+
+
+def _dense32(collab: sp.csr_matrix) -> np.ndarray:
+    """``collab`` as a dense float32 array (its own dtype: float64 copies of it are exact)."""
+    return collab.toarray().astype(np.float32, copy=False)
 
 
 def _row_lengths(collab: sp.csr_matrix) -> np.ndarray:
@@ -302,8 +378,8 @@ def _collab_dense(collab: sp.csr_matrix, items: np.ndarray, weights: np.ndarray 
     b = len(items)
     ok = (items >= 0) & (items < i0)
     if b <= SMALL_BATCH and _small_enough(collab):  # a request: add up the history's dense rows
-        w64 = _per_matrix(collab, "float64", _float64)
-        hist_rows = [w64[items[r][ok[r]]] for r in range(b)]
+        w32 = _per_matrix(collab, "dense32", _dense32)  # float32 rows read, float64 sums (exact copies)
+        hist_rows = [w32[items[r][ok[r]]].astype(np.float64) for r in range(b)]
         plain = np.stack([x.sum(0) for x in hist_rows]) if b else np.zeros((0, i0))
         if weights is None:
             return plain, None
@@ -336,17 +412,18 @@ def _collab_dense(collab: sp.csr_matrix, items: np.ndarray, weights: np.ndarray 
 
 
 def _collab_columns_sum(
-    columns: tuple[np.ndarray, np.ndarray], hist: PaddedHistories, cidx: np.ndarray
+    columns: tuple[np.ndarray, np.ndarray], items: np.ndarray, centred: np.ndarray, cidx: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plain and rating-weighted item-item sums of the candidates ``cidx`` (b, C; I0 = none)
-    from their padded columns: the history enters as a (b, I0 + 1) count / weight table."""
+    from their padded columns: the history ``items`` (b, L; outside [0, I0) = none) with its
+    ``centred`` ratings enters as a (b, I0 + 1) count / weight table."""
     rows_t, w_t = columns
     b = len(cidx)
     slot = len(rows_t)  # I0 + 1; row I0 of each user's slot stays empty
-    h = hist.items
+    h = items
     key = np.where((h >= 0) & (h < slot - 1), np.arange(b)[:, None] * slot + h, b * slot).ravel()
     counts = np.bincount(key, minlength=b * slot + 1)[:-1].astype(np.float64)
-    liked = np.bincount(key, weights=hist.centred.ravel(), minlength=b * slot + 1)[:-1].astype(np.float64, copy=False)
+    liked = np.bincount(key, weights=centred.ravel(), minlength=b * slot + 1)[:-1].astype(np.float64, copy=False)
     r = rows_t[cidx]
     if b > 1:
         r = r + (np.arange(b) * slot)[:, None, None]
@@ -359,74 +436,172 @@ def _collab_scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Item-item scores of each candidate given the history: plain and rating-weighted sums.
 
-    Whichever is cheaper for the batch: the candidates' columns (work ~ candidates x
-    neighbours, independent of the catalogue; what a request uses) or whole rows summed over the
-    catalogue and gathered (work ~ history x neighbours + catalogue; cheaper for big batches
-    over a small catalogue, where histories are shorter than candidate lists).
+    Over the covered items only (:class:`Covered`): uncovered history items add nothing and
+    uncovered candidates score 0, as their empty rows and columns gave. Whichever is cheaper for
+    the batch: the candidates' columns (work ~ candidates x neighbours, independent of the
+    catalogue; what a request uses) or whole rows summed over the covered items and gathered
+    (work ~ history x neighbours + covered items; cheaper for big batches over a small
+    catalogue, where histories are shorter than candidate lists).
     """
     n, c = cand.shape
-    i0 = ctx.collab.shape[0]
     plain = np.zeros((n, c), np.float32)
     liked = np.zeros((n, c), np.float32)
-    if i0 == 0 or n == 0:
+    if ctx.collab.shape[0] == 0 or n == 0:
         return plain, liked
-    cand_ok = (cand >= 0) & (cand < i0)
-    if n <= SMALL_BATCH and _small_enough(ctx.collab):
-        # a request over a small catalogue: the (history x candidates) block of the dense matrix
-        w64 = _per_matrix(ctx.collab, "float64", _float64)
+    cov = ctx.collab_covered
+    collab, i0 = cov.matrix, cov.m  # from here on, item indices are covered positions; i0 = none
+    if i0 == 0:
+        return plain, liked
+    items, centred = cov.map(hist.items), hist.centred
+    cand = cov.map(cand)
+    cand_ok = cand < i0
+    if n <= SMALL_BATCH and _small_enough(collab):
+        # a request over a small catalogue: the (history x candidates) block of the dense matrix,
+        # read as whole float32 rows (contiguous copies) and then columns: half the bytes and far
+        # fewer cache misses than picking each cell of a float64 matrix; exact in float64
+        w32 = _per_matrix(collab, "dense32", _dense32)
         for r in range(n):
-            keep = (hist.items[r] >= 0) & (hist.items[r] < i0)
-            block = w64[np.ix_(hist.items[r][keep], cand[r][cand_ok[r]])]
+            keep = items[r] < i0
+            block = w32[items[r][keep]][:, cand[r][cand_ok[r]]].astype(np.float64)
             plain[r, cand_ok[r]] = block.sum(0)
-            liked[r, cand_ok[r]] = hist.centred[r][keep].astype(np.float64) @ block
+            liked[r, cand_ok[r]] = centred[r][keep].astype(np.float64) @ block
         return plain, liked
-    columns = ctx.collab_columns
-    k = columns[0].shape[1] if columns is not None else 0
-    h = np.where((hist.items >= 0) & (hist.items < i0), hist.items, i0)
-    row_nnz = int(_per_matrix(ctx.collab, "row_lengths", _row_lengths)[h].sum())
-    # per entry a column read costs ~2x a row entry of the sparse product (measured on ML-100K);
-    # rows also pay for the dense catalogue-wide output and a fixed set-up cost
-    by_columns = columns is not None and 2 * n * c * k <= row_nnz + n * i0 + 50_000
+    columns, by_columns = _collab_plan(ctx, items, c)
+    k = columns[0].shape[1] if by_columns else 0
     step = max(1, chunk_cells // (c * k if by_columns else i0))
     for s in range(0, n, step):
         e = min(n, s + step)
         if by_columns:
-            part = PaddedHistories(hist.items[s:e], hist.centred[s:e])
-            plain[s:e], liked[s:e] = _collab_columns_sum(columns, part, np.where(cand_ok[s:e], cand[s:e], i0))
+            plain[s:e], liked[s:e] = _collab_columns_sum(columns, items[s:e], centred[s:e], cand[s:e])
         else:
             safe = np.where(cand_ok[s:e], cand[s:e], 0)
-            dense_plain, dense_liked = _collab_dense(ctx.collab, hist.items[s:e], hist.centred[s:e])
+            dense_plain, dense_liked = _collab_dense(collab, items[s:e], centred[s:e])
             plain[s:e] = np.where(cand_ok[s:e], np.take_along_axis(dense_plain, safe, 1), 0.0)
             liked[s:e] = np.where(cand_ok[s:e], np.take_along_axis(dense_liked, safe, 1), 0.0)
     return plain, liked
+
+
+def _collab_plan(ctx: FeatureContext, items: np.ndarray, c: int) -> tuple[tuple[np.ndarray, np.ndarray] | None, bool]:
+    """(padded columns, whether a batch with covered history positions ``items`` (n, L) and
+    ``c`` candidates per user reads candidate columns rather than whole rows)."""
+    columns = ctx.collab_columns
+    if columns is None:
+        return None, False
+    n, i0 = len(items), ctx.collab_covered.m
+    row_nnz = int(_per_matrix(ctx.collab_covered.matrix, "row_lengths", _row_lengths)[items].sum())
+    # per entry a column read costs ~2x a row entry of the sparse product (measured on ML-100K);
+    # rows also pay for the dense output over the covered items and a fixed set-up cost
+    return columns, 2 * n * c * columns[0].shape[1] <= row_nnz + n * i0 + 50_000
+
+
+@dataclass
+class CollabRows:
+    """A batch's item-item scores of every covered item: the plain and rating-weighted sums
+    (what :func:`_collab_scores` sums by whole rows), read by both the item-item candidates
+    (:meth:`top`) and the features of any candidate list (:meth:`at`), so a batch that needs
+    both computes the sparse product once.
+
+    Attributes:
+        cov: the covered block the rows are over.
+        plain, liked: (n, m) float64 sums.
+    """
+
+    cov: Covered
+    plain: np.ndarray
+    liked: np.ndarray
+
+    @classmethod
+    def of(cls, ctx: FeatureContext, hist: PaddedHistories, n_cand: int) -> CollabRows | None:
+        """The rows of a batch's users, or None where :func:`compute_features` would not sum
+        whole rows for ``n_cand`` candidates per user (a request, or candidate columns being
+        cheaper): the features then keep their own path, so answers never depend on this."""
+        n = len(hist.items)
+        cov = ctx.collab_covered
+        if n <= SMALL_BATCH or cov.m == 0:
+            return None
+        items = cov.map(hist.items)
+        if _collab_plan(ctx, items, n_cand)[1]:
+            return None
+        plain, liked = _collab_dense(cov.matrix, items, hist.centred)
+        return cls(cov, plain, liked)
+
+    def at(self, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, C) float32 plain and rating-weighted sums of candidates ``cand`` (-1 padded)."""
+        c = self.cov.map(cand)
+        ok = c < self.cov.m
+        safe = np.where(ok, c, 0)
+        plain = np.where(ok, np.take_along_axis(self.plain, safe, 1), 0.0).astype(np.float32)
+        liked = np.where(ok, np.take_along_axis(self.liked, safe, 1), 0.0).astype(np.float32)
+        return plain, liked
+
+    def top(self, exclude: list[np.ndarray], k: int) -> np.ndarray:
+        """What :func:`collab_top` gives for these users' histories."""
+        out = np.full((len(self.plain), k), -1, dtype=np.int64)
+        if k > 0:
+            out[:, : min(k, self.cov.m)] = _top_items(self.cov, self.plain, exclude, k)
+        return out
+
+
+def _top_items(cov: Covered, dense: np.ndarray, exclude: list[np.ndarray], k: int) -> np.ndarray:
+    """(b, min(k, m)) items of the highest positive plain scores ``dense`` (b, m), the
+    ``exclude`` items of each row left out; -1 padded."""
+    m = cov.m
+    # negated, so one pass makes the keys of the partial sort: no evidence (<= 0) sorts last
+    keys = np.where(dense > 0, -dense, np.inf)
+    lens = np.fromiter((len(e) for e in exclude), np.int64, len(exclude))
+    if lens.sum():
+        rows = np.repeat(np.arange(len(exclude)), lens)
+        cols = cov.map(np.concatenate([np.asarray(e, dtype=np.int64) for e in exclude]))
+        keys[rows[cols < m], cols[cols < m]] = np.inf
+    top = _smallest_k(keys, min(k, m))
+    vals = keys[np.arange(len(keys))[:, None], top]
+    return np.where(np.isfinite(vals), cov.items[top], -1)
+
+
+def _smallest_k(keys: np.ndarray, k: int) -> np.ndarray:
+    """(b, k) column indices of each row's ``k`` smallest finite keys, smallest first, ties to
+    the lower column: what a stable ascending sort of the row gives, by a partial sort.
+
+    The partial sort picks among entries tied at the k-th key by position, so rows where a
+    finite tie straddles the cut are sorted in full (rare: ties of float64 sums)."""
+    b, m = keys.shape
+    if k >= m:
+        return np.argsort(keys, axis=1, kind="stable")[:, :k]
+    top = np.argpartition(keys, k - 1, axis=1)[:, :k]
+    rows_ = np.arange(b)[:, None]  # plain indexing: take_along_axis's set-up outweighs a request's single row
+    vals = keys[rows_, top]
+    top = top[rows_, np.lexsort((top, vals), axis=-1)]
+    kth = keys[rows_, top[:, -1:]]
+    redo = np.flatnonzero(np.isfinite(kth[:, 0]) & ((keys <= kth).sum(1) > k))
+    if len(redo):
+        top[redo] = np.argsort(keys[redo], axis=1, kind="stable")[:, :k]
+    return top
 
 
 def collab_top(
     collab: sp.csr_matrix, histories: list[np.ndarray], exclude: list[np.ndarray], k: int, chunk_cells: int = 1 << 22
 ) -> np.ndarray:
     """(n, k) items with the highest item-item score given each history, excluded items and
-    items with no item-item evidence left out (-1 padded). The second candidate source next to
-    the two-tower index: it brings in what the collaborative feature ranks high but the towers
-    missed, in training and at serve time alike."""
-    n, i0 = len(histories), collab.shape[0]
+    items with no item-item evidence left out (-1 padded; ties to the lower item index). The
+    second candidate source next to the two-tower index: it brings in what the collaborative
+    feature ranks high but the towers missed, in training and at serve time alike.
+
+    Scores and the top-k run over the covered items only (:class:`Covered`): an uncovered item
+    scores 0, and items without positive evidence are never returned."""
+    n = len(histories)
     out = np.full((n, k), -1, dtype=np.int64)
-    if n == 0 or i0 == 0 or k <= 0:
+    if n == 0 or collab.shape[0] == 0 or k <= 0:
         return out
-    hist = pad_histories(histories, [None] * n, np.zeros(n))
-    step = max(1, chunk_cells // i0)
+    cov = covered(collab)
+    w, m = cov.matrix, cov.m
+    if m == 0:
+        return out
+    items = cov.map(pad_histories(histories, [None] * n, np.zeros(n)).items)
+    step = max(1, chunk_cells // m)
     for s in range(0, n, step):
         e = min(n, s + step)
-        dense, _ = _collab_dense(collab, hist.items[s:e])
-        dense[dense <= 0] = -np.inf
-        for r in range(e - s):
-            ex = np.asarray(exclude[s + r], dtype=np.int64)
-            dense[r, ex[(ex >= 0) & (ex < i0)]] = -np.inf
-        kk = min(k, i0)
-        top = np.argpartition(-dense, kk - 1, axis=1)[:, :kk]
-        vals = np.take_along_axis(dense, top, 1)
-        order = np.argsort(-vals, axis=1, kind="stable")
-        top, vals = np.take_along_axis(top, order, 1), np.take_along_axis(vals, order, 1)
-        out[s:e, :kk] = np.where(np.isfinite(vals), top, -1)
+        dense, _ = _collab_dense(w, items[s:e])
+        out[s:e, : min(k, m)] = _top_items(cov, dense, exclude[s:e], k)
     return out
 
 
@@ -444,7 +619,7 @@ def merge_candidates(ids: np.ndarray, extra: np.ndarray, n_items: int) -> np.nda
     return np.take_along_axis(merged, order, 1)
 
 
-def _content_scores(content: np.ndarray, hidx: np.ndarray, centred: np.ndarray, cidx: np.ndarray, chunk: int = 128) -> tuple[np.ndarray, ...]:
+def _content_scores(content: np.ndarray, hidx: np.ndarray, centred: np.ndarray, cidx: np.ndarray, chunk: int = 16) -> tuple[np.ndarray, ...]:
     """Mean, max and rating-weighted mean cosine of each candidate to the history items.
 
     ``content`` has a zero last row that ``hidx`` / ``cidx`` point at for padding and unknown
@@ -458,7 +633,8 @@ def _content_scores(content: np.ndarray, hidx: np.ndarray, centred: np.ndarray, 
     none = len(content) - 1
     filled = hidx != none
     # users in order of history extent, so each chunk is cut to its own longest history
-    # instead of the batch's: fewer cosines of padding
+    # instead of the batch's: fewer cosines of padding; small chunks keep the (chunk, C, L)
+    # similarity block, which four reductions read, near the core's cache
     extent = np.where(filled.any(1), filled.shape[1] - np.argmax(filled[:, ::-1], 1), 0)
     by_len = np.argsort(extent, kind="stable") if n > chunk else None
     for s in range(0, n, chunk):
@@ -482,6 +658,7 @@ def compute_features(
     hist: PaddedHistories,
     cand: np.ndarray,
     cand_scores: np.ndarray,
+    collab: CollabRows | None = None,
 ) -> np.ndarray:
     """Dense features of every (user, candidate) pair of a batch.
 
@@ -491,6 +668,8 @@ def compute_features(
         hist: the users' padded histories (see :func:`pad_histories`).
         cand: (n, C) candidate item_idx, -1 = padding.
         cand_scores: (n, C) two-tower scores of the candidates.
+        collab: these users' item-item rows when already computed (:meth:`CollabRows.of` with
+            ``hist`` and ``C``); the same numbers as without.
 
     Returns:
         (n, C, len(FEATURES) + F) float32 in :data:`FEATURES` order then user features; padding
@@ -519,7 +698,7 @@ def compute_features(
     hg /= np.maximum(hg.sum(1, keepdims=True), 1e-9)
     genre_aff = np.einsum("ncg,ng->nc", tab.genre_shares[cidx], hg)
 
-    collab, collab_liked = _collab_scores(ctx, hist, cand)
+    collab, collab_liked = collab.at(cand) if collab is not None else _collab_scores(ctx, hist, cand)
     collab_rank = _rank_within(collab, valid)
     finite = valid & np.isfinite(scores)
     tt_z = _z_within(np.where(finite, scores, 0.0), finite)
@@ -528,7 +707,7 @@ def compute_features(
     missing = np.isnan(years)
     hy = tab.years[hidx]
     hy_ok = ~np.isnan(hy)
-    user_year = np.where(hy_ok.any(1), np.nansum(np.where(hy_ok, hy, 0.0), 1) / np.maximum(hy_ok.sum(1), 1), np.nan)
+    user_year = np.where(hy_ok.any(1), np.where(hy_ok, hy, 0.0).sum(1) / np.maximum(hy_ok.sum(1), 1), np.nan)
     year_gap = np.where(missing | np.isnan(user_year)[:, None], 0.0, years - user_year[:, None]).astype(np.float32)
 
     user_mean = np.where(known, ctx.user_mean[safe_users], ctx.global_mean).astype(np.float32)

@@ -130,7 +130,7 @@ class RankerNet(nn.Module):
             elif isinstance(layer, nn.LayerNorm):
                 h = F.layer_norm(h, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
             elif isinstance(layer, nn.ReLU):
-                h = torch.relu(h)
+                h = torch.relu_(h) if h is not x else torch.relu(h)  # in place on this call's own tensors: one allocation fewer
             elif not isinstance(layer, nn.Dropout):  # dropout is the identity in eval mode
                 h = layer(h)
         score = F.linear(torch.cat([h, x], dim=-1), self.score_head.weight, self.score_head.bias).squeeze(-1)
@@ -155,6 +155,15 @@ def _z_valid(score: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     mean = s.sum(-1, keepdim=True) / n
     var = (torch.where(valid, score - mean, torch.zeros_like(score)) ** 2).sum(-1, keepdim=True) / n
     return torch.where(valid, (score - mean) / (var + 1e-12).sqrt(), torch.zeros_like(score))
+
+
+def _z_full(score: torch.Tensor) -> torch.Tensor:
+    """:func:`_z_valid` of rows without padding: the same operations less the masking, which
+    would keep every value (a request's list is one such row, and each torch call has a fixed cost)."""
+    n = score.shape[-1]
+    mean = score.sum(-1, keepdim=True) / n
+    d = score - mean
+    return d / ((d**2).sum(-1, keepdim=True) / n + 1e-12).sqrt()
 
 
 class GuardedRanker(nn.Module):
@@ -262,6 +271,10 @@ class FusedScorer:
         if self.shared_input and self.layers and self.layers[0][0] == "linear":
             w, b = self.layers[0][1]  # (M, F, H), (M, 1, H): every member's first layer as one (F, M * H) product
             self.first = (torch.cat(list(w), dim=1).contiguous(), b.reshape(-1).contiguous())
+        self.n_members = len(members)
+        # layer norm is called with a unit scale and zero shift: the same numbers as without
+        # them, but torch runs its vectorised affine kernel, faster at a request's sizes
+        self.unit = {h: (torch.ones(h), torch.zeros(h)) for kind, p in self.layers if kind == "layernorm" for h in [p[2]]}
         heads = stack(lambda m: m.score_head.weight[0])  # (M, H + D): [MLP output, crossed input]
         width = next((p[0].shape[-1] for kind, p in reversed(self.layers) if kind == "linear"), None)
         self.width = width if width is not None else heads.shape[1] // 2
@@ -295,7 +308,7 @@ class FusedScorer:
         """Scores (B, C) of ``dense`` (B, C, F) normalised features, ``users`` (B,), ``items`` (B, C)."""
         b, c, f = dense.shape
         n = b * c
-        m = len(self.head_h)
+        m = self.n_members
         flat = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)).reshape(n, f)
         items_t = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64))
         xs = None  # (M, N, D) per-member input of the MLP when the members' inputs differ
@@ -318,7 +331,7 @@ class FusedScorer:
             kind, params = layers[1] if len(layers) > 1 else ("", None)
             if kind == "layernorm":
                 g, beta, h, eps = params
-                hid = F.layer_norm(hid, (h,), eps=eps) * g.view(m, h) + beta.view(m, h)
+                hid = F.layer_norm(hid, (h,), *self.unit[h], eps=eps) * g.view(m, h) + beta.view(m, h)
                 layers = layers[2:]
             else:
                 layers = layers[1:]
@@ -331,7 +344,7 @@ class FusedScorer:
                 hid = torch.baddbmm(bias, hid, w)
             elif kind == "layernorm":
                 g, beta, h, eps = params
-                hid = torch.addcmul(beta, F.layer_norm(hid, (h,), eps=eps), g)
+                hid = torch.addcmul(beta, F.layer_norm(hid, (h,), *self.unit[h], eps=eps), g)
             else:
                 hid = torch.relu(hid)
         score = torch.bmm(hid, self.head_h)[..., 0]  # (M, N)
@@ -346,7 +359,7 @@ class FusedScorer:
         if not self.guarded:
             return score[0].numpy()
         valid = items_t >= 0
-        learned = _z_valid(score, valid).mean(0)
+        learned = (_z_full(score) if bool(valid.all()) else _z_valid(score, valid)).mean(0)
         if self.alpha >= 1.0:
             return learned.numpy()
         a = max(self.alpha, TIE_BREAK)

@@ -19,16 +19,17 @@ from movierec.artifacts import Bundle, BundleWriter
 from ranking.features import (
     FEATURES,
     PREFIX,
+    SMALL_BATCH,
+    CollabRows,
     FeatureContext,
-    _float64,
+    PaddedHistories,
     _gather,
-    _padded_columns,
-    _per_matrix,
-    _small_enough,
     collab_top,
     compute_features,
+    covered,
     feature_names,
     pad_histories,
+    prepare_collab,
 )
 from ranking.net import FusedScorer, GuardedRanker, RankerNet
 
@@ -66,12 +67,10 @@ class Ranker:
         self.rating_min, self.rating_max = (float(v) for v in meta["rating_scale"])
         self._cached: tuple[int, FeatureContext] | None = None
         self._scorer: tuple[tuple[int, int], FusedScorer | None] | None = None
+        self._params: tuple[Any, tuple[torch.Tensor, ...]] | None = None
         self.chunk_pairs = 16_384
         """(user, candidate) pairs re-ranked per step of a batch (~2x faster than one step at ML-100K)."""
-        # item-item tables built at load, not in the first request
-        _per_matrix(self.collab, "columns", _padded_columns)
-        if _small_enough(self.collab):
-            _per_matrix(self.collab, "float64", _float64)  # what a request over a small catalogue reads
+        prepare_collab(self.collab)  # item-item tables built at load, not in the first request
 
     @property
     def n_candidates(self) -> int:
@@ -106,6 +105,12 @@ class Ranker:
             self._cached = (n_items, ctx)
         return self._cached[1]
 
+    def prepare(self, model: _Model) -> None:
+        """Build the per-catalogue tables a batch reads (feature context, item tables), e.g.
+        before forking workers, which then share them instead of each building its own."""
+        _ = self.context(model).item_tables
+        prepare_collab(self.collab, batch=True)
+
     def _ratings_of(self, users: np.ndarray, histories: list[np.ndarray], model: Any = None) -> list[np.ndarray | None]:
         """Ratings of each user's history: from the model's live histories when it keeps them
         (``histories.ratings_of``: live feedback included), else the ratings stored at training
@@ -125,14 +130,33 @@ class Ranker:
                 out.append(None)  # live feedback or a new user: ratings unknown, centred to 0
         return out
 
-    def features(self, model: _Model, users: np.ndarray, histories: list[np.ndarray], cand: np.ndarray, cand_scores: np.ndarray) -> np.ndarray:
-        """Normalised net input (n, C, F'), NaN replaced by 0 (the training mean)."""
-        ctx = self.context(model)
+    def _padded(self, ctx: FeatureContext, model: _Model, users: np.ndarray, histories: list[np.ndarray]) -> PaddedHistories:
         users = np.asarray(users, dtype=np.int64)
         known = (users >= 0) & (users < len(ctx.user_mean))
         mu = np.where(known, ctx.user_mean[np.where(known, users, 0)], ctx.global_mean)
-        hist = pad_histories(histories, self._ratings_of(users, histories, model), mu)
-        raw = compute_features(ctx, users, hist, cand, cand_scores)
+        return pad_histories(histories, self._ratings_of(users, histories, model), mu)
+
+    @property
+    def batch_users(self) -> int:
+        """Users per step of a ranked batch with item-item candidates (see :meth:`collab_rows`):
+        their item-item rows over the covered items stay near 32 MB per array."""
+        return max(SMALL_BATCH + 1, (1 << 22) // max(covered(self.collab).m, 1))
+
+    def collab_rows(self, model: _Model, users: np.ndarray, histories: list[np.ndarray], n_cand: int) -> CollabRows | None:
+        """The batch's item-item rows, read by both the item-item candidates (``.top``) and the
+        features of the merged lists of ``n_cand`` candidates (``rerank(..., collab=...)``), or
+        None where the features would not read whole rows (see :meth:`CollabRows.of`)."""
+        ctx = self.context(model)
+        return CollabRows.of(ctx, self._padded(ctx, model, users, histories), n_cand)
+
+    def features(
+        self, model: _Model, users: np.ndarray, histories: list[np.ndarray], cand: np.ndarray, cand_scores: np.ndarray,
+        collab: CollabRows | None = None,
+    ) -> np.ndarray:
+        """Normalised net input (n, C, F'), NaN replaced by 0 (the training mean)."""
+        ctx = self.context(model)
+        users = np.asarray(users, dtype=np.int64)
+        raw = compute_features(ctx, users, self._padded(ctx, model, users, histories), cand, cand_scores, collab)
         return self.normalise(raw, overwrite=True)
 
     def normalise(self, raw: np.ndarray, overwrite: bool = False) -> np.ndarray:
@@ -146,14 +170,18 @@ class Ranker:
         x = raw if (overwrite and same) else raw[..., c]
         x = np.subtract(x, self.mean, out=x if x.dtype == np.float32 else None, dtype=np.float32)
         np.divide(x, self.std, out=x)
-        return np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        x[~np.isfinite(x)] = 0.0  # what nan_to_num(nan=0, posinf=0, neginf=0) does, in one pass
+        return x
 
     # ---- scoring ---------------------------------------------------------------------------
     def _fused(self) -> FusedScorer | None:
         """The NumPy scorer of the current net, rebuilt when the net or its weights change
         (a parameter's ``_version`` counts its in-place updates); None keeps torch."""
         net = self.net
-        key = (id(net), sum(p._version for p in net.parameters()))
+        params = self._params
+        if params is None or params[0] is not net:  # the parameter list once per net: walking the modules every request costs more than the check
+            params = self._params = (net, tuple(net.parameters()))
+        key = (id(net), sum(p._version for p in params[1]))
         cached = self._scorer
         if cached is None or cached[0] != key:
             n_dense = len(self.columns)
@@ -179,8 +207,12 @@ class Ranker:
         score, rating = self.net(torch.from_numpy(x), torch.from_numpy(np.asarray(users, np.int64)), torch.from_numpy(cand))
         return score.numpy(), rating.numpy()
 
-    def rerank(self, model: _Model, users: np.ndarray, histories: list[np.ndarray], cand: np.ndarray, cand_scores: np.ndarray) -> np.ndarray:
-        """Scores (n, C), higher is better; -inf at padding.
+    def rerank(
+        self, model: _Model, users: np.ndarray, histories: list[np.ndarray], cand: np.ndarray, cand_scores: np.ndarray,
+        collab: CollabRows | None = None,
+    ) -> np.ndarray:
+        """Scores (n, C), higher is better; -inf at padding. ``collab``: the users' item-item
+        rows when already computed (:meth:`collab_rows`).
 
         Fallbacks, so a request never fails here: a row whose net scores are not finite keeps
         the two-tower order; a user with no history and no id (nothing personal to rank on)
@@ -193,7 +225,7 @@ class Ranker:
         valid = cand >= 0
         if n == 0 or c == 0 or not valid.any():
             return np.full((n, c), -np.inf, dtype=np.float32)
-        x = self.features(model, users, histories, cand, cand_scores)
+        x = self.features(model, users, histories, cand, cand_scores, collab)
         score = np.empty((n, c), np.float32)
         step = max(1, self.chunk_pairs // c)
         for s in range(0, n, step):  # the net per chunk of users: its intermediates stay in cache

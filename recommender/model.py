@@ -337,21 +337,31 @@ class HybridRecommender:
             (item_idx, scores), each (n, k), padded with -1 / -inf.
         """
         users = np.asarray(users, dtype=np.int64)
+        use_ranker = rank and self.ranker is not None
+        step = int(getattr(self.ranker, "batch_users", 0) or len(users)) if use_ranker else len(users)
+        if len(users) > step:  # ranked steps of a bounded size (their item-item rows are dense)
+            parts = [self.recommend_batch(users[s : s + step], k, rank, exclude_seen) for s in range(0, len(users), step)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         hist = self.histories
         histories = [hist.of(u) for u in users]
         exclude = histories if exclude_seen else None
-        use_ranker = rank and self.ranker is not None
         pool = max(k, self.ranker.n_candidates) if use_ranker else k
         queries = self.retrieval.user_vectors[users]
         ids, scores = self.retrieval.search(queries, min(pool, self.n_items), exclude)
         if use_ranker:
-            if getattr(self.ranker, "n_collab_candidates", 0):
+            rows = None
+            n_extra = getattr(self.ranker, "n_collab_candidates", 0)
+            if n_extra:
                 banned = exclude if exclude is not None else [np.zeros(0, np.int64)] * len(users)
-                ids = merge_candidates(ids, self.ranker.collab_candidates(histories, banned), self.n_items)
+                # one item-item product for both the extra candidates and the features, when the
+                # features would sum whole rows anyway
+                rows = self.ranker.collab_rows(self, users, histories, ids.shape[1] + n_extra) if hasattr(self.ranker, "collab_rows") else None
+                extra = rows.top(banned, n_extra) if rows is not None else self.ranker.collab_candidates(histories, banned)
+                ids = merge_candidates(ids, extra, self.n_items)
                 safe = np.where(ids >= 0, ids, 0)
                 scores = np.einsum("nkd,nd->nk", self.retrieval.item_vectors[safe], queries).astype(np.float32)
                 scores[ids < 0] = -np.inf
-            ranked = self.ranker.rerank(self, users, histories, ids, scores)
+            ranked = self.ranker.rerank(self, users, histories, ids, scores, collab=rows) if rows is not None else self.ranker.rerank(self, users, histories, ids, scores)
             ranked = np.where(ids >= 0, ranked, -np.inf)
             order = np.argsort(-ranked, axis=1, kind="stable")
             ids = np.take_along_axis(ids, order, 1)
