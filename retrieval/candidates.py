@@ -143,15 +143,38 @@ class RetrievalModel:
         q = np.atleast_2d(queries)
         ex = _exclusion_lists(exclude, len(q))
         batch = self.batch_index() if len(q) >= self.batch_min_queries else None
-        if batch is None:
-            return self._search(self.index, q, k, ex)
-        ids, scores = self._search(batch, q, k, ex)
-        # rows the probed lists left short of k (while unexcluded items remain): the bundle's index
         lengths = np.fromiter((len(e) for e in ex), np.int64, len(ex))  # histories hold no repeats
-        short = np.flatnonzero((ids >= 0).sum(1) < np.minimum(k, self.n_items - lengths))
-        if len(short):
-            ids[short], scores[short] = self._search(self.index, q[short], k, [ex[i] for i in short])
+        if batch is None:
+            ids, scores = self._search(self.index, q, k, ex)
+        else:
+            ids, scores = self._search(batch, q, k, ex)
+            # rows the probed lists left short of k (while unexcluded items remain): the bundle's index
+            short = self._short_rows(ids, k, lengths)
+            if len(short):
+                ids[short], scores[short] = self._search(self.index, q[short], k, [ex[i] for i in short])
+        if self.index.kind != "flat":
+            # an approximate index can return fewer hits than asked (HNSW past its search breadth,
+            # for a user whose history is most of what it found): those rows are searched exactly
+            short = self._short_rows(ids, k, lengths)
+            if len(short):
+                ids[short], scores[short] = self._exact_rows(q[short], k, [ex[i] for i in short])
         return ids, scores
+
+    def _short_rows(self, ids: np.ndarray, k: int, lengths: np.ndarray) -> np.ndarray:
+        return np.flatnonzero((ids >= 0).sum(1) < np.minimum(k, self.n_items - lengths))
+
+    def _exact_rows(self, q: np.ndarray, k: int, ex: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by a dense product over every item vector, excluded items removed (a few rows)."""
+        scores = np.asarray(q, np.float32) @ np.asarray(self.item_vectors, np.float32).T
+        for row, items in enumerate(ex):
+            scores[row, np.asarray(items, np.int64)] = -np.inf
+        take = min(k, self.n_items)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :take]
+        out_ids = np.full((len(q), k), -1, dtype=np.int64)
+        out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
+        out_s[:, :take] = np.take_along_axis(scores, top, 1)
+        out_ids[:, :take] = np.where(np.isfinite(out_s[:, :take]), top, -1)
+        return out_ids, out_s
 
     def batch_index(self) -> VectorIndex | None:
         """The IVF index batch searches use at this catalogue size (built once, kept in step

@@ -175,6 +175,32 @@ def test_batch_path_fills_rows_its_lists_leave_short(model):
     assert hits > 0.3  # approximate, but the probed list is the nearest one
 
 
+def test_rows_an_approximate_index_leaves_short_are_searched_exactly(model):
+    """An approximate index may return fewer hits than asked (HNSW for a user whose history is
+    most of what its search found): those rows still get k unseen items, the exact ones."""
+    exact = _copy(model)
+    approx = _copy(model)
+    inner = approx.index
+
+    class ShortIndex:  # the bundle's index, returning only half of what it is asked for
+        kind = "hnsw"
+
+        def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            ids, scores = inner.search(q, k)
+            ids[:, k // 2 :], scores[:, k // 2 :] = -1, -np.inf
+            return ids, scores
+
+    approx.index = ShortIndex()
+    users = np.arange(30)
+    a, sa = exact.recommend(users, 20)
+    b, sb = approx.recommend(users, 20)
+    assert (b >= 0).all()
+    np.testing.assert_allclose(sa, sb, rtol=1e-5, atol=1e-6)
+    assert (a == b).mean() > 0.99  # equal scores may come in either order
+    for row, u in enumerate(users):
+        assert not set(b[row]) & set(model.histories.of(u))
+
+
 def test_batch_index_follows_added_items(model):
     ivf = _copy(model, batch_min_items=0, batch_min_queries=1, batch_nlist=8, batch_nprobe=8, batch_codes="flat")
     ivf.recommend(np.arange(5), 5)
