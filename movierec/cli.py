@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -366,10 +367,14 @@ def candidates(
     else:
         chosen = np.arange(len(m.user_ids))
     k = min(k, m.n_items)
+    # MOVIEREC_PROGRESS=0 silences the bars here as it does in training (benchmarks, scripts)
+    progress = not as_json and os.environ.get("MOVIEREC_PROGRESS", "1") != "0"
     if workers > 1:
         from movierec.candidates import write_candidates_distributed
 
-        summary = write_candidates_distributed(model, chosen, out, k, rank=not no_rank, workers=workers, chunk_size=chunk_size, model=m)
+        summary = write_candidates_distributed(
+            model, chosen, out, k, rank=not no_rank, workers=workers, chunk_size=chunk_size, model=m, show_progress=progress
+        )
         if as_json:
             _emit({**summary, "out": str(out)})
             return
@@ -385,7 +390,7 @@ def candidates(
         m.items["item_id"].to_numpy(),
         out,
         chunk_size=chunk_size,
-        show_progress=not as_json,
+        show_progress=progress,
     )
     if as_json:
         _emit({**summary, "out": str(out)})
