@@ -124,6 +124,9 @@ class RatingConfig(_Section):
     mf_lr: float = Field(5e-3, gt=0)
     mf_reg: float = Field(0.1, ge=0)
     mf_epochs: int = Field(40, ge=1)
+    mf_max_steps_per_epoch: int | None = Field(
+        None, ge=1, description="stop each MF epoch after this many batches, a fresh random subset of the ratings (None: a full pass)"
+    )
     mf_sparse: bool = Field(
         False,
         description="biased MF with sparse gradients and lazy Adam: a step costs the batch's rows instead of the whole "

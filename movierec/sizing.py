@@ -100,6 +100,12 @@ def size_to_data(config: Config, n_users: int, n_items: int, n_ratings: int) -> 
         choose("ranking.rating.mf_sparse", True, f"{n_users + n_items:,} users + items: MF steps update the batch's rows only (lazy Adam)")
         mf_batches = math.ceil(n_ratings * (1 - rating.val_fraction) / MF_BATCH)
         epochs = max(MIN_EPOCHS, MF_STEPS // max(mf_batches, 1))
-        if epochs < rating.mf_epochs and choose("ranking.rating.mf_epochs", epochs, f"{mf_batches:,} MF batches per epoch: at most {MF_STEPS:,} steps"):
+        if epochs * mf_batches > MF_STEPS and rating.mf_max_steps_per_epoch is None:
+            # even the fewest epochs would overrun the step budget: shorter epochs instead
+            per_epoch = MF_STEPS // MIN_EPOCHS
+            choose("ranking.rating.mf_max_steps_per_epoch", per_epoch,
+                   f"{mf_batches:,} MF batches per full pass: epochs of {per_epoch:,} batches, a fresh random subset each")
+        steps = epochs * min(mf_batches, rating.mf_max_steps_per_epoch or mf_batches)
+        if epochs < rating.mf_epochs and choose("ranking.rating.mf_epochs", epochs, f"{mf_batches:,} MF batches per pass: {steps:,} steps at most"):
             choose("ranking.rating.patience", min(rating.patience, MF_PATIENCE), "capped MF epochs: stop sooner once validation RMSE stalls")
     return config, choices

@@ -48,27 +48,28 @@ class _Best(Callback):
             trainer.should_stop = True
 
 
-def _trainer(epochs: int, callbacks: list[Callback], log_dir: Path | None, name: str) -> L.Trainer:
+def _trainer(epochs: int, callbacks: list[Callback], log_dir: Path | None, name: str, max_steps: int | None = None) -> L.Trainer:
     logger: Any = False
     if log_dir is not None:
         from lightning.pytorch.loggers import CSVLogger
 
         logger = CSVLogger(str(log_dir), name=name, version="")
     return L.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
+        max_epochs=epochs, limit_train_batches=max_steps, accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=False, callbacks=callbacks,
         num_sanity_val_steps=0, deterministic=True, log_every_n_steps=1,
     )
 
 
 def fit_loop(module: L.LightningModule, train: DataLoader, val: DataLoader | None, epochs: int, patience: int,
-             log_dir: Path | None, name: str) -> tuple[int, float, list[float]]:
-    """Train; with ``val`` keep the best epoch's weights. Returns (epochs trained to the best, best val RMSE, history)."""
+             log_dir: Path | None, name: str, max_steps: int | None = None) -> tuple[int, float, list[float]]:
+    """Train (epochs of at most ``max_steps`` batches of a fresh shuffle); with ``val`` keep the
+    best epoch's weights. Returns (epochs trained to the best, best val RMSE, history)."""
     if val is None:
-        _trainer(epochs, [], log_dir, name).fit(module, train)
+        _trainer(epochs, [], log_dir, name, max_steps).fit(module, train)
         return epochs, float("nan"), []
     best = _Best(patience)
-    _trainer(epochs, [best], log_dir, name).fit(module, train, val)
+    _trainer(epochs, [best], log_dir, name, max_steps).fit(module, train, val)
     if best.state is not None:
         module.net.load_state_dict(best.state)
     return best.best_epoch + 1, best.best, best.history
@@ -227,7 +228,9 @@ def fit_mf(fit: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.ndarray
         module = MFModule(n_users, n_items, cfg.mf_dim, mu, cfg.mf_lr, cfg.mf_reg, "rating")
     train_loader = pair_loader(*fit, 1024, True, seed)
     val_loader = pair_loader(*val, 65536, False, seed) if val is not None else None
-    best_epochs, best, history = fit_loop(module, train_loader, val_loader, epochs, cfg.patience, log_dir, "rating_mf")
+    best_epochs, best, history = fit_loop(
+        module, train_loader, val_loader, epochs, cfg.patience, log_dir, "rating_mf", getattr(cfg, "mf_max_steps_per_epoch", None)
+    )
     net = module.net
     return {
         "user": net.user.weight.detach().numpy().astype(np.float32).copy(),

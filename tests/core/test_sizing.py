@@ -78,6 +78,18 @@ def test_epoch_budgets_only_lower_and_grow_with_the_ratings() -> None:
     assert mf[0] > mf[1] >= mf[2] >= 3
 
 
+def test_the_mf_step_budget_holds_past_the_fewest_epochs() -> None:
+    """20M ratings: three full MF passes would be 52,000+ steps, so the epochs get shorter (a
+    random subset each) and epochs x batches stays within the budget; 1M keeps full passes."""
+    sized, choices = size_to_data(load_config(), 200_000, 100_000, 20_000_000)
+    rating = sized.ranking.rating
+    assert "ranking.rating.mf_max_steps_per_epoch" in {c.key for c in choices}
+    assert rating.mf_epochs * rating.mf_max_steps_per_epoch <= MF_STEPS
+    small, _ = size_to_data(load_config(), 20_000, 100_000, 1_000_000)
+    assert small.ranking.rating.mf_max_steps_per_epoch is None
+    assert small.ranking.rating.mf_epochs * -(-900_000 // 1024) <= MF_STEPS
+
+
 def test_dense_data_with_small_tables_keeps_its_epochs() -> None:
     """MovieLens 1M (6,040 users, 3,706 items, 1M ratings): epochs are capped at 400 batches as
     before, but the epoch budget and sparse MF are for large id tables only."""

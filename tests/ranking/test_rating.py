@@ -247,3 +247,21 @@ def test_sparse_mf_learns_the_planted_ratings_like_the_dense_form() -> None:
     assert out["val_rmse"] < dense["val_rmse"] + 0.05, (out["val_rmse"], dense["val_rmse"])
     module = SparseMFModule(4, 3, 2, 3.0, 1e-2, 0.0)
     assert all(e.sparse for e in (module.net.user, module.net.item, module.net.user_bias, module.net.item_bias))
+
+
+def test_mf_epochs_stop_at_their_step_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mf_max_steps_per_epoch`` (chosen by movierec/sizing.py past ~4.6M ratings): every MF
+    epoch trains that many batches, not a full pass."""
+    import ranking._rating_train as T
+    from ranking.rating import _triples
+
+    trainers = []
+    make = T._trainer
+    monkeypatch.setattr(T, "_trainer", lambda *a, **k: trainers.append(make(*a, **k)) or trainers[-1])
+    train, test = holdout_per_user(planted(), 0.2, seed=42)
+    data = _triples(train)
+    full_pass = -(-len(data[0]) // 1024)
+    assert full_pass > 3
+    cfg = small(mf_sparse=True, mf_max_steps_per_epoch=2, patience=50)
+    T.fit_mf(data, _triples(test), train.n_users, train.n_items, cfg, 4, 3, None)
+    assert trainers[-1].global_step == 4 * 2
