@@ -4,6 +4,12 @@
 #
 #   nice -n 10 benchmarks/big_run.sh WORKDIR [USERS ITEMS RATINGS [WORKERS]]
 #
+# CONFIG=FILE trains with that config (e.g. CONFIG=configs/synthetic-large.yaml, the issue-8 run's
+# settings); by default the train stage runs with the defaults, as a user runs it, and
+# movierec/sizing.py picks the size-dependent settings (issue 18). The size rules also apply on top
+# of a config file where it leaves a setting at its default: with synthetic-large.yaml at 20M
+# ratings they cap its single two-tower epoch at 400 steps (not the full pass its comment describes).
+#
 # TRAIN_SET="key=value ..." adds `--set` overrides to the train stage (e.g. a time-boxed run:
 # TRAIN_SET="retrieval.max_steps_per_epoch=1000"). An existing WORKDIR/data is reused (no synth).
 #
@@ -30,7 +36,7 @@ python=${PYTHON:-$here/.venv/bin/python}
 [ -x "$python" ] || python=/work/main/.venv/bin/python
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 movierec="$python -m movierec"
-config="$here/configs/synthetic-large.yaml"
+config=${CONFIG:-}
 mkdir -p "$work"
 
 stage() {  # stage NAME COMMAND...
@@ -46,12 +52,13 @@ stage() {  # stage NAME COMMAND...
 }
 
 export MOVIEREC_PROGRESS=0
-# one core: BLAS and torch single-threaded (the config also sets threads: 1)
+# one core: BLAS and torch single-threaded (the defaults and synthetic-large.yaml set threads: 1)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 [ -f "$work/data/ratings.csv" ] || stage synth $movierec synth --out "$work/data" --users "$users" --items "$items" --ratings "$ratings"
 sets=()
+if [ -n "$config" ]; then sets+=(--config "$config"); fi
 for kv in ${TRAIN_SET:-}; do sets+=(--set "$kv"); done
-stage train $movierec train --data "$work/data" --out "$work/model" --config "$config" "${sets[@]}"
+stage train $movierec train --data "$work/data" --out "$work/model" "${sets[@]}"
 if [ "$workers" -gt 1 ]; then
   stage candidates $movierec candidates --model "$work/model" --out "$work/candidates" --k 100 --workers "$workers"
 else

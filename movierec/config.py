@@ -82,6 +82,12 @@ class RetrievalConfig(_Section):
     batch_size: int = Field(1024, ge=8)
     epochs: int = Field(30, ge=1, description="upper bound; early stopping on validation Recall@50")
     patience: int = Field(3, ge=1)
+    refit_epochs: int = Field(
+        0,
+        ge=0,
+        description="after early stopping, train this many more epochs on every training rating (the validation part and "
+        "the ranker's held-out part included) before the vectors are served (0: serve the early-stopped model)",
+    )
     max_steps_per_epoch: int | None = Field(
         None, ge=1, description="stop each epoch after this many batches, a random subset of the positives (None: a full pass)"
     )

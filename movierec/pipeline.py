@@ -163,14 +163,38 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
         tt = fit_two_tower(tt_train, content_model.vectors, config.retrieval, config.trainer, seed=config.seed, log_dir=writer.path / "logs")
         tt.item_vectors, cold_map = _place_cold(tt, content_model.sparse, config)
         timings["two_tower"] = time.perf_counter() - t
-        user_vectors = tt.user_vectors
+        metrics: dict[str, Any] = {}
+        ranker = None
         if ranking:
+            from ranking.ranker import fit_ranker
+
+            t = time.perf_counter()
+            result = fit_ranker(
+                ds, tt_train, held_out, content.item_vectors, tt.items.genres, tt.user_features, tt.user_vectors,
+                tt.item_vectors, config.ranking, config.trainer, seed=config.seed, log_dir=writer.path / "logs",
+                fit_tower=tower_trainer(content_model.vectors, config, content_model.sparse),
+            )
+            ranker = result.ranker
+            metrics["ranker"] = result.metrics
+            timings["ranker"] = time.perf_counter() - t
+        if config.retrieval.refit_epochs:
+            from retrieval.two_tower import refit_two_tower
+
+            # after the ranker: its lists must come from a model that never saw the held-out part
+            t = time.perf_counter()
+            tt = refit_two_tower(tt, ds, content_model.vectors, config.retrieval, config.trainer, seed=config.seed)
+            tt.item_vectors, cold_map = _place_cold(tt, content_model.sparse, config)
+            timings["two_tower_refit"] = time.perf_counter() - t
+            user_vectors = tt.user_vectors  # already from the full histories
+        elif ranking:
             from retrieval.towers import encode_all_users
 
             # serve-time queries pool each user's full history, held-out part included
             user_vectors = encode_all_users(
                 tt.user_tower, full_histories, tt.items.content, tt.user_features, ds.n_items, config.retrieval.history_len
             )
+        else:
+            user_vectors = tt.user_vectors
 
         retrieval = RetrievalModel(
             tt.user_tower,
@@ -189,21 +213,7 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
         )
         recall = index_recall(retrieval)
         log.info("retrieval index: %s over %d items, recall@10 vs exact %.3f", retrieval.index.kind, retrieval.n_items, recall)
-
-        metrics: dict[str, Any] = {"two_tower": tt.metrics, "index": {"kind": retrieval.index.kind, "recall@10_vs_exact": recall}}
-        ranker = None
-        if ranking:
-            from ranking.ranker import fit_ranker
-
-            t = time.perf_counter()
-            result = fit_ranker(
-                ds, tt_train, held_out, content.item_vectors, tt.items.genres, tt.user_features, tt.user_vectors,
-                tt.item_vectors, config.ranking, config.trainer, seed=config.seed, log_dir=writer.path / "logs",
-                fit_tower=tower_trainer(content_model.vectors, config, content_model.sparse),
-            )
-            ranker = result.ranker
-            metrics["ranker"] = result.metrics
-            timings["ranker"] = time.perf_counter() - t
+        metrics.update({"two_tower": tt.metrics, "index": {"kind": retrieval.index.kind, "recall@10_vs_exact": recall}})
         rating_model = None
         if ranking and config.ranking.rating.enabled:
             from ranking.rating import fit_rating_model

@@ -593,7 +593,7 @@ def fit_guarded(
         base_col: feature column of the base order (-1: none, the nets' order is used as is).
 
     Returns:
-        The guarded ranker, the in-list NDCG@10 per weight, and each member's training numbers.
+        The guarded ranker, the NDCG@10 over the retrieved pool per weight, and each member's training numbers.
     """
     users = np.unique(lists.users)
     perm = np.random.default_rng(seed).permutation(len(users))
@@ -716,7 +716,7 @@ def fit_ranker(
     net, curve, member_metrics = fit_guarded(x, lists, hparams, base_col, config, trainer_config, seed, log_dir)
     nets, alpha = list(net.nets), net.alpha
     log.info(
-        "ranker: %d member(s); lists no member saw: in-list ndcg@10 %.4f (base) -> %.4f (nets) -> %.4f at alpha %.2f",
+        "ranker: %d member(s); lists no member saw: ndcg@10 over the retrieved pool %.4f (base) -> %.4f (nets) -> %.4f at alpha %.2f",
         len(nets), curve.get(0.0, float("nan")), curve.get(1.0, float("nan")), curve[alpha], alpha,
     )
 
@@ -745,7 +745,7 @@ def fit_ranker(
         "hist_ratings": serve.hist_ratings,
     }
     metrics = {
-        "val_ndcg@10_in_list": float(curve[alpha]),
+        "val_ndcg@10_pool": float(curve[alpha]),  # the served weight, over the retrieved pool
         "val_ndcg@10_base": float(curve.get(0.0, float("nan"))),
         "val_ndcg@10_nets": float(curve.get(1.0, float("nan"))),
         "alpha": float(alpha),

@@ -418,6 +418,72 @@ def build_two_tower(
     return _Setup(module, data, items, encoder, user_features)
 
 
+def refit_two_tower(
+    tt: "TwoTowerResult",
+    train: Dataset,
+    content: np.ndarray,
+    config: RetrievalConfig,
+    trainer_config: TrainerConfig | None = None,
+    seed: int = 42,
+) -> "TwoTowerResult":
+    """``tt``'s towers trained ``config.refit_epochs`` more epochs on all of ``train``.
+
+    Early stopping needs ratings the model does not learn from (its validation part) and the
+    ranker needs ratings the two-tower model did not see (its held-out part); once both have
+    been used, the served vectors can learn from them too. The epochs are a fixed number chosen
+    on validation (there is nothing left to stop on), at the same learning rate.
+    """
+    from retrieval.distributed import resolve_strategy
+
+    trainer_config = trainer_config or TrainerConfig()
+    t0 = time.perf_counter()
+    torch.set_num_threads(config.threads)
+    L.seed_everything(seed + 1, workers=True, verbose=False)
+    counts = np.bincount(train.ratings["item_idx"].to_numpy(), minlength=train.n_items)
+    items = ItemFeatures(tt.items.genres, tt.items.content, (counts > 0).astype(np.float32))
+    data = TwoTowerData(train, None, config, seed=seed + 1)
+    data.attach(items.content, tt.user_features)
+    module = TwoTowerModule(**tt.hparams)
+    module.user_tower.load_state_dict(tt.user_tower.state_dict())
+    module.item_tower.load_state_dict(tt.item_tower.state_dict())
+    module.bind(data, items)
+    trainer = L.Trainer(
+        max_epochs=config.refit_epochs,
+        limit_train_batches=config.max_steps_per_epoch,
+        limit_val_batches=0,
+        accelerator=trainer_config.accelerator,
+        devices=trainer_config.devices,
+        num_nodes=trainer_config.num_nodes,
+        strategy=resolve_strategy(trainer_config),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=show_progress(trainer_config),
+        enable_model_summary=False,
+        deterministic=True,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(module, datamodule=data)
+    torch.set_num_threads(config.threads)
+    module.eval()
+    item_vecs = encode_items(module.item_tower, module._genres, module._content, module._has_id).numpy()
+    user_vecs = encode_all_users(module.user_tower, data.histories, items.content, tt.user_features, train.n_items, config.history_len)
+    seconds = round(time.perf_counter() - t0, 2)
+    log.info("two-tower: %d more epochs on all %s training ratings in %.1fs", config.refit_epochs, f"{len(train.ratings):,}", seconds)
+    return TwoTowerResult(
+        user_tower=module.user_tower,
+        item_tower=module.item_tower,
+        item_vectors=item_vecs,
+        user_vectors=user_vecs,
+        items=items,
+        user_features=tt.user_features,
+        feature_encoder=tt.feature_encoder,
+        hparams=tt.hparams,
+        metrics={**tt.metrics, "refit_epochs": config.refit_epochs, "refit_seconds": seconds},
+        log_dir=tt.log_dir,
+    )
+
+
 @torch.no_grad()
 def validation_recall(setup: _Setup, batch_size: int = 512) -> float:
     """Validation recall@50 of ``setup.module``'s current weights, computed in this process over
