@@ -724,12 +724,18 @@ def compute_features(
     if len(cols) != len(FEATURES):
         raise RuntimeError(f"compute_features computes {sorted(cols)} but FEATURES lists {sorted(FEATURES)}")
     out = np.empty((n, c, len(FEATURES) + ctx.n_user_features), dtype=np.float32)
-    for j, name in enumerate(FEATURES):
-        out[:, :, j] = cols[name]
-    if ctx.n_user_features:
-        uf = np.where(known[:, None], ctx.user_features[safe_users], 0.0)
-        out[:, :, len(FEATURES) :] = uf[:, None, :]
-    out[~valid] = 0.0
+    uf = np.where(known[:, None], ctx.user_features[safe_users], 0.0) if ctx.n_user_features else None
+    # filled a block of users at a time: each column write is strided over the whole block, so
+    # a block that stays in cache is written once to memory instead of once per column
+    step = max(1, (1 << 18) // max(c * out.shape[2], 1))
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        block = out[s:e]
+        for j, name in enumerate(FEATURES):
+            block[:, :, j] = cols[name][s:e]
+        if uf is not None:
+            block[:, :, len(FEATURES) :] = uf[s:e, None, :]
+        block[~valid[s:e]] = 0.0
     return out
 
 
