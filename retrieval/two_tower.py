@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -418,23 +418,43 @@ def build_two_tower(
     return _Setup(module, data, items, encoder, user_features)
 
 
+def _trainer(config: RetrievalConfig, trainer_config: TrainerConfig, epochs: int, **extra: Any) -> L.Trainer:
+    """The Trainer of both fits (:func:`fit_two_tower`, :func:`refit_two_tower`)."""
+    from retrieval.distributed import resolve_strategy
+
+    return L.Trainer(
+        max_epochs=epochs,
+        # the batches are a fresh permutation each epoch, so a capped epoch sees a random subset
+        limit_train_batches=config.max_steps_per_epoch,  # None: a full pass
+        accelerator=trainer_config.accelerator,
+        devices=trainer_config.devices,
+        num_nodes=trainer_config.num_nodes,
+        strategy=resolve_strategy(trainer_config),
+        enable_progress_bar=show_progress(trainer_config),
+        enable_model_summary=False,
+        deterministic=True,
+        num_sanity_val_steps=0,
+        # the data module shards batches and validation users itself (ShardedBatches)
+        use_distributed_sampler=False,
+        **extra,
+    )
+
+
 def refit_two_tower(
-    tt: "TwoTowerResult",
+    tt: TwoTowerResult,
     train: Dataset,
     content: np.ndarray,
     config: RetrievalConfig,
     trainer_config: TrainerConfig | None = None,
     seed: int = 42,
-) -> "TwoTowerResult":
+) -> TwoTowerResult:
     """``tt``'s towers trained ``config.refit_epochs`` more epochs on all of ``train``.
 
     Early stopping needs ratings the model does not learn from (its validation part) and the
     ranker needs ratings the two-tower model did not see (its held-out part); once both have
-    been used, the served vectors can learn from them too. The epochs are a fixed number chosen
-    on validation (there is nothing left to stop on), at the same learning rate.
+    been used, the served vectors can learn from them too. The epochs are a fixed number (there is
+    nothing left to stop on; RESULTS.md, session 6, has the validation table), at the same learning rate.
     """
-    from retrieval.distributed import resolve_strategy
-
     trainer_config = trainer_config or TrainerConfig()
     t0 = time.perf_counter()
     torch.set_num_threads(config.threads)
@@ -447,22 +467,7 @@ def refit_two_tower(
     module.user_tower.load_state_dict(tt.user_tower.state_dict())
     module.item_tower.load_state_dict(tt.item_tower.state_dict())
     module.bind(data, items)
-    trainer = L.Trainer(
-        max_epochs=config.refit_epochs,
-        limit_train_batches=config.max_steps_per_epoch,
-        limit_val_batches=0,
-        accelerator=trainer_config.accelerator,
-        devices=trainer_config.devices,
-        num_nodes=trainer_config.num_nodes,
-        strategy=resolve_strategy(trainer_config),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=show_progress(trainer_config),
-        enable_model_summary=False,
-        deterministic=True,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-    )
+    trainer = _trainer(config, trainer_config, config.refit_epochs, limit_val_batches=0, logger=False, enable_checkpointing=False)
     trainer.fit(module, datamodule=data)
     torch.set_num_threads(config.threads)
     module.eval()
@@ -470,17 +475,9 @@ def refit_two_tower(
     user_vecs = encode_all_users(module.user_tower, data.histories, items.content, tt.user_features, train.n_items, config.history_len)
     seconds = round(time.perf_counter() - t0, 2)
     log.info("two-tower: %d more epochs on all %s training ratings in %.1fs", config.refit_epochs, f"{len(train.ratings):,}", seconds)
-    return TwoTowerResult(
-        user_tower=module.user_tower,
-        item_tower=module.item_tower,
-        item_vectors=item_vecs,
-        user_vectors=user_vecs,
-        items=items,
-        user_features=tt.user_features,
-        feature_encoder=tt.feature_encoder,
-        hparams=tt.hparams,
+    return replace(
+        tt, user_tower=module.user_tower, item_tower=module.item_tower, item_vectors=item_vecs, user_vectors=user_vecs, items=items,
         metrics={**tt.metrics, "refit_epochs": config.refit_epochs, "refit_seconds": seconds},
-        log_dir=tt.log_dir,
     )
 
 
@@ -519,8 +516,6 @@ def fit_two_tower(
         trainer_config: accelerator, devices, nodes and strategy.
         log_dir: where Lightning's CSV logs go (training curves for the report; rank 0 writes).
     """
-    from retrieval.distributed import resolve_strategy
-
     trainer_config = trainer_config or TrainerConfig()
     torch.set_num_threads(config.threads)
     L.seed_everything(seed, workers=True, verbose=False)
@@ -532,24 +527,7 @@ def fit_two_tower(
         checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", save_top_k=1, save_weights_only=True)
         callbacks = [EarlyStopping(monitor=monitor, mode="max", patience=config.patience), checkpoint, _KeepBest(checkpoint)]
         logger = CSVLogger(str(log_dir), name="two_tower", version="") if log_dir else False
-        trainer = L.Trainer(
-            max_epochs=config.epochs,
-            # the batches are a fresh permutation each epoch, so a capped epoch sees a random subset
-            limit_train_batches=config.max_steps_per_epoch,  # None: a full pass
-            accelerator=trainer_config.accelerator,
-            devices=trainer_config.devices,
-            num_nodes=trainer_config.num_nodes,
-            strategy=resolve_strategy(trainer_config),
-            callbacks=callbacks,
-            logger=logger,
-            enable_progress_bar=show_progress(trainer_config),
-            enable_model_summary=False,
-            deterministic=True,
-            num_sanity_val_steps=0,
-            log_every_n_steps=10,
-            # the data module shards batches and validation users itself (ShardedBatches)
-            use_distributed_sampler=False,
-        )
+        trainer = _trainer(config, trainer_config, config.epochs, callbacks=callbacks, logger=logger, log_every_n_steps=10)
         trainer.fit(module, datamodule=data)
         best = float(trainer.callback_metrics.get(BEST_KEY, torch.tensor(float("nan"))))
         epochs = int(trainer.callback_metrics.get(EPOCHS_KEY, torch.tensor(float(trainer.current_epoch))))
