@@ -21,6 +21,7 @@ import torch
 from movierec.artifacts import Bundle, BundleWriter
 from movierec.config import IndexConfig
 from movierec.index import VectorIndex, build_batch_index, build_index, recall_against_exact
+from movierec.metrics import top_k
 from retrieval.cold import ColdMap
 from retrieval.inputs import Histories, UserFeatureEncoder, user_batch
 from retrieval.towers import ItemTower, UserTower
@@ -145,13 +146,13 @@ class RetrievalModel:
         batch = self.batch_index() if len(q) >= self.batch_min_queries else None
         lengths = np.fromiter((len(e) for e in ex), np.int64, len(ex))  # histories hold no repeats
         if batch is None:
-            ids, scores = self._search(self.index, q, k, ex)
+            ids, scores = self._search(self.index, q, k, ex, lengths)
         else:
-            ids, scores = self._search(batch, q, k, ex)
+            ids, scores = self._search(batch, q, k, ex, lengths)
             # rows the probed lists left short of k (while unexcluded items remain): the bundle's index
             short = self._short_rows(ids, k, lengths)
             if len(short):
-                ids[short], scores[short] = self._search(self.index, q[short], k, [ex[i] for i in short])
+                ids[short], scores[short] = self._search(self.index, q[short], k, [ex[i] for i in short], lengths[short])
         if self.index.kind != "flat":
             # an approximate index can return fewer hits than asked (HNSW past its search breadth,
             # for a user whose history is most of what it found): those rows are searched exactly
@@ -169,7 +170,7 @@ class RetrievalModel:
         for row, items in enumerate(ex):
             scores[row, np.asarray(items, np.int64)] = -np.inf
         take = min(k, self.n_items)
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :take]
+        top = top_k(scores, take)
         out_ids = np.full((len(q), k), -1, dtype=np.int64)
         out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
         out_s[:, :take] = np.take_along_axis(scores, top, 1)
@@ -191,10 +192,12 @@ class RetrievalModel:
                 self._batch.add(self.item_vectors[len(self._batch) :])
             return self._batch
 
-    def _search(self, index: VectorIndex, q: np.ndarray, k: int, ex: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Rows grouped by the size of their exclusion lists (up to 32, then by doublings), so
-        one user with a long history does not make every row of a batch fetch that many more."""
-        lengths = np.fromiter((len(e) for e in ex), np.int64, len(ex))
+    def _search(
+        self, index: VectorIndex, q: np.ndarray, k: int, ex: list[np.ndarray], lengths: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows grouped by the size of their exclusion lists (``lengths``; up to 32, then by
+        doublings), so one user with a long history does not make every row of a batch fetch
+        that many more."""
         group = np.ceil(np.log2(np.maximum(lengths, 32))).astype(np.int64) if len(q) > 1 else np.zeros(len(q), np.int64)
         groups = np.unique(group)
         if len(groups) <= 1:
@@ -256,8 +259,7 @@ class RetrievalModel:
         if len(placed) and len(rated):
             scores = self.item_vectors[items[placed]] @ self.item_vectors[rated].T
             kk = min(k, len(rated))
-            top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < len(rated) else np.tile(np.arange(kk), (len(placed), 1))
-            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable"), axis=1)
+            top = top_k(scores, kk)
             ids[placed], s[placed] = -1, -np.inf
             ids[placed, :kk] = rated[top]
             s[placed, :kk] = np.take_along_axis(scores, top, axis=1)
