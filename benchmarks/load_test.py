@@ -332,11 +332,13 @@ def summarise_paced(out: str, rate: float, duration: float) -> dict:
     scheduled, from_send, lag, client_lag = [], [], [], []
     answered = sent = unanswered = bad_status = 0
     previous: dict[str, float] = {}  # connection -> its last answer's time
+    # connection i's slots in the window: start + i*T/c + n*T <= end, n = 0 .. due_i - 1
+    due = [max(0, math.floor((end - start - i * period / connections) / period) + 1) for i in range(connections)]
     for line in re.findall(r"^paced-req (.+)$", out, flags=re.MULTILINE):
         conn, sched, at, recv, code = line.split()
         sched, at = float(sched), float(at)
-        if sched > end:
-            continue
+        if round((sched - start - int(conn) * period / connections) / period) >= due[int(conn)]:
+            continue  # after the window (the slot's index, not its printed time: no rounding at the edge)
         sent += at <= end
         lag.append(at - sched)
         # the part of the lag the server did not cause: the previous answer was in, the client woke late
@@ -352,8 +354,7 @@ def summarise_paced(out: str, rate: float, duration: float) -> dict:
         # a send up to 1 ms early (wrk's whole-millisecond timers) is timed from the send itself
         scheduled.append(recv - min(sched, at))
         from_send.append(recv - at)
-    # connection i's slots in the window: start + i*T/c + n*T <= end
-    due = sum(max(0, math.floor((end - start - i * period / connections) / period) + 1) for i in range(connections))
+    due = sum(due)
     achieved = 1000.0 * answered / (end - start)
     result = {
         "offered_rps": rate,
