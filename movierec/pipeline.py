@@ -172,7 +172,7 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
             result = fit_ranker(
                 ds, tt_train, held_out, content.item_vectors, tt.items.genres, tt.user_features, tt.user_vectors,
                 tt.item_vectors, config.ranking, config.trainer, seed=config.seed, log_dir=writer.path / "logs",
-                fit_tower=tower_trainer(content_model.vectors, config, content_model.sparse),
+                fit_tower=tower_trainer(content_model.vectors, config, content_model.sparse), worker=background,
             )
             ranker = result.ranker
             metrics["ranker"] = result.metrics

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retrieval.dropout import Dropout
+
 
 class RankerNet(nn.Module):
     """Scores (user, candidate) pairs.
@@ -58,7 +60,7 @@ class RankerNet(nn.Module):
         layers: list[nn.Module] = []
         d = d_in
         for h in hidden:
-            layers += [nn.Linear(d, h), nn.LayerNorm(h), nn.ReLU(), nn.Dropout(dropout)]
+            layers += [nn.Linear(d, h), nn.LayerNorm(h), nn.ReLU(), Dropout(dropout)]
             d = h
         self.mlp = nn.Sequential(*layers)
         self.score_head = nn.Linear(d + d_in, 1)
@@ -131,7 +133,7 @@ class RankerNet(nn.Module):
                 h = F.layer_norm(h, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
             elif isinstance(layer, nn.ReLU):
                 h = torch.relu_(h) if h is not x else torch.relu(h)  # in place on this call's own tensors: one allocation fewer
-            elif not isinstance(layer, nn.Dropout):  # dropout is the identity in eval mode
+            elif not isinstance(layer, (Dropout, nn.Dropout)):  # dropout is the identity in eval mode
                 h = layer(h)
         score = F.linear(torch.cat([h, x], dim=-1), self.score_head.weight, self.score_head.bias).squeeze(-1)
         if self.base_column >= 0:
@@ -265,7 +267,7 @@ class FusedScorer:
                 self.layers.append(("layernorm", (g[:, None, :], b[:, None, :], int(layer.normalized_shape[0]), float(layer.eps))))
             elif isinstance(layer, nn.ReLU):
                 self.layers.append(("relu", None))
-            elif not isinstance(layer, nn.Dropout):  # dropout is the identity in eval mode
+            elif not isinstance(layer, (Dropout, nn.Dropout)):  # dropout is the identity in eval mode
                 raise ValueError(f"unsupported layer {type(layer).__name__}")
         self.first: tuple[torch.Tensor, torch.Tensor] | None = None
         if self.shared_input and self.layers and self.layers[0][0] == "linear":

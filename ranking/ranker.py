@@ -45,6 +45,7 @@ from movierec.config import RankingConfig, TrainerConfig
 from movierec.data import Dataset
 from movierec.metrics import top_k
 from movierec.splits import holdout_per_user, temporal_per_user, user_folds
+from ranking.background import BackgroundWorker
 from ranking.features import (
     FEATURES,
     GROUPS,
@@ -571,6 +572,22 @@ def _fit_member(
     }
 
 
+def _member_task(payload: tuple, k: int) -> tuple[RankerNet, dict[str, float], np.ndarray, np.ndarray]:
+    """Member ``k`` of :func:`fit_guarded`: its net, training numbers, and its scores of the
+    rows it did not train on. Module-level and seeded by ``k``, so it can run in either process."""
+    x, lists, users, perm, groups, hparams, config, trainer_config, seed, log_dir = payload
+    torch.set_num_threads(config.threads)
+    group = groups[k]
+    rest = np.setdiff1d(perm, group, assume_unique=True) if len(group) else perm
+    rest = rest[np.random.default_rng([seed, k]).permutation(len(rest))]
+    n_val = max(1, int(round(len(rest) * config.val_fraction))) if len(rest) > 1 else 0
+    fit_rows = np.flatnonzero(np.isin(lists.users, users[rest[n_val:]]))
+    val_rows = np.flatnonzero(np.isin(lists.users, users[rest[:n_val]]))
+    scored_rows = np.flatnonzero(np.isin(lists.users, users[group])) if len(group) else val_rows
+    module, m = _fit_member(x, lists, fit_rows, val_rows, hparams, config, trainer_config, seed + k, log_dir if k == 0 else None)
+    return module.net, m, scored_rows, _net_scores(module.net, x, lists, scored_rows)
+
+
 def fit_guarded(
     x: np.ndarray,
     lists: Lists,
@@ -580,6 +597,7 @@ def fit_guarded(
     trainer_config: TrainerConfig,
     seed: int,
     log_dir: str | Path | None = None,
+    worker: BackgroundWorker | None = None,
 ) -> tuple[GuardedRanker, dict[float, float], list[dict[str, float]]]:
     """Cross-fitted member nets and the weight of their order against the base column.
 
@@ -591,6 +609,8 @@ def fit_guarded(
     Args:
         x: (n, W, F) normalised features of ``lists``.
         base_col: feature column of the base order (-1: none, the nets' order is used as is).
+        worker: a second process that trains members when it is free (the same members as
+            without it: each is seeded by its index).
 
     Returns:
         The guarded ranker, the NDCG@10 over the retrieved pool per weight, and each member's training numbers.
@@ -599,19 +619,16 @@ def fit_guarded(
     perm = np.random.default_rng(seed).permutation(len(users))
     k_members = max(1, min(config.ensemble, len(users)))
     groups = np.array_split(perm, k_members) if k_members > 1 else [np.zeros(0, np.int64)]
-    nets, member_metrics = [], []
+    payload = (x, lists, users, perm, groups, hparams, config, trainer_config, seed, log_dir)
+    if worker is not None and k_members > 1:
+        members = worker.map(_member_task, payload, k_members)
+    else:
+        members = [_member_task(payload, k) for k in range(k_members)]
     oof = np.full(lists.cand.shape, np.nan, np.float32)
-    for k, group in enumerate(groups):
-        rest = np.setdiff1d(perm, group, assume_unique=True) if len(group) else perm
-        rest = rest[np.random.default_rng([seed, k]).permutation(len(rest))]
-        n_val = max(1, int(round(len(rest) * config.val_fraction))) if len(rest) > 1 else 0
-        fit_rows = np.flatnonzero(np.isin(lists.users, users[rest[n_val:]]))
-        val_rows = np.flatnonzero(np.isin(lists.users, users[rest[:n_val]]))
-        scored_rows = np.flatnonzero(np.isin(lists.users, users[group])) if len(group) else val_rows
-        module, m = _fit_member(x, lists, fit_rows, val_rows, hparams, config, trainer_config, seed + k, log_dir if k == 0 else None)
-        oof[scored_rows] = _net_scores(module.net, x, lists, scored_rows)
-        nets.append(module.net)
-        member_metrics.append(m)
+    for _, _, scored_rows, scores in members:
+        oof[scored_rows] = scores
+    nets = [net for net, *_ in members]
+    member_metrics = [m for _, m, *_ in members]
     scored = np.flatnonzero(~np.isnan(oof).all(1))
     alpha, curve = choose_alpha(oof[scored], x[scored, :, base_col] if base_col >= 0 else None, lists, scored)
     net = GuardedRanker(nets, alpha, base_col)
@@ -650,6 +667,7 @@ def fit_ranker(
     seed: int = 42,
     log_dir: str | Path | None = None,
     fit_tower: TowerFit | None = None,
+    worker: BackgroundWorker | None = None,
 ) -> RankerResult:
     """Train the ranker and return its runtime form with full-data feature arrays.
 
@@ -662,6 +680,7 @@ def fit_ranker(
         past_user_vectors: (n_users, dim) two-tower query vectors from ``past`` histories.
         item_vectors: (n_items, dim) two-tower candidate vectors.
         fit_tower: trains the extra two-tower models of ``config.folds`` (see :func:`cross_fitted_lists`).
+        worker: a second process that trains member nets when it is free (:func:`fit_guarded`).
     """
     trainer_config = trainer_config or TrainerConfig()
     torch.set_num_threads(config.threads)
@@ -713,7 +732,7 @@ def fit_ranker(
         base_column=_base_column(columns, n_user_features, config),
     )
     base_col = hparams["base_column"] if hparams["base_column"] >= 0 else _column_of(columns, n_user_features, "collab_z")
-    net, curve, member_metrics = fit_guarded(x, lists, hparams, base_col, config, trainer_config, seed, log_dir)
+    net, curve, member_metrics = fit_guarded(x, lists, hparams, base_col, config, trainer_config, seed, log_dir, worker)
     nets, alpha = list(net.nets), net.alpha
     log.info(
         "ranker: %d member(s); lists no member saw: ndcg@10 over the retrieved pool %.4f (base) -> %.4f (nets) -> %.4f at alpha %.2f",

@@ -30,6 +30,7 @@ import scipy.sparse as sp
 from movierec.artifacts import Bundle, BundleWriter
 from movierec.data import Dataset
 from movierec.metrics import top_positive
+from ranking.background import BackgroundWorker
 
 log = logging.getLogger(__name__)
 
@@ -357,81 +358,33 @@ def fit_rating_model(train: Dataset, cfg: Any, seed: int = 42, log_dir: str | Pa
 
 
 # ---- training beside the rest of the pipeline ----------------------------------------------------
-BACKGROUND_MIN_RATINGS = 20_000
-"""Below this many ratings the rating model trains in seconds: a second process's start-up
-(importing torch and Lightning, ~5 s) would cost more than it saves."""
-
-
-def _fit_in_child(conn: Any, train: Dataset, cfg: Any, seed: int, log_dir: str | None) -> None:
-    """Child process: fit, then send ``("ok", RatingFit)`` or ``("error", message)`` to the parent."""
-    import traceback
-
+def _fit_in_child(train: Dataset, cfg: Any, seed: int, log_dir: str | None) -> RatingFit:
     import torch
 
     torch.set_num_threads(cfg.threads)
-    from movierec.logs import setup_logging
-
-    setup_logging(child=True)  # the parent's console rules: Lightning and warnings only with -v, as DEBUG
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.ERROR)  # the parent reports progress; keep its console readable
-    try:
-        reply: tuple[str, Any] = ("ok", fit_rating_model(train, cfg, seed=seed, log_dir=log_dir))
-    except BaseException as exc:  # noqa: BLE001 - every failure must reach the parent, not die here
-        reply = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
-    conn.send(reply)
-    conn.close()
+    return fit_rating_model(train, cfg, seed=seed, log_dir=log_dir)
 
 
-class BackgroundRatingFit:
-    """:func:`fit_rating_model` in a spawned process, so it trains on the second core while the
-    caller trains the two-tower model and the ranker on the first (each with one torch thread).
-
-    Spawned, not forked: a fork of a process whose torch/OpenMP thread pools are running can
-    deadlock. A plain process and a pipe rather than a pool: a pool's terminate can hang while its
-    worker starts, and a pool waits forever for a worker that died. :meth:`result` waits for the
-    model (raising the child's error, or a clear one when the child died); :meth:`close` stops the
-    child when the caller gives up (an exception elsewhere in training).
-    """
+class BackgroundRatingFit(BackgroundWorker):
+    """:func:`fit_rating_model` as the first job of a :class:`~ranking.background.BackgroundWorker`,
+    so it trains on the second core while the caller trains the two-tower model and the ranker on
+    the first (each with one torch thread); the worker then helps the ranker. :meth:`result`
+    waits for the model (raising the child's error, or a clear one when the child died) and
+    stops the worker."""
 
     def __init__(self, train: Dataset, cfg: Any, seed: int = 42, log_dir: str | Path | None = None) -> None:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child_end = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(
-            target=_fit_in_child, args=(child_end, train, cfg, seed, None if log_dir is None else str(log_dir)),
-            name="movierec-rating-fit", daemon=True,
-        )
-        self._proc.start()
-        child_end.close()  # the parent keeps only the reading end, so a dead child reads as EOF
+        super().__init__((_fit_in_child, (train, cfg, seed, None if log_dir is None else str(log_dir))), name="movierec-rating-fit")
 
     @staticmethod
-    def worthwhile(n_ratings: int, cfg: Any, single_process: bool) -> bool:
+    def worthwhile(n_ratings: int, cfg: Any, single_process: bool) -> bool:  # type: ignore[override]
         """Whether a background fit pays: enabled, a spare core, one training process, enough data."""
-        import os
-
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return bool(cfg.background) and single_process and cores >= 2 and n_ratings >= BACKGROUND_MIN_RATINGS
+        return bool(cfg.background) and BackgroundWorker.worthwhile(n_ratings, single_process)
 
     def result(self) -> RatingFit:
         try:
-            status, value = self._conn.recv()
-        except EOFError:
-            self._proc.join(timeout=10)
-            raise RuntimeError(f"rating model: the background training process died (exit code {self._proc.exitcode})") from None
+            value = self.first_result("rating model")
         finally:
             self.close()
-        if status != "ok":
-            raise RuntimeError(f"rating model: background training failed: {value}")
         log.info("rating model (trained in the background): validation RMSE %s",
                  {k: round(v, 4) for k, v in value.metrics.get("val_rmse", {}).items()})
         return value
-
-    def close(self) -> None:
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(timeout=10)
-            if self._proc.is_alive():
-                self._proc.kill()
-        self._proc.join(timeout=10)
-        self._conn.close()

@@ -155,6 +155,7 @@ def test_background_fit_reports_the_childs_error() -> None:
 def test_pipeline_stops_the_background_fit_when_training_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import multiprocessing
 
+    import ranking.background
     import ranking.rating
     import retrieval.two_tower
     from movierec.config import Config
@@ -170,7 +171,7 @@ def test_pipeline_stops_the_background_fit_when_training_fails(tmp_path: Path, m
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("two-tower failed")
 
-    monkeypatch.setattr(ranking.rating, "BACKGROUND_MIN_RATINGS", 0)
+    monkeypatch.setattr(ranking.background, "MIN_RATINGS", 0)
     monkeypatch.setattr(ranking.rating, "BackgroundRatingFit", Recorded)
     monkeypatch.setattr(retrieval.two_tower, "fit_two_tower", broken)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
