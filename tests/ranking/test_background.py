@@ -13,7 +13,7 @@ from ranking.background import BackgroundWorker
 
 
 def _slow_square(payload: tuple[float, int], i: int) -> tuple[int, int]:
-    delay, parent = payload
+    delay, _ = payload
     time.sleep(delay)
     return i * i, os.getpid()
 
