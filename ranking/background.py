@@ -98,6 +98,8 @@ class BackgroundWorker:
         self._dead = False
         self._job = 0
         self._done: dict[tuple[int, int], tuple[str, Any]] = {}
+        self.last_shared: list[int] = []
+        """Tasks of the last :meth:`map` that the worker ran."""
 
     @staticmethod
     def worthwhile(n_ratings: int, single_process: bool) -> bool:
@@ -154,6 +156,7 @@ class BackgroundWorker:
         with self._claims.get_lock():
             self._claims[0], self._claims[1] = job, 0
         results: dict[int, Any] = {}
+        self.last_shared = []
         sent = False
         while True:
             while not sent and self._pump(0):
@@ -181,6 +184,7 @@ class BackgroundWorker:
             if status != "ok":
                 raise RuntimeError(f"background worker: task {i} failed: {value}")
             results[i] = value
+            self.last_shared.append(i)
         return [results[i] for i in range(n)]
 
     def close(self) -> None:

@@ -622,6 +622,8 @@ def fit_guarded(
     payload = (x, lists, users, perm, groups, hparams, config, trainer_config, seed, log_dir)
     if worker is not None and k_members > 1:
         members = worker.map(_member_task, payload, k_members)
+        if worker.last_shared:
+            log.info("ranker: member(s) %s of %d trained in the background process", ", ".join(map(str, worker.last_shared)), k_members)
     else:
         members = [_member_task(payload, k) for k in range(k_members)]
     oof = np.full(lists.cand.shape, np.nan, np.float32)

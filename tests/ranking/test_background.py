@@ -50,6 +50,7 @@ def test_an_idle_worker_shares_the_tasks_and_the_results_keep_their_order(idle_w
     assert [v for v, _ in out] == [i * i for i in range(6)]
     pids = {pid for _, pid in out}
     assert os.getpid() in pids and len(pids) == 2, "both processes should have run tasks"
+    assert idle_worker.last_shared == [i for i, (_, pid) in enumerate(out) if pid != os.getpid()]
     again = idle_worker.map(_slow_square, (0.0, os.getpid()), 3)  # a second job on the same worker
     assert [v for v, _ in again] == [0, 1, 4]
 
