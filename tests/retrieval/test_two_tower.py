@@ -153,3 +153,29 @@ def test_refit_learns_from_the_ratings_early_stopping_and_the_ranker_held_out(sy
         return float(ranks[users[on_cold], items[on_cold]].mean())
 
     assert mean_rank(refit.user_vectors, refit.item_vectors) < 0.9 * mean_rank(uv_first, first.item_vectors)
+
+
+def test_in_batch_softmax_loss_matches_autograd_cross_entropy() -> None:
+    """The fused loss equals ``cross_entropy`` of the masked, log-q shifted logits, value and
+    gradients, also when the candidates are a gathered global batch (m > n, DDP)."""
+    from torch.nn import functional as F
+
+    from retrieval.two_tower import duplicate_pairs, in_batch_softmax_loss
+
+    gen = torch.Generator().manual_seed(0)
+    for n, world, rank in [(64, 1, 0), (32, 3, 1)]:
+        items = torch.randint(0, 40, (n * world,), generator=gen)
+        q = torch.randn(n, 8, generator=gen, requires_grad=True)
+        c = torch.randn(n * world, 8, generator=gen, requires_grad=True)
+        bias = torch.randn(40, generator=gen)[items]
+        rows, cols = (torch.from_numpy(a) for a in duplicate_pairs(items.numpy(), rank * n, n))
+        target = torch.arange(n) + rank * n
+        assert len(rows) > 0
+        logits = (q @ c.T - bias).index_put((rows, cols), torch.tensor(float("-inf")))
+        ref = F.cross_entropy(logits, target)
+        ref_q, ref_c = torch.autograd.grad(3.0 * ref, (q, c))
+        ours = in_batch_softmax_loss(q, c, bias, rows, cols, target)
+        got_q, got_c = torch.autograd.grad(3.0 * ours, (q, c))
+        torch.testing.assert_close(ours, ref)
+        torch.testing.assert_close(got_q, ref_q)
+        torch.testing.assert_close(got_c, ref_c)
