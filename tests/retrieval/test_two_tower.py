@@ -179,3 +179,24 @@ def test_in_batch_softmax_loss_matches_autograd_cross_entropy() -> None:
         torch.testing.assert_close(ours, ref)
         torch.testing.assert_close(got_q, ref_q)
         torch.testing.assert_close(got_c, ref_c)
+
+
+def test_history_pooling_gradient_matches_the_embedding_bag() -> None:
+    """The user tower's history pooling (scipy gradient) gives the embedding bag's output and
+    gradients, the padding row's gradient included (zero)."""
+    from retrieval.towers import _weighted_bag
+
+    gen = torch.Generator().manual_seed(0)
+    bag = torch.nn.EmbeddingBag(30, 8, mode="sum", padding_idx=0)
+    items = torch.randint(1, 30, (16, 7), generator=gen)
+    items[:, 5:] = 0  # padding
+    items[3, 1] = items[3, 2]  # a repeated item in one bag
+    weights = torch.rand(16, 7, generator=gen) * (items > 0)
+    upstream = torch.randn(16, 8, generator=gen)
+    ref = bag(items, per_sample_weights=weights)
+    (ref_grad,) = torch.autograd.grad((ref * upstream).sum(), bag.weight)
+    ours = _weighted_bag(bag, items, weights)
+    (grad,) = torch.autograd.grad((ours * upstream).sum(), bag.weight)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(grad, ref_grad)
+    assert grad[0].abs().sum() == 0
