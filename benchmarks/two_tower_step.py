@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     setup = build_two_tower(ds, content, config.retrieval, seed=0)
     module, data = setup.module, setup.data
     module.log = lambda *args, **kwargs: None  # no Trainer here
+    data.setup("fit")  # what the Trainer does first in each training process (threads, allocator)
     rc = config.retrieval
     rng = np.random.default_rng(0)
     batches = [rng.choice(len(data.pos_users), rc.batch_size, replace=False) for _ in range(a.steps + 3)]
