@@ -65,7 +65,7 @@ class _WeightedBag(torch.autograd.Function):
     def forward(ctx, table, items, weights, padding_idx):  # type: ignore[override]
         ctx.save_for_backward(items, weights)
         ctx.rows, ctx.padding_idx = table.shape[0], padding_idx
-        return F.embedding_bag(items, table, per_sample_weights=weights, mode="sum", padding_idx=padding_idx)
+        return _bag_sum(table.detach(), items, weights, padding_idx)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -80,15 +80,29 @@ class _WeightedBag(torch.autograd.Function):
         return grad_table, None, None, None
 
 
+def _bag_sum(table: torch.Tensor, items: torch.Tensor, weights: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
+    """Weighted sums of ``table``'s rows; ``table`` must not require grad.
+
+    ``embedding_bag`` takes a slow path when given a ``padding_idx`` (0.63 against 0.14 ms at
+    B = 1,024, L = 50, dim 64); while the padding row is all zeros (as the bag keeps it: it is
+    zeroed at init and gets no gradient) it adds nothing to a sum, so it need not be skipped.
+    """
+    if padding_idx is not None and not bool(table[padding_idx].any()):
+        padding_idx = None
+    return F.embedding_bag(items, table, per_sample_weights=weights, mode="sum", padding_idx=padding_idx)
+
+
 def _weighted_bag(bag: nn.EmbeddingBag, items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """(B, dim) weighted sums of ``bag``'s rows named by ``items`` (B, L); see :class:`_WeightedBag`."""
     table = bag.weight
-    # the scipy gradient covers the training case; anything else (inference, another device or
-    # dtype, weights that want a gradient) takes the module's own path
+    # anything outside a float32 sum bag on CPU (another device or dtype, weights that want a
+    # gradient) takes the module's own path
     plain = bag.mode == "sum" and bag.max_norm is None and items.dim() == 2 and table.device.type == "cpu" and table.dtype == torch.float32
-    if plain and table.requires_grad and torch.is_grad_enabled() and not weights.requires_grad:
+    if not plain or weights.requires_grad:
+        return bag(items, per_sample_weights=weights)
+    if table.requires_grad and torch.is_grad_enabled():
         return _WeightedBag.apply(table, items, weights, bag.padding_idx)
-    return bag(items, per_sample_weights=weights)
+    return _bag_sum(table.detach(), items, weights, bag.padding_idx)
 
 
 class ItemTower(nn.Module):

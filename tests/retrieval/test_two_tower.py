@@ -200,3 +200,18 @@ def test_history_pooling_gradient_matches_the_embedding_bag() -> None:
     torch.testing.assert_close(ours, ref)
     torch.testing.assert_close(grad, ref_grad)
     assert grad[0].abs().sum() == 0
+
+
+def test_history_pooling_without_gradient_matches_the_embedding_bag() -> None:
+    """Inference pooling (the padding row skipped as a zero row) equals the module's, also when
+    the padding row is not zero (then it is skipped by index)."""
+    from retrieval.towers import _weighted_bag
+
+    gen = torch.Generator().manual_seed(1)
+    bag = torch.nn.EmbeddingBag(30, 8, mode="sum", padding_idx=0)
+    items = torch.randint(0, 30, (16, 7), generator=gen)
+    weights = torch.rand(16, 7, generator=gen)  # non-zero weights on padding too
+    with torch.no_grad():
+        torch.testing.assert_close(_weighted_bag(bag, items, weights), bag(items, per_sample_weights=weights))
+        bag.weight[0] = 1.0
+        torch.testing.assert_close(_weighted_bag(bag, items, weights), bag(items, per_sample_weights=weights))
