@@ -157,9 +157,12 @@ class _InBatchSoftmax(torch.autograd.Function):
         logits.sub_(bias)
         if len(rows):
             logits.index_put_((rows, cols), logits.new_tensor(float("-inf")))
-        # in place (the out= form of the op behind log_softmax; a row's maximum and sum are taken
-        # before it is written): one (n, m) buffer per step instead of two
-        log_p = torch._log_softmax(logits, 1, False, out=logits)
+        # in place on CPU (the out= form of the op behind log_softmax; the CPU kernel takes a row's
+        # maximum and sum before writing it; the test checks it): one (n, m) buffer per step, not two
+        if logits.device.type == "cpu":
+            log_p = torch._log_softmax(logits, 1, False, out=logits)
+        else:
+            log_p = torch.log_softmax(logits, dim=1)
         picked = torch.arange(len(target), device=target.device)
         ctx.save_for_backward(queries, candidates, log_p, target)
         return -log_p[picked, target].mean()
