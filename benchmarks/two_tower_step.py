@@ -1,9 +1,11 @@
 """Two-tower training step cost against a plain id two-tower, in one run (issue 18, item 3).
 
-    python benchmarks/two_tower_step.py [--data ../shared/data/ml-100k] [--steps 30]
+    python benchmarks/two_tower_step.py [--data ../shared/data/ml-100k] [--steps 30] [--plain-loss autograd]
 
 Both models see the same batches of positives (``retrieval.batch_size``) and the same loss: an
-in-batch softmax with log-q correction, repeated positives masked. The plain model is a user id
+in-batch softmax with log-q correction, repeated positives masked, by default through the same
+function (``in_batch_softmax_loss``; ``--plain-loss autograd`` gives the plain model the
+``index_put`` + ``cross_entropy`` version both used before session 7). The plain model is a user id
 embedding and an item id embedding (dot product, L2-normalised), trained with the same fused
 AdamW. Our step includes building the batch (histories and pooled content) as the data loader
 does. CPU time per step (median), one torch thread; prints a markdown table.
@@ -29,7 +31,7 @@ if str(ROOT) not in sys.path:
 from content import ContentModel  # noqa: E402
 from movierec.config import load_config  # noqa: E402
 from movierec.data import load_dataset  # noqa: E402
-from retrieval.two_tower import build_two_tower, duplicate_pairs  # noqa: E402
+from retrieval.two_tower import build_two_tower, duplicate_pairs, in_batch_softmax_loss  # noqa: E402
 
 
 class PlainTwoTower(nn.Module):
@@ -40,12 +42,14 @@ class PlainTwoTower(nn.Module):
         nn.init.normal_(self.users.weight, std=0.05)
         nn.init.normal_(self.items.weight, std=0.05)
 
-    def loss(self, users: torch.Tensor, items: torch.Tensor, log_q: torch.Tensor, temperature: float) -> torch.Tensor:
+    def loss(self, users: torch.Tensor, items: torch.Tensor, log_q: torch.Tensor, temperature: float, fused: bool = True) -> torch.Tensor:
         u = F.normalize(self.users(users), dim=-1)
         v = F.normalize(self.items(items), dim=-1)
+        rows, cols = duplicate_pairs(items.numpy(), 0, len(items))
+        if fused:  # the loss function movierec's step uses
+            return in_batch_softmax_loss(u * (1.0 / temperature), v, log_q[items], torch.from_numpy(rows), torch.from_numpy(cols), torch.arange(len(items)))
         logits = (u * (1.0 / temperature)) @ v.T
         logits = logits.sub_(log_q[items][None, :])
-        rows, cols = duplicate_pairs(items.numpy(), 0, len(items))
         if len(rows):
             logits = logits.index_put((torch.from_numpy(rows), torch.from_numpy(cols)), torch.tensor(float("-inf")))
         return F.cross_entropy(logits, torch.arange(len(items)))
@@ -66,6 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ml-100k")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. retrieval.batch_size=2048")
+    p.add_argument(
+        "--plain-loss", choices=["fused", "autograd"], default="fused",
+        help="the plain model's loss: movierec's in_batch_softmax_loss, or cross_entropy on index_put logits (before session 7)",
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -75,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     setup = build_two_tower(ds, content, config.retrieval, seed=0)
     module, data = setup.module, setup.data
     module.log = lambda *args, **kwargs: None  # no Trainer here
+    data.setup("fit")  # what the Trainer does first in each training process (threads, allocator)
     rc = config.retrieval
     rng = np.random.default_rng(0)
     batches = [rng.choice(len(data.pos_users), rc.batch_size, replace=False) for _ in range(a.steps + 3)]
@@ -94,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def plain_step(i: int) -> None:
         idx = batches[i]
-        loss = plain.loss(torch.from_numpy(data.pos_users[idx]), torch.from_numpy(data.pos_items[idx]), log_q, rc.temperature)
+        loss = plain.loss(torch.from_numpy(data.pos_users[idx]), torch.from_numpy(data.pos_items[idx]), log_q, rc.temperature, a.plain_loss == "fused")
         plain_opt.zero_grad()
         loss.backward()
         plain_opt.step()
@@ -109,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"data: {a.data.name}, {len(data.pos_users):,} positives, batch {rc.batch_size}, dim {rc.dim}, 1 thread")
     print("| model | CPU ms per step (median) |")
     print("|---|---:|")
-    print(f"| plain id two-tower | {pl:.1f} |")
+    print(f"| plain id two-tower ({a.plain_loss} loss) | {pl:.1f} |")
     print(f"| movierec two-tower (ids + history + content + genres + user features, batch building included) | {o:.1f} |")
     print(f"| ratio | {o / pl:.2f}x |")
 

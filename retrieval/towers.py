@@ -13,6 +13,7 @@ the model has learned to use.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -47,6 +48,61 @@ def _drop_ids(has_id: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if training and p > 0:
         mask = mask * (torch.rand_like(mask) >= p).float()
     return mask
+
+
+class _WeightedBag(torch.autograd.Function):
+    """``F.embedding_bag(items, table, per_sample_weights=weights, mode="sum")`` with a cheaper
+    gradient of ``table`` on CPU.
+
+    The embedding bag's own backward sorts the B x L indices to group them by row (3.7 ms of a
+    33 ms training step at B = 1,024, L = 50). The gradient is ``W.T @ grad``, where W is the
+    (B, rows) matrix of the weights; W's CSR arrays are the padded (B, L) layout as it is (row
+    pointers 0, L, 2L, ...), so W.T is a CSC matrix built without a sort, and scipy's CSC-times-
+    dense product scatters each bag's gradient into the rows it names (1 ms with the forward).
+    """
+
+    @staticmethod
+    def forward(ctx, table, items, weights, padding_idx):  # type: ignore[override]
+        ctx.save_for_backward(items, weights)
+        ctx.rows, ctx.padding_idx = table.shape[0], padding_idx
+        return _bag_sum(table.detach(), items, weights, padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        items, weights = ctx.saved_tensors
+        b, length = items.shape
+        w_t = sp.csc_matrix(
+            (weights.numpy().ravel(), items.numpy().ravel(), np.arange(0, b * length + 1, length)), shape=(ctx.rows, b)
+        )
+        grad_table = torch.from_numpy(np.asarray(w_t @ grad.numpy(), dtype=np.float32))
+        if ctx.padding_idx is not None:
+            grad_table[ctx.padding_idx] = 0.0  # as the embedding bag: the padding row never learns
+        return grad_table, None, None, None
+
+
+def _bag_sum(table: torch.Tensor, items: torch.Tensor, weights: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
+    """Weighted sums of ``table``'s rows; ``table`` must not require grad.
+
+    ``embedding_bag`` takes a slow path when given a ``padding_idx`` (0.63 against 0.14 ms at
+    B = 1,024, L = 50, dim 64); while the padding row is all zeros (as the bag keeps it: it is
+    zeroed at init and gets no gradient) it adds nothing to a sum, so it need not be skipped.
+    """
+    if padding_idx is not None and not bool(table[padding_idx].any()):
+        padding_idx = None
+    return F.embedding_bag(items, table, per_sample_weights=weights, mode="sum", padding_idx=padding_idx)
+
+
+def _weighted_bag(bag: nn.EmbeddingBag, items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B, dim) weighted sums of ``bag``'s rows named by ``items`` (B, L); see :class:`_WeightedBag`."""
+    table = bag.weight
+    # anything outside a float32 sum bag on CPU (another device or dtype, weights that want a
+    # gradient) takes the module's own path
+    plain = bag.mode == "sum" and bag.max_norm is None and items.dim() == 2 and table.device.type == "cpu" and table.dtype == torch.float32
+    if not plain or weights.requires_grad:
+        return bag(items, per_sample_weights=weights)
+    if table.requires_grad and torch.is_grad_enabled():
+        return _WeightedBag.apply(table, items, weights, bag.padding_idx)
+    return _bag_sum(table.detach(), items, weights, bag.padding_idx)
 
 
 class ItemTower(nn.Module):
@@ -129,7 +185,7 @@ class UserTower(nn.Module):
         keep = _drop_ids(has_id, self.id_dropout, self.training)
         ids = _id_vectors(self.id_emb, user_idx, keep)
         w = hist_weights / hist_weights.sum(1, keepdim=True).clamp(min=1e-6)
-        hist = self.hist_emb(hist_items + 1, per_sample_weights=w)
+        hist = _weighted_bag(self.hist_emb, hist_items + 1, w)
         parts = [ids, hist, self.hist_content(hist_content)]
         if self.features is not None:
             feats = user_features if user_features is not None else hist.new_zeros(len(hist), self.n_user_features)

@@ -153,3 +153,65 @@ def test_refit_learns_from_the_ratings_early_stopping_and_the_ranker_held_out(sy
         return float(ranks[users[on_cold], items[on_cold]].mean())
 
     assert mean_rank(refit.user_vectors, refit.item_vectors) < 0.9 * mean_rank(uv_first, first.item_vectors)
+
+
+def test_in_batch_softmax_loss_matches_autograd_cross_entropy() -> None:
+    """The fused loss equals ``cross_entropy`` of the masked, log-q shifted logits, value and
+    gradients, also when the candidates are a gathered global batch (m > n, DDP)."""
+    from torch.nn import functional as F
+
+    from retrieval.two_tower import duplicate_pairs, in_batch_softmax_loss
+
+    gen = torch.Generator().manual_seed(0)
+    for n, world, rank in [(64, 1, 0), (32, 3, 1)]:
+        items = torch.randint(0, 40, (n * world,), generator=gen)
+        q = torch.randn(n, 8, generator=gen, requires_grad=True)
+        c = torch.randn(n * world, 8, generator=gen, requires_grad=True)
+        bias = torch.randn(40, generator=gen)[items]
+        rows, cols = (torch.from_numpy(a) for a in duplicate_pairs(items.numpy(), rank * n, n))
+        target = torch.arange(n) + rank * n
+        assert len(rows) > 0
+        logits = (q @ c.T - bias).index_put((rows, cols), torch.tensor(float("-inf")))
+        ref = F.cross_entropy(logits, target)
+        ref_q, ref_c = torch.autograd.grad(3.0 * ref, (q, c))
+        ours = in_batch_softmax_loss(q, c, bias, rows, cols, target)
+        got_q, got_c = torch.autograd.grad(3.0 * ours, (q, c))
+        torch.testing.assert_close(ours, ref)
+        torch.testing.assert_close(got_q, ref_q)
+        torch.testing.assert_close(got_c, ref_c)
+
+
+def test_history_pooling_gradient_matches_the_embedding_bag() -> None:
+    """The user tower's history pooling (scipy gradient) gives the embedding bag's output and
+    gradients, the padding row's gradient included (zero)."""
+    from retrieval.towers import _weighted_bag
+
+    gen = torch.Generator().manual_seed(0)
+    bag = torch.nn.EmbeddingBag(30, 8, mode="sum", padding_idx=0)
+    items = torch.randint(1, 30, (16, 7), generator=gen)
+    items[:, 5:] = 0  # padding
+    items[3, 1] = items[3, 2]  # a repeated item in one bag
+    weights = torch.rand(16, 7, generator=gen) * (items > 0)
+    upstream = torch.randn(16, 8, generator=gen)
+    ref = bag(items, per_sample_weights=weights)
+    (ref_grad,) = torch.autograd.grad((ref * upstream).sum(), bag.weight)
+    ours = _weighted_bag(bag, items, weights)
+    (grad,) = torch.autograd.grad((ours * upstream).sum(), bag.weight)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(grad, ref_grad)
+    assert grad[0].abs().sum() == 0
+
+
+def test_history_pooling_without_gradient_matches_the_embedding_bag() -> None:
+    """Inference pooling (the padding row skipped as a zero row) equals the module's, also when
+    the padding row is not zero (then it is skipped by index)."""
+    from retrieval.towers import _weighted_bag
+
+    gen = torch.Generator().manual_seed(1)
+    bag = torch.nn.EmbeddingBag(30, 8, mode="sum", padding_idx=0)
+    items = torch.randint(0, 30, (16, 7), generator=gen)
+    weights = torch.rand(16, 7, generator=gen)  # non-zero weights on padding too
+    with torch.no_grad():
+        torch.testing.assert_close(_weighted_bag(bag, items, weights), bag(items, per_sample_weights=weights))
+        bag.weight[0] = 1.0
+        torch.testing.assert_close(_weighted_bag(bag, items, weights), bag(items, per_sample_weights=weights))
