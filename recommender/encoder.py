@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retrieval.dropout import Dropout
+
 log = logging.getLogger(__name__)
 
 
@@ -48,7 +50,8 @@ class NewUserEncoder:
         self.parts = parts
         mlp = list(tower.mlp)
         kinds = [type(layer) for layer in mlp]
-        if kinds != [nn.Linear, nn.LayerNorm, nn.GELU, nn.Dropout, nn.Linear]:
+        dropout = (nn.Dropout, Dropout)  # the identity in eval mode, whichever draws the masks
+        if len(kinds) != 5 or kinds[:3] + kinds[4:] != [nn.Linear, nn.LayerNorm, nn.GELU, nn.Linear] or not issubclass(kinds[3], dropout):
             raise ValueError(f"user tower MLP {[k.__name__ for k in kinds]} is not the layout this encoder knows")
         self.lin1, self.norm, self.gelu, _, self.lin2 = mlp
         if not isinstance(tower.hist_emb, nn.EmbeddingBag) or tower.hist_emb.mode != "sum" or tower.hist_emb.padding_idx != 0:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from retrieval.dropout import Dropout
 from retrieval.inputs import Histories, user_batch
 
 
@@ -26,7 +27,7 @@ def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
         nn.Linear(d_in, hidden),
         nn.LayerNorm(hidden),
         nn.GELU(),
-        nn.Dropout(dropout),
+        Dropout(dropout),
         nn.Linear(hidden, d_out),
     )
 
