@@ -10,16 +10,20 @@ retrieval towers, content transform); no Lightning or training modules.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import inspect
 import logging
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 import numpy as np
 from fastapi import Body, Depends, FastAPI, HTTPException, Path as PathParam, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -447,6 +451,28 @@ OFF_LOOP_K = 100
 """Lists longer than this (or diversified, or explained) are built in the thread pool."""
 
 
+RANKING_THREADS = 2
+"""Ranked answers computed at once per worker process; the rest wait their turn off the event
+loop. They are short runs of small numpy and torch operations that take and release the GIL many
+times each: many of them in parallel threads of one process still run one at a time, but hand the
+GIL back and forth between every operation, and each costs about twice the CPU it costs alone
+(benchmarks/RESULTS.md, session 8). That happens whenever one worker holds most connections:
+uvicorn's workers share one listening socket and the kernel may give one worker all of them. Two,
+not one, so that one long answer (explanations or diversity at a large k) does not hold up the
+short ones behind it; the event loop stays free meanwhile (health checks, cached answers)."""
+
+_RANKING_LIMITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
+
+
+def _ranking_limiter() -> anyio.CapacityLimiter:
+    """This event loop's limiter of ranked answers (one loop per worker process; tests start several)."""
+    loop = asyncio.get_running_loop()
+    limiter = _RANKING_LIMITERS.get(loop)
+    if limiter is None:
+        limiter = _RANKING_LIMITERS[loop] = anyio.CapacityLimiter(RANKING_THREADS)
+    return limiter
+
+
 async def _off_loop_if_heavy(
     settings: Settings,
     served: ServedModel,
@@ -464,7 +490,7 @@ async def _off_loop_if_heavy(
     ranked = settings.rank and served.recommender.ranker is not None and not cached
     heavy = ranked or diversity > 0 or explained or k > OFF_LOOP_K
     if heavy:
-        return await run_in_threadpool(_ranked_items, served, fetch, k, diversity)
+        return await anyio.to_thread.run_sync(functools.partial(_ranked_items, served, fetch, k, diversity), limiter=_ranking_limiter())
     return _ranked_items(served, fetch, k, diversity)
 
 

@@ -3,6 +3,7 @@ never an answer older than the last acknowledged write, from this worker or anot
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +132,46 @@ def test_diversity_and_explanations_never_run_on_the_event_loop(bundle_path: Pat
         liked = [int(i) for i in c.app.state.store.get().recommender.items["item_id"].iloc[:3]]
         assert c.post("/recommendations", json={"liked_items": liked, "k": 150, "diversity": 0.5, "explain": True}).status_code == 200
     assert ran and loop not in ran
+
+
+def test_ranked_answers_queue_for_a_few_threads_while_the_loop_stays_free(bundle_path: Path, tmp_path: Path, monkeypatch) -> None:
+    """At most RANKING_THREADS ranked answers are computed at once in one worker; the others wait
+    their turn without holding the event loop (health answers meanwhile), and every one is served."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import serving.app as app_module
+
+    lock, release = threading.Lock(), threading.Event()
+    running, most = [0], [0]
+    real = app_module._ranked_items
+
+    def blocking(*args: object, **kwargs: object) -> object:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            assert release.wait(20)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(app_module, "_ranked_items", blocking)
+    with TestClient(create_app(Settings(model=bundle_path, state_dir=tmp_path / "state"))) as c:
+        rec = c.app.state.store.get().recommender
+        assert rec.ranker is not None  # the heavy path is the ranked one
+        items = [int(i) for i in rec.items["item_id"]]
+        n = app_module.RANKING_THREADS + 3
+        with ThreadPoolExecutor(n) as pool:
+            futures = [pool.submit(c.post, "/recommendations", json={"liked_items": items[3 * j:3 * j + 3], "k": 5}) for j in range(n)]
+            deadline = time.monotonic() + 20
+            while running[0] < app_module.RANKING_THREADS and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)  # time for any request beyond the limit to (wrongly) start
+            assert running[0] == app_module.RANKING_THREADS
+            assert c.get("/health").status_code == 200  # the event loop is not waiting on them
+            release.set()
+            answers = [f.result(timeout=30) for f in futures]
+    assert [a.status_code for a in answers] == [200] * n and all(len(a.json()["items"]) == 5 for a in answers)
+    assert most[0] == app_module.RANKING_THREADS
