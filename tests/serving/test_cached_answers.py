@@ -164,14 +164,16 @@ def test_ranked_answers_queue_for_a_few_threads_while_the_loop_stays_free(bundle
         items = [int(i) for i in rec.items["item_id"]]
         n = app_module.RANKING_THREADS + 3
         with ThreadPoolExecutor(n) as pool:
-            futures = [pool.submit(c.post, "/recommendations", json={"liked_items": items[3 * j:3 * j + 3], "k": 5}) for j in range(n)]
-            deadline = time.monotonic() + 20
-            while running[0] < app_module.RANKING_THREADS and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(0.2)  # time for any request beyond the limit to (wrongly) start
-            assert running[0] == app_module.RANKING_THREADS
-            assert c.get("/health").status_code == 200  # the event loop is not waiting on them
-            release.set()
+            try:
+                futures = [pool.submit(c.post, "/recommendations", json={"liked_items": items[3 * j:3 * j + 3], "k": 5}) for j in range(n)]
+                deadline = time.monotonic() + 20
+                while running[0] < app_module.RANKING_THREADS and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                time.sleep(0.2)  # time for any request beyond the limit to (wrongly) start
+                assert running[0] == app_module.RANKING_THREADS
+                assert c.get("/health").status_code == 200  # the event loop is not waiting on them
+            finally:
+                release.set()  # a failed check above must not leave the requests blocked
             answers = [f.result(timeout=30) for f in futures]
     assert [a.status_code for a in answers] == [200] * n and all(len(a.json()["items"]) == 5 for a in answers)
     assert most[0] == app_module.RANKING_THREADS
