@@ -83,7 +83,9 @@ def train(ds: Dataset, out: str | Path, config: Config | None = None, manifest: 
 
     from movierec.sizing import size_to_data
 
-    config, choices = size_to_data(config or Config(), ds.n_users, ds.n_items, len(ds.ratings))
+    values = ds.ratings["rating"].to_numpy()
+    constant = float(values[0]) if len(values) and values.min() == values.max() else None
+    config, choices = size_to_data(config or Config(), ds.n_users, ds.n_items, len(ds.ratings), constant_rating=constant)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     log.info("training on %r", ds)

@@ -6,6 +6,8 @@ YAML file or with ``--set`` always wins), and every change is returned with its 
 by the pipeline and written to the bundle's manifest. Work that grows faster than the data is
 what these rules bound: per-epoch validation scores users x items, the ranker's training lists
 and the rating model's I-AutoRec are users x items wide, and two-tower epochs grow with ratings.
+One rule looks at the data's kind instead: implicit feedback (every rating the same value)
+trains no rating model.
 """
 
 from __future__ import annotations
@@ -63,8 +65,13 @@ def _is_default(section: Any, field: str) -> bool:
     return field not in section.model_fields_set
 
 
-def size_to_data(config: Config, n_users: int, n_items: int, n_ratings: int) -> tuple[Config, list[Choice]]:
-    """A copy of ``config`` with the size-dependent defaults filled in, and what was chosen."""
+def size_to_data(
+    config: Config, n_users: int, n_items: int, n_ratings: int, constant_rating: float | None = None
+) -> tuple[Config, list[Choice]]:
+    """A copy of ``config`` with the size-dependent defaults filled in, and what was chosen.
+
+    ``constant_rating``: the one value every rating has (implicit feedback, e.g. all 1), if so.
+    """
     config = config.model_copy(deep=True)
     choices: list[Choice] = []
 
@@ -94,9 +101,11 @@ def size_to_data(config: Config, n_users: int, n_items: int, n_ratings: int) -> 
         if epochs < r.epochs and choose("retrieval.epochs", epochs, f"about {TWO_TOWER_PASSES:g} passes over {batches:,.0f} batches"):
             choose("retrieval.patience", min(r.patience, LARGE_PATIENCE), "capped epochs: stop at the first epoch without a better validation recall")
     rating = config.ranking.rating
-    if config.ranking.rating.autorec_hidden > 0 and n_users * n_items > AUTOREC_CELLS:
+    if constant_rating is not None and rating.enabled:
+        choose("ranking.rating.enabled", False, f"every rating is {constant_rating:g}: no rating model, nothing to predict")
+    if rating.enabled and rating.autorec_hidden > 0 and n_users * n_items > AUTOREC_CELLS:
         choose("ranking.rating.autorec_hidden", 0, f"{n_users:,} x {n_items:,} users x items: I-AutoRec left out of the rating model")
-    if rating.mf_dim > 0 and n_users + n_items > MF_SPARSE_ROWS:
+    if rating.enabled and rating.mf_dim > 0 and n_users + n_items > MF_SPARSE_ROWS:
         choose("ranking.rating.mf_sparse", True, f"{n_users + n_items:,} users + items: MF steps update the batch's rows only (lazy Adam)")
         mf_batches = math.ceil(n_ratings * (1 - rating.val_fraction) / MF_BATCH)
         epochs = max(MIN_EPOCHS, MF_STEPS // max(mf_batches, 1))

@@ -100,3 +100,16 @@ def test_dense_data_with_small_tables_keeps_its_epochs() -> None:
     assert not keys & {"retrieval.epochs", "retrieval.patience", "ranking.rating.mf_sparse", "ranking.rating.mf_epochs",
                        "ranking.rating.patience"}
     assert sized.retrieval.epochs == config.retrieval.epochs
+
+
+def test_constant_ratings_leave_the_rating_model_out() -> None:
+    """Implicit feedback (every rating the same value) has nothing for a rating model to predict."""
+    sized, choices = size_to_data(load_config(), 943, 1682, 100_000, constant_rating=1.0)
+    assert [c.key for c in choices] == ["ranking.rating.enabled"] and sized.ranking.rating.enabled is False
+    assert "every rating is 1" in choices[0].reason
+    # at a large size the rating model's own rules no longer fire: it is not trained
+    _, large = size_to_data(load_config(), 20_000, 100_000, 1_000_000, constant_rating=1.0)
+    assert not any(c.key.startswith("ranking.rating.") and c.key != "ranking.rating.enabled" for c in large)
+    assert "ranking.rating.enabled" in {c.key for c in large}
+    kept, chosen = size_to_data(load_config(overrides=["ranking.rating.enabled=true"]), 943, 1682, 100_000, constant_rating=1.0)
+    assert kept.ranking.rating.enabled is True and chosen == []  # a value the user set wins

@@ -266,3 +266,27 @@ def test_mf_epochs_stop_at_their_step_cap(monkeypatch: pytest.MonkeyPatch) -> No
     cfg = small(mf_sparse=True, mf_max_steps_per_epoch=2, patience=50)
     T.fit_mf(data, _triples(test), train.n_users, train.n_items, cfg, 4, 3, None)
     assert trainers[-1].global_step == 4 * 2
+
+
+def test_implicit_feedback_trains_without_a_rating_model(tmp_path: Path) -> None:
+    """Every rating the same value (clicks, watches): the pipeline says it leaves the rating model
+    out, writes a bundle without one, and still ranks."""
+    import json
+
+    from movierec.data import load_dataset
+    from movierec.pipeline import train as train_pipeline
+    from movierec.synthetic import SynthSpec, write_synthetic
+    from recommender import HybridRecommender
+    from tests.ranking.conftest import small_config
+
+    write_synthetic(tmp_path / "data", SynthSpec(n_users=150, n_items=200, n_ratings=6_000, seed=4))
+    rated = load_dataset(tmp_path / "data")
+    clicks = rated.with_ratings(rated.ratings.assign(rating=1.0), name="clicks")
+    bundle = train_pipeline(clicks, tmp_path / "bundle", small_config())
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert any(s.startswith("ranking.rating.enabled=False (every rating is 1") for s in manifest["sizing"])
+    assert not (bundle / "rating").exists()
+    model = HybridRecommender.load(bundle)
+    assert model.rating_model is None and model.ranker is not None
+    recs = model.recommend_user(model.user_ids[0], 10)
+    assert len(recs.item_idx) == 10 and np.isfinite(recs.scores).all()
