@@ -133,7 +133,7 @@ class RankerNet(nn.Module):
                 h = F.layer_norm(h, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
             elif isinstance(layer, nn.ReLU):
                 h = torch.relu_(h) if h is not x else torch.relu(h)  # in place on this call's own tensors: one allocation fewer
-            elif not isinstance(layer, (Dropout, nn.Dropout)):  # dropout is the identity in eval mode
+            elif not isinstance(layer, nn.Dropout):  # dropout is the identity in eval mode
                 h = layer(h)
         score = F.linear(torch.cat([h, x], dim=-1), self.score_head.weight, self.score_head.bias).squeeze(-1)
         if self.base_column >= 0:
@@ -267,7 +267,7 @@ class FusedScorer:
                 self.layers.append(("layernorm", (g[:, None, :], b[:, None, :], int(layer.normalized_shape[0]), float(layer.eps))))
             elif isinstance(layer, nn.ReLU):
                 self.layers.append(("relu", None))
-            elif not isinstance(layer, (Dropout, nn.Dropout)):  # dropout is the identity in eval mode
+            elif not isinstance(layer, nn.Dropout):  # dropout is the identity in eval mode
                 raise ValueError(f"unsupported layer {type(layer).__name__}")
         self.first: tuple[torch.Tensor, torch.Tensor] | None = None
         if self.shared_input and self.layers and self.layers[0][0] == "linear":

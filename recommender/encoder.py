@@ -21,8 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retrieval.dropout import Dropout
-
 log = logging.getLogger(__name__)
 
 
@@ -50,8 +48,8 @@ class NewUserEncoder:
         self.parts = parts
         mlp = list(tower.mlp)
         kinds = [type(layer) for layer in mlp]
-        dropout = (nn.Dropout, Dropout)  # the identity in eval mode, whichever draws the masks
-        if len(kinds) != 5 or kinds[:3] + kinds[4:] != [nn.Linear, nn.LayerNorm, nn.GELU, nn.Linear] or not issubclass(kinds[3], dropout):
+        # any dropout (the identity in eval mode), whichever draws the masks
+        if len(kinds) != 5 or kinds[:3] + kinds[4:] != [nn.Linear, nn.LayerNorm, nn.GELU, nn.Linear] or not issubclass(kinds[3], nn.Dropout):
             raise ValueError(f"user tower MLP {[k.__name__ for k in kinds]} is not the layout this encoder knows")
         self.lin1, self.norm, self.gelu, _, self.lin2 = mlp
         if not isinstance(tower.hist_emb, nn.EmbeddingBag) or tower.hist_emb.mode != "sum" or tower.hist_emb.padding_idx != 0:

@@ -17,14 +17,14 @@ from torch import nn
 from torch.nn import functional as F
 
 
-class Dropout(nn.Module):
-    """Drop-in for ``nn.Dropout(p)`` (no parameters, so state dicts are unchanged)."""
+class Dropout(nn.Dropout):
+    """Drop-in for ``nn.Dropout(p)``, and one (no parameters, so state dicts are unchanged; code
+    that skips dropout layers in eval mode by ``isinstance(layer, nn.Dropout)`` skips this too)."""
 
     def __init__(self, p: float = 0.5) -> None:
-        super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-        self.p = float(p)
+        super().__init__(float(p))
         self._threshold = np.uint16(min(round(self.p * 65536), 65535))
         self._rng: np.random.Generator | None = None
 
