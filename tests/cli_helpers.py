@@ -3,7 +3,10 @@ sys.path; pytest runs with --import-mode=importlib, so test modules cannot impor
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -20,3 +23,15 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         code = int(e.code or 0)
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script that is not in a package (``benchmarks/*.py``, test data generators) imported as
+    the module named by its file stem, and registered in ``sys.modules`` under that name (its
+    dataclasses and pickling look themselves up there)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module

@@ -4,9 +4,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,18 +12,14 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from cli_helpers import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def lt() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("load_test", REPO / "benchmarks" / "load_test.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["load_test"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "benchmarks" / "load_test.py")
 
 
 def _wrk_output(start: float, period: float, connections: int, requests: list[tuple[int, float, float, float | None]]) -> str:

@@ -4,14 +4,13 @@ failing training is reported and the run goes on."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from cli_helpers import load_script
 
 from movierec.data import Dataset, load_dataset
 from movierec.synthetic import SynthSpec, write_synthetic
@@ -25,12 +24,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def rq() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("robust_quality", REPO / "benchmarks" / "robust_quality.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["robust_quality"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "benchmarks" / "robust_quality.py")
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ are matched by name, so adding a feature later does not invalidate the reference
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import load_script
 
 from ranking.features import FEATURES, MAX_HISTORY, compute_features, pad_histories
 
@@ -19,10 +19,7 @@ DATA = Path(__file__).resolve().parent / "data"
 
 
 def _golden_module():
-    spec = importlib.util.spec_from_file_location("make_feature_golden", DATA / "make_feature_golden.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(DATA / "make_feature_golden.py")
 
 
 @pytest.fixture(scope="module")
