@@ -258,21 +258,30 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def run_wrk(url: str, script: str, connections: int, duration: float, server_pid: int | None = None) -> dict[str, float]:
-    """One wrk run; returns requests/s, p50/p99 in ms, the count of failed requests and, given
-    the server's pid, its CPU milliseconds per request (workers included): less sensitive than
-    throughput to what else the machine is running."""
+def _wrk(
+    url: str, script: str, threads: int, connections: int, duration: float, server_pid: int | None, *flags: str
+) -> tuple[str, int, float]:
+    """wrk driven by the Lua ``script``: its output, the requests it completed and, given the
+    server's pid, the server's CPU milliseconds per request (workers included)."""
     cpu0 = _tree_cpu(server_pid) if server_pid else 0.0
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
     try:
-        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, int(duration))}s", "--latency", "-s", f.name, url]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
+        cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, int(duration))}s", *flags, "-s", f.name, url]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30, check=False).stdout
     finally:
         os.unlink(f.name)
     cpu = _tree_cpu(server_pid) - cpu0 if server_pid else float("nan")
     done = re.search(r"(\d+) requests in", out)
-    cpu_ms = 1e3 * cpu / int(done.group(1)) if done and int(done.group(1)) else float("nan")
+    requests = int(done.group(1)) if done else 0
+    return out, requests, 1e3 * cpu / requests if requests else float("nan")
+
+
+def run_wrk(url: str, script: str, connections: int, duration: float, server_pid: int | None = None) -> dict[str, float]:
+    """One wrk run; returns requests/s, p50/p99 in ms, the count of failed requests and, given
+    the server's pid, its CPU milliseconds per request (workers included): less sensitive than
+    throughput to what else the machine is running."""
+    out, _, cpu_ms = _wrk(url, script, 1, connections, duration, server_pid, "--latency")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, flags=re.M))
     if "50" not in lat or "99" not in lat:  # no request finished within the run
@@ -383,21 +392,12 @@ def run_paced(
     """One schedule-paced wrk run (one wrk thread per connection, see ``_PACED_LUA``); returns
     :func:`summarise_paced`'s figures with the server's CPU ms per answered request (``cpu_ms``)
     and wrk's own (``client_cpu_ms``)."""
-    cpu0 = _tree_cpu(server_pid) if server_pid else 0.0
     client0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(script)
-    try:
-        cmd = ["wrk", f"-t{connections}", f"-c{connections}", f"-d{max(1, int(duration))}s", "-s", f.name, url]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30, check=False).stdout
-    finally:
-        os.unlink(f.name)
+    out, requests, cpu_ms = _wrk(url, script, connections, connections, duration, server_pid)
     client1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = _tree_cpu(server_pid) - cpu0 if server_pid else float("nan")
     result = summarise_paced(out, rate, max(1, int(duration)))
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
     result["wrk_rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    result["cpu_ms"] = 1e3 * cpu / requests if requests else float("nan")
+    result["cpu_ms"] = cpu_ms
     client = (client1.ru_utime + client1.ru_stime) - (client0.ru_utime + client0.ru_stime)
     result["client_cpu_ms"] = 1e3 * client / requests if requests else float("nan")
     if result["behind"]:
