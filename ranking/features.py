@@ -47,12 +47,16 @@ FEATURES: tuple[str, ...] = (
     "year_gap",  # movie year minus the mean year of the user's history
     "user_activity",  # log1p(history length)
     "user_mean",  # damped mean rating of the user
+    "since_last",  # signed log1p of days from the user's last rating to the candidate's first rating
+    "since_first",  # signed log1p of days from the user's first rating to the candidate's first rating
+    "user_span",  # log1p of days between the user's first and last rating
 )
 """Dense pair features, in column order (user features, when present, follow them)."""
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "content": ("content_mean", "content_max", "content_liked", "genre_affinity", "year_gap"),
     "collab": ("collab_z", "collab_rank", "collab_liked_z"),
+    "time": ("since_last", "since_first", "user_span"),
 }
 """Named feature groups that an ablation can leave out (``RankingConfig.exclude``)."""
 
@@ -80,6 +84,11 @@ class FeatureContext:
         user_features: (n_users, F) encoded user features (zeros for unknown users).
         global_mean: mean rating of the snapshot (what unknown means default to).
         ref_year: newest release year in the catalogue (for ``item_age``).
+        item_first_day: (I0,) day (unix days) of each item's first rating in the snapshot, NaN
+            when it has none; None when the ratings carry no timestamps (the time features are 0).
+        user_first_day, user_last_day: (n_users,) days of each user's first and last rating.
+        ref_day: newest rating day of the snapshot: the "first rating" of an item nobody has
+            rated yet and both days of a user the snapshot does not know.
     """
 
     content: np.ndarray
@@ -92,6 +101,10 @@ class FeatureContext:
     user_features: np.ndarray
     global_mean: float
     ref_year: float
+    item_first_day: np.ndarray | None = None
+    user_first_day: np.ndarray | None = None
+    user_last_day: np.ndarray | None = None
+    ref_day: float = 0.0
 
     @property
     def n_user_features(self) -> int:
@@ -124,8 +137,10 @@ class ItemTables:
     beyond the arrays), so one gather replaces a masked lookup per feature and request.
 
     Every value is the one the per-request code computed: content rows are float32 (zero in the
-    extra row), genre rows are normalised to shares, years are float32 (NaN when unknown), and
-    ``static`` holds ``item_pop, item_mean, item_age, year_missing`` per item.
+    extra row), genre rows are normalised to shares, years are float32 (NaN when unknown),
+    ``static`` holds ``item_pop, item_mean, item_age, year_missing`` per item, and ``first_day``
+    the day of its first rating (``ref_day`` for an item without one; float64, as days since 1970
+    lose hours in float32).
     """
 
     n_items: int
@@ -134,6 +149,7 @@ class ItemTables:
     genre_shares: np.ndarray
     years: np.ndarray
     static: np.ndarray
+    first_day: np.ndarray
 
     @classmethod
     def build(cls, ctx: FeatureContext) -> ItemTables:
@@ -157,7 +173,11 @@ class ItemTables:
             ],
             axis=1,
         )
-        return cls(n, content, genres, shares.astype(np.float32), years, static)
+        first = np.full(n + 1, ctx.ref_day, np.float64)
+        if ctx.item_first_day is not None:
+            k = min(n, len(ctx.item_first_day))
+            first[:k] = np.where(np.isnan(ctx.item_first_day[:k]), ctx.ref_day, ctx.item_first_day[:k])
+        return cls(n, content, genres, shares.astype(np.float32), years, static, first)
 
 
 _MATRIX_CACHE: dict[tuple[int, str], tuple[weakref.ref, Any]] = {}
@@ -712,6 +732,7 @@ def compute_features(
 
     user_mean = np.where(known, ctx.user_mean[safe_users], ctx.global_mean).astype(np.float32)
     activity = np.log1p(hist.lengths).astype(np.float32)
+    since_last, since_first, span = _time_features(ctx, tab, known, safe_users, cidx)
 
     static = tab.static[cidx]  # per-item columns, see ItemTables
     cols = {
@@ -720,6 +741,7 @@ def compute_features(
         "collab_liked_z": _z_within(collab_liked, valid),
         "item_pop": static[..., 0], "item_mean": static[..., 1], "item_age": static[..., 2], "year_missing": static[..., 3],
         "year_gap": year_gap, "user_activity": activity[:, None], "user_mean": user_mean[:, None],
+        "since_last": since_last, "since_first": since_first, "user_span": span[:, None],
     }  # fmt: skip
     if len(cols) != len(FEATURES):
         raise RuntimeError(f"compute_features computes {sorted(cols)} but FEATURES lists {sorted(FEATURES)}")
@@ -737,6 +759,30 @@ def compute_features(
             block[:, :, len(FEATURES) :] = uf[s:e, None, :]
         block[~valid[s:e]] = 0.0
     return out
+
+
+def _signed_log_days(days: np.ndarray) -> np.ndarray:
+    return (np.sign(days) * np.log1p(np.abs(days))).astype(np.float32)
+
+
+def _time_features(
+    ctx: FeatureContext, tab: ItemTables, known: np.ndarray, safe_users: np.ndarray, cidx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The user's timeline against the candidate's: days from the user's last and first rating to
+    the candidate's first rating (a movie first rated after the user's last rating was likely
+    not around while the user was), and the user's span of days. Days, not ranks: the same
+    gap means the same on every catalogue. Zeros when the ratings carry no timestamps."""
+    n, c = cidx.shape
+    if ctx.item_first_day is None or ctx.user_first_day is None or ctx.user_last_day is None:
+        return np.zeros((n, c), np.float32), np.zeros((n, c), np.float32), np.zeros(n, np.float32)
+    first = np.where(known, ctx.user_first_day[safe_users], ctx.ref_day)
+    last = np.where(known, ctx.user_last_day[safe_users], ctx.ref_day)
+    item_first = tab.first_day[cidx]
+    return (
+        _signed_log_days(item_first - last[:, None]),
+        _signed_log_days(item_first - first[:, None]),
+        np.log1p(np.maximum(last - first, 0.0)).astype(np.float32),
+    )
 
 
 def feature_names(n_user_features: int) -> list[str]:

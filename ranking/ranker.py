@@ -130,8 +130,36 @@ def snapshot(
         user_features=np.asarray(user_features, np.float32),
         global_mean=mu,
         ref_year=float(np.nanmax(years)) if np.isfinite(years).any() else 0.0,
+        **timeline_days(r["user_idx"].to_numpy(), r["item_idx"].to_numpy(), r["timestamp"].to_numpy(), ds.n_users, ds.n_items),
     )
     return Snapshot(ctx, indptr, r["item_idx"].to_numpy(np.int64)[order], ratings.astype(np.float32)[order], item_counts.astype(np.int64))
+
+
+SECONDS_PER_DAY = 86_400.0
+
+
+def timeline_days(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, n_users: int, n_items: int) -> dict[str, Any]:
+    """The time-feature arrays of :class:`~ranking.features.FeatureContext` from rating
+    timestamps (unix seconds): each item's first rating day (NaN when unrated), each user's first
+    and last rating day (the newest day when the user has none), and the newest day. Ratings
+    without timestamps (all one value: the loaders write 0) give none, and the features are 0."""
+    ts = np.asarray(timestamps, np.float64)
+    if not len(ts) or ts.min() == ts.max():
+        return {}
+    days = ts / SECONDS_PER_DAY
+    ref = float(days.max())
+    item_first = np.full(n_items, np.inf)
+    np.minimum.at(item_first, items, days)
+    user_first = np.full(n_users, np.inf)
+    np.minimum.at(user_first, users, days)
+    user_last = np.full(n_users, -np.inf)
+    np.maximum.at(user_last, users, days)
+    return {
+        "item_first_day": np.where(np.isfinite(item_first), item_first, np.nan),
+        "user_first_day": np.where(np.isfinite(user_first), user_first, ref),
+        "user_last_day": np.where(np.isfinite(user_last), user_last, ref),
+        "ref_day": ref,
+    }
 
 
 @dataclass
@@ -765,6 +793,11 @@ def fit_ranker(
         "hist_indptr": serve.hist_indptr,
         "hist_ratings": serve.hist_ratings,
     }
+    if serve.ctx.item_first_day is not None:
+        arrays.update(
+            item_first_day=serve.ctx.item_first_day, user_first_day=serve.ctx.user_first_day, user_last_day=serve.ctx.user_last_day
+        )
+        meta["ref_day"] = serve.ctx.ref_day
     metrics = {
         "val_ndcg@10_pool": float(curve[alpha]),  # the served weight, over the retrieved pool
         "val_ndcg@10_base": float(curve.get(0.0, float("nan"))),

@@ -101,6 +101,10 @@ class Ranker:
                 user_features=np.asarray(model.retrieval.user_features, np.float32),
                 global_mean=float(self.meta["global_mean"]),
                 ref_year=float(self.meta["ref_year"]),
+                item_first_day=self.arrays.get("item_first_day"),
+                user_first_day=self.arrays.get("user_first_day"),
+                user_last_day=self.arrays.get("user_last_day"),
+                ref_day=float(self.meta.get("ref_day", 0.0)),
             )
             self._cached = (n_items, ctx)
         return self._cached[1]
@@ -293,6 +297,8 @@ class Ranker:
 
 
 ARRAYS = ("item_counts", "item_mean", "user_mean", "hist_indptr", "hist_ratings")
+TIME_ARRAYS = ("item_first_day", "user_first_day", "user_last_day")
+"""Written when the training ratings carry timestamps (the time features read them)."""
 
 
 def _fallback_scores(cand: np.ndarray, cand_scores: np.ndarray, item_counts: np.ndarray) -> np.ndarray:
@@ -323,6 +329,7 @@ def load_ranker(bundle: Bundle) -> Ranker:
         net = RankerNet(**meta["net"])
     net.load_state_dict(bundle.tensors(f"{PREFIX}net.safetensors"))
     arrays = {name: bundle.array(f"{PREFIX}{name}.npy") for name in ARRAYS}
+    arrays.update({name: bundle.array(f"{PREFIX}{name}.npy") for name in TIME_ARRAYS if bundle.has(f"{PREFIX}{name}.npy")})
     i0 = int(meta["collab_items"])
     collab = sp.csr_matrix(
         (bundle.array(f"{PREFIX}collab_data.npy"), bundle.array(f"{PREFIX}collab_indices.npy"), bundle.array(f"{PREFIX}collab_indptr.npy")),
