@@ -679,6 +679,7 @@ def compute_features(
     cand: np.ndarray,
     cand_scores: np.ndarray,
     collab: CollabRows | None = None,
+    active: np.ndarray | None = None,
 ) -> np.ndarray:
     """Dense features of every (user, candidate) pair of a batch.
 
@@ -690,6 +691,8 @@ def compute_features(
         cand_scores: (n, C) two-tower scores of the candidates.
         collab: these users' item-item rows when already computed (:meth:`CollabRows.of` with
             ``hist`` and ``C``); the same numbers as without.
+        active: (n,) True where the user has rated since the snapshot (live feedback): their
+            last rating day is then the snapshot's newest day, not the one it recorded.
 
     Returns:
         (n, C, len(FEATURES) + F) float32 in :data:`FEATURES` order then user features; padding
@@ -732,7 +735,7 @@ def compute_features(
 
     user_mean = np.where(known, ctx.user_mean[safe_users], ctx.global_mean).astype(np.float32)
     activity = np.log1p(hist.lengths).astype(np.float32)
-    since_last, since_first, span = _time_features(ctx, tab, known, safe_users, cidx)
+    since_last, since_first, span = _time_features(ctx, tab, known, safe_users, cidx, active)
 
     static = tab.static[cidx]  # per-item columns, see ItemTables
     cols = {
@@ -766,7 +769,7 @@ def _signed_log_days(days: np.ndarray) -> np.ndarray:
 
 
 def _time_features(
-    ctx: FeatureContext, tab: ItemTables, known: np.ndarray, safe_users: np.ndarray, cidx: np.ndarray
+    ctx: FeatureContext, tab: ItemTables, known: np.ndarray, safe_users: np.ndarray, cidx: np.ndarray, active: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The user's timeline against the candidate's: days from the user's last and first rating to
     the candidate's first rating (a movie first rated after the user's last rating was likely
@@ -777,6 +780,8 @@ def _time_features(
         return np.zeros((n, c), np.float32), np.zeros((n, c), np.float32), np.zeros(n, np.float32)
     first = np.where(known, ctx.user_first_day[safe_users], ctx.ref_day)
     last = np.where(known, ctx.user_last_day[safe_users], ctx.ref_day)
+    if active is not None:
+        last = np.where(active, ctx.ref_day, last)
     item_first = tab.first_day[cidx]
     return (
         _signed_log_days(item_first - last[:, None]),

@@ -160,8 +160,20 @@ class Ranker:
         """Normalised net input (n, C, F'), NaN replaced by 0 (the training mean)."""
         ctx = self.context(model)
         users = np.asarray(users, dtype=np.int64)
-        raw = compute_features(ctx, users, self._padded(ctx, model, users, histories), cand, cand_scores, collab)
+        raw = compute_features(
+            ctx, users, self._padded(ctx, model, users, histories), cand, cand_scores, collab, self._rated_since(users, histories)
+        )
         return self.normalise(raw, overwrite=True)
+
+    def _rated_since(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+        """Known users whose history is not the one stored at training: they rated since (live
+        feedback), so they are active now, whatever day their stored ratings end on."""
+        indptr = self.arrays["hist_indptr"]
+        known = (users >= 0) & (users < len(indptr) - 1)
+        safe = np.where(known, users, 0)
+        stored = indptr[safe + 1] - indptr[safe]
+        lengths = np.fromiter((len(h) for h in histories), np.int64, len(histories))
+        return known & (lengths != stored)
 
     def normalise(self, raw: np.ndarray, overwrite: bool = False) -> np.ndarray:
         """``(raw[..., columns] - mean) / std`` as float32, NaN and infinities set to 0.

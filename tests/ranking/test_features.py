@@ -165,3 +165,42 @@ def _dataset_from_pairs(users: np.ndarray, items: np.ndarray, n_users: int, n_it
     ratings = pd.DataFrame({"user_id": users, "item_id": items, "rating": 4.0, "timestamp": np.arange(len(users))})
     catalogue = pd.DataFrame({"item_id": np.arange(n_items), "title": [f"m{j}" for j in range(n_items)]})
     return Dataset(ratings, catalogue)
+
+
+def test_timeline_features_match_hand_computation(ctx: FeatureContext) -> None:
+    # first rating days: item 0 day 100, item 1 day 200, item 2 never rated, item 3 day 150; user 0
+    # rated from day 50 to day 160; the snapshot's newest day is 300
+    ctx.item_first_day = np.array([100.0, 200.0, np.nan, 150.0])
+    ctx.user_first_day = np.array([50.0, 120.0])
+    ctx.user_last_day = np.array([160.0, 300.0])
+    ctx.ref_day = 300.0
+    hist = pad_histories([np.array([0, 1])], [np.array([5.0, 1.0])], np.array([3.0]))
+    cand = np.array([[3, 2, 4, 1]])
+    f = compute_features(ctx, np.array([0]), hist, cand, np.zeros((1, 4), np.float32))
+    # item 3 was first rated 10 days before the user's last rating, 100 days after the first
+    assert f[0, 0, col("since_last")] == pytest.approx(-np.log1p(10))
+    assert f[0, 0, col("since_first")] == pytest.approx(np.log1p(100))
+    # item 1: 40 days after the user's last rating; items never rated (2) or added after
+    # training (4) count as first rated on the newest day
+    assert f[0, 3, col("since_last")] == pytest.approx(np.log1p(40))
+    assert f[0, 1, col("since_last")] == f[0, 2, col("since_last")] == pytest.approx(np.log1p(140))
+    assert f[0, :, col("user_span")] == pytest.approx(np.log1p(110))
+    # a user who rated since training is active now: last day = newest day
+    g = compute_features(ctx, np.array([0]), hist, cand, np.zeros((1, 4), np.float32), active=np.array([True]))
+    assert g[0, 0, col("since_last")] == pytest.approx(-np.log1p(150))
+    assert g[0, 0, col("since_first")] == f[0, 0, col("since_first")]
+    # an unknown user is placed on the newest day, with no span
+    u = compute_features(ctx, np.array([-1]), hist, cand, np.zeros((1, 4), np.float32))
+    assert u[0, 0, col("since_last")] == pytest.approx(-np.log1p(150)) and u[0, 0, col("user_span")] == 0.0
+
+
+def test_timeline_features_are_zero_without_timestamps(ctx: FeatureContext) -> None:
+    from ranking.ranker import timeline_days
+
+    assert timeline_days(np.array([0, 1]), np.array([0, 1]), np.zeros(2, np.int64), 2, 4) == {}
+    days = timeline_days(np.array([0, 0, 1]), np.array([0, 1, 1]), np.array([86_400, 3 * 86_400, 2 * 86_400]), 3, 3)
+    assert days["item_first_day"][:2].tolist() == [1.0, 2.0] and np.isnan(days["item_first_day"][2])
+    assert days["user_first_day"].tolist() == [1.0, 2.0, 3.0] and days["user_last_day"].tolist() == [3.0, 2.0, 3.0]
+    hist = pad_histories([np.array([0, 1])], [None], np.array([3.0]))
+    f = compute_features(ctx, np.array([0]), hist, np.array([[2, 3]]), np.zeros((1, 2), np.float32))
+    assert not f[0, :, [col("since_last"), col("since_first"), col("user_span")]].any()

@@ -56,6 +56,9 @@ def test_bundle_round_trip_gives_identical_scores(trained: Trained, refit, tmp_p
     with BundleWriter(tmp_path / "b") as w:
         refit.ranker.save(w)
     loaded = load_ranker(load_bundle(tmp_path / "b"))
+    for name in ("item_first_day", "user_first_day", "user_last_day"):  # the timeline features' arrays
+        np.testing.assert_array_equal(loaded.arrays[name], refit.ranker.arrays[name])
+    assert loaded.meta["ref_day"] == refit.ranker.meta["ref_day"] > 0
     model = trained.model
     users = np.arange(20)
     hists = [model.retrieval.histories.of(u) for u in users]
@@ -68,6 +71,21 @@ def test_bundle_round_trip_gives_identical_scores(trained: Trained, refit, tmp_p
         refit.ranker.predict_ratings(model, r["user_idx"].to_numpy(), r["item_idx"].to_numpy()),
         loaded.predict_ratings(model, r["user_idx"].to_numpy(), r["item_idx"].to_numpy()),
     )
+
+
+def test_a_user_who_rated_since_training_counts_as_active_now(trained: Trained) -> None:
+    model, ranker = trained.model, trained.model.ranker
+    u = int(np.argmin(ranker.arrays["user_last_day"]))  # the user whose ratings end earliest
+    assert ranker.arrays["user_last_day"][u] < ranker.meta["ref_day"]
+    hist = model.retrieval.histories.of(u)
+    unseen = np.setdiff1d(np.arange(model.retrieval.n_items), hist)[:1]
+    users = np.array([u, u, -1])
+    assert ranker._rated_since(users, [hist, np.concatenate([hist, unseen]), unseen]).tolist() == [False, True, False]
+    cand = np.setdiff1d(np.arange(model.retrieval.n_items), np.concatenate([hist, unseen]))[None, :30].repeat(2, 0)
+    x = ranker.features(model, users[:2], [hist, np.concatenate([hist, unseen])], cand, np.zeros(cand.shape, np.float32))
+    since = ranker.meta["feature_names"].index("since_last")
+    # the newest day is at or after the user's stored last day, so every gap shrinks or stays
+    assert (x[1, :, since] <= x[0, :, since] + 1e-6).all() and (x[1, :, since] < x[0, :, since]).any()
 
 
 # ---- fallbacks ------------------------------------------------------------------------------------
