@@ -198,10 +198,14 @@ class RankingConfig(_Section):
     )
     collab_neighbors: int = Field(1024, ge=1, description="item-item weights kept per candidate item (256 lost 1-2% NDCG@10 against unpruned EASE on validation)")
     collab_dense_max_items: int = Field(6000, ge=1, description="EASE over at most this many of the most-rated items (its inverse is cubic in them)")
+    adjacent_window: int = Field(
+        3, ge=0, description="movies up to this many places apart in a user's ratings in time order count as adjacent (ranking/sequence.py; 0: no adjacency feature)"
+    )
+    adjacent_neighbors: int = Field(128, ge=1, description="adjacency weights kept per movie")
     residual_feature: str | None = Field(
         None, description="the ranking score starts from this feature's order and learns corrections (None: plain net)"
     )
-    exclude: list[Literal["content", "collab", "ids"]] = Field(default_factory=list, description="feature groups left out (ablations)")
+    exclude: list[Literal["content", "collab", "time", "ids"]] = Field(default_factory=list, description="feature groups left out (ablations)")
     max_users: int = Field(50_000, ge=10, description="users sampled for ranker training lists (bounds time on big data)")
     threads: int = Field(1, ge=1)
     rating: RatingConfig = Field(default_factory=RatingConfig)

@@ -25,6 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ranking.sequence import adjacent_scores, padded_rows
 
 log = logging.getLogger(__name__)
 PREFIX = "ranking/"
@@ -50,13 +51,14 @@ FEATURES: tuple[str, ...] = (
     "since_last",  # signed log1p of days from the user's last rating to the candidate's first rating
     "since_first",  # signed log1p of days from the user's first rating to the candidate's first rating
     "user_span",  # log1p of days between the user's first and last rating
+    "adjacent_z",  # rating-order adjacency of the candidate to the history (ranking/sequence.py), standardised within the list
 )
 """Dense pair features, in column order (user features, when present, follow them)."""
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "content": ("content_mean", "content_max", "content_liked", "genre_affinity", "year_gap"),
     "collab": ("collab_z", "collab_rank", "collab_liked_z"),
-    "time": ("since_last", "since_first", "user_span"),
+    "time": ("since_last", "since_first", "user_span", "adjacent_z"),
 }
 """Named feature groups that an ablation can leave out (``RankingConfig.exclude``)."""
 
@@ -89,6 +91,8 @@ class FeatureContext:
         user_first_day, user_last_day: (n_users,) days of each user's first and last rating.
         ref_day: newest rating day of the snapshot: the "first rating" of an item nobody has
             rated yet and both days of a user the snapshot does not know.
+        adjacent: (I0, I0) sparse rating-order adjacency (:func:`ranking.sequence.adjacency_matrix`);
+            None without timestamps (the feature is 0).
     """
 
     content: np.ndarray
@@ -105,6 +109,7 @@ class FeatureContext:
     user_first_day: np.ndarray | None = None
     user_last_day: np.ndarray | None = None
     ref_day: float = 0.0
+    adjacent: sp.csr_matrix | None = None
 
     @property
     def n_user_features(self) -> int:
@@ -736,6 +741,11 @@ def compute_features(
     user_mean = np.where(known, ctx.user_mean[safe_users], ctx.global_mean).astype(np.float32)
     activity = np.log1p(hist.lengths).astype(np.float32)
     since_last, since_first, span = _time_features(ctx, tab, known, safe_users, cidx, active)
+    adjacent = (
+        adjacent_scores(_per_matrix(ctx.adjacent, "adjacent", padded_rows), hist.items, cand)
+        if ctx.adjacent is not None and ctx.adjacent.shape[0]
+        else np.zeros((n, c), np.float32)
+    )
 
     static = tab.static[cidx]  # per-item columns, see ItemTables
     cols = {
@@ -745,6 +755,7 @@ def compute_features(
         "item_pop": static[..., 0], "item_mean": static[..., 1], "item_age": static[..., 2], "year_missing": static[..., 3],
         "year_gap": year_gap, "user_activity": activity[:, None], "user_mean": user_mean[:, None],
         "since_last": since_last, "since_first": since_first, "user_span": span[:, None],
+        "adjacent_z": _z_within(adjacent, valid),
     }  # fmt: skip
     if len(cols) != len(FEATURES):
         raise RuntimeError(f"compute_features computes {sorted(cols)} but FEATURES lists {sorted(FEATURES)}")

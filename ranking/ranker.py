@@ -59,6 +59,7 @@ from ranking.features import (
 )
 from ranking.item_item import choose_lambda, item_item_matrix
 from ranking.net import TIE_BREAK, GuardedRanker, RankerNet
+from ranking.sequence import adjacency_matrix
 from ranking.runtime import Ranker
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,11 @@ def snapshot(
     years = item_years(ds)
     order = np.lexsort((r["timestamp"].to_numpy(), r["user_idx"].to_numpy()))
     indptr = np.concatenate([[0], np.cumsum(np.bincount(r["user_idx"].to_numpy(), minlength=ds.n_users))]).astype(np.int64)
+    days = timeline_days(r["user_idx"].to_numpy(), r["item_idx"].to_numpy(), r["timestamp"].to_numpy(), ds.n_users, ds.n_items)
+    if days and config.adjacent_window > 0 and "time" not in config.exclude:
+        days["adjacent"] = adjacency_matrix(
+            r["user_idx"].to_numpy()[order], r["item_idx"].to_numpy()[order], ds.n_items, config.adjacent_window, config.adjacent_neighbors
+        )
     ctx = FeatureContext(
         content=np.ascontiguousarray(content, np.float32),
         genres=np.asarray(genres, np.float32),
@@ -130,7 +136,7 @@ def snapshot(
         user_features=np.asarray(user_features, np.float32),
         global_mean=mu,
         ref_year=float(np.nanmax(years)) if np.isfinite(years).any() else 0.0,
-        **timeline_days(r["user_idx"].to_numpy(), r["item_idx"].to_numpy(), r["timestamp"].to_numpy(), ds.n_users, ds.n_items),
+        **days,
     )
     return Snapshot(ctx, indptr, r["item_idx"].to_numpy(np.int64)[order], ratings.astype(np.float32)[order], item_counts.astype(np.int64))
 
@@ -798,6 +804,8 @@ def fit_ranker(
             item_first_day=serve.ctx.item_first_day, user_first_day=serve.ctx.user_first_day, user_last_day=serve.ctx.user_last_day
         )
         meta["ref_day"] = serve.ctx.ref_day
+    if serve.ctx.adjacent is not None:
+        meta["adjacent_items"] = int(serve.ctx.adjacent.shape[0])
     metrics = {
         "val_ndcg@10_pool": float(curve[alpha]),  # the served weight, over the retrieved pool
         "val_ndcg@10_base": float(curve.get(0.0, float("nan"))),
@@ -815,7 +823,7 @@ def fit_ranker(
         "feature_seconds": round(t_feat, 2),
         "train_seconds": round(time.perf_counter() - t0, 2),
     }
-    return RankerResult(Ranker(net, meta, arrays, serve.ctx.collab), metrics)
+    return RankerResult(Ranker(net, meta, arrays, serve.ctx.collab, serve.ctx.adjacent), metrics)
 
 
 def refit_ranker(

@@ -54,13 +54,19 @@ class Ranker:
             candidate pool size.
         arrays: per-item and per-user statistics of the full training data (see ``save``).
         collab: (I0, I0) sparse item-item weights from the full training data.
+        adjacent: (I0, I0) sparse rating-order adjacency from the full training data (None:
+            trained without timestamps).
     """
 
-    def __init__(self, net: RankerNet | GuardedRanker, meta: dict[str, Any], arrays: dict[str, np.ndarray], collab: sp.csr_matrix) -> None:
+    def __init__(
+        self, net: RankerNet | GuardedRanker, meta: dict[str, Any], arrays: dict[str, np.ndarray], collab: sp.csr_matrix,
+        adjacent: sp.csr_matrix | None = None,
+    ) -> None:
         self.net = net.eval()
         self.meta = meta
         self.arrays = arrays
         self.collab = collab.tocsr()
+        self.adjacent = adjacent.tocsr() if adjacent is not None else None
         self.columns = np.asarray(meta["columns"], dtype=np.int64)
         self.mean = np.asarray(meta["mean"], dtype=np.float32)
         self.std = np.asarray(meta["std"], dtype=np.float32)
@@ -105,6 +111,7 @@ class Ranker:
                 user_first_day=self.arrays.get("user_first_day"),
                 user_last_day=self.arrays.get("user_last_day"),
                 ref_day=float(self.meta.get("ref_day", 0.0)),
+                adjacent=self.adjacent,
             )
             self._cached = (n_items, ctx)
         return self._cached[1]
@@ -306,6 +313,10 @@ class Ranker:
         writer.save_array(f"{PREFIX}collab_indptr.npy", self.collab.indptr.astype(np.int64))
         writer.save_array(f"{PREFIX}collab_indices.npy", self.collab.indices.astype(np.int32))
         writer.save_array(f"{PREFIX}collab_data.npy", self.collab.data.astype(np.float32))
+        if self.adjacent is not None:
+            writer.save_array(f"{PREFIX}adjacent_indptr.npy", self.adjacent.indptr.astype(np.int64))
+            writer.save_array(f"{PREFIX}adjacent_indices.npy", self.adjacent.indices.astype(np.int32))
+            writer.save_array(f"{PREFIX}adjacent_data.npy", self.adjacent.data.astype(np.float32))
 
 
 ARRAYS = ("item_counts", "item_mean", "user_mean", "hist_indptr", "hist_ratings")
@@ -347,4 +358,11 @@ def load_ranker(bundle: Bundle) -> Ranker:
         (bundle.array(f"{PREFIX}collab_data.npy"), bundle.array(f"{PREFIX}collab_indices.npy"), bundle.array(f"{PREFIX}collab_indptr.npy")),
         shape=(i0, i0),
     )
-    return Ranker(net, meta, arrays, collab)
+    adjacent = None
+    if "adjacent_items" in meta:
+        n = int(meta["adjacent_items"])
+        adjacent = sp.csr_matrix(
+            (bundle.array(f"{PREFIX}adjacent_data.npy"), bundle.array(f"{PREFIX}adjacent_indices.npy"), bundle.array(f"{PREFIX}adjacent_indptr.npy")),
+            shape=(n, n),
+        )
+    return Ranker(net, meta, arrays, collab, adjacent)
