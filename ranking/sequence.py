@@ -14,6 +14,8 @@ roots of both movies' totals (so popular movies do not adjoin everything) and ke
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -28,44 +30,52 @@ def adjacency_matrix(users: np.ndarray, items: np.ndarray, n_items: int, window:
     """
     users = np.asarray(users, np.int64)
     items = np.asarray(items, np.int64)
-    adj = sp.csr_matrix((n_items, n_items), dtype=np.float64)
-    for w in range(1, window + 1):
-        if len(items) <= w:
-            break
-        same = users[w:] == users[:-w]
-        a, b = items[:-w][same], items[w:][same]
-        keep = a != b
-        a, b = a[keep], b[keep]
-        part = sp.csr_matrix((np.full(len(a), 1.0 / w), (a, b)), shape=(n_items, n_items))
-        adj = adj + part + part.T
-    adj = adj.tocsr()
+    rows, cols, weights = [], [], []
+    for w in range(1, min(window, max(len(items) - 1, 0)) + 1):
+        keep = (users[w:] == users[:-w]) & (items[w:] != items[:-w])
+        a, b = items[:-w][keep].astype(np.int32), items[w:][keep].astype(np.int32)
+        rows += [a, b]
+        cols += [b, a]
+        weights.append(np.full(2 * len(a), 1.0 / w, np.float32))
+    if not rows:
+        return sp.csr_matrix((n_items, n_items), dtype=np.float32)
+    # one conversion sums the repeated pairs (float64 sums: counts reach the millions)
+    adj = sp.csr_matrix(
+        (np.concatenate(weights).astype(np.float64), (np.concatenate(rows), np.concatenate(cols))), shape=(n_items, n_items)
+    )
     adj.sum_duplicates()
     norm = 1.0 / np.sqrt(np.maximum(np.asarray(adj.sum(1)).ravel(), 1.0))
-    adj = sp.diags(norm) @ adj @ sp.diags(norm)
+    adj.data *= np.repeat(norm, np.diff(adj.indptr)) * norm[adj.indices]
     return _prune_rows(sp.csr_matrix(adj, dtype=np.float32), neighbors)
 
 
 def _prune_rows(m: sp.csr_matrix, keep: int) -> sp.csr_matrix:
-    """The ``keep`` largest entries of each row (ties: the lower column)."""
+    """The ``keep`` largest entries of each row (ties: the lower column); only rows longer than
+    ``keep`` are sorted."""
     m.sort_indices()
     lengths = np.diff(m.indptr)
-    if not len(lengths) or lengths.max(initial=0) <= keep:
+    long = np.flatnonzero(lengths > keep)
+    if not len(long):
         return m
     rows = np.repeat(np.arange(m.shape[0]), lengths)
-    order = np.lexsort((m.indices, -m.data, rows))
-    pos = np.arange(len(order)) - np.repeat(m.indptr[:-1], lengths)
-    chosen = np.sort(order[pos < keep])
-    rows = rows[chosen]
-    return sp.csr_matrix((m.data[chosen], (rows, m.indices[chosen])), shape=m.shape, dtype=np.float32)
+    ent = np.flatnonzero(lengths[rows] > keep)
+    order = ent[np.lexsort((-m.data[ent], rows[ent]))]  # stable: equal weights keep column order
+    n_long = lengths[long]
+    pos = np.arange(len(order)) - np.repeat(np.cumsum(n_long) - n_long, n_long)
+    kept = np.ones(m.nnz, bool)
+    kept[order[pos >= keep]] = False
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows[kept], minlength=m.shape[0]))])
+    return sp.csr_matrix((m.data[kept], m.indices[kept], indptr), shape=m.shape)
 
 
 def padded_rows(adj: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-    """(I0 + 1, K) neighbour columns and weights of each row, K = the longest row; padding and
-    the extra last row (for candidates without a row) point at column I0 with weight 0."""
+    """(I0 + 1, K) neighbour columns (int32) and weights of each row, K = the longest row;
+    padding and the extra last row (for candidates without a row) point at column I0 with
+    weight 0."""
     i0 = adj.shape[0]
     lengths = np.diff(adj.indptr)
     k = max(int(lengths.max(initial=0)), 1)
-    idx = np.full((i0 + 1, k), i0, np.int64)
+    idx = np.full((i0 + 1, k), i0, np.int32)
     val = np.zeros((i0 + 1, k), np.float32)
     rows = np.repeat(np.arange(i0), lengths)
     pos = np.arange(adj.nnz) - np.repeat(adj.indptr[:-1], lengths)
@@ -91,14 +101,31 @@ def adjacent_scores(padded: tuple[np.ndarray, np.ndarray], hist_items: np.ndarra
         return out
     crow = np.where((cand >= 0) & (cand < i0), cand, i0)
     hrow = np.where((hist_items >= 0) & (hist_items < i0), hist_items, i0)
-    # users per step: their history masks and gathered neighbour rows stay near 16 MB each
-    step = max(1, min((1 << 24) // (i0 + 1), (1 << 22) // max(c * idx.shape[1], 1)))
+    # users per step: their 0/1 history rows and gathered neighbour rows stay near 16 MB each
+    step = max(1, min((1 << 22) // (i0 + 1), (1 << 22) // max(c * idx.shape[1], 1)))
     for s in range(0, n, step):
         e = min(n, s + step)
-        mask = np.zeros((e - s, i0 + 1), bool)
-        mask[np.arange(e - s)[:, None], hrow[s:e]] = True
-        mask[:, i0] = False
-        nb = idx[crow[s:e]]  # (b, C, K)
-        hit = mask[np.arange(e - s)[:, None, None], nb]
-        out[s:e] = np.einsum("nck,nck->nc", val[crow[s:e]], hit.astype(np.float32))
+        offsets = np.arange(e - s, dtype=np.int64) * (i0 + 1)  # row r of the flat mask starts at r * (I0 + 1)
+        held = (hrow[s:e] + offsets[:, None]).ravel()
+        mask = _scratch((e - s) * (i0 + 1))
+        mask[held] = 1
+        mask[offsets + i0] = 0  # the "no movie" column
+        nb = idx[crow[s:e]]  # (b, C, K) columns of the candidates' rows
+        if e - s > 1:
+            nb = nb + offsets[:, None, None]
+        out[s:e] = np.where(np.take(mask, nb), val[crow[s:e]], np.float32(0)).sum(-1)
+        mask[held] = 0
     return out
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(size: int) -> np.ndarray:
+    """A zeroed byte buffer of at least ``size`` for this thread, reused by the next call
+    (callers zero what they set): a fresh catalogue-wide mask per request cost more in page
+    faults than the rest of the feature, and bytes keep it in cache."""
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _SCRATCH.buf = np.zeros(size, np.uint8)
+    return buf

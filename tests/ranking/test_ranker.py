@@ -59,6 +59,8 @@ def test_bundle_round_trip_gives_identical_scores(trained: Trained, refit, tmp_p
     for name in ("item_first_day", "user_first_day", "user_last_day"):  # the timeline features' arrays
         np.testing.assert_array_equal(loaded.arrays[name], refit.ranker.arrays[name])
     assert loaded.meta["ref_day"] == refit.ranker.meta["ref_day"] > 0
+    assert loaded.adjacent is not None and refit.ranker.adjacent is not None and loaded.adjacent.nnz > 0
+    assert (loaded.adjacent != refit.ranker.adjacent).nnz == 0
     model = trained.model
     users = np.arange(20)
     hists = [model.retrieval.histories.of(u) for u in users]
