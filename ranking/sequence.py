@@ -39,14 +39,12 @@ def adjacency_matrix(users: np.ndarray, items: np.ndarray, n_items: int, window:
         weights.append(np.full(2 * len(a), 1.0 / w, np.float32))
     if not rows:
         return sp.csr_matrix((n_items, n_items), dtype=np.float32)
-    # one conversion sums the repeated pairs (float64 sums: counts reach the millions)
-    adj = sp.csr_matrix(
-        (np.concatenate(weights).astype(np.float64), (np.concatenate(rows), np.concatenate(cols))), shape=(n_items, n_items)
-    )
+    # one conversion sums the repeated pairs
+    adj = sp.csr_matrix((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(n_items, n_items))
     adj.sum_duplicates()
-    norm = 1.0 / np.sqrt(np.maximum(np.asarray(adj.sum(1)).ravel(), 1.0))
+    norm = (1.0 / np.sqrt(np.maximum(np.asarray(adj.sum(1), np.float64).ravel(), 1.0))).astype(np.float32)
     adj.data *= np.repeat(norm, np.diff(adj.indptr)) * norm[adj.indices]
-    return _prune_rows(sp.csr_matrix(adj, dtype=np.float32), neighbors)
+    return _prune_rows(adj, neighbors)
 
 
 def _prune_rows(m: sp.csr_matrix, keep: int) -> sp.csr_matrix:
