@@ -59,8 +59,8 @@ from ranking.features import (
 )
 from ranking.item_item import choose_lambda, item_item_matrix
 from ranking.net import TIE_BREAK, GuardedRanker, RankerNet
-from ranking.sequence import adjacency_matrix
 from ranking.runtime import Ranker
+from ranking.sequence import adjacency_matrix
 
 log = logging.getLogger(__name__)
 
