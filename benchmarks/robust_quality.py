@@ -29,7 +29,7 @@ Data sets (``--datasets`` picks some, optionally with seeds: ``ml100k:1,2,3 late
 ml100k (seeds 1-5), latest (ml-latest-small, seeds 1-3), synth (``movierec synth`` with the demo's
 sizes, seed 1), zero10 (ML-100K with ratings mapped r -> 2.5 (r - 1), 0..10, seed 1).
 
-``--ablations`` also trains with ``--set ranking.exclude=[content]`` and ``[collab]``. ``--cold``
+``--ablations`` also trains with ``--set ranking.exclude=[content]``, ``[collab]`` and ``[time]``. ``--cold``
 adds P3 on ml100k and latest: 20% of the movies lose every training rating
 (``movierec.splits.cold_items``); ranked among the cold movies only, for users who rated one in
 the held-out part and have training ratings: the pipeline's full ranked order (``candidates --k``
@@ -332,6 +332,7 @@ def pipeline_variants(opts: Options) -> dict[str, list[str]]:
     if opts.ablations:
         variants["no content"] = ["ranking.exclude=[content]"]
         variants["no collab"] = ["ranking.exclude=[collab]"]
+        variants["no time"] = ["ranking.exclude=[time]"]
     return variants
 
 
@@ -474,7 +475,7 @@ def _progress(r: dict[str, Any]) -> None:
         return f"{m[row]['ndcg@10']:.4f}" if row in m else "-"
 
     ratio = f"{r['ranked/ease']:.3f}" if "ranked/ease" in r else "-"
-    ablations = "".join(f" {row[8:]} {g(row)}" for row in ("ranked, no content", "ranked, no collab") if row in m)
+    ablations = "".join(f" {row[8:]} {g(row)}" for row in ABLATIONS if row in m)
     train_s = f"{r['train_seconds']:.0f}s" if "train_seconds" in r else "failed"
     cold = ""
     if "cold" in r and "ranked" in r["cold"]:
@@ -511,7 +512,8 @@ def run(datasets: list[tuple[str, list[int]]], opts: Options, jobs: int = 1) -> 
 
 
 # ---- tables ------------------------------------------------------------------------------------------
-ROWS = ("popular", "ease", "rp3beta", "item-knn", "two-tower", "ranked", "ranked, no content", "ranked, no collab")
+ABLATIONS = ("ranked, no content", "ranked, no collab", "ranked, no time")
+ROWS = ("popular", "ease", "rp3beta", "item-knn", "two-tower", "ranked", *ABLATIONS)
 
 
 def _fmt(v: float | None, digits: int = 4) -> str:
@@ -594,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="sets", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                     help="passed to movierec train as --set (repeatable; lists as ranking.exclude=[content])")
     ap.add_argument("--config", type=Path, default=None, help="passed to movierec train")
-    ap.add_argument("--ablations", action="store_true", help="also train with ranking.exclude=[content] and [collab]")
+    ap.add_argument("--ablations", action="store_true", help="also train with ranking.exclude=[content], [collab] and [time]")
     ap.add_argument("--cold", action="store_true", help="P3 cold items on ml100k, latest and synth (one more training each)")
     ap.add_argument("--cold-only", action="store_true", help="P3 alone: no baselines and no P2 pipeline")
     ap.add_argument("--jobs", type=int, default=1, help="(data set, seed) runs at once (default 1: one training at a time)")
