@@ -100,7 +100,7 @@ def adjacent_scores(padded: tuple[np.ndarray, np.ndarray], hist_items: np.ndarra
         return out
     crow = np.where((cand >= 0) & (cand < i0), cand, i0)
     hrow = np.where((hist_items >= 0) & (hist_items < i0), hist_items, i0)
-    # users per step: their 0/1 history rows and gathered neighbour rows stay near 16 MB each
+    # users per step: their history masks and gathered neighbour rows stay near 4M entries each
     step = max(1, min((1 << 22) // (i0 + 1), (1 << 22) // max(c * idx.shape[1], 1)))
     for s in range(0, n, step):
         e = min(n, s + step)
