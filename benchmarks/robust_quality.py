@@ -29,8 +29,8 @@ Data sets (``--datasets`` picks some, optionally with seeds: ``ml100k:1,2,3 late
 ml100k (seeds 1-5), latest (ml-latest-small, seeds 1-3), synth (``movierec synth`` with the demo's
 sizes, seed 1), zero10 (ML-100K with ratings mapped r -> 2.5 (r - 1), 0..10, seed 1).
 
-``--ablations`` also trains with ``--set ranking.exclude=[content]``, ``[collab]`` and ``[time]``. ``--cold``
-adds P3 on ml100k and latest: 20% of the movies lose every training rating
+``--ablations`` also trains with ``--set ranking.exclude=[content]``, ``[collab]`` and ``[time]``.
+``--cold`` adds P3 on ml100k and latest: 20% of the movies lose every training rating
 (``movierec.splits.cold_items``); ranked among the cold movies only, for users who rated one in
 the held-out part and have training ratings: the pipeline's full ranked order (``candidates --k``
 the whole catalogue, so the ranker scores every movie) against TF-IDF content profiles alone;

@@ -266,6 +266,12 @@ def prepare_collab(collab: sp.csr_matrix, batch: bool = False) -> None:
         _per_matrix(cov.matrix, "row_lengths", _row_lengths)
 
 
+def adjacent_rows(adjacent: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """The rating-order adjacency's padded rows (:func:`~ranking.sequence.padded_rows`), made once
+    per matrix: a runtime ranker builds them at load, not in the first request."""
+    return _per_matrix(adjacent, "adjacent", padded_rows)
+
+
 DENSE_PRODUCT_CELLS = 1 << 23
 """Item-item matrices up to this many cells (~2,900 items; 64 MB) are also kept dense for the
 whole-row products of large batches: sparse x dense is ~1.5x faster than sparse x sparse there."""
@@ -302,18 +308,11 @@ def _padded_columns(collab: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray] | No
     matrix (a few very dense columns); features then always use rows.
     """
     i0 = collab.shape[0]
-    csc = collab.tocsc()
-    lens = np.diff(csc.indptr)
-    k = int(lens.max()) if i0 else 0
-    if (i0 + 1) * k > 4 * csc.nnz + (1 << 16):
+    by_column = collab.T.tocsr()  # row j = column j of ``collab``
+    k = int(np.diff(by_column.indptr).max()) if i0 else 0
+    if (i0 + 1) * k > 4 * by_column.nnz + (1 << 16):
         return None
-    rows = np.full((i0 + 1, k), i0, np.int32)
-    weights = np.zeros((i0 + 1, k), np.result_type(csc.data.dtype, np.float32))
-    col = np.repeat(np.arange(i0), lens)
-    pos = np.arange(csc.nnz) - np.repeat(csc.indptr[:-1], lens)
-    rows[col, pos] = csc.indices
-    weights[col, pos] = csc.data
-    return rows, weights
+    return padded_rows(by_column)
 
 
 @dataclass
@@ -742,8 +741,8 @@ def compute_features(
     activity = np.log1p(hist.lengths).astype(np.float32)
     since_last, since_first, span = _time_features(ctx, tab, known, safe_users, cidx, active)
     adjacent = (
-        adjacent_scores(_per_matrix(ctx.adjacent, "adjacent", padded_rows), hist.items, cand)
-        if ctx.adjacent is not None and ctx.adjacent.shape[0]
+        adjacent_scores(adjacent_rows(ctx.adjacent), hist.items, cand)
+        if ctx.adjacent is not None
         else np.zeros((n, c), np.float32)
     )
 

@@ -59,7 +59,7 @@ from ranking.features import (
 )
 from ranking.item_item import choose_lambda, item_item_matrix
 from ranking.net import TIE_BREAK, GuardedRanker, RankerNet
-from ranking.runtime import Ranker
+from ranking.runtime import TIME_ARRAYS, Ranker
 from ranking.sequence import adjacency_matrix
 
 log = logging.getLogger(__name__)
@@ -800,9 +800,7 @@ def fit_ranker(
         "hist_ratings": serve.hist_ratings,
     }
     if serve.ctx.item_first_day is not None:
-        arrays.update(
-            item_first_day=serve.ctx.item_first_day, user_first_day=serve.ctx.user_first_day, user_last_day=serve.ctx.user_last_day
-        )
+        arrays.update({name: getattr(serve.ctx, name) for name in TIME_ARRAYS})
         meta["ref_day"] = serve.ctx.ref_day
     if serve.ctx.adjacent is not None:
         meta["adjacent_items"] = int(serve.ctx.adjacent.shape[0])

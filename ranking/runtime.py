@@ -24,6 +24,7 @@ from ranking.features import (
     FeatureContext,
     PaddedHistories,
     _gather,
+    adjacent_rows,
     collab_top,
     compute_features,
     covered,
@@ -77,6 +78,8 @@ class Ranker:
         self.chunk_pairs = 16_384
         """(user, candidate) pairs re-ranked per step of a batch (~2x faster than one step at ML-100K)."""
         prepare_collab(self.collab)  # item-item tables built at load, not in the first request
+        if self.adjacent is not None:
+            adjacent_rows(self.adjacent)  # the same for the adjacency
 
     @property
     def n_candidates(self) -> int:
@@ -107,9 +110,7 @@ class Ranker:
                 user_features=np.asarray(model.retrieval.user_features, np.float32),
                 global_mean=float(self.meta["global_mean"]),
                 ref_year=float(self.meta["ref_year"]),
-                item_first_day=self.arrays.get("item_first_day"),
-                user_first_day=self.arrays.get("user_first_day"),
-                user_last_day=self.arrays.get("user_last_day"),
+                **{name: self.arrays.get(name) for name in TIME_ARRAYS},
                 ref_day=float(self.meta.get("ref_day", 0.0)),
                 adjacent=self.adjacent,
             )
@@ -122,30 +123,36 @@ class Ranker:
         _ = self.context(model).item_tables
         prepare_collab(self.collab, batch=True)
 
-    def _ratings_of(self, users: np.ndarray, histories: list[np.ndarray], model: Any = None) -> list[np.ndarray | None]:
+    def _ratings_of(
+        self, users: np.ndarray, histories: list[np.ndarray], model: Any = None, stored: np.ndarray | None = None
+    ) -> list[np.ndarray | None]:
         """Ratings of each user's history: from the model's live histories when it keeps them
         (``histories.ratings_of``: live feedback included), else the ratings stored at training
-        when the history is the stored one."""
+        when the history is the stored one (``stored``: :meth:`_stored`'s mask when known)."""
         indptr, vals = self.arrays["hist_indptr"], self.arrays["hist_ratings"]
         live = getattr(getattr(model, "histories", None), "ratings_of", None)
+        if stored is None:
+            _, stored = self._stored(users, histories)
         out: list[np.ndarray | None] = []
-        for u, h in zip(users, histories):
+        for u, h, same in zip(users, histories, stored):
             if live is not None and u >= 0:
                 r = live(int(u))
                 if r is not None and len(r) == len(h):
                     out.append(r)
                     continue
-            if 0 <= u < len(indptr) - 1 and indptr[u + 1] - indptr[u] == len(h):
+            if same:
                 out.append(vals[indptr[u] : indptr[u + 1]])
             else:
                 out.append(None)  # live feedback or a new user: ratings unknown, centred to 0
         return out
 
-    def _padded(self, ctx: FeatureContext, model: _Model, users: np.ndarray, histories: list[np.ndarray]) -> PaddedHistories:
+    def _padded(
+        self, ctx: FeatureContext, model: _Model, users: np.ndarray, histories: list[np.ndarray], stored: np.ndarray | None = None
+    ) -> PaddedHistories:
         users = np.asarray(users, dtype=np.int64)
         known = (users >= 0) & (users < len(ctx.user_mean))
         mu = np.where(known, ctx.user_mean[np.where(known, users, 0)], ctx.global_mean)
-        return pad_histories(histories, self._ratings_of(users, histories, model), mu)
+        return pad_histories(histories, self._ratings_of(users, histories, model, stored), mu)
 
     @property
     def batch_users(self) -> int:
@@ -167,20 +174,21 @@ class Ranker:
         """Normalised net input (n, C, F'), NaN replaced by 0 (the training mean)."""
         ctx = self.context(model)
         users = np.asarray(users, dtype=np.int64)
-        raw = compute_features(
-            ctx, users, self._padded(ctx, model, users, histories), cand, cand_scores, collab, self._rated_since(users, histories)
-        )
+        known, stored = self._stored(users, histories)
+        hist = self._padded(ctx, model, users, histories, stored)
+        # a known user whose history is not the stored one rated since training: active now
+        raw = compute_features(ctx, users, hist, cand, cand_scores, collab, active=known & ~stored)
         return self.normalise(raw, overwrite=True)
 
-    def _rated_since(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
-        """Known users whose history is not the one stored at training: they rated since (live
-        feedback), so they are active now, whatever day their stored ratings end on."""
+    def _stored(self, users: np.ndarray, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(known, stored): users the training data has, and those of them whose history is the
+        one stored at training (same length: no live feedback since)."""
+        users = np.asarray(users, dtype=np.int64)
         indptr = self.arrays["hist_indptr"]
         known = (users >= 0) & (users < len(indptr) - 1)
         safe = np.where(known, users, 0)
-        stored = indptr[safe + 1] - indptr[safe]
         lengths = np.fromiter((len(h) for h in histories), np.int64, len(histories))
-        return known & (lengths != stored)
+        return known, known & (lengths == indptr[safe + 1] - indptr[safe])
 
     def normalise(self, raw: np.ndarray, overwrite: bool = False) -> np.ndarray:
         """``(raw[..., columns] - mean) / std`` as float32, NaN and infinities set to 0.
@@ -310,13 +318,21 @@ class Ranker:
         writer.save_json(f"{PREFIX}meta.json", self.meta)
         for name, arr in self.arrays.items():
             writer.save_array(f"{PREFIX}{name}.npy", arr)
-        writer.save_array(f"{PREFIX}collab_indptr.npy", self.collab.indptr.astype(np.int64))
-        writer.save_array(f"{PREFIX}collab_indices.npy", self.collab.indices.astype(np.int32))
-        writer.save_array(f"{PREFIX}collab_data.npy", self.collab.data.astype(np.float32))
+        _save_csr(writer, "collab", self.collab)
         if self.adjacent is not None:
-            writer.save_array(f"{PREFIX}adjacent_indptr.npy", self.adjacent.indptr.astype(np.int64))
-            writer.save_array(f"{PREFIX}adjacent_indices.npy", self.adjacent.indices.astype(np.int32))
-            writer.save_array(f"{PREFIX}adjacent_data.npy", self.adjacent.data.astype(np.float32))
+            _save_csr(writer, "adjacent", self.adjacent)
+
+
+def _save_csr(writer: BundleWriter, name: str, m: sp.csr_matrix) -> None:
+    writer.save_array(f"{PREFIX}{name}_indptr.npy", m.indptr.astype(np.int64))
+    writer.save_array(f"{PREFIX}{name}_indices.npy", m.indices.astype(np.int32))
+    writer.save_array(f"{PREFIX}{name}_data.npy", m.data.astype(np.float32))
+
+
+def _load_csr(bundle: Bundle, name: str, n: int) -> sp.csr_matrix:
+    """The (n, n) matrix :func:`_save_csr` wrote as ``name``."""
+    arrays = (bundle.array(f"{PREFIX}{name}_{part}.npy") for part in ("data", "indices", "indptr"))
+    return sp.csr_matrix(tuple(arrays), shape=(n, n))
 
 
 ARRAYS = ("item_counts", "item_mean", "user_mean", "hist_indptr", "hist_ratings")
@@ -353,16 +369,6 @@ def load_ranker(bundle: Bundle) -> Ranker:
     net.load_state_dict(bundle.tensors(f"{PREFIX}net.safetensors"))
     arrays = {name: bundle.array(f"{PREFIX}{name}.npy") for name in ARRAYS}
     arrays.update({name: bundle.array(f"{PREFIX}{name}.npy") for name in TIME_ARRAYS if bundle.has(f"{PREFIX}{name}.npy")})
-    i0 = int(meta["collab_items"])
-    collab = sp.csr_matrix(
-        (bundle.array(f"{PREFIX}collab_data.npy"), bundle.array(f"{PREFIX}collab_indices.npy"), bundle.array(f"{PREFIX}collab_indptr.npy")),
-        shape=(i0, i0),
-    )
-    adjacent = None
-    if "adjacent_items" in meta:
-        n = int(meta["adjacent_items"])
-        adjacent = sp.csr_matrix(
-            (bundle.array(f"{PREFIX}adjacent_data.npy"), bundle.array(f"{PREFIX}adjacent_indices.npy"), bundle.array(f"{PREFIX}adjacent_indptr.npy")),
-            shape=(n, n),
-        )
+    collab = _load_csr(bundle, "collab", int(meta["collab_items"]))
+    adjacent = _load_csr(bundle, "adjacent", int(meta["adjacent_items"])) if "adjacent_items" in meta else None
     return Ranker(net, meta, arrays, collab, adjacent)

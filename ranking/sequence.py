@@ -35,14 +35,12 @@ def adjacency_matrix(users: np.ndarray, items: np.ndarray, n_items: int, window:
         # one distance at a time: the pairs of all distances at once took 3 GB at 20M ratings
         keep = (users[w:] == users[:-w]) & (items[w:] != items[:-w])
         a, b = items[:-w][keep].astype(np.int32), items[w:][keep].astype(np.int32)
+        # built from (row, col) pairs, a CSR matrix sums repeated pairs; the sum of two is canonical
         part = sp.csr_matrix(
             (np.full(2 * len(a), 1.0 / w, np.float32), (np.concatenate([a, b]), np.concatenate([b, a]))), shape=(n_items, n_items)
         )
-        part.sum_duplicates()
         adj = adj + part
         del a, b, part
-    adj = adj.tocsr()
-    adj.sum_duplicates()
     norm = (1.0 / np.sqrt(np.maximum(np.asarray(adj.sum(1), np.float64).ravel(), 1.0))).astype(np.float32)
     adj.data *= np.repeat(norm, np.diff(adj.indptr)) * norm[adj.indices]
     return _prune_rows(adj, neighbors)
@@ -67,19 +65,19 @@ def _prune_rows(m: sp.csr_matrix, keep: int) -> sp.csr_matrix:
     return sp.csr_matrix((m.data[kept], m.indices[kept], indptr), shape=m.shape)
 
 
-def padded_rows(adj: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-    """(I0 + 1, K) neighbour columns (int32) and weights of each row, K = the longest row;
-    padding and the extra last row (for candidates without a row) point at column I0 with
-    weight 0."""
-    i0 = adj.shape[0]
-    lengths = np.diff(adj.indptr)
-    k = max(int(lengths.max(initial=0)), 1)
+def padded_rows(m: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """(I0 + 1, K) column indices (int32) and weights of each row of a square CSR matrix, K = the
+    longest row; padding and the extra last row (for an index without a row) point at column I0
+    with weight 0. Also the item-item features' padded columns (of the transposed matrix)."""
+    i0 = m.shape[0]
+    lengths = np.diff(m.indptr)
+    k = int(lengths.max()) if i0 else 0
     idx = np.full((i0 + 1, k), i0, np.int32)
-    val = np.zeros((i0 + 1, k), np.float32)
+    val = np.zeros((i0 + 1, k), np.result_type(m.data.dtype, np.float32))
     rows = np.repeat(np.arange(i0), lengths)
-    pos = np.arange(adj.nnz) - np.repeat(adj.indptr[:-1], lengths)
-    idx[rows, pos] = adj.indices
-    val[rows, pos] = adj.data
+    pos = np.arange(m.nnz) - np.repeat(m.indptr[:-1], lengths)
+    idx[rows, pos] = m.indices
+    val[rows, pos] = m.data
     return idx, val
 
 

@@ -82,7 +82,8 @@ def test_a_user_who_rated_since_training_counts_as_active_now(trained: Trained) 
     hist = model.retrieval.histories.of(u)
     unseen = np.setdiff1d(np.arange(model.retrieval.n_items), hist)[:1]
     users = np.array([u, u, -1])
-    assert ranker._rated_since(users, [hist, np.concatenate([hist, unseen]), unseen]).tolist() == [False, True, False]
+    known, stored = ranker._stored(users, [hist, np.concatenate([hist, unseen]), unseen])
+    assert (known & ~stored).tolist() == [False, True, False]  # rated since training
     cand = np.setdiff1d(np.arange(model.retrieval.n_items), np.concatenate([hist, unseen]))[None, :30].repeat(2, 0)
     x = ranker.features(model, users[:2], [hist, np.concatenate([hist, unseen])], cand, np.zeros(cand.shape, np.float32))
     since = ranker.meta["feature_names"].index("since_last")
