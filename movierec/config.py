@@ -71,11 +71,17 @@ class RetrievalConfig(_Section):
 
     dim: int = Field(64, ge=4, le=1024, description="two-tower vector size")
     hidden: int = Field(128, ge=4)
-    history_len: int = Field(50, ge=1, description="most recent rated movies pooled by the user tower")
+    history_len: int = Field(100, ge=1, description="most recent rated movies pooled by the user tower")
     id_dropout: float = Field(0.3, ge=0, lt=1, description="share of rows trained without id embeddings (cold items, new users)")
     dropout: float = Field(0.1, ge=0, lt=1)
-    temperature: float = Field(0.05, gt=0)
-    logq_weight: float = Field(1.0, ge=0, le=1, description="strength of the popularity (log-q) correction of in-batch negatives")
+    temperature: float = Field(0.1, gt=0)
+    logq_weight: float = Field(
+        1.25,
+        ge=0,
+        le=4,
+        description="strength of the popularity (log-q) correction of in-batch negatives (1: the unbiased correction; above 1 "
+        "pushes popular movies further down)",
+    )
     lr: float = Field(3e-3, gt=0)
     lr_decay: Literal["none", "cosine"] = Field("none", description="cosine: the learning rate falls to 5% over the epoch budget")
     weight_decay: float = Field(1e-6, ge=0)
@@ -83,7 +89,7 @@ class RetrievalConfig(_Section):
     epochs: int = Field(30, ge=1, description="upper bound; early stopping on validation Recall@50")
     patience: int = Field(3, ge=1)
     refit_epochs: int = Field(
-        0,
+        3,
         ge=0,
         description="after early stopping, train this many more epochs on every training rating (the validation part and "
         "the ranker's held-out part included) before the vectors are served (0: serve the early-stopped model)",

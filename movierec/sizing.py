@@ -100,6 +100,9 @@ def size_to_data(
         epochs = max(MIN_EPOCHS, math.ceil(TWO_TOWER_PASSES * batches / STEPS_PER_EPOCH))
         if epochs < r.epochs and choose("retrieval.epochs", epochs, f"about {TWO_TOWER_PASSES:g} passes over {batches:,.0f} batches"):
             choose("retrieval.patience", min(r.patience, LARGE_PATIENCE), "capped epochs: stop at the first epoch without a better validation recall")
+        # each refit epoch would be one more capped epoch, and the refit's gain was measured at
+        # MovieLens sizes only
+        choose("retrieval.refit_epochs", 0, "capped epochs: the served vectors are the early-stopped model's")
     rating = config.ranking.rating
     if constant_rating is not None and rating.enabled:
         choose("ranking.rating.enabled", False, f"every rating is {constant_rating:g}: no rating model, nothing to predict")

@@ -40,13 +40,14 @@ def test_large_data_bounds_validation_epochs_lists_and_the_rating_model() -> Non
     keys = {c.key for c in choices}
     assert keys == {
         "retrieval.val_max_users", "retrieval.max_steps_per_epoch", "retrieval.epochs", "retrieval.patience",
-        "ranking.max_users", "ranking.rating.autorec_hidden", "ranking.rating.mf_sparse", "ranking.rating.mf_epochs",
+        "retrieval.refit_epochs", "ranking.max_users", "ranking.rating.autorec_hidden", "ranking.rating.mf_sparse", "ranking.rating.mf_epochs",
         "ranking.rating.patience",
     }
     assert sized.retrieval.val_max_users == VAL_USERS
     assert sized.retrieval.max_steps_per_epoch == STEPS_PER_EPOCH
     # 1M ratings: ~879 batches of 1,024 per pass, one pass in 400-batch epochs
     assert sized.retrieval.epochs == 3 and sized.retrieval.patience == LARGE_PATIENCE
+    assert load_config().retrieval.refit_epochs > 0 and sized.retrieval.refit_epochs == 0
     assert sized.ranking.rating.mf_sparse is True
     mf_batches = -(-900_000 // 1024)
     assert sized.ranking.rating.mf_epochs == MF_STEPS // mf_batches and sized.ranking.rating.patience == MF_PATIENCE
@@ -67,6 +68,12 @@ def test_values_the_user_set_are_kept() -> None:
     assert sized.ranking.rating.mf_sparse is False and sized.ranking.rating.mf_epochs == 40
     assert sized.retrieval.epochs == 30  # no epoch budget: the user chose the epoch length
     assert {c.key for c in choices} == {"retrieval.val_max_users"}
+
+
+def test_a_refit_the_user_set_survives_the_epoch_budget() -> None:
+    sized, choices = size_to_data(load_config(overrides=["retrieval.refit_epochs=2"]), 20_000, 100_000, 1_000_000)
+    assert sized.retrieval.epochs == 3  # the budget still applies
+    assert sized.retrieval.refit_epochs == 2 and "retrieval.refit_epochs" not in {c.key for c in choices}
 
 
 def test_epoch_budgets_only_lower_and_grow_with_the_ratings() -> None:
