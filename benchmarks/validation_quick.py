@@ -38,6 +38,7 @@ from movierec.config import load_config  # noqa: E402
 from movierec.data import load_dataset  # noqa: E402
 from movierec.metrics import topn_metrics  # noqa: E402
 from movierec.pipeline import train as train_pipeline  # noqa: E402
+from movierec.recommender import rank_scores  # noqa: E402
 from movierec.splits import holdout_per_user  # noqa: E402
 from recommender import HybridRecommender  # noqa: E402
 from retrieval.inputs import Histories  # noqa: E402
@@ -99,10 +100,7 @@ def run_two_tower(spec: str, sets: list[str], tag: str) -> dict:
     user_vectors = encode_all_users(
         tt.user_tower, histories, tt.items.content, tt.user_features, fit.n_items, config.retrieval.history_len
     )
-    scores = user_vectors[users] @ item_vectors.T
-    seen = fit.to_csr().tocsr()[users]
-    scores[np.repeat(np.arange(len(users)), np.diff(seen.indptr)), seen.indices] = -np.inf
-    top = np.argsort(-scores, axis=1)[:, :100]
+    top, _ = rank_scores(user_vectors[users] @ item_vectors.T, 100, users, exclude=fit.to_csr().tocsr())
     recall = topn_metrics(top, rel[users], 100)["recall@100"]
     return dict(
         tag=tag, data=spec, tt_recall100=round(recall, 4), ratio=round(recall / ease[f"recall@100 {lam}"], 4),
