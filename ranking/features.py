@@ -89,8 +89,8 @@ class FeatureContext:
         item_first_day: (I0,) day (unix days) of each item's first rating in the snapshot, NaN
             when it has none; None when the ratings carry no timestamps (the time features are 0).
         user_first_day, user_last_day: (n_users,) days of each user's first and last rating.
-        ref_day: newest rating day of the snapshot: the "first rating" of an item nobody has
-            rated yet and both days of a user the snapshot does not know.
+        ref_day: newest rating day of the snapshot: both days of a user the snapshot does not
+            know, and the latest "first rating" given to an item nobody has rated yet.
         adjacent: (I0, I0) sparse rating-order adjacency (:func:`ranking.sequence.adjacency_matrix`);
             None without timestamps (the feature is 0).
     """
@@ -144,8 +144,8 @@ class ItemTables:
     Every value is the one the per-request code computed: content rows are float32 (zero in the
     extra row), genre rows are normalised to shares, years are float32 (NaN when unknown),
     ``static`` holds ``item_pop, item_mean, item_age, year_missing`` per item, and ``first_day``
-    the day of its first rating (``ref_day`` for an item without one; float64, as days since 1970
-    lose hours in float32).
+    the day of its first rating (for an item without one, see :func:`_first_rating_days`;
+    float64, as days since 1970 lose hours in float32).
     """
 
     n_items: int
@@ -178,11 +178,29 @@ class ItemTables:
             ],
             axis=1,
         )
-        first = np.full(n + 1, ctx.ref_day, np.float64)
-        if ctx.item_first_day is not None:
-            k = min(n, len(ctx.item_first_day))
-            first[:k] = np.where(np.isnan(ctx.item_first_day[:k]), ctx.ref_day, ctx.item_first_day[:k])
-        return cls(n, content, genres, shares.astype(np.float32), years, static, first)
+        return cls(n, content, genres, shares.astype(np.float32), years, static, _first_rating_days(ctx, years))
+
+
+DAYS_PER_YEAR = 365.2425
+
+
+def _first_rating_days(ctx: FeatureContext, years: np.ndarray) -> np.ndarray:
+    """Each item's first rating day, with one extra last row (``ref_day``). A movie the snapshot
+    has no rating of was around since its release: it gets January 1 of its release year, held
+    between the snapshot's first and newest days (``ref_day`` when the year is unknown). Giving
+    every unrated movie the newest day made old movies stripped of their ratings look brand new
+    and pulled the ranker away from content on cold movies."""
+    n = len(years) - 1
+    first = np.full(n + 1, ctx.ref_day, np.float64)
+    if ctx.item_first_day is None:
+        return first
+    k = min(n, len(ctx.item_first_day))
+    known = ctx.item_first_day[:k]
+    oldest = float(np.nanmin(known)) if np.isfinite(known).any() else ctx.ref_day
+    released = np.clip((years[:n].astype(np.float64) - 1970.0) * DAYS_PER_YEAR, oldest, ctx.ref_day)
+    first[:n] = np.where(np.isnan(released), ctx.ref_day, released)
+    first[:k] = np.where(np.isnan(known), first[:k], known)
+    return first
 
 
 _MATRIX_CACHE: dict[tuple[int, str], tuple[weakref.ref, Any]] = {}

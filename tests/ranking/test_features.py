@@ -194,6 +194,26 @@ def test_timeline_features_match_hand_computation(ctx: FeatureContext) -> None:
     assert u[0, 0, col("since_last")] == pytest.approx(-np.log1p(150)) and u[0, 0, col("user_span")] == 0.0
 
 
+def test_an_unrated_movie_counts_as_first_rated_at_its_release(ctx: FeatureContext) -> None:
+    from ranking.features import DAYS_PER_YEAR
+
+    # days since 1970: the snapshot runs from day 10,000 (1997-05) to day 10,500 (1998-10). Item 2
+    # (1980) and item 4 (1998, added after training) have no rating; item 3 has no known year.
+    ctx.years = np.array([1990, 2000, 1980, np.nan, 1998], dtype=np.float64)
+    ctx.item_first_day = np.array([10_000.0, 10_100.0, np.nan, np.nan])
+    ctx.user_first_day, ctx.user_last_day, ctx.ref_day = np.array([10_000.0, 10_000.0]), np.array([10_400.0, 10_400.0]), 10_500.0
+    hist = pad_histories([np.array([0])], [np.array([4.0])], np.array([3.0]))
+    f = compute_features(ctx, np.array([0]), hist, np.array([[1, 2, 3, 4]]), np.zeros((1, 4), np.float32))
+    since_first = f[0, :, col("since_first")]
+    # rated: its own first day; old and unrated: the snapshot's first day (not its newest, which
+    # made old movies stripped of their ratings look brand new); year unknown: the newest day;
+    # released inside the snapshot: January 1 of its year
+    assert since_first[0] == pytest.approx(np.log1p(100))
+    assert since_first[1] == pytest.approx(0.0)
+    assert since_first[2] == pytest.approx(np.log1p(500))
+    assert since_first[3] == pytest.approx(np.log1p((1998 - 1970) * DAYS_PER_YEAR - 10_000.0))
+
+
 def test_timeline_features_are_zero_without_timestamps(ctx: FeatureContext) -> None:
     from ranking.ranker import timeline_days
 
