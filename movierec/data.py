@@ -541,11 +541,11 @@ def _read_table(
 def _ratings_frame(t: _Table) -> pd.DataFrame:
     """Schema ratings from a parsed table with user_id, item_id, rating[, timestamp]."""
     rating = t.numeric("rating", what="rating")
-    bad = ~np.isfinite(rating) | (rating < 0)
+    bad = ~np.isfinite(rating)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise t.error(
-            f"rating {rating[row]:g} is out of range (must be a finite number >= 0)",
+            f"rating {rating[row]:g} is not a finite number",
             row=row,
             column="rating",
         )

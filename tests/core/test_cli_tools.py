@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -160,6 +161,32 @@ def test_train_and_candidates_are_quiet_and_speak_json(data: Path, tmp_path: Pat
                           env=env(), capture_output=True, text=True, timeout=600)
     assert loud.returncode == 0, loud.stderr
     assert "DEBUG lightning" in loud.stderr and "GPU available" in loud.stderr
+
+
+def test_a_negative_rating_scale_trains_and_predicts_on_its_scale(tmp_path: Path, monkeypatch, capsys) -> None:
+    """-10..10 ratings (a joke- or like/dislike-style source) go through split, train (rating model
+    on) and evaluate: the bundle keeps the scale and its predictions beat the training mean."""
+    data = tmp_path / "data"
+    write_synthetic(data, SynthSpec(n_users=120, n_items=90, n_ratings=3000, seed=5, rating_min=-10, rating_max=10, rating_step=1))
+    assert load_dataset(data).ratings["rating"].min() < 0
+    code, _, err = run_cli(monkeypatch, capsys, "split", "--data", str(data), "--out", str(tmp_path / "split"), "--seed", "1")
+    assert code == 0, err
+    split, model = tmp_path / "split", tmp_path / "model"
+    assert TINY[-2:] == ["--set", "ranking.rating.enabled=false"]
+    # TINY with the rating model on, and few epochs of it
+    fast = [*TINY[:-2], "--set", "ranking.rating.mf_epochs=5", "--set", "ranking.rating.autorec_epochs=5", "--set", "ranking.rating.knn_k=10"]
+    r = subprocess.run([str(MOVIEREC), "train", "--ratings", str(split / "train.csv"), "--items", str(split / "items.csv"), "--out", str(model),
+                        *fast], env=env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((model / "manifest.json").read_text())
+    train, test = pd.read_csv(split / "train.csv"), pd.read_csv(split / "test.csv")
+    assert manifest["dataset"]["rating_scale"] == [train.rating.min(), train.rating.max()] and train.rating.min() < 0
+    r = subprocess.run([str(MOVIEREC), "evaluate", "--model", str(model), "--test", str(split / "test.csv"), "--json"],
+                       env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    mean_rmse = float(np.sqrt(((test.rating - train.rating.mean()) ** 2).mean()))
+    assert result["rating"]["rmse"] < mean_rmse and result["metrics"]["recall"] > 0, (result, mean_rmse)
 
 
 def test_split_writes_movielens_official_folds(ml100k_path: Path, tmp_path: Path, monkeypatch, capsys) -> None:
