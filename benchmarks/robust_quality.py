@@ -27,7 +27,10 @@ in ``WORKDIR/cache`` so reruns with other pipeline settings retrain only the pip
 
 Data sets (``--datasets`` picks some, optionally with seeds: ``ml100k:1,2,3 latest:1 synth zero10``):
 ml100k (seeds 1-5), latest (ml-latest-small, seeds 1-3), synth (``movierec synth`` with the demo's
-sizes, seed 1), zero10 (ML-100K with ratings mapped r -> 2.5 (r - 1), 0..10, seed 1).
+sizes, seed 1), zero10 (ML-100K with ratings mapped r -> 2.5 (r - 1), 0..10, seed 1). Data-shape
+checks, run only when named, each ML-100K changed in one way (seed 1): pm10 (ratings 5 (r - 3),
+-10..10), unary (every rating 1: implicit feedback), untimed (every timestamp 0), untitled (every
+movie titled "untitled", no genres or year: no content), sparse (a random quarter of the ratings).
 
 ``--ablations`` also trains with ``--set ranking.exclude=[content]``, ``[collab]`` and ``[time]``.
 ``--cold`` adds P3 on ml100k and latest: 20% of the movies lose every training rating
@@ -92,6 +95,8 @@ class DataSpec:
     """(workdir, movierec executable) -> the whole data set."""
     seeds: list[int]
     cold: bool = False
+    default: bool = True
+    """Run when ``--datasets`` is not given (the data-shape checks run only when named)."""
 
 
 def _ml100k(work: Path, movierec: str) -> Dataset:
@@ -109,6 +114,41 @@ def _zero10(work: Path, movierec: str) -> Dataset:
     return ds.with_ratings(r, "ml-100k-0to10")
 
 
+def _ml100k_as(name: str, ratings: pd.DataFrame | None = None, items: pd.DataFrame | None = None) -> Dataset:
+    """ML-100K with its ratings or items replaced (the data-shape checks); no user features."""
+    ds = load_dataset(SHARED / "ml-100k")
+    r = ds.ratings[["user_id", "item_id", "rating", "timestamp"]] if ratings is None else ratings
+    return Dataset(r, ds.items if items is None else items, None, f"ml-100k-{name}")
+
+
+def _pm10(work: Path, movierec: str) -> Dataset:
+    r = load_dataset(SHARED / "ml-100k").ratings[["user_id", "item_id", "rating", "timestamp"]].copy()
+    r["rating"] = 5.0 * (r["rating"] - 3.0)  # -10..10
+    return _ml100k_as("pm10", ratings=r)
+
+
+def _unary(work: Path, movierec: str) -> Dataset:
+    r = load_dataset(SHARED / "ml-100k").ratings[["user_id", "item_id", "rating", "timestamp"]].copy()
+    r["rating"] = 1.0  # implicit feedback: one value throughout
+    return _ml100k_as("unary", ratings=r)
+
+
+def _untimed(work: Path, movierec: str) -> Dataset:
+    r = load_dataset(SHARED / "ml-100k").ratings[["user_id", "item_id", "rating", "timestamp"]].copy()
+    r["timestamp"] = 0  # unknown times
+    return _ml100k_as("untimed", ratings=r)
+
+
+def _untitled(work: Path, movierec: str) -> Dataset:
+    ids = load_dataset(SHARED / "ml-100k").items["item_id"]
+    return _ml100k_as("untitled", items=pd.DataFrame({"item_id": ids, "title": "untitled"}))  # no content at all
+
+
+def _sparse(work: Path, movierec: str) -> Dataset:
+    r = load_dataset(SHARED / "ml-100k").ratings[["user_id", "item_id", "rating", "timestamp"]]
+    return _ml100k_as("sparse", ratings=r[np.random.default_rng(0).random(len(r)) < 0.25])  # a random quarter of the ratings
+
+
 def _synth(work: Path, movierec: str) -> Dataset:
     """``movierec synth`` with the demo's sizes, written once into the workdir."""
     out = work / "data" / "synth"
@@ -123,13 +163,18 @@ DATASETS: dict[str, DataSpec] = {
     "latest": DataSpec("latest", _latest, [1, 2, 3], cold=True),
     "synth": DataSpec("synth", _synth, [1], cold=True),
     "zero10": DataSpec("zero10", _zero10, [1]),
+    "pm10": DataSpec("pm10", _pm10, [1], default=False),
+    "unary": DataSpec("unary", _unary, [1], default=False),
+    "untimed": DataSpec("untimed", _untimed, [1], default=False),
+    "untitled": DataSpec("untitled", _untitled, [1], default=False),
+    "sparse": DataSpec("sparse", _sparse, [1], default=False),
 }
 
 
 def parse_datasets(text: str | None) -> list[tuple[str, list[int]]]:
     """``"ml100k:1,2 latest synth"`` -> [("ml100k", [1, 2]), ("latest", [1, 2, 3]), ("synth", [1])]."""
     if not text:
-        return [(n, list(s.seeds)) for n, s in DATASETS.items()]
+        return [(n, list(s.seeds)) for n, s in DATASETS.items() if s.default]
     out = []
     for part in text.replace(";", " ").split():
         name, _, seeds = part.partition(":")

@@ -348,6 +348,12 @@ def _fit_projection(x: sp.csr_matrix, dim: int, seed: int) -> np.ndarray:
     return np.ascontiguousarray(svd.components_, dtype=np.float32)
 
 
+def content_varies(items: pd.DataFrame, max_chars: int | None = None) -> bool:
+    """Whether some field's text differs between two movies; when not (no item file, or every
+    movie titled alike) every movie gets the same content vector."""
+    return any(len(set(docs)) > 1 for docs in field_documents(items, max_chars).values())
+
+
 # ---- the model -----------------------------------------------------------------------------------
 class ContentModel:
     """Fitted TF-IDF + SVD content encoder: item table in, dense unit vectors out.
@@ -415,8 +421,9 @@ class ContentModel:
             config: weights, dimension, vocabulary limits.
             seed: randomized SVD seed.
 
-        Raises:
-            ValueError: no field yields any term (nothing to build vectors from).
+        When no field yields any term (a ratings file without an item file, or titles that are
+        all stop words) every movie gets the same vector: content then carries no signal and the
+        collaborative stages do the work.
         """
         config = config or ContentConfig()
         t0 = time.perf_counter()
@@ -436,17 +443,20 @@ class ContentModel:
             spec.idf = np.asarray(vec.idf_, dtype=np.float64)
             spec.__post_init__()
             encoders.append(spec)
-        if not encoders:
-            raise ValueError(
-                f"content: none of the {len(items)} items has a title word, genre, year, tag or description"
-            )
         x = _stack(encoders, docs)
-        from threadpoolctl import threadpool_limits
+        if not encoders:
+            log.warning(
+                "content: none of the %d items has a title word, genre, year, tag or description; every movie "
+                "gets the same content vector (give an item file for content-based similarity and cold movies)", len(items),
+            )
+            components = np.zeros((1, 0), np.float32)  # one constant direction: the centroid fallback
+        else:
+            from threadpoolctl import threadpool_limits
 
-        # measured on this 2-core machine with other jobs running: the SVD's QR of a 10,000 x 138
-        # matrix took 7.1 s with two OpenBLAS threads spinning against each other, 0.3 s with one
-        with threadpool_limits(limits=config.fit_threads, user_api="blas"):
-            components = _fit_projection(x, config.dim, seed)
+            # measured on this 2-core machine with other jobs running: the SVD's QR of a 10,000 x 138
+            # matrix took 7.1 s with two OpenBLAS threads spinning against each other, 0.3 s with one
+            with threadpool_limits(limits=config.fit_threads, user_api="blas"):
+                components = _fit_projection(x, config.dim, seed)
         proj = np.asarray(x.astype(np.float32) @ components.T, dtype=np.float32)
         ok = np.linalg.norm(proj, axis=1) >= _MIN_PROJECTION
         centroid = normalize(proj[ok].mean(axis=0, keepdims=True))[0] if ok.any() else np.zeros(len(components), np.float32)
@@ -542,6 +552,8 @@ class ContentModel:
 def _stack(encoders: list[FieldEncoder], docs: dict[str, list[str]]) -> sp.csr_matrix:
     """Weighted field blocks side by side, each row rescaled to unit norm (or left empty)."""
     blocks = [e.transform(docs[e.name]) for e in encoders]
+    if not blocks:
+        return sp.csr_matrix((len(next(iter(docs.values()), [])), 0), dtype=np.float64)
     return _scale_rows(sp.hstack(blocks, format="csr", dtype=np.float64), 1.0)
 
 

@@ -79,13 +79,16 @@ def train(ds: Dataset, out: str | Path, config: Config | None = None, manifest: 
     Returns:
         The bundle path.
     """
+    from content.tfidf import content_varies
     from retrieval.distributed import is_global_zero
 
     from movierec.sizing import size_to_data
 
     values = ds.ratings["rating"].to_numpy()
     constant = float(values[0]) if len(values) and values.min() == values.max() else None
-    config, choices = size_to_data(config or Config(), ds.n_users, ds.n_items, len(ds.ratings), constant_rating=constant)
+    config = config or Config()
+    content = content_varies(ds.items, config.content.max_text_chars)
+    config, choices = size_to_data(config, ds.n_users, ds.n_items, len(ds.ratings), constant_rating=constant, content=content)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     log.info("training on %r", ds)
@@ -124,8 +127,8 @@ def tower_trainer(content: np.ndarray, config: Config, content_sparse: Any = Non
 def _place_cold(tt: Any, content_sparse: Any, config: Config) -> tuple[np.ndarray, Any]:
     """(item vectors, cold map): the two-tower vectors with the unrated movies placed by the
     content -> item-vector map (``retrieval.cold_map``), or unchanged when it is off."""
-    if not config.retrieval.cold_map or content_sparse is None:
-        return tt.item_vectors, None
+    if not config.retrieval.cold_map or content_sparse is None or (content_sparse.shape[1] == 0 and not tt.items.genres.any()):
+        return tt.item_vectors, None  # (nothing to map from: no item text and no genres)
     from retrieval.cold import place_cold_items
 
     return place_cold_items(

@@ -66,11 +66,12 @@ def _is_default(section: Any, field: str) -> bool:
 
 
 def size_to_data(
-    config: Config, n_users: int, n_items: int, n_ratings: int, constant_rating: float | None = None
+    config: Config, n_users: int, n_items: int, n_ratings: int, constant_rating: float | None = None, content: bool = True
 ) -> tuple[Config, list[Choice]]:
     """A copy of ``config`` with the size-dependent defaults filled in, and what was chosen.
 
     ``constant_rating``: the one value every rating has (implicit feedback, e.g. all 1), if so.
+    ``content``: False when every movie has the same content (no item text, genres or years).
     """
     config = config.model_copy(deep=True)
     choices: list[Choice] = []
@@ -103,6 +104,9 @@ def size_to_data(
         # each refit epoch would be one more capped epoch, and the refit's gain was measured at
         # MovieLens sizes only
         choose("retrieval.refit_epochs", 0, "capped epochs: the served vectors are the early-stopped model's")
+    if not content and r.id_dropout > 0:
+        # a movie trained without its id is then the same vector as every other one
+        choose("retrieval.id_dropout", 0.0, "every movie has the same content: ids are all the item tower can tell apart")
     rating = config.ranking.rating
     if constant_rating is not None and rating.enabled:
         choose("ranking.rating.enabled", False, f"every rating is {constant_rating:g}: no rating model, nothing to predict")

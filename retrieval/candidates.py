@@ -275,7 +275,7 @@ class RetrievalModel:
         the training's cold movies were; otherwise the item tower encodes them.
         """
         g = torch.from_numpy(np.ascontiguousarray(genres, dtype=np.float32))
-        c = torch.from_numpy(np.ascontiguousarray(content, dtype=np.float32))
+        c = torch.from_numpy(np.array(content, dtype=np.float32))  # a copy: the caller's rows may be read-only
         if self.cold_map is not None and content_sparse is not None:
             vec = self.cold_map.transform(content_sparse, genres)
         else:

@@ -30,9 +30,25 @@ def test_empty_and_missing_titles(items: pd.DataFrame, small_config: ContentConf
     assert ContentSimilarity(m2).similar_items(0, 1)[0][0] == 2
 
 
-def test_catalogue_without_any_text_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="none of the 2 items"):
-        ContentModel.fit(pd.DataFrame({"item_id": [1, 2], "title": ["", "  "]}), ContentConfig(dim=4))
+def test_catalogue_without_any_text_gives_every_movie_one_vector(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    """A ratings file without an item file: content carries no signal, but it fits, saves, loads
+    and places movies added later, so the collaborative stages can train."""
+    from movierec.artifacts import BundleWriter, load_bundle
+
+    bare = pd.DataFrame({"item_id": [1, 2, 3], "title": ["", "  ", ""]})
+    with caplog.at_level("WARNING", logger="content.tfidf"):
+        model = ContentModel.fit(bare, ContentConfig(dim=4))
+    assert "none of the 3 items" in caplog.text
+    assert_unit(model.vectors)
+    assert model.vectors.shape == (3, 1) and model.sparse.shape == (3, 0) and np.all(model.vectors == model.vectors[0])
+    with BundleWriter(tmp_path / "b") as w:
+        model.save(w)
+    loaded = ContentModel.load(load_bundle(tmp_path / "b"))
+    new = pd.DataFrame({"item_id": [9], "title": ["Robot Dog"], "genres": [["Comedy"]]})  # words it never saw
+    assert np.array_equal(loaded.transform(new), model.vectors[:1]) and np.array_equal(loaded.vectors, model.vectors)
+    sim = ContentSimilarity(loaded)
+    (idx,) = sim.add_items(new)
+    assert idx == 3 and sorted(sim.similar_items(0, 3)[0].tolist()) == [1, 2, 3]
     with pytest.raises(ValueError, match="DataFrame"):
         ContentModel.fit(["Toy Story"], ContentConfig(dim=4))  # type: ignore[arg-type]
 

@@ -189,6 +189,30 @@ def test_a_negative_rating_scale_trains_and_predicts_on_its_scale(tmp_path: Path
     assert result["rating"]["rmse"] < mean_rmse and result["metrics"]["recall"] > 0, (result, mean_rmse)
 
 
+def test_a_ratings_file_alone_trains_without_content(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """No item file: every movie has the same (empty) content, the item tower keeps its ids, and
+    the bundle answers candidates and similar-movie queries from the collaborative stages."""
+    code, _, err = run_cli(monkeypatch, capsys, "split", "--data", str(data), "--out", str(tmp_path / "split"), "--seed", "1")
+    assert code == 0, err
+    model = tmp_path / "model"
+    r = subprocess.run([str(MOVIEREC), "train", "--ratings", str(tmp_path / "split" / "train.csv"), "--out", str(model), *TINY],
+                       env=env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "has a title word, genre, year, tag or description; every movie gets the same content vector" in r.stderr, r.stderr
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert any(c.startswith("retrieval.id_dropout=0.0") for c in manifest["sizing"]), manifest["sizing"]
+    cand = subprocess.run([str(MOVIEREC), "candidates", "--model", str(model), "--out", str(tmp_path / "c.parquet"), "--k", "5", "--json"],
+                          env=env(), capture_output=True, text=True, timeout=300)
+    assert cand.returncode == 0, cand.stderr
+    items = pd.read_csv(tmp_path / "split" / "train.csv").item_id
+    first = str(items.iloc[0])
+    sim = subprocess.run([str(MOVIEREC), "similar", "--model", str(model), "--item", first, "--k", "5", "--json"],
+                         env=env(), capture_output=True, text=True, timeout=300)
+    assert sim.returncode == 0, sim.stderr
+    found = [x["item_id"] for x in json.loads(sim.stdout)["items"]]
+    assert len(found) == 5 and first not in map(str, found)
+
+
 def test_split_writes_movielens_official_folds(ml100k_path: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     code, _, err = run_cli(monkeypatch, capsys, "split", "--data", str(ml100k_path), "--out", str(tmp_path / "u1"), "--protocol", "u1")
     assert code == 0, err

@@ -85,5 +85,6 @@ def test_failed_training_is_reported_and_the_run_goes_on(rq: ModuleType, tiny: D
 def test_dataset_filter_parses_names_and_seeds(rq: ModuleType) -> None:
     assert rq.parse_datasets("ml100k:1,2 latest synth") == [("ml100k", [1, 2]), ("latest", [1, 2, 3]), ("synth", [1])]
     assert [n for n, _ in rq.parse_datasets(None)] == ["ml100k", "latest", "synth", "zero10"]
+    assert rq.parse_datasets("pm10 untitled") == [("pm10", [1]), ("untitled", [1])]  # data-shape checks only when named
     with pytest.raises(SystemExit):
         rq.parse_datasets("ml1m")

@@ -120,3 +120,13 @@ def test_constant_ratings_leave_the_rating_model_out() -> None:
     assert "ranking.rating.enabled" in {c.key for c in large}
     kept, chosen = size_to_data(load_config(overrides=["ranking.rating.enabled=true"]), 943, 1682, 100_000, constant_rating=1.0)
     assert kept.ranking.rating.enabled is True and chosen == []  # a value the user set wins
+
+
+def test_movies_without_content_keep_their_ids() -> None:
+    """Every movie with the same content: an item trained without its id would be the same vector
+    as all the others, so id dropout is turned off, unless the user set it."""
+    sized, choices = size_to_data(load_config(), 943, 1_682, 100_000, content=False)
+    assert sized.retrieval.id_dropout == 0.0 and "retrieval.id_dropout" in {c.key for c in choices}
+    assert size_to_data(load_config(), 943, 1_682, 100_000)[0].retrieval.id_dropout == load_config().retrieval.id_dropout
+    mine, choices = size_to_data(load_config(overrides=["retrieval.id_dropout=0.2"]), 943, 1_682, 100_000, content=False)
+    assert mine.retrieval.id_dropout == 0.2 and not choices
