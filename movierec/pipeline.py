@@ -127,8 +127,8 @@ def tower_trainer(content: np.ndarray, config: Config, content_sparse: Any = Non
 def _place_cold(tt: Any, content_sparse: Any, config: Config) -> tuple[np.ndarray, Any]:
     """(item vectors, cold map): the two-tower vectors with the unrated movies placed by the
     content -> item-vector map (``retrieval.cold_map``), or unchanged when it is off."""
-    if not config.retrieval.cold_map or content_sparse is None or (content_sparse.shape[1] == 0 and not tt.items.genres.any()):
-        return tt.item_vectors, None  # (nothing to map from: no item text and no genres)
+    if not config.retrieval.cold_map or content_sparse is None:
+        return tt.item_vectors, None
     from retrieval.cold import place_cold_items
 
     return place_cold_items(
