@@ -114,39 +114,36 @@ def _zero10(work: Path, movierec: str) -> Dataset:
     return ds.with_ratings(r, "ml-100k-0to10")
 
 
-def _ml100k_as(name: str, ratings: pd.DataFrame | None = None, items: pd.DataFrame | None = None) -> Dataset:
-    """ML-100K with its ratings or items replaced (the data-shape checks); no user features."""
+def _ml100k_as(
+    name: str,
+    ratings: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+    items: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+) -> Dataset:
+    """ML-100K with its ratings and/or items changed by the given functions (the data-shape
+    checks); no user features."""
     ds = load_dataset(SHARED / "ml-100k")
-    r = ds.ratings[["user_id", "item_id", "rating", "timestamp"]] if ratings is None else ratings
-    return Dataset(r, ds.items if items is None else items, None, f"ml-100k-{name}")
+    r = ds.ratings[["user_id", "item_id", "rating", "timestamp"]].copy()
+    return Dataset(ratings(r) if ratings else r, items(ds.items) if items else ds.items, None, f"ml-100k-{name}")
 
 
 def _pm10(work: Path, movierec: str) -> Dataset:
-    r = load_dataset(SHARED / "ml-100k").ratings[["user_id", "item_id", "rating", "timestamp"]].copy()
-    r["rating"] = 5.0 * (r["rating"] - 3.0)  # -10..10
-    return _ml100k_as("pm10", ratings=r)
+    return _ml100k_as("pm10", ratings=lambda r: r.assign(rating=5.0 * (r["rating"] - 3.0)))  # -10..10
 
 
 def _unary(work: Path, movierec: str) -> Dataset:
-    r = load_dataset(SHARED / "ml-100k").ratings[["user_id", "item_id", "rating", "timestamp"]].copy()
-    r["rating"] = 1.0  # implicit feedback: one value throughout
-    return _ml100k_as("unary", ratings=r)
+    return _ml100k_as("unary", ratings=lambda r: r.assign(rating=1.0))  # implicit feedback: one value throughout
 
 
 def _untimed(work: Path, movierec: str) -> Dataset:
-    r = load_dataset(SHARED / "ml-100k").ratings[["user_id", "item_id", "rating", "timestamp"]].copy()
-    r["timestamp"] = 0  # unknown times
-    return _ml100k_as("untimed", ratings=r)
+    return _ml100k_as("untimed", ratings=lambda r: r.assign(timestamp=0))  # unknown times
 
 
 def _untitled(work: Path, movierec: str) -> Dataset:
-    ids = load_dataset(SHARED / "ml-100k").items["item_id"]
-    return _ml100k_as("untitled", items=pd.DataFrame({"item_id": ids, "title": "untitled"}))  # no content at all
+    return _ml100k_as("untitled", items=lambda it: pd.DataFrame({"item_id": it["item_id"], "title": "untitled"}))  # no content at all
 
 
 def _sparse(work: Path, movierec: str) -> Dataset:
-    r = load_dataset(SHARED / "ml-100k").ratings[["user_id", "item_id", "rating", "timestamp"]]
-    return _ml100k_as("sparse", ratings=r[np.random.default_rng(0).random(len(r)) < 0.25])  # a random quarter of the ratings
+    return _ml100k_as("sparse", ratings=lambda r: r[np.random.default_rng(0).random(len(r)) < 0.25])  # a random quarter of the ratings
 
 
 def _synth(work: Path, movierec: str) -> Dataset:
