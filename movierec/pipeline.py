@@ -124,6 +124,14 @@ def tower_trainer(content: np.ndarray, config: Config, content_sparse: Any = Non
     return fit
 
 
+def _refit_task(payload: tuple, _: int) -> Any:
+    """:func:`~retrieval.two_tower.refit_two_tower` as a background task (module-level: pickled)."""
+    from retrieval.two_tower import refit_two_tower
+
+    tt, ds, content, retrieval_config, trainer_config, seed = payload
+    return refit_two_tower(tt, ds, content, retrieval_config, trainer_config, seed=seed)
+
+
 def _place_cold(tt: Any, content_sparse: Any, config: Config) -> tuple[np.ndarray, Any]:
     """(item vectors, cold map): the two-tower vectors with the unrated movies placed by the
     content -> item-vector map (``retrieval.cold_map``), or unchanged when it is off."""
@@ -168,6 +176,11 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
         tt = fit_two_tower(tt_train, content_model.vectors, config.retrieval, config.trainer, seed=config.seed, log_dir=writer.path / "logs")
         tt.item_vectors, cold_map = _place_cold(tt, content_model.sparse, config)
         timings["two_tower"] = time.perf_counter() - t
+        refit_job = None
+        if config.retrieval.refit_epochs and background is not None:
+            # the refit needs only the early-stopped model: the second process takes it once the
+            # rating model is done, while this one trains the ranker
+            refit_job = background.submit(_refit_task, (tt, ds, content_model.vectors, config.retrieval, config.trainer, config.seed))
         metrics: dict[str, Any] = {}
         ranker = None
         if ranking:
@@ -185,11 +198,17 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
         if config.retrieval.refit_epochs:
             from retrieval.two_tower import refit_two_tower
 
-            # after the ranker: its lists must come from a model that never saw the held-out part
+            # after the ranker's lists: they must come from a model that never saw the held-out part
             t = time.perf_counter()
-            tt = refit_two_tower(tt, ds, content_model.vectors, config.retrieval, config.trainer, seed=config.seed)
+            if refit_job is not None:
+                tt = background.gather(refit_job)[0]
+                where = "the background process" if background.last_shared else "this process"
+                tt.metrics["refit_in"] = where
+                log.info("two-tower refit: trained in %s", where)
+            else:
+                tt = refit_two_tower(tt, ds, content_model.vectors, config.retrieval, config.trainer, seed=config.seed)
             tt.item_vectors, cold_map = _place_cold(tt, content_model.sparse, config)
-            timings["two_tower_refit"] = time.perf_counter() - t
+            timings["two_tower_refit"] = time.perf_counter() - t  # the wait for it, when it trained beside the ranker
             user_vectors = tt.user_vectors  # already from the full histories
         elif ranking:
             from retrieval.towers import encode_all_users

@@ -2,11 +2,13 @@
 
 ``movierec train`` runs its stages one after another in one process with one torch thread each
 (two threads per process collapse when another process holds a core). The second core takes the
-rating model first (it needs nothing from the other stages), then whatever the ranker shares
-with it (:meth:`BackgroundWorker.map`: its cross-fitted member nets) once it is free.
+rating model first (it needs nothing from the other stages), then whatever the other stages
+share with it once it is free: the two-tower refit (:meth:`BackgroundWorker.submit`, collected
+with :meth:`BackgroundWorker.gather` after the ranker) and the ranker's member nets
+(:meth:`BackgroundWorker.map`).
 
-Sharing is work-claiming, so the second process can only help: every task is claimed from one
-shared counter by whichever process is free first; the job is sent to the worker only when it
+Sharing is work-claiming, so the second process can only help: every task is claimed from its
+job's shared counter by whichever process is free first; the job is sent to the worker only when it
 has said it is idle (so the main process never waits on a busy worker's pipe), and a task the
 worker claimed but could not finish (it died) runs in the main process. Tasks are seeded by
 their index, so who runs one does not change its result.
@@ -40,13 +42,18 @@ def _call(fn: Callable[..., Any], args: tuple) -> tuple[str, Any]:
         return "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
 
 
+_SLOTS = 8
+"""Jobs open at once (submitted and not yet gathered); ``claims`` holds [job, next task] per slot."""
+
+
 def _claim(claims: Any, job: int, n: int) -> int | None:
-    """The next unclaimed task of ``job`` (``claims`` = shared [job, next task]), or None."""
+    """The next unclaimed task of ``job`` (its slot of ``claims``), or None."""
+    s = 2 * (job % _SLOTS)
     with claims.get_lock():
-        if claims[0] != job or claims[1] >= n:
+        if claims[s] != job or claims[s + 1] >= n:
             return None
-        i = int(claims[1])
-        claims[1] = i + 1
+        i = int(claims[s + 1])
+        claims[s + 1] = i + 1
         return i
 
 
@@ -87,7 +94,7 @@ class BackgroundWorker:
         ctx = multiprocessing.get_context("spawn")
         self._from_child, child_out = ctx.Pipe(duplex=False)
         child_in, self._to_child = ctx.Pipe(duplex=False)
-        self._claims = ctx.Array("q", [0, 0])
+        self._claims = ctx.Array("q", [0] * (2 * _SLOTS))
         self._proc = ctx.Process(target=_worker_main, args=(child_in, child_out, self._claims, first), name=name, daemon=True)
         self._proc.start()
         child_out.close()  # the parent keeps only its own ends, so a dead child reads as EOF
@@ -97,9 +104,12 @@ class BackgroundWorker:
         self._idle = False
         self._dead = False
         self._job = 0
+        self._jobs: dict[int, tuple[Callable[[Any, int], Any], Any, int]] = {}  # submitted, not gathered
+        self._unsent: list[int] = []  # jobs not yet sent to the worker, oldest first
+        self._main_job: int | None = None  # the job the main process is claiming tasks of
         self._done: dict[tuple[int, int], tuple[str, Any]] = {}
         self.last_shared: list[int] = []
-        """Tasks of the last :meth:`map` that the worker ran."""
+        """Tasks of the last :meth:`gather` (or :meth:`map`) that the worker ran."""
 
     @staticmethod
     def worthwhile(n_ratings: int, single_process: bool) -> bool:
@@ -144,33 +154,69 @@ class BackgroundWorker:
             raise RuntimeError(f"{what}: background training failed: {value}")
         return value
 
-    def map(self, fn: Callable[[Any, int], Any], payload: Any, n: int) -> list[Any]:
-        """``[fn(payload, i) for i in range(n)]``, the tasks shared with the worker when it is free.
+    def submit(self, fn: Callable[[Any, int], Any], payload: Any, n: int = 1) -> int:
+        """Open a job of ``n`` tasks ``fn(payload, i)`` and return its number for :meth:`gather`.
 
-        ``fn`` must be a module-level function and ``payload`` picklable. The job goes to the
-        worker only while it is idle and at least two tasks are unclaimed; the main process
-        claims tasks meanwhile, then waits for the ones the worker took.
+        ``fn`` must be a module-level function and ``payload`` picklable. The worker takes the
+        job's tasks once it is free (the main process notices that whenever it waits on or shares
+        work with the worker); tasks nobody took by :meth:`gather` run in the main process there.
         """
+        job = self._open(fn, payload, n)
+        self._dispatch()
+        return job
+
+    def _open(self, fn: Callable[[Any, int], Any], payload: Any, n: int) -> int:
+        if len(self._jobs) >= _SLOTS:
+            raise RuntimeError(f"at most {_SLOTS} background jobs may be open at once")
         self._job += 1
         job = self._job
+        s = 2 * (job % _SLOTS)
         with self._claims.get_lock():
-            self._claims[0], self._claims[1] = job, 0
-        results: dict[int, Any] = {}
-        self.last_shared = []
-        sent = False
-        while True:
-            while not sent and self._pump(0):
-                pass
-            if not sent and self._idle and not self._dead and n - int(self._claims[1]) >= 2:
+            self._claims[s], self._claims[s + 1] = job, 0
+        self._jobs[job] = (fn, payload, n)
+        self._unsent.append(job)
+        return job
+
+    def _dispatch(self) -> None:
+        """Read the worker's messages; if it is idle, send it the oldest job with tasks to spare
+        (two unclaimed ones for the job the main process is claiming from, else one)."""
+        while self._pump(0):
+            pass
+        if not self._idle or self._dead:
+            return
+        s = self._claims
+        for job in self._unsent:
+            _, _, n = self._jobs[job]
+            spare = n - int(s[2 * (job % _SLOTS) + 1])
+            if spare >= (2 if job == self._main_job else 1):
                 try:
-                    self._to_child.send((job, fn, payload, n))
-                    sent, self._idle = True, False
+                    self._to_child.send((job, *self._jobs[job]))
+                    self._idle = False
                 except (BrokenPipeError, OSError):
                     self._dead = True
-            i = _claim(self._claims, job, n)
-            if i is None:
-                break
-            results[i] = fn(payload, i)
+                self._unsent.remove(job)
+                return
+
+    def gather(self, job: int) -> list[Any]:
+        """The results of :meth:`submit`'s job ``job`` in task order: the main process runs the
+        tasks nobody has claimed yet (still handing the worker other jobs when it gets free),
+        then waits for the ones the worker took; a task the worker claimed but could not finish
+        (it died) runs here."""
+        fn, payload, n = self._jobs[job]
+        results: dict[int, Any] = {}
+        self.last_shared = []
+        self._main_job = job
+        try:
+            while True:
+                self._dispatch()
+                i = _claim(self._claims, job, n)
+                if i is None:
+                    break
+                results[i] = fn(payload, i)
+        finally:
+            self._main_job = None
+        if job in self._unsent:
+            self._unsent.remove(job)
         for i in range(n):
             while i not in results and (job, i) not in self._done and not self._dead:
                 self._pump(_POLL_SECONDS)
@@ -185,7 +231,14 @@ class BackgroundWorker:
                 raise RuntimeError(f"background worker: task {i} failed: {value}")
             results[i] = value
             self.last_shared.append(i)
+        del self._jobs[job]
         return [results[i] for i in range(n)]
+
+    def map(self, fn: Callable[[Any, int], Any], payload: Any, n: int) -> list[Any]:
+        """``[fn(payload, i) for i in range(n)]``, the tasks shared with the worker when it is free
+        (:meth:`submit` then :meth:`gather`; the worker is sent this job only while at least two
+        of its tasks are unclaimed, so the main process never waits for the last one)."""
+        return self.gather(self._open(fn, payload, n))
 
     def close(self) -> None:
         try:

@@ -68,6 +68,26 @@ def test_a_busy_worker_is_not_waited_for() -> None:
     assert not worker._proc.is_alive()
 
 
+def test_a_submitted_job_runs_in_the_free_worker_while_the_main_process_shares_another(idle_worker: BackgroundWorker) -> None:
+    job = idle_worker.submit(_slow_square, (3.0, os.getpid()))
+    out = idle_worker.map(_slow_square, (0.2, os.getpid()), 4)  # the worker is busy with the first job meanwhile
+    assert [v for v, _ in out] == [0, 1, 4, 9]
+    assert {pid for _, pid in out} == {os.getpid()}, "the worker was busy with the submitted job"
+    (value, pid), = idle_worker.gather(job)
+    assert value == 0 and pid != os.getpid() and idle_worker.last_shared == [0]
+
+
+def test_a_submitted_job_the_busy_worker_never_took_runs_in_the_main_process() -> None:
+    worker = BackgroundWorker((_sleep, (30.0,)))
+    try:
+        job = worker.submit(_slow_square, (0.0, os.getpid()), 2)
+        t = time.perf_counter()
+        assert worker.gather(job) == [(0, os.getpid()), (1, os.getpid())]
+        assert time.perf_counter() - t < 10 and worker.last_shared == []
+    finally:
+        worker.close()
+
+
 def test_a_task_failing_in_the_worker_raises_its_error(idle_worker: BackgroundWorker) -> None:
     with pytest.raises(RuntimeError, match="refused"):
         idle_worker.map(_fail_in_child, os.getpid(), 6)

@@ -155,6 +155,38 @@ def test_refit_learns_from_the_ratings_early_stopping_and_the_ranker_held_out(sy
     assert mean_rank(refit.user_vectors, refit.item_vectors) < 0.9 * mean_rank(uv_first, first.item_vectors)
 
 
+def test_a_refit_in_the_background_process_equals_the_one_in_this_process(synth_data, content_vectors, small_config):
+    """The pipeline hands the refit to its second training process while the ranker trains
+    (``movierec.pipeline._refit_task``): what comes back must be what this process would train."""
+    import os
+    import time
+
+    from movierec.pipeline import _refit_task
+    from ranking.background import BackgroundWorker
+    from retrieval.two_tower import refit_two_tower
+
+    cfg = small_config.model_copy(update={"epochs": 2, "refit_epochs": 1})
+    first = fit_two_tower(synth_data, content_vectors, cfg, TrainerConfig(progress=False), seed=4)
+    here = refit_two_tower(first, synth_data, content_vectors, cfg, TrainerConfig(progress=False), seed=4)
+    worker = BackgroundWorker((time.sleep, (0,)))
+    try:
+        worker.first_result()
+        deadline = time.monotonic() + 30
+        while not worker._idle and time.monotonic() < deadline:  # its "idle" follows the first result
+            worker._pump(0.1)
+        job = worker.submit(_refit_task, (first, synth_data, content_vectors, cfg, TrainerConfig(progress=False), 4))
+        # the pipeline trains the ranker here; the worker (importing Lightning first) claims the refit
+        while worker._claims[2 * (job % 8) + 1] == 0 and time.monotonic() < deadline + 60:
+            time.sleep(0.1)
+        (there,) = worker.gather(job)
+        assert worker.last_shared == [0], "the refit should have run in the worker"
+    finally:
+        worker.close()
+    assert os.getpid() != worker._proc.pid
+    np.testing.assert_array_equal(there.item_vectors, here.item_vectors)
+    np.testing.assert_array_equal(there.user_vectors, here.user_vectors)
+
+
 def test_in_batch_softmax_loss_matches_autograd_cross_entropy() -> None:
     """The fused loss equals ``cross_entropy`` of the masked, log-q shifted logits, value and
     gradients, also when the candidates are a gathered global batch (m > n, DDP)."""
