@@ -145,7 +145,12 @@ class RatingConfig(_Section):
     autorec_batch_items: int = Field(256, ge=1)
     autorec_epochs: int = Field(150, ge=1, description="upper bound; early stopping on validation RMSE")
     autorec_max_users: int = Field(200_000, ge=1, description="I-AutoRec is skipped above this many users (its layers are n_users wide)")
-    patience: int = Field(10, ge=1, description="epochs without a better validation RMSE before a component stops")
+    patience: int = Field(10, ge=1, description="epochs without a better validation RMSE before I-AutoRec stops")
+    mf_patience: int = Field(
+        5, ge=1,
+        description="epochs without a better validation RMSE before biased MF stops (5 against 10 left P1 unchanged for about "
+        "a third less rating-model time; RESULTS.md, session 13)",
+    )
     stack_ridge: float = Field(1e-4, ge=0, description="ridge weight of the stacker (per validation rating)")
     stack_support: bool = Field(True, description="stacker weights vary with the user's and item's rating counts (feature-weighted stacking)")
     threads: int = Field(1, ge=1)

@@ -123,5 +123,6 @@ def size_to_data(
                    f"{mf_batches:,} MF batches per full pass: epochs of {per_epoch:,} batches, a fresh random subset each")
         steps = epochs * min(mf_batches, rating.mf_max_steps_per_epoch or mf_batches)
         if epochs < rating.mf_epochs and choose("ranking.rating.mf_epochs", epochs, f"{mf_batches:,} MF batches per pass: {steps:,} steps at most"):
-            choose("ranking.rating.patience", min(rating.patience, MF_PATIENCE), "capped MF epochs: stop sooner once validation RMSE stalls")
+            choose("ranking.rating.mf_patience", min(rating.mf_patience, MF_PATIENCE), "capped MF epochs: stop sooner once validation RMSE stalls")
+            choose("ranking.rating.patience", min(rating.patience, MF_PATIENCE), "capped MF epochs: I-AutoRec, if kept, stops as soon")
     return config, choices

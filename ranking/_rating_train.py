@@ -229,7 +229,7 @@ def fit_mf(fit: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.ndarray
     train_loader = pair_loader(*fit, 1024, True, seed)
     val_loader = pair_loader(*val, 65536, False, seed) if val is not None else None
     best_epochs, best, history = fit_loop(
-        module, train_loader, val_loader, epochs, cfg.patience, log_dir, "rating_mf", getattr(cfg, "mf_max_steps_per_epoch", None)
+        module, train_loader, val_loader, epochs, cfg.mf_patience, log_dir, "rating_mf", getattr(cfg, "mf_max_steps_per_epoch", None)
     )
     net = module.net
     return {

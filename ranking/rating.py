@@ -368,9 +368,9 @@ def _fit_in_child(train: Dataset, cfg: Any, seed: int, log_dir: str | None) -> R
 class BackgroundRatingFit(BackgroundWorker):
     """:func:`fit_rating_model` as the first job of a :class:`~ranking.background.BackgroundWorker`,
     so it trains on the second core while the caller trains the two-tower model and the ranker on
-    the first (each with one torch thread); the worker then helps the ranker. :meth:`result`
-    waits for the model (raising the child's error, or a clear one when the child died) and
-    stops the worker."""
+    the first (each with one torch thread); the worker then takes the two-tower refit and ranker
+    members. :meth:`result` waits for the model (raising the child's error, or a clear one when
+    the child died) and stops the worker."""
 
     def __init__(self, train: Dataset, cfg: Any, seed: int = 42, log_dir: str | Path | None = None) -> None:
         super().__init__((_fit_in_child, (train, cfg, seed, None if log_dir is None else str(log_dir))), name="movierec-rating-fit")

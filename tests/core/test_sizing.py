@@ -41,7 +41,7 @@ def test_large_data_bounds_validation_epochs_lists_and_the_rating_model() -> Non
     assert keys == {
         "retrieval.val_max_users", "retrieval.max_steps_per_epoch", "retrieval.epochs", "retrieval.patience",
         "retrieval.refit_epochs", "ranking.max_users", "ranking.rating.autorec_hidden", "ranking.rating.mf_sparse", "ranking.rating.mf_epochs",
-        "ranking.rating.patience",
+        "ranking.rating.patience", "ranking.rating.mf_patience",
     }
     assert sized.retrieval.val_max_users == VAL_USERS
     assert sized.retrieval.max_steps_per_epoch == STEPS_PER_EPOCH
@@ -51,6 +51,7 @@ def test_large_data_bounds_validation_epochs_lists_and_the_rating_model() -> Non
     assert sized.ranking.rating.mf_sparse is True
     mf_batches = -(-900_000 // 1024)
     assert sized.ranking.rating.mf_epochs == MF_STEPS // mf_batches and sized.ranking.rating.patience == MF_PATIENCE
+    assert sized.ranking.rating.mf_patience == MF_PATIENCE
     assert sized.ranking.max_users == RANKER_LISTS
     assert sized.ranking.rating.autorec_hidden == 0 and 20_000 * 100_000 > AUTOREC_CELLS
     assert all(c.reason for c in choices)
@@ -105,7 +106,7 @@ def test_dense_data_with_small_tables_keeps_its_epochs() -> None:
     keys = {c.key for c in choices}
     assert "retrieval.max_steps_per_epoch" in keys
     assert not keys & {"retrieval.epochs", "retrieval.patience", "ranking.rating.mf_sparse", "ranking.rating.mf_epochs",
-                       "ranking.rating.patience"}
+                       "ranking.rating.patience", "ranking.rating.mf_patience"}
     assert sized.retrieval.epochs == config.retrieval.epochs
 
 
