@@ -46,16 +46,33 @@ def save_catalogue(writer: BundleWriter, ds: Dataset) -> None:
 
 
 def _start_rating_fit(ds: Dataset, config: Config, log_dir: Path) -> Any:
-    """The rating model's training in a second process when that pays (see BackgroundRatingFit)."""
+    """The rating model's training in a second process when that pays (see BackgroundRatingFit).
+
+    Called before this process imports torch and Lightning, so the two processes import at once;
+    whether an external launcher (torchrun, SLURM) made this process one rank of many needs
+    Lightning, so :func:`_keep_rating_fit` checks that afterwards.
+    """
     from ranking.rating import BackgroundRatingFit
-    from retrieval.distributed import launched_externally
 
     trainer = config.trainer
-    single = str(trainer.devices) == "1" and trainer.num_nodes == 1 and not launched_externally()
+    single = str(trainer.devices) == "1" and trainer.num_nodes == 1
     if not (config.ranking.rating.enabled and BackgroundRatingFit.worthwhile(len(ds.ratings), config.ranking.rating, single)):
         return None
-    log.info("rating model: training in a background process")
     return BackgroundRatingFit(ds, config.ranking.rating, seed=config.seed, log_dir=log_dir)
+
+
+def _keep_rating_fit(background: Any, ranking: bool) -> Any:
+    """``background`` if it should go on: the ranker trains (the rating model comes with it) and
+    this process is not one rank of an externally launched run (each rank would start one)."""
+    from retrieval.distributed import launched_externally
+
+    if background is None:
+        return None
+    if not ranking or launched_externally():
+        background.close()
+        return None
+    log.info("rating model: training in a background process")
+    return background
 
 
 def _id_frame(ids: np.ndarray) -> Any:
@@ -145,11 +162,14 @@ def _place_cold(tt: Any, content_sparse: Any, config: Config) -> tuple[np.ndarra
 
 
 def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float], manifest: dict[str, Any]) -> None:
-    from content import ContentModel, ContentSimilarity
-    from retrieval.candidates import RetrievalModel, index_recall
-    from retrieval.two_tower import fit_two_tower
-
     with BundleWriter(out) as writer, contextlib.ExitStack() as cleanup:
+        background = _start_rating_fit(ds, config, writer.path / "logs") if config.ranking.enabled and len(ds.ratings) else None
+        if background is not None:
+            cleanup.callback(background.close)  # stops the child if anything below fails
+        from content import ContentModel, ContentSimilarity
+        from retrieval.candidates import RetrievalModel, index_recall
+        from retrieval.two_tower import fit_two_tower
+
         t = time.perf_counter()
         content_model = ContentModel.fit(ds.items, config.content, seed=config.seed)
         content = ContentSimilarity(content_model, config.index)
@@ -170,9 +190,7 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
             ranking = len(held_out.ratings) > 0
         if not ranking:
             tt_train, held_out = ds, None
-        background = _start_rating_fit(ds, config, writer.path / "logs") if ranking else None
-        if background is not None:
-            cleanup.callback(background.close)  # stops the child if anything below fails
+        background = _keep_rating_fit(background, ranking)
         tt = fit_two_tower(tt_train, content_model.vectors, config.retrieval, config.trainer, seed=config.seed, log_dir=writer.path / "logs")
         tt.item_vectors, cold_map = _place_cold(tt, content_model.sparse, config)
         timings["two_tower"] = time.perf_counter() - t

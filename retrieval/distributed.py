@@ -20,10 +20,12 @@ import logging
 import multiprocessing
 import os
 
-from lightning.fabric.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
-from lightning.pytorch.strategies import DDPStrategy, Strategy
+from typing import TYPE_CHECKING
 
 from movierec.config import TrainerConfig
+
+if TYPE_CHECKING:
+    from lightning.pytorch.strategies import Strategy
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,10 @@ log = logging.getLogger(__name__)
 # ---- strategy ------------------------------------------------------------------------------------
 def launched_externally() -> bool:
     """True when torchrun, SLURM (``srun``) or LSF started this process as one rank of many."""
+    # Lightning imported here, not at the top: the pipeline asks for the rank (``is_global_zero``)
+    # and starts its second process before it imports Lightning (~7 s), so both import at once
+    from lightning.fabric.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
+
     if TorchElasticEnvironment.detect():
         return True
     if SLURMEnvironment.detect() and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
@@ -72,6 +78,8 @@ def resolve_strategy(config: TrainerConfig) -> str | Strategy:
     external launcher the ranks already exist, so plain ``ddp`` joins them. Any other value
     (``auto``, ``ddp_spawn``, ``fsdp``, ...) passes through unchanged.
     """
+    from lightning.pytorch.strategies import DDPStrategy
+
     if config.strategy != "ddp":
         return config.strategy
     if launched_externally():

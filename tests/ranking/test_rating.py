@@ -183,6 +183,36 @@ def test_pipeline_stops_the_background_fit_when_training_fails(tmp_path: Path, m
     assert not out.exists()
 
 
+def test_the_pipeline_can_start_its_second_process_before_importing_lightning() -> None:
+    """Both processes import torch and Lightning (~7 s each) at the same time only if the
+    pipeline reaches the spawn (rank check and sizing included) without importing them."""
+    code = (
+        "import sys, movierec.pipeline, movierec.sizing, content.tfidf, ranking.rating; from retrieval.distributed import is_global_zero; "
+        "is_global_zero(); bad = [m for m in ('lightning', 'torch') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(("ranking", "external", "kept"), [(True, False, True), (False, False, False), (True, True, False)])
+def test_the_early_second_process_is_stopped_without_a_ranker_or_under_an_external_launcher(
+    monkeypatch: pytest.MonkeyPatch, ranking: bool, external: bool, kept: bool
+) -> None:
+    import retrieval.distributed
+    from movierec.pipeline import _keep_rating_fit
+
+    class Worker:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(retrieval.distributed, "launched_externally", lambda: external)
+    worker = Worker()
+    assert (_keep_rating_fit(worker, ranking) is worker) == kept
+    assert worker.closed == (not kept)
+
+
 def test_knn_residual_matches_a_hand_computation() -> None:
     import scipy.sparse as sp
 
