@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-
 from typing import TYPE_CHECKING
 
 from movierec.config import TrainerConfig
@@ -34,7 +33,7 @@ log = logging.getLogger(__name__)
 def launched_externally() -> bool:
     """True when torchrun, SLURM (``srun``) or LSF started this process as one rank of many."""
     # Lightning imported here, not at the top: the pipeline asks for the rank (``is_global_zero``)
-    # and starts its second process before it imports Lightning (~7 s), so both import at once
+    # and starts its second process before it imports Lightning, so both import at once
     from lightning.fabric.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
 
     if TorchElasticEnvironment.detect():

@@ -184,7 +184,7 @@ def test_pipeline_stops_the_background_fit_when_training_fails(tmp_path: Path, m
 
 
 def test_the_pipeline_can_start_its_second_process_before_importing_lightning() -> None:
-    """Both processes import torch and Lightning (~7 s each) at the same time only if the
+    """Both processes import torch and Lightning at the same time only if the
     pipeline reaches the spawn (rank check and sizing included) without importing them."""
     code = (
         "import sys, movierec.pipeline, movierec.sizing, content.tfidf, ranking.rating; from retrieval.distributed import is_global_zero; "
