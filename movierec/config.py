@@ -148,8 +148,8 @@ class RatingConfig(_Section):
     patience: int = Field(10, ge=1, description="epochs without a better validation RMSE before I-AutoRec stops")
     mf_patience: int = Field(
         5, ge=1,
-        description="epochs without a better validation RMSE before biased MF stops (5 against 10 left P1 unchanged for about "
-        "a third less rating-model time; RESULTS.md, session 13)",
+        description="epochs without a better validation RMSE before biased MF stops (its epochs past 5 never found a better "
+        "one on P1's folds; RESULTS.md, session 13)",
     )
     stack_ridge: float = Field(1e-4, ge=0, description="ridge weight of the stacker (per validation rating)")
     stack_support: bool = Field(True, description="stacker weights vary with the user's and item's rating counts (feature-weighted stacking)")
