@@ -46,9 +46,14 @@ _SLOTS = 8
 """Jobs open at once (submitted and not yet gathered); ``claims`` holds [job, next task] per slot."""
 
 
+def _slot(job: int) -> int:
+    """Index of ``job``'s [job, next task] pair in ``claims``."""
+    return 2 * (job % _SLOTS)
+
+
 def _claim(claims: Any, job: int, n: int) -> int | None:
     """The next unclaimed task of ``job`` (its slot of ``claims``), or None."""
-    s = 2 * (job % _SLOTS)
+    s = _slot(job)
     with claims.get_lock():
         if claims[s] != job or claims[s + 1] >= n:
             return None
@@ -170,12 +175,16 @@ class BackgroundWorker:
             raise RuntimeError(f"at most {_SLOTS} background jobs may be open at once")
         self._job += 1
         job = self._job
-        s = 2 * (job % _SLOTS)
+        s = _slot(job)
         with self._claims.get_lock():
             self._claims[s], self._claims[s + 1] = job, 0
         self._jobs[job] = (fn, payload, n)
         self._unsent.append(job)
         return job
+
+    def claimed(self, job: int) -> int:
+        """How many of open job ``job``'s tasks either process has claimed so far."""
+        return int(self._claims[_slot(job) + 1])
 
     def _dispatch(self) -> None:
         """Read the worker's messages; if it is idle, send it the oldest job with tasks to spare
@@ -184,11 +193,9 @@ class BackgroundWorker:
             pass
         if not self._idle or self._dead:
             return
-        s = self._claims
         for job in self._unsent:
             _, _, n = self._jobs[job]
-            spare = n - int(s[2 * (job % _SLOTS) + 1])
-            if spare >= (2 if job == self._main_job else 1):
+            if n - self.claimed(job) >= (2 if job == self._main_job else 1):
                 try:
                     self._to_child.send((job, *self._jobs[job]))
                     self._idle = False
