@@ -50,8 +50,8 @@ CACHE = Path(os.environ.get("MOVIEREC_VALIDATION_CACHE", "/tmp/movierec-validati
 LAMBDAS = (100, 300, 500, 1000)
 
 
-def _ease_scores(name: str, seed: int, fit, users: np.ndarray, rel) -> dict[str, float]:
-    path = CACHE / f"ease-r100-{name}-{seed}.json"
+def _ease_scores(name: str, seed: int, fit, users: np.ndarray, rel, fraction: float = 1.0) -> dict[str, float]:
+    path = CACHE / f"ease-r100-{name}-{seed}{'' if fraction == 1.0 else f'-f{fraction:g}'}.json"
     if path.exists():
         return json.loads(path.read_text())
     out = {}
@@ -64,22 +64,26 @@ def _ease_scores(name: str, seed: int, fit, users: np.ndarray, rel) -> dict[str,
     return out
 
 
-def _validation(spec: str, sets: list[str]):
-    """(fit part, validation matrix, scored users, EASE scores, EASE's best lambda, config)."""
+def _validation(spec: str, sets: list[str], fraction: float = 1.0):
+    """(fit part, validation matrix, scored users, EASE scores, EASE's best lambda, config);
+    ``fraction`` < 1 keeps that share of each user's fit ratings (how a result moves with the
+    amount of data, both models on the same smaller part)."""
     name, seed = spec.split(":")
     seed = int(seed)
     train, _test = holdout_per_user(load_dataset(PATHS[name]), 0.2, seed)  # the test part is never read
     fit, val = holdout_per_user(train, 0.2, seed + 1000)
+    if fraction < 1.0:
+        fit, _ = holdout_per_user(fit, 1.0 - fraction, seed + 2000)
     rel = val.to_csr().tocsr()
     users = np.flatnonzero(np.diff(rel.indptr) > 0)
-    ease = _ease_scores(name, seed, fit, users, rel)
+    ease = _ease_scores(name, seed, fit, users, rel, fraction)
     lam = max(LAMBDAS, key=lambda x: ease[str(x)])
     config = load_config(None, ["ranking.rating.enabled=false", *sets])
     config.trainer.progress = False
     return fit, rel, users, ease, lam, config
 
 
-def run_two_tower(spec: str, sets: list[str], tag: str) -> dict:
+def run_two_tower(spec: str, sets: list[str], tag: str, fraction: float = 1.0) -> dict:
     """The two-tower stage alone, trained and queried as the pipeline does at these sizes (on the
     ranker's earlier part, then the refit on the whole fit part, the cold map, full histories):
     its Recall@100 against EASE's, in about a third of a whole training."""
@@ -88,7 +92,7 @@ def run_two_tower(spec: str, sets: list[str], tag: str) -> dict:
     from ranking.ranker import split_for_ranker
     from retrieval.two_tower import fit_two_tower, refit_two_tower
 
-    fit, rel, users, ease, lam, config = _validation(spec, sets)
+    fit, rel, users, ease, lam, config = _validation(spec, sets, fraction)
     t = time.perf_counter()
     content = ContentModel.fit(fit.items, config.content, seed=config.seed)
     past, _ = split_for_ranker(fit, config.ranking, seed=config.seed)
@@ -109,8 +113,8 @@ def run_two_tower(spec: str, sets: list[str], tag: str) -> dict:
     )
 
 
-def run(spec: str, sets: list[str], tag: str) -> dict:
-    fit, rel, users, ease, lam, config = _validation(spec, sets)
+def run(spec: str, sets: list[str], tag: str, fraction: float = 1.0) -> dict:
+    fit, rel, users, ease, lam, config = _validation(spec, sets, fraction)
     with tempfile.TemporaryDirectory() as d:
         t, c = time.perf_counter(), time.process_time()
         train_pipeline(fit, f"{d}/b", config)
@@ -137,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", nargs="+", default=["ml100k:1"], help="DATA:SEED, DATA one of " + ", ".join(PATHS))
     p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
     p.add_argument("--tag", default="run")
+    p.add_argument("--fraction", type=float, default=1.0, help="keep this share of each user's fit ratings (0 < f <= 1)")
     p.add_argument("--two-tower-only", action="store_true", help="train the two-tower stage alone; ratio = its Recall@100 / EASE's")
     a = p.parse_args(argv)
     os.environ.setdefault("MOVIEREC_PROGRESS", "0")
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     rows = []
     for spec in a.data:
-        rows.append((run_two_tower if a.two_tower_only else run)(spec, a.set, a.tag))
+        rows.append((run_two_tower if a.two_tower_only else run)(spec, a.set, a.tag, a.fraction))
         print(json.dumps(rows[-1]), flush=True)
     ratios = [r["ratio"] for r in rows]
     print(json.dumps(dict(tag=a.tag, set=a.set, mean_ratio=round(float(np.mean(ratios)), 4), min_ratio=round(float(np.min(ratios)), 4))))
