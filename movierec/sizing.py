@@ -47,7 +47,8 @@ MF_SPARSE_ROWS = LARGE_TABLES
 MF_BATCH = 1_024
 """The rating model's MF batch (ranking/_rating_train.py)."""
 MF_STEPS = 12_000
-"""Upper bound on the rating model's MF steps (epochs x batches) once its tables are sparse."""
+"""Upper bound on the rating model's MF steps (epochs x batches), sparse or dense: past it (about
+340,000 ratings at 40 epochs) the epochs are capped."""
 MF_PATIENCE = 3
 
 
@@ -112,8 +113,12 @@ def size_to_data(
         choose("ranking.rating.enabled", False, f"every rating is {constant_rating:g}: no rating model, nothing to predict")
     if rating.enabled and rating.autorec_hidden > 0 and n_users * n_items > AUTOREC_CELLS:
         choose("ranking.rating.autorec_hidden", 0, f"{n_users:,} x {n_items:,} users x items: I-AutoRec left out of the rating model")
-    if rating.enabled and rating.mf_dim > 0 and n_users + n_items > MF_SPARSE_ROWS:
-        choose("ranking.rating.mf_sparse", True, f"{n_users + n_items:,} users + items: MF steps update the batch's rows only (lazy Adam)")
+    if rating.enabled and rating.mf_dim > 0:
+        sparse = n_users + n_items > MF_SPARSE_ROWS
+        if sparse:
+            choose("ranking.rating.mf_sparse", True, f"{n_users + n_items:,} users + items: MF steps update the batch's rows only (lazy Adam)")
+        # the step budget holds for dense MF too: with small tables (MovieLens 1M's shape) a step
+        # is cheaper, but 40 full passes over a million ratings were 35,000 steps
         mf_batches = math.ceil(n_ratings * (1 - rating.val_fraction) / MF_BATCH)
         epochs = max(MIN_EPOCHS, MF_STEPS // max(mf_batches, 1))
         if epochs * mf_batches > MF_STEPS and rating.mf_max_steps_per_epoch is None:
@@ -124,5 +129,6 @@ def size_to_data(
         steps = epochs * min(mf_batches, rating.mf_max_steps_per_epoch or mf_batches)
         if epochs < rating.mf_epochs and choose("ranking.rating.mf_epochs", epochs, f"{mf_batches:,} MF batches per pass: {steps:,} steps at most"):
             choose("ranking.rating.mf_patience", min(rating.mf_patience, MF_PATIENCE), "capped MF epochs: stop sooner once validation RMSE stalls")
-            choose("ranking.rating.patience", min(rating.patience, MF_PATIENCE), "capped MF epochs: I-AutoRec, if kept, stops as soon")
+            if sparse:
+                choose("ranking.rating.patience", min(rating.patience, MF_PATIENCE), "capped MF epochs: I-AutoRec, if kept, stops as soon")
     return config, choices

@@ -98,16 +98,22 @@ def test_the_mf_step_budget_holds_past_the_fewest_epochs() -> None:
     assert small.ranking.rating.mf_epochs * -(-900_000 // 1024) <= MF_STEPS
 
 
-def test_dense_data_with_small_tables_keeps_its_epochs() -> None:
+def test_dense_data_with_small_tables_keeps_its_two_tower_epochs_and_budgets_mf_steps() -> None:
     """MovieLens 1M (6,040 users, 3,706 items, 1M ratings): epochs are capped at 400 batches as
-    before, but the epoch budget and sparse MF are for large id tables only."""
+    before, but the two-tower epoch budget and sparse MF are for large id tables only. The MF
+    step budget holds for dense MF too (40 full passes would be 35,000 steps), and I-AutoRec
+    keeps its patience."""
     config = load_config()
     sized, choices = size_to_data(config, 6_040, 3_706, 1_000_209)
     keys = {c.key for c in choices}
     assert "retrieval.max_steps_per_epoch" in keys
-    assert not keys & {"retrieval.epochs", "retrieval.patience", "ranking.rating.mf_sparse", "ranking.rating.mf_epochs",
-                       "ranking.rating.patience", "ranking.rating.mf_patience"}
+    assert not keys & {"retrieval.epochs", "retrieval.patience", "ranking.rating.mf_sparse", "ranking.rating.patience"}
     assert sized.retrieval.epochs == config.retrieval.epochs
+    rating = sized.ranking.rating
+    mf_batches = -(-int(1_000_209 * 0.9) // 1024)
+    assert rating.mf_sparse is False and rating.mf_epochs == MF_STEPS // mf_batches < config.ranking.rating.mf_epochs
+    assert rating.mf_epochs * mf_batches <= MF_STEPS and rating.mf_max_steps_per_epoch is None
+    assert rating.mf_patience == MF_PATIENCE and rating.patience == config.ranking.rating.patience
 
 
 def test_constant_ratings_leave_the_rating_model_out() -> None:
