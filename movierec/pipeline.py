@@ -194,11 +194,11 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
         tt = fit_two_tower(tt_train, content_model.vectors, config.retrieval, config.trainer, seed=config.seed, log_dir=writer.path / "logs")
         tt.item_vectors, cold_map = _place_cold(tt, content_model.sparse, config)
         timings["two_tower"] = time.perf_counter() - t
-        refit_job = None
+        refit, refit_job = (tt, ds, content_model.vectors, config.retrieval, config.trainer, config.seed), None
         if config.retrieval.refit_epochs and background is not None:
             # the refit needs only the early-stopped model: the second process takes it once the
             # rating model is done, while this one trains the ranker
-            refit_job = background.submit(_refit_task, (tt, ds, content_model.vectors, config.retrieval, config.trainer, config.seed))
+            refit_job = background.submit(_refit_task, refit)
         metrics: dict[str, Any] = {}
         ranker = None
         if ranking:
@@ -214,8 +214,6 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
             metrics["ranker"] = result.metrics
             timings["ranker"] = time.perf_counter() - t
         if config.retrieval.refit_epochs:
-            from retrieval.two_tower import refit_two_tower
-
             # after the ranker's lists: they must come from a model that never saw the held-out part
             t = time.perf_counter()
             if refit_job is not None:
@@ -224,7 +222,7 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
                 tt.metrics["refit_in"] = where
                 log.info("two-tower refit: trained in %s", where)
             else:
-                tt = refit_two_tower(tt, ds, content_model.vectors, config.retrieval, config.trainer, seed=config.seed)
+                tt = _refit_task(refit, 0)
             tt.item_vectors, cold_map = _place_cold(tt, content_model.sparse, config)
             timings["two_tower_refit"] = time.perf_counter() - t  # the wait for it, when it trained beside the ranker
             user_vectors = tt.user_vectors  # already from the full histories
