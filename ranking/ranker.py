@@ -39,7 +39,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 from movierec.config import RankingConfig, TrainerConfig
 from movierec.data import Dataset
@@ -179,6 +179,11 @@ class Lists:
     label: np.ndarray  # (n, W) held-out item
     rating: np.ndarray  # (n, W) held-out rating, NaN elsewhere
     retrieved: np.ndarray | None = None  # (n, W) the candidate pool a request would rank (None: the loss rows)
+
+
+def _used_width(cand: np.ndarray | torch.Tensor) -> int:
+    """Columns the widest of these lists fills (lists are packed to the left, then -1)."""
+    return max(int((cand >= 0).sum(1).max()), 1) if len(cand) else 1
 
 
 def resolve_collab_lambda(
@@ -328,12 +333,16 @@ def list_features(snap: Snapshot, lists: Lists) -> np.ndarray:
     """Raw features (n, W, F) of the training lists from the past snapshot."""
     hists = [snap.hist_items[snap.hist_indptr[u] : snap.hist_indptr[u + 1]] for u in lists.users]
     rats = [snap.hist_ratings[snap.hist_indptr[u] : snap.hist_indptr[u + 1]] for u in lists.users]
-    out = []
+    out: np.ndarray | None = None
     for s in range(0, len(lists.users), 256):
         e = s + 256
+        w = _used_width(lists.cand[s:e])  # padding features are zeros: compute only the columns these lists use
         hp = pad_histories(hists[s:e], rats[s:e], snap.ctx.user_mean[lists.users[s:e]])
-        out.append(compute_features(snap.ctx, lists.users[s:e], hp, lists.cand[s:e], lists.scores[s:e]))
-    return np.concatenate(out) if out else np.zeros((0, lists.cand.shape[1], len(FEATURES)), np.float32)
+        f = compute_features(snap.ctx, lists.users[s:e], hp, lists.cand[s:e, :w], lists.scores[s:e, :w])
+        if out is None:
+            out = np.zeros((len(lists.users), lists.cand.shape[1], f.shape[2]), np.float32)
+        out[s:e, :w] = f
+    return out if out is not None else np.zeros((0, lists.cand.shape[1], len(FEATURES)), np.float32)
 
 
 def feature_columns(n_user_features: int, exclude: list[str]) -> np.ndarray:
@@ -441,10 +450,11 @@ def _head_inputs(net: RankerNet, x: np.ndarray, lists: Lists, rows: np.ndarray) 
     hs, ys = [], []
     for s in range(0, len(rows), 128):
         r = rows[s : s + 128]
-        h = net.head_input(torch.from_numpy(x[r]), torch.from_numpy(lists.users[r]), torch.from_numpy(lists.cand[r])).numpy()
-        rated = ~np.isnan(lists.rating[r])
+        w = _used_width(lists.cand[r])
+        h = net.head_input(torch.from_numpy(x[r, :w]), torch.from_numpy(lists.users[r]), torch.from_numpy(lists.cand[r, :w])).numpy()
+        rated = ~np.isnan(lists.rating[r, :w])
         hs.append(h[rated])
-        ys.append(lists.rating[r][rated])
+        ys.append(lists.rating[r, :w][rated])
     return np.concatenate(hs).astype(np.float64), np.concatenate(ys).astype(np.float64)
 
 
@@ -546,7 +556,10 @@ def _net_scores(net: RankerNet, x: np.ndarray, lists: Lists, rows: np.ndarray) -
     out = np.zeros((len(rows), x.shape[1]), np.float32)
     for s in range(0, len(rows), 256):
         r = rows[s : s + 256]
-        out[s : s + 256] = net.score(torch.from_numpy(x[r]), torch.from_numpy(lists.users[r]), torch.from_numpy(lists.cand[r])).numpy()
+        w = _used_width(lists.cand[r])
+        out[s : s + 256, :w] = net.score(
+            torch.from_numpy(x[r, :w]), torch.from_numpy(lists.users[r]), torch.from_numpy(lists.cand[r, :w])
+        ).numpy()
     return out
 
 
@@ -568,8 +581,10 @@ def _fit_member(
     L.seed_everything(seed, workers=True, verbose=False)
     module = RankerModule(**hparams)
     gen = torch.Generator().manual_seed(seed)
-    train_dl = DataLoader(_tensors(x, lists, fit_rows), batch_size=config.batch_size, shuffle=True, generator=gen)
-    val_dl = DataLoader(_tensors(x, lists, val_rows), batch_size=256)
+    train_dl = DataLoader(
+        _tensors(x, lists, fit_rows), batch_size=config.batch_size, shuffle=True, generator=gen, collate_fn=_trimmed_batch
+    )
+    val_dl = DataLoader(_tensors(x, lists, val_rows), batch_size=256, collate_fn=_trimmed_batch)
     monitor = "val/ndcg@10"
     with tempfile.TemporaryDirectory(prefix="movierec-ranker-") as ckpt_dir:
         checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", save_top_k=1, save_weights_only=True)
@@ -676,6 +691,18 @@ def fit_guarded(
 class RankerResult:
     ranker: Ranker
     metrics: dict[str, Any]
+
+
+def _trimmed_batch(rows: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+    """A batch of :func:`_tensors` rows without the padding columns none of its lists uses.
+
+    Lists are as wide as the longest one, and a user with hundreds of held-out ratings makes
+    that several times the typical list. Padding never enters the losses, and every layer works
+    on each candidate on its own, so a trimmed batch trains as the full one did.
+    """
+    x, users, cand, in_loss, label, rating = default_collate(rows)
+    w = _used_width(cand)
+    return [x[:, :w], users, cand[:, :w], in_loss[:, :w], label[:, :w], rating[:, :w]]
 
 
 def _tensors(x: np.ndarray, lists: Lists, rows: np.ndarray) -> TensorDataset:

@@ -81,6 +81,17 @@ def test_features_match_hand_computation(ctx: FeatureContext) -> None:
     assert not f[0, 3].any()
 
 
+def test_a_lists_features_do_not_depend_on_the_padding_after_it(ctx: FeatureContext) -> None:
+    # the ranker computes each chunk of training lists only as wide as its widest list
+    hist = pad_histories([np.array([0, 1]), np.array([3])], [np.array([5.0, 1.0]), np.array([2.0])], np.array([3.0, 4.0]))
+    cand = np.array([[3, 2, 4, -1, -1, -1], [1, 0, -1, -1, -1, -1]])
+    tt = np.array([[0.1, 0.9, 0.5, 0, 0, 0], [0.4, -0.2, 0, 0, 0, 0]], np.float32)
+    wide = compute_features(ctx, np.array([0, 1]), hist, cand, tt)
+    narrow = compute_features(ctx, np.array([0, 1]), hist, cand[:, :3], tt[:, :3])
+    np.testing.assert_allclose(narrow, wide[:, :3], rtol=1e-6, atol=1e-6)  # sums over shorter rows may round differently
+    assert not wide[:, 3:].any()
+
+
 def test_unknown_user_and_empty_history_give_finite_defaults(ctx: FeatureContext) -> None:
     hist = pad_histories([np.zeros(0, np.int64)], [None], np.array([3.5]))
     f = compute_features(ctx, np.array([-1]), hist, np.array([[0, 1]]), np.array([[0.3, 0.2]], np.float32))
