@@ -333,16 +333,13 @@ def list_features(snap: Snapshot, lists: Lists) -> np.ndarray:
     """Raw features (n, W, F) of the training lists from the past snapshot."""
     hists = [snap.hist_items[snap.hist_indptr[u] : snap.hist_indptr[u + 1]] for u in lists.users]
     rats = [snap.hist_ratings[snap.hist_indptr[u] : snap.hist_indptr[u + 1]] for u in lists.users]
-    out: np.ndarray | None = None
+    out = np.zeros((*lists.cand.shape, len(FEATURES) + snap.ctx.n_user_features), np.float32)  # padding features are zeros
     for s in range(0, len(lists.users), 256):
         e = s + 256
-        w = _used_width(lists.cand[s:e])  # padding features are zeros: compute only the columns these lists use
+        w = _used_width(lists.cand[s:e])  # compute only the columns these lists use
         hp = pad_histories(hists[s:e], rats[s:e], snap.ctx.user_mean[lists.users[s:e]])
-        f = compute_features(snap.ctx, lists.users[s:e], hp, lists.cand[s:e, :w], lists.scores[s:e, :w])
-        if out is None:
-            out = np.zeros((len(lists.users), lists.cand.shape[1], f.shape[2]), np.float32)
-        out[s:e, :w] = f
-    return out if out is not None else np.zeros((0, lists.cand.shape[1], len(FEATURES)), np.float32)
+        out[s:e, :w] = compute_features(snap.ctx, lists.users[s:e], hp, lists.cand[s:e, :w], lists.scores[s:e, :w])
+    return out
 
 
 def feature_columns(n_user_features: int, exclude: list[str]) -> np.ndarray:
@@ -443,6 +440,12 @@ class RankerModule(L.LightningModule):
         return torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 
+def _net_inputs(x: np.ndarray, lists: Lists, rows: np.ndarray) -> tuple[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(width, (dense, users, cand)) of these lists, without the padding none of them uses."""
+    w = _used_width(lists.cand[rows])
+    return w, (torch.from_numpy(x[rows, :w]), torch.from_numpy(lists.users[rows]), torch.from_numpy(lists.cand[rows, :w]))
+
+
 @torch.no_grad()
 def _head_inputs(net: RankerNet, x: np.ndarray, lists: Lists, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inputs of the rating head (frozen trunk, eval mode) and targets of the rated pairs."""
@@ -450,8 +453,8 @@ def _head_inputs(net: RankerNet, x: np.ndarray, lists: Lists, rows: np.ndarray) 
     hs, ys = [], []
     for s in range(0, len(rows), 128):
         r = rows[s : s + 128]
-        w = _used_width(lists.cand[r])
-        h = net.head_input(torch.from_numpy(x[r, :w]), torch.from_numpy(lists.users[r]), torch.from_numpy(lists.cand[r, :w])).numpy()
+        w, inputs = _net_inputs(x, lists, r)
+        h = net.head_input(*inputs).numpy()
         rated = ~np.isnan(lists.rating[r, :w])
         hs.append(h[rated])
         ys.append(lists.rating[r, :w][rated])
@@ -556,10 +559,8 @@ def _net_scores(net: RankerNet, x: np.ndarray, lists: Lists, rows: np.ndarray) -
     out = np.zeros((len(rows), x.shape[1]), np.float32)
     for s in range(0, len(rows), 256):
         r = rows[s : s + 256]
-        w = _used_width(lists.cand[r])
-        out[s : s + 256, :w] = net.score(
-            torch.from_numpy(x[r, :w]), torch.from_numpy(lists.users[r]), torch.from_numpy(lists.cand[r, :w])
-        ).numpy()
+        w, inputs = _net_inputs(x, lists, r)
+        out[s : s + 256, :w] = net.score(*inputs).numpy()
     return out
 
 
