@@ -85,7 +85,9 @@ class HybridRecommender:
         self._vectors = retrieval.user_vectors  # grown by doubling when users are added
         self.applied_seq = int((bundle.manifest.get("state") or {}).get("seq", 0))
         """Sequence number of the last online-state event this model holds (the bundle's own
-        point when trained with the state folded in)."""
+        point when trained with the state folded in, until :meth:`catch_up` first meets a state
+        and decides where to start in it)."""
+        self._start_decided = False
         self.item_counts = np.asarray(item_counts, dtype=np.int64)
         self.ranker = ranker
         self.rating_model = rating_model  # ranking.rating.RatingModel: P1 rating predictions
@@ -494,7 +496,15 @@ class HybridRecommender:
 
         One indexed lookup when nothing is new (the per-request check); otherwise only the
         events after :attr:`applied_seq` are read, and all their ratings applied in one batch.
+        The first call decides where to start: after the bundle's recorded point on the state
+        it was folded from, from the start on any other (``StateStore.start_for``), since that
+        point means nothing in another state's numbering.
         """
+        if not self._start_decided:
+            with self._catch_up_lock:
+                if not self._start_decided:
+                    self.applied_seq = state.start_for(self.bundle.manifest.get("state"))
+                    self._start_decided = True
         last = state.last_seq()
         if last <= self.applied_seq:
             return 0
