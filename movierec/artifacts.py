@@ -193,9 +193,10 @@ class BundleWriter:
         frame.to_parquet(self.file(name), index=False)
 
     def save_tensors(self, name: str, tensors: Mapping[str, Any]) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(self.file(name)))
+        # written by us: safetensors' own save_file creates the file private, unlike the others
+        self.file(name).write_bytes(save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
 
     def commit(self) -> Path:
         files = sorted(

@@ -52,6 +52,9 @@ def test_similar_json_and_text(bundle_path: Path, monkeypatch, capsys) -> None:
         (["recommend", "--user", "999999"], "unknown user_id"),
         (["similar", "--item", "999999"], "unknown item_id"),
         (["similar", "--item", "1", "--by", "vibes"], "--by must be"),
+        # a text id where ids are integers: one line too, not a traceback
+        (["recommend", "--user", "abc"], "user_ids are integers"),
+        (["similar", "--item", "abc"], "item_ids are integers"),
     ],
 )
 def test_unknown_ids_exit_2_with_one_line(bundle_path: Path, monkeypatch, capsys, args: list[str], message: str) -> None:
