@@ -189,6 +189,7 @@ class StateStore:
         try:
             with self._write() as conn:
                 md.create_all(conn)
+            self.identity()  # created with the schema, so every copy of the state carries it
         except sa.exc.SQLAlchemyError as e:
             raise StateError(f"state database {_safe(url)} cannot be opened: {e.__class__.__name__}: {str(e).splitlines()[0]}") from e
 
@@ -328,10 +329,10 @@ class StateStore:
         return float(rows[0][0]) if rows else None
 
     def identity(self) -> str:
-        """This state's identity: a uuid created by the first caller, under the write lock (so
-        two workers opening a fresh state agree on it), and kept for the state's life. A copy of
-        the database (a backup) carries it too; :meth:`start_for` tells a copy that diverged by
-        the recorded time of the bundle's last event."""
+        """This state's identity: a uuid created once, when the schema is (under the write lock,
+        so two workers opening a fresh state agree on it), and kept for the state's life. A copy
+        of the database (a backup) carries it too; :meth:`start_for` tells a copy that diverged
+        by the recorded time of the bundle's last event."""
         cached = getattr(self, "_identity", None)
         if cached is not None:
             return cached
