@@ -59,12 +59,6 @@ def test_the_readme_flow_serves_every_committed_write(bundle_path: Path, data_di
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "folded the online state up to event 5" in out.stdout
-    state = open_state(m1_state)
-    record = json.loads((m2 / "manifest.json").read_text())["state"]
-    assert record == {"id": state.identity(), "seq": 5, "at": state.event_time(5), "skipped": {"ratings": 0, "movies": 0}}
-    # every file of the bundle has the same mode (the user's umask): the manifest included
-    modes = {p.stat().st_mode & 0o777 for p in m2.rglob("*") if p.is_file()}
-    assert len(modes) == 1, sorted(oct(m) for m in modes)
 
     with server(m2, tmp_path / "m2.state", workers=2) as (base, _):
         r = httpx.post(f"{base}/users/{newest}/ratings", json=[{"item_id": ids[7], "rating": 5}], timeout=30)
@@ -75,6 +69,13 @@ def test_the_readme_flow_serves_every_committed_write(bundle_path: Path, data_di
     with server(m2, tmp_path / "m2.state") as (base, _):  # a restart too
         got = _fresh_get(f"{base}/users/{newest}/recommendations", k=200)
         assert got.status_code == 200 and ids[7] not in {i["item_id"] for i in got.json()["items"]}
+
+    state = open_state(m1_state)
+    record = json.loads((m2 / "manifest.json").read_text())["state"]
+    assert record == {"id": state.identity(), "seq": 5, "at": state.event_time(5), "skipped": {"ratings": 0, "movies": 0}}
+    # every file of the bundle has the same mode (the user's umask): the manifest included
+    modes = {p.stat().st_mode & 0o777 for p in m2.rglob("*") if p.is_file()}
+    assert len(modes) == 1, sorted(oct(m) for m in modes)
 
     # beside the state it was folded from, m2 starts after its point: a later write is applied
     state.append_ratings(later, [(ids[9], 5.0, _titles(model)[ids[9]])])
