@@ -136,8 +136,10 @@ def replace_directory(new: Path, target: Path) -> None:
     With ``renameat2(RENAME_EXCHANGE)`` the target is the old content or the new one at every
     instant, even under SIGKILL; the old content then sits at ``new`` and is removed. Without
     it, two renames: a kill between them leaves the old content under a hidden ``.old-*`` name
-    beside the target.
+    beside the target. Through a symbolic link, the folder it points to is replaced and the
+    link stays (:func:`bundle_target`).
     """
+    target = bundle_target(target)
     if target.exists() and _exchange(new, target):
         _fsync_dir(target.parent)
         _discard_bundle(new)

@@ -207,6 +207,22 @@ def test_out_through_a_link_replaces_the_bundle_it_points_to(tmp_path: Path) -> 
     assert load_bundle(tmp_path / "current").model_version == "v2"
 
 
+def test_a_folder_swap_through_a_link_replaces_what_it_points_to(tmp_path: Path) -> None:
+    """``replace_directory`` (sharded candidates) through a link: the folder behind it gets the
+    new content, the link stays, nothing else is left."""
+    from movierec.artifacts import replace_directory
+
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "part-0.parquet").write_text("old")
+    (tmp_path / "current").symlink_to("parts")
+    new = tmp_path / ".current.new"
+    new.mkdir()
+    (new / "part-0.parquet").write_text("new")
+    replace_directory(new, tmp_path / "current")
+    assert os.readlink(tmp_path / "current") == "parts" and (tmp_path / "parts" / "part-0.parquet").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "parts"]
+
+
 def test_a_link_to_nothing_is_refused(tmp_path: Path) -> None:
     (tmp_path / "current").symlink_to("gone")
     with pytest.raises(BundleError, match="link to nothing"):
