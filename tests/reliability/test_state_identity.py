@@ -151,6 +151,8 @@ def test_a_bundle_beside_another_state_replays_it_from_its_start(
     try:
         other.append_ratings(users[1], [(ids[5], 5.0, titles[ids[5]])])
         other.append_ratings(users[2], [(ids[6], 5.0, titles[ids[6]])])
+        # its own point, through the manifest's JSON, is recognised on either backend
+        assert other.start_for(json.loads(json.dumps(other.point(2)))) == 2 and other.start_for(record) == 0
         rec = _bundle_with_point(bundle_path, tmp_path / "b", record)
         assert rec.catch_up(other) == 2
         assert rec.users.get(users[1]) >= 0 and rec.users.get(users[2]) >= 0
