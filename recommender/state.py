@@ -348,8 +348,9 @@ class StateStore:
         return self._identity
 
     def point(self, seq: int) -> dict[str, Any]:
-        """What a bundle folded up to ``seq`` records of this state (manifest ``"state"``)."""
-        return {"id": self.identity(), "seq": int(seq), "at": self.event_time(seq) if seq else None}
+        """What a bundle folded up to ``seq`` records of this state (manifest ``"state"``); the
+        location (without a password) is for the operator's eyes only, never trusted."""
+        return {"id": self.identity(), "seq": int(seq), "at": self.event_time(seq) if seq else None, "location": _safe(self.url)}
 
     def start_for(self, record: dict[str, Any] | None) -> int:
         """The sequence number after which a bundle with this manifest ``"state"`` record must
@@ -371,7 +372,11 @@ class StateStore:
         if seq <= 0:
             return 0
         if record.get("id") != self.identity():
-            log.warning("%s is not the online state this bundle was folded from: replaying it from its start", _safe(self.url))
+            # said loudly: writes acknowledged in the state the bundle was folded from after its
+            # point are served only where that state is
+            log.warning("%s is not the online state this bundle was folded from (%s, up to event %d): replaying it "
+                        "from its start; serve with MOVIEREC_STATE_DIR/MOVIEREC_STATE_URL naming that state to continue it",
+                        _safe(self.url), record.get("location") or "an unrecorded state", seq)
             return 0
         at = record.get("at")
         if at is None or self.event_time(seq) != float(at):

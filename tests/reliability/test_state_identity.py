@@ -72,7 +72,7 @@ def test_the_readme_flow_serves_every_committed_write(bundle_path: Path, data_di
 
     state = open_state(m1_state)
     record = json.loads((m2 / "manifest.json").read_text())["state"]
-    assert record == {"id": state.identity(), "seq": 5, "at": state.event_time(5), "skipped": {"ratings": 0, "movies": 0}}
+    assert record == {"id": state.identity(), "seq": 5, "at": state.event_time(5), "location": state.url, "skipped": {"ratings": 0, "movies": 0}}
     # every file of the bundle has the same mode (the user's umask): the manifest included
     modes = {p.stat().st_mode & 0o777 for p in m2.rglob("*") if p.is_file()}
     assert len(modes) == 1, sorted(oct(m) for m in modes)
@@ -130,7 +130,7 @@ def test_a_restored_copy_that_diverged_is_replayed_from_its_start(bundle_path: P
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_bundle_beside_another_state_replays_it_from_its_start(
-    bundle_path: Path, model: HybridRecommender, tmp_path: Path, backend: str
+    bundle_path: Path, model: HybridRecommender, tmp_path: Path, backend: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Folded from one state (SQLite) up to event 3, served beside another (a new SQLite folder
     or a PostgreSQL database) that holds 2 events: both are applied; beside its own state, only
@@ -154,7 +154,11 @@ def test_a_bundle_beside_another_state_replays_it_from_its_start(
         # its own point, through the manifest's JSON, is recognised on either backend
         assert other.start_for(json.loads(json.dumps(other.point(2)))) == 2 and other.start_for(record) == 0
         rec = _bundle_with_point(bundle_path, tmp_path / "b", record)
-        assert rec.catch_up(other) == 2
+        with caplog.at_level("WARNING", logger="recommender.state"):
+            assert rec.catch_up(other) == 2
+        # the operator is told where the state it was folded from is, and how to continue it
+        assert any("not the online state this bundle was folded from" in r.message and str(tmp_path / "folded") in r.message
+                   and "MOVIEREC_STATE_DIR" in r.message for r in caplog.records)
         assert rec.users.get(users[1]) >= 0 and rec.users.get(users[2]) >= 0
 
         folded.append_ratings(users[3], [(ids[7], 5.0, titles[ids[7]])])
