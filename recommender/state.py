@@ -332,7 +332,7 @@ class StateStore:
         """This state's identity: a uuid created once, when the schema is (under the write lock,
         so two workers opening a fresh state agree on it), and kept for the state's life. A copy
         of the database (a backup) carries it too; :meth:`start_for` tells a copy that diverged
-        by the recorded time of the bundle's last event."""
+        by the recorded time of the event at the bundle's point."""
         cached = getattr(self, "_identity", None)
         if cached is not None:
             return cached
