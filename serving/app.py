@@ -375,7 +375,10 @@ def catch_up(served: ServedModel, state: Any) -> None:
 
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 ModelDep = Annotated[ServedModel, Depends(get_model)]
-_api_key = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="admin key (MOVIEREC_API_KEY)")
+_api_key = APIKeyHeader(
+    name=API_KEY_HEADER, auto_error=False,
+    description="admin key (MOVIEREC_API_KEY); for rating posts and added movies also the write key (MOVIEREC_WRITE_KEY)",
+)
 
 
 def _check_key(request: Request, given: str | None, required: bool) -> None:
