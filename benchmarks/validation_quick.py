@@ -78,7 +78,8 @@ def _validation(spec: str, sets: list[str], fraction: float = 1.0):
     users = np.flatnonzero(np.diff(rel.indptr) > 0)
     ease = _ease_scores(name, seed, fit, users, rel, fraction)
     lam = max(LAMBDAS, key=lambda x: ease[str(x)])
-    config = load_config(None, ["ranking.rating.enabled=false", *sets])
+    # random hold-out splits (P2): the ranker trains for them unless a --set says otherwise
+    config = load_config(None, ["ranking.rating.enabled=false", "ranking.holdout=random", *sets])
     config.trainer.progress = False
     return fit, rel, users, ease, lam, config
 

@@ -172,11 +172,12 @@ class RankingConfig(_Section):
     enabled: bool = Field(True, description="ranker (ordering) and, below, the dedicated rating model")
     candidates: int = Field(100, ge=10, description="retrieval candidates the ranker re-scores per user")
     collab_candidates: int = Field(50, ge=0, description="extra candidates from the item-item model, merged with the two-tower ones")
-    holdout: Literal["temporal", "random"] = Field(
-        "random",
-        description="what the ranker learns to order: a random share of each user's ratings (the P2 protocol) or each user's "
-        "latest ones (the next movies); pick the one you will evaluate or serve: each wins on its own kind of split and loses "
-        "on the other (RESULTS.md, session 14)",
+    holdout: Literal["auto", "temporal", "random"] = Field(
+        "auto",
+        description="what the ranker learns to order: auto (each user's latest ratings when the data has timestamps, a random "
+        "share when it has none), temporal (each user's latest ratings: the next movies, what a service is judged on) or random "
+        "(a random share of each user's ratings: the P2 research protocol); each wins on its own kind of split and loses on "
+        "the other",
     )
     holdout_fraction: float = Field(0.2, gt=0, lt=0.9)
     negatives: int = Field(20, ge=0, description="random negatives per user list, besides the retrieval candidates")
