@@ -25,7 +25,7 @@ def _postgres_url() -> str:
 
         engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
         with engine.begin() as conn:  # a fresh state for each test
-            for table in ("movierec_events", "movierec_items", "movierec_meta"):
+            for table in ("movierec_events", "movierec_items", "movierec_meta", "movierec_snapshots"):
                 conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
         engine.dispose()
     except Exception as e:  # server down, no psycopg, wrong credentials: say which
