@@ -31,6 +31,14 @@ from recommender.state import open_state
 store = open_state(sys.argv[2])
 rec = HybridRecommender.load(sys.argv[1])
 rec.snapshot_every = 10**12  # no snapshot of its own during the catch-up: the one below is killed
+if len(sys.argv) > 3:  # "wait": until a worker wrote a snapshot and events came after it (bounded)
+    import time
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        done = snapshots.listing(store)
+        if done and store.last_seq() > done[0].seq:
+            break
+        time.sleep(0.05)
 rec.catch_up(store)
 
 def kill(conn, cursor, statement, *args):
