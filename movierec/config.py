@@ -234,8 +234,8 @@ class ServingConfig(_Section):
     history_limit: int = Field(
         3000, ge=1,
         description="most recent ratings of a user that explanations and the ranker's features read (bounds their cost; "
-        "every rated movie is still excluded as seen). Above the longest user histories of the MovieLens releases, so their "
-        "answers do not change",
+        "every rated movie is still excluded as seen). Above the longest user history of ML-100K, ML-1M and ML-latest-small, "
+        "so their answers do not change",
     )
     snapshot_every: int = Field(
         20_000, ge=1,
