@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -94,6 +95,7 @@ class HybridRecommender:
         self.snapshot_seq: int | None = None  # point of the newest snapshot known (None: not looked yet)
         self._base_seq: int | None = None  # the point this model started replaying from
         self._snapshot_thread: threading.Thread | None = None
+        self._snapshot_tried = -np.inf  # time.monotonic() of the last attempt
         self.item_counts = np.asarray(item_counts, dtype=np.int64)
         self.ranker = ranker
         self.rating_model = rating_model  # ranking.rating.RatingModel: P1 rating predictions
@@ -530,17 +532,23 @@ class HybridRecommender:
                 self._snapshot_in_background(state)
             return len(items) + len(ratings["rating"])
 
+    SNAPSHOT_RETRY_S = 10.0
+    """Seconds between snapshot attempts of one model (another worker may hold the claim)."""
+
     def _snapshot_in_background(self, state: Any) -> None:
         """Write a snapshot from a daemon thread (one at a time per model): requests never wait
         for it, and a worker killed while writing leaves the previous snapshot in place."""
         running = self._snapshot_thread
-        if running is not None and running.is_alive():
+        now = time.monotonic()
+        if (running is not None and running.is_alive()) or now - self._snapshot_tried < self.SNAPSHOT_RETRY_S:
             return
+        self._snapshot_tried = now
         from recommender import snapshots
 
         def run() -> None:
             try:
-                snapshots.write(self, state)
+                if snapshots.write(self, state) is not None:
+                    self._snapshot_tried = -np.inf  # written: the next one is due after snapshot_every events
             except Exception as e:  # derived data: the events stay, the next catch-up tries again
                 log.warning("snapshot of %s not written: %s: %s", self.model_version, e.__class__.__name__, e)
 

@@ -127,6 +127,15 @@ def decode(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray], list[Eve
 
 
 # ---- writing -------------------------------------------------------------------------------------
+def _claimed(store: StateStore) -> bool:
+    """Whether a live claim of another writer is there (a plain read)."""
+    held = store.get_meta(CLAIM_KEY)
+    try:
+        return bool(held) and float(json.loads(held).get("until", 0)) > time.time()
+    except (ValueError, AttributeError):
+        return False
+
+
 def _claim(store: StateStore, owner: str, force: bool) -> bool:
     """Take the single snapshot-writer claim; False when another writer holds a live one."""
     sa = store._sa
@@ -180,6 +189,8 @@ def write(model: Any, store: StateStore, force: bool = False) -> SnapshotInfo | 
     model.snapshot_seq = max(model.snapshot_seq or 0, newest)
     ahead = model.applied_seq - newest
     if ahead <= 0 or (not force and ahead <= model.snapshot_every):
+        return None
+    if not force and _claimed(store):  # read first: no write lock taken while another worker writes one
         return None
     owner = uuid.uuid4().hex
     if not _claim(store, owner, force):
@@ -261,23 +272,23 @@ def restore(model: Any, store: StateStore, upto: int) -> int | None:
         return None
     for snap_id, seq, digest in found:
         t0 = time.perf_counter()
-        with store._read() as conn:
-            data = conn.execute(sa.select(t.c.data).where(t.c.id == snap_id)).scalar()
-        if data is None:
-            continue  # pruned meanwhile
-        data = bytes(data)
-        if hashlib.sha256(data).hexdigest() != digest:
-            log.error("snapshot %d (event %d) fails its checksum; not used", snap_id, seq)
-            continue
         try:
+            with store._read() as conn:
+                data = conn.execute(sa.select(t.c.data).where(t.c.id == snap_id)).scalar()
+            if data is None:
+                continue  # pruned meanwhile
+            data = bytes(data)
+            if hashlib.sha256(data).hexdigest() != digest:
+                log.error("snapshot %d (event %d) fails its checksum; not used", snap_id, seq)
+                continue
             header, arrays, items = decode(data)
-        except (ValueError, KeyError, OSError) as e:
-            log.error("snapshot %d (event %d) unreadable (%s); not used", snap_id, seq, e)
-            continue
-        if int(header.get("seq", -1)) != int(seq) or int(header.get("base_seq", -1)) != model.applied_seq:
-            log.error("snapshot %d does not describe event %d from %d; not used", snap_id, seq, model.applied_seq)
-            continue
-        if not model.restore_overlay(header, arrays, items):
+            if int(header.get("seq", -1)) != int(seq) or int(header.get("base_seq", -1)) != model.applied_seq:
+                log.error("snapshot %d does not describe event %d from %d; not used", snap_id, seq, model.applied_seq)
+                continue
+            if not model.restore_overlay(header, arrays, items):
+                return None
+        except Exception as e:  # unreadable, or a read error: the events are all still there
+            log.error("snapshot %d (event %d) not used (%s: %s); replaying the events", snap_id, seq, e.__class__.__name__, e)
             return None
         log.info("restored snapshot of %s at event %d (%d changed users) in %.2fs", model.model_version, seq,
                  len(arrays["users"]), time.perf_counter() - t0)
