@@ -126,15 +126,16 @@ def test_every_acknowledged_write_survives_a_sigkill(
     bundle_path: Path, model: HybridRecommender, tmp_path: Path, snapshots: bool
 ) -> None:
     """8 clients post 1,000 random ratings (bounded), the server is SIGKILLed mid-stream, and after
-    a restart every rating that got a 200 is in effect. ``across-snapshots``: the workers write
-    snapshots of the state as they go (every 40 events), another process is SIGKILLed in the
-    middle of writing one during the run, and the restart starts from a snapshot."""
+    a restart every rating that got a 200 is in effect. ``across-snapshots``: up to 2,000 ratings;
+    the workers write snapshots of the state as they go (every 40 events), another process is
+    SIGKILLed in the middle of writing one during the run, and the restart starts from a snapshot."""
     state = tmp_path / "state"
     users = [int(u) for u in model.user_ids[:60]] + [int(model.user_ids.max()) + 500 + n for n in range(20)]
     items = model.items["item_id"].to_numpy().tolist()
     acked: list[tuple[int, int]] = []
     lock = threading.Lock()
     bundle = bundle_path
+    per_client = 250 if snapshots else 125  # the stream outlasts the snapshot writer's start-up
     if snapshots:
         bundle = copy_bundle(bundle_path, tmp_path / "model")
         manifest = json.loads((bundle / "manifest.json").read_text())
@@ -152,7 +153,7 @@ def test_every_acknowledged_write_survives_a_sigkill(
         def client(c: int) -> None:
             rng = random.Random(c)
             with httpx.Client(base_url=base, timeout=30) as http:
-                for _ in range(125):  # 8 x 125 = 1,000 writes at most
+                for _ in range(per_client):  # 8 x 125 = 1,000 writes at most (2,000 across snapshots)
                     if stop.is_set():
                         return
                     u, i = rng.choice(users), rng.choice(items)
