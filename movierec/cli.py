@@ -58,6 +58,8 @@ def _root(
 
 config_app = typer.Typer(no_args_is_help=True, help="Show the resolved configuration.")
 app.add_typer(config_app, name="config")
+from movierec.cli_state import state_app  # noqa: E402  (its own module: `movierec state ...`)
+app.add_typer(state_app, name="state")
 
 
 @config_app.command("show")

@@ -228,6 +228,23 @@ class RankingConfig(_Section):
     rating: RatingConfig = Field(default_factory=RatingConfig)
 
 
+class ServingConfig(_Section):
+    """What the service does with the online state of a bundle trained with this config (read from
+    the bundle's manifest at serve time; bundles without the section get these defaults)."""
+
+    history_limit: int = Field(
+        3000, ge=1,
+        description="most recent ratings of a user that explanations and the ranker's features read (bounds their cost; "
+        "every rated movie is still excluded as seen). Above the longest user history of ML-100K, ML-1M and ML-latest-small, "
+        "so their answers do not change",
+    )
+    snapshot_every: int = Field(
+        20_000, ge=1,
+        description="after catching up, a worker writes a snapshot of the online state's overlay when more events than this "
+        "were applied since the newest one; a start-up replays only the events after the snapshot",
+    )
+
+
 class TrainerConfig(_Section):
     """Lightning Trainer settings shared by the trained stages."""
 
@@ -245,6 +262,7 @@ class Config(_Section):
     index: IndexConfig = Field(default_factory=IndexConfig)
     ranking: RankingConfig = Field(default_factory=RankingConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
 
 class ConfigError(ValueError):

@@ -233,6 +233,21 @@ class StateStore:
             sa.Column("body", sa.Text),
             sa.Column("at", sa.Float, nullable=False, index=True),  # the purge of old keys is a range delete
         )
+        # derived data (recommender/snapshots.py): one bundle's served overlay after the events up
+        # to ``seq``, so a worker loading that bundle replays only the events after it; a row is
+        # written in one transaction, so a crash leaves the previous snapshots and never half a one
+        self.snapshots = sa.Table(
+            "movierec_snapshots", md,
+            sa.Column("id", seq_type, primary_key=True, autoincrement=True),
+            sa.Column("bundle", sa.Text, nullable=False),  # the bundle's fingerprint (snapshots.bundle_key)
+            sa.Column("state_id", sa.Text, nullable=False),
+            sa.Column("base_seq", sa.BigInteger, nullable=False),  # the point the bundle started from
+            sa.Column("seq", sa.BigInteger, nullable=False),
+            sa.Column("created", sa.Float, nullable=False),
+            sa.Column("sha256", sa.String(64), nullable=False),
+            sa.Column("data", sa.LargeBinary, nullable=False),
+            sa.UniqueConstraint("bundle", "state_id", "base_seq", "seq", name="movierec_snapshots_point"),
+        )
         self._sa = sa
         self._local = threading.local()
         try:

@@ -608,6 +608,16 @@ def _with_reasons(
         item["because"] = because
 
 
+async def _explained(
+    items: list[dict[str, Any]], served: ServedModel, history: np.ndarray, ratings: np.ndarray | None, idx: np.ndarray, verb: str
+) -> None:
+    """Explanations, in the thread pool under the same per-worker limit as ranked answers: their
+    work grows with ``k`` times the (bounded) history, so they wait their turn like a ranking."""
+    await anyio.to_thread.run_sync(
+        functools.partial(_with_reasons, items, served, history, ratings, idx, verb), limiter=_ranking_limiter()
+    )
+
+
 # ---- app -----------------------------------------------------------------------------------------
 def _report_path(settings: Settings, store: ModelStore) -> Path | None:
     """``MOVIEREC_REPORT``, else ``report.html`` inside the served bundle or beside it (the demo
@@ -741,7 +751,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         items = served.records(idx, scores)
         if query.explain:
             history, ratings = served.user_history(u)  # live feedback included
-            await run_in_threadpool(_with_reasons, items, served, history, ratings, idx, "rated")
+            await _explained(items, served, history, ratings, idx, "rated")
         body = _recommendations_json({"user_id": rec.users.id_of(u), "model_version": served.model_version, "items": items})
         if plain:
             rec.cache.put_blob(u, key, body, stamp, alias=(request.scope["path"], request.scope["query_string"]))
@@ -826,7 +836,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         items = served.records(idx, scores)
         if body.explain:
             liked = np.array([rec.item_idx(i) for i in body.liked_items], dtype=np.int64)
-            await run_in_threadpool(_with_reasons, items, served, liked, None, idx, "liked")
+            await _explained(items, served, liked, None, idx, "liked")
         return {"user_id": None, "model_version": served.model_version, "items": items}
 
     # ---- catalogue ---------------------------------------------------------------------------------
