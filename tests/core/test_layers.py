@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-JOBS = {"cli", "__main__", "pipeline", "candidates", "evaluation", "report", "tune", "demo", "compare"}
+JOBS = {"cli", "cli_state", "__main__", "pipeline", "candidates", "evaluation", "report", "tune", "demo", "compare"}
 """Modules of ``movierec/`` that are jobs: above the serve-time layer, below nothing."""
 
 STAGES = ["content", "retrieval", "ranking"]
