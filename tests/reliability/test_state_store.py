@@ -25,8 +25,9 @@ def _postgres_url() -> str:
 
         engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
         with engine.begin() as conn:  # a fresh state for each test
-            for table in ("movierec_events", "movierec_items", "movierec_meta"):
-                conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+            for table in sa.inspect(conn).get_table_names():
+                if table.startswith("movierec_"):
+                    conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
         engine.dispose()
     except Exception as e:  # server down, no psycopg, wrong credentials: say which
         pytest.skip(f"PostgreSQL at MOVIEREC_TEST_PG_URL is not reachable: {e.__class__.__name__}: {str(e).splitlines()[0]}")
