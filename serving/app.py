@@ -61,7 +61,7 @@ from serving.schemas import (
 )
 from serving.settings import Settings
 from recommender.state import IdConflict, StateError, is_generated, open_state
-from serving.freshness import StateCheck, StateStalled
+from serving.freshness import StateCheck
 from serving.store import ModelStore, NotReadyError, ReloadError, ReloadResult, ServedModel, newest_bundle
 from serving.watcher import Watcher
 
@@ -263,7 +263,8 @@ class CachedAnswerMiddleware:
     here, without parameter parsing, dependencies or serialisation (about a third of the
     time of the routed answer). Everything else, and a repeat whose body is gone (the user
     rated, the catalogue changed, evicted), goes to the app. The online-state check is the
-    same as :func:`get_model`'s: a worker behind the state lets the app catch up first.
+    same as :func:`get_model`'s: a worker behind the state lets the app catch up first; when
+    the state cannot answer (stalled past its bound, or unreachable) the cached body is sent.
     It sits inside the metrics, size-limit, timeout and CORS layers, so those see it as any
     other request, labelled with the route's template.
     """
@@ -300,10 +301,10 @@ class CachedAnswerMiddleware:
             try:
                 if await check.behind(rec.applied_seq):
                     return None  # the app catches up, then answers
-            except StateStalled:
-                pass  # the database does not answer in time: the answer this worker has is still sent
             except Exception:
-                return None  # the app answers 503 with the reason
+                # the database is stalled or away: the answer this worker has is still sent (it
+                # holds every write this worker applied; uncached requests get 503 meanwhile)
+                pass
         return rec.cache.blob_for((path, query))
 
 
