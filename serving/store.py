@@ -214,9 +214,15 @@ class ModelStore:
     def _choice(self) -> dict[str, Any] | None:
         if self.state is None:
             return None
-        choice = self.state.chosen_bundle()
+        try:
+            choice = self.state.chosen_bundle()
+            pinned = self.state.get_meta(self.PIN) if choice is None else None
+        except StateError:
+            raise
+        except Exception as e:
+            raise StateError(f"online state unreadable ({e.__class__.__name__}); retry later") from e
         if choice is None:
-            pinned = self.state.get_meta(self.PIN)  # a rollback recorded before choices were
+            # a rollback recorded before choices were
             if pinned:
                 choice = {"generation": 0, "bundle": pinned, "version": None, "action": "rollback"}
         return choice
@@ -443,9 +449,13 @@ class ModelStore:
             return []
         current = self._current
         active = current.path.resolve() if current is not None else None
-        choice = self._choice()
+        try:
+            choice = self._choice()
+            rows = self.live_workers()
+        except Exception as e:  # the list of bundles on disk is still worth answering
+            log.warning("versions without the online state's records: %s", e)
+            choice, rows = None, []
         chosen = find_chosen(self.source, choice) if choice is not None else None
-        rows = self.live_workers()
         return [
             BundleVersion(
                 _manifest_version(p) or "?", p, _manifest_created(p), active is not None and p.resolve() == active,
