@@ -338,8 +338,10 @@ class ModelStore:
         if self._failed is not None and self._failed[0] == generation and time.monotonic() - self._failed[1] < self.RETRY_S:
             return False
         with self._reload_lock:
-            if generation <= self.generation:  # an admin action here got there first
+            choice = self._choice()  # again: an admin action here may have recorded a newer one meanwhile
+            if choice is None or int(choice.get("generation", 0)) == self.generation:
                 return False
+            generation = int(choice["generation"])
             path = find_chosen(self.source, choice)
             current = self._current
             try:
