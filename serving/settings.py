@@ -7,6 +7,11 @@ movies and generated ids go to the online state: ``MOVIEREC_STATE_URL`` (``postg
 when several machines serve), else SQLite in ``MOVIEREC_STATE_DIR`` (default: ``<model>.state``
 beside the served bundles). ``MOVIEREC_API_KEY`` turns the admin routes on (without it they
 answer 403) and guards adding movies; ``MOVIEREC_WRITE_KEY`` guards rating posts.
+
+What a reload or rollback chooses is recorded in the online state and followed by every worker
+of every server sharing it (``MOVIEREC_WATCH_INTERVAL``, ``MOVIEREC_CONVERGE_TIMEOUT``); the
+``MOVIEREC_STATE_*`` timeouts and pool sizes bound how long and how many connections a worker
+spends on a PostgreSQL state (docs/reliability.md, section 9).
 """
 
 from __future__ import annotations
