@@ -325,6 +325,11 @@ def run_baselines(train: Dataset, scored: Dataset, tuned: dict[str, Any]) -> dic
     return out
 
 
+# Every split here is a random hold-out (P2), so the ranker trains for it; a --set of the same key,
+# later on the command line, wins.
+P2_SETS = ["ranking.holdout=random"]
+
+
 # ---- one run ---------------------------------------------------------------------------------------
 @dataclass
 class Options:
@@ -652,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
     opts = Options(workdir=args.workdir.resolve(), mode="test" if args.test else "validation", movierec=args.movierec,
-                   config=args.config.resolve() if args.config else None, sets=args.sets, ablations=args.ablations,
+                   config=args.config.resolve() if args.config else None, sets=P2_SETS + args.sets, ablations=args.ablations,
                    cold=args.cold or args.cold_only, cold_only=args.cold_only, keep_bundles=args.keep_bundles)
     t = time.perf_counter()
     doc = run(parse_datasets(args.datasets), opts, jobs=args.jobs)

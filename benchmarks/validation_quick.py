@@ -9,6 +9,10 @@ pipeline (``movierec.pipeline.train``, rating model off: P2 does not read it) tr
 and the ranked and two-tower orders are scored on the validation part by NDCG@10 with full
 ranking, next to EASE with its best lambda of {100, 300, 500, 1000} on the same validation part
 (a bar that favours EASE). One JSON line per split, then the mean and worst ranked / EASE ratio.
+With ``--protocol temporal`` the splits hold out each user's latest 20% instead (P5, the
+service's protocol: ``temporal_per_user(ds, fraction=0.2)`` and, carved from its training part,
+``temporal_per_user(train, fraction=0.2)``); the split is the same for every seed, which then
+seeds the training, and the pipeline keeps its default objective (``ranking.holdout=auto``).
 ``benchmarks/robust_quality.py`` is the CLI-driven protocol over every data set and seed; this is
 the faster loop for comparing settings. ``--two-tower-only`` trains the two-tower stage alone and
 reports its Recall@100 against EASE's (the issue-15 retrieval target).
@@ -39,7 +43,7 @@ from movierec.data import load_dataset  # noqa: E402
 from movierec.metrics import topn_metrics  # noqa: E402
 from movierec.pipeline import train as train_pipeline  # noqa: E402
 from movierec.recommender import rank_scores  # noqa: E402
-from movierec.splits import holdout_per_user  # noqa: E402
+from movierec.splits import holdout_per_user, temporal_per_user  # noqa: E402
 from recommender import HybridRecommender  # noqa: E402
 from retrieval.inputs import Histories  # noqa: E402
 from retrieval.towers import encode_all_users  # noqa: E402
@@ -50,8 +54,9 @@ CACHE = Path(os.environ.get("MOVIEREC_VALIDATION_CACHE", "/tmp/movierec-validati
 LAMBDAS = (100, 300, 500, 1000)
 
 
-def _ease_scores(name: str, seed: int, fit, users: np.ndarray, rel, fraction: float = 1.0) -> dict[str, float]:
-    path = CACHE / f"ease-r100-{name}-{seed}{'' if fraction == 1.0 else f'-f{fraction:g}'}.json"
+def _ease_scores(name: str, seed: int, fit, users: np.ndarray, rel, fraction: float = 1.0, protocol: str = "random") -> dict[str, float]:
+    tail = ("" if fraction == 1.0 else f"-f{fraction:g}") + ("" if protocol == "random" else f"-{protocol}")
+    path = CACHE / f"ease-r100-{name}-{seed}{tail}.json"
     if path.exists():
         return json.loads(path.read_text())
     out = {}
@@ -64,26 +69,34 @@ def _ease_scores(name: str, seed: int, fit, users: np.ndarray, rel, fraction: fl
     return out
 
 
-def _validation(spec: str, sets: list[str], fraction: float = 1.0):
+def _validation(spec: str, sets: list[str], fraction: float = 1.0, protocol: str = "random"):
     """(fit part, validation matrix, scored users, EASE scores, EASE's best lambda, config);
     ``fraction`` < 1 keeps that share of each user's fit ratings (how a result moves with the
     amount of data, both models on the same smaller part)."""
     name, seed = spec.split(":")
     seed = int(seed)
-    train, _test = holdout_per_user(load_dataset(PATHS[name]), 0.2, seed)  # the test part is never read
-    fit, val = holdout_per_user(train, 0.2, seed + 1000)
+    ds = load_dataset(PATHS[name])
+    if protocol == "temporal":
+        train, _test = temporal_per_user(ds, fraction=0.2)  # the test part is never read
+        fit, val = temporal_per_user(train, fraction=0.2)
+        overrides = [f"seed={seed}"]
+    else:
+        train, _test = holdout_per_user(ds, 0.2, seed)  # the test part is never read
+        fit, val = holdout_per_user(train, 0.2, seed + 1000)
+        overrides = ["ranking.holdout=random"]  # random hold-out splits (P2): the ranker trains for them
     if fraction < 1.0:
         fit, _ = holdout_per_user(fit, 1.0 - fraction, seed + 2000)
     rel = val.to_csr().tocsr()
     users = np.flatnonzero(np.diff(rel.indptr) > 0)
-    ease = _ease_scores(name, seed, fit, users, rel, fraction)
+    ease = _ease_scores(name, seed if protocol == "random" else 0, fit, users, rel, fraction, protocol)
     lam = max(LAMBDAS, key=lambda x: ease[str(x)])
-    config = load_config(None, ["ranking.rating.enabled=false", *sets])
+    # a --set of the same key wins over the protocol's
+    config = load_config(None, ["ranking.rating.enabled=false", *overrides, *sets])
     config.trainer.progress = False
     return fit, rel, users, ease, lam, config
 
 
-def run_two_tower(spec: str, sets: list[str], tag: str, fraction: float = 1.0) -> dict:
+def run_two_tower(spec: str, sets: list[str], tag: str, fraction: float = 1.0, protocol: str = "random") -> dict:
     """The two-tower stage alone, trained and queried as the pipeline does at these sizes (on the
     ranker's earlier part, then the refit on the whole fit part, the cold map, full histories):
     its Recall@100 against EASE's, in about a third of a whole training."""
@@ -92,7 +105,7 @@ def run_two_tower(spec: str, sets: list[str], tag: str, fraction: float = 1.0) -
     from ranking.ranker import split_for_ranker
     from retrieval.two_tower import fit_two_tower, refit_two_tower
 
-    fit, rel, users, ease, lam, config = _validation(spec, sets, fraction)
+    fit, rel, users, ease, lam, config = _validation(spec, sets, fraction, protocol)
     t = time.perf_counter()
     content = ContentModel.fit(fit.items, config.content, seed=config.seed)
     past, _ = split_for_ranker(fit, config.ranking, seed=config.seed)
@@ -113,8 +126,8 @@ def run_two_tower(spec: str, sets: list[str], tag: str, fraction: float = 1.0) -
     )
 
 
-def run(spec: str, sets: list[str], tag: str, fraction: float = 1.0) -> dict:
-    fit, rel, users, ease, lam, config = _validation(spec, sets, fraction)
+def run(spec: str, sets: list[str], tag: str, fraction: float = 1.0, protocol: str = "random") -> dict:
+    fit, rel, users, ease, lam, config = _validation(spec, sets, fraction, protocol)
     with tempfile.TemporaryDirectory() as d:
         t, c = time.perf_counter(), time.process_time()
         train_pipeline(fit, f"{d}/b", config)
@@ -143,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tag", default="run")
     p.add_argument("--fraction", type=float, default=1.0, help="keep this share of each user's fit ratings (0 < f <= 1)")
     p.add_argument("--two-tower-only", action="store_true", help="train the two-tower stage alone; ratio = its Recall@100 / EASE's")
+    p.add_argument("--protocol", choices=("random", "temporal"), default="random",
+                   help="random: a random 20%% per user held out (P2); temporal: each user's latest 20%% (P5)")
     a = p.parse_args(argv)
     os.environ.setdefault("MOVIEREC_PROGRESS", "0")
     warnings.filterwarnings("ignore")
@@ -151,10 +166,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     rows = []
     for spec in a.data:
-        rows.append((run_two_tower if a.two_tower_only else run)(spec, a.set, a.tag, a.fraction))
+        rows.append((run_two_tower if a.two_tower_only else run)(spec, a.set, a.tag, a.fraction, a.protocol))
         print(json.dumps(rows[-1]), flush=True)
     ratios = [r["ratio"] for r in rows]
-    print(json.dumps(dict(tag=a.tag, set=a.set, mean_ratio=round(float(np.mean(ratios)), 4), min_ratio=round(float(np.min(ratios)), 4))))
+    print(json.dumps(dict(tag=a.tag, protocol=a.protocol, set=a.set, mean_ratio=round(float(np.mean(ratios)), 4), min_ratio=round(float(np.min(ratios)), 4))))
 
 
 if __name__ == "__main__":  # the rating model's background process imports this module

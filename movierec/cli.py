@@ -58,6 +58,8 @@ def _root(
 
 config_app = typer.Typer(no_args_is_help=True, help="Show the resolved configuration.")
 app.add_typer(config_app, name="config")
+from movierec.cli_state import state_app  # noqa: E402  (its own module: `movierec state ...`)
+app.add_typer(state_app, name="state")
 
 
 @config_app.command("show")
@@ -120,7 +122,7 @@ def compare(
     plot: Annotated[Optional[Path], typer.Option(help="also write a bar chart PNG here")] = None,
 ) -> None:
     """Fit baselines and the hybrid on one training set, score them on one test file (full ranking, training items excluded), print one table."""
-    from movierec.compare import compare as run_compare, format_table, parse_models, plot as plot_rows
+    from movierec.compare import compare as run_compare, format_table, parse_models, plot as plot_rows, protocol_line
     from movierec.config import load_config
     from movierec.evaluation import read_test_file
 
@@ -131,6 +133,7 @@ def compare(
     cfg = load_config(config, list(set_ or []))
     frame = read_test_file(test)
     ds = _data_options(None, train, items)
+    note = protocol_line(ds, frame, cfg, names)
     rows = run_compare(ds, frame, names, config=cfg, show_progress=not as_json)
     if plot is not None:
         plot_rows(rows, plot)
@@ -138,6 +141,8 @@ def compare(
         _emit(rows)
         return
     typer.echo(format_table(rows))
+    if note is not None:
+        typer.echo(note)
     if plot is not None:
         typer.echo(f"plot: {plot}")
 
@@ -317,6 +322,11 @@ def evaluate(
         _emit(result)
         return
     typer.echo(f"{result['users']:,} users, {result['pairs']:,} test pairs ({result['skipped_rows']} skipped), k={k}, {'ranked' if result['ranked'] else 'retrieval order'}")
+    from movierec.splits import protocol_note
+
+    note = protocol_note(result["protocol"]["test"], result["protocol"]["trained_for"])
+    if note is not None:
+        typer.echo(note)
     for name, value in result["metrics"].items():
         typer.echo(f"  {name}@{k}: {value:.4f}")
     if result.get("rating"):
@@ -590,9 +600,12 @@ def report(
         table = read_quality(quality) if quality is not None else None
     except ReportError as e:
         raise UsageError(str(e)) from None
+    note = None
     if test is not None:
-        table = quality_from_test(model, test)
-    path = write_report(model, out, table)
+        table, note = quality_from_test(model, test)
+    path = write_report(model, out, table, note)
+    if note is not None:
+        typer.echo(note)
     typer.echo(f"report: {path}")
 
 

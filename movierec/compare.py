@@ -71,6 +71,24 @@ def relevant_matrix(train: Dataset, test: pd.DataFrame) -> tuple[sp.csr_matrix, 
     return rel, int((~known).sum())
 
 
+def protocol_line(train: Dataset, test: pd.DataFrame, config: Config, models: Sequence[str]) -> str | None:
+    """A line on the test file's protocol (next movies or a random share, from its timestamps
+    against each user's training ratings) and, when ``movierec`` is compared, whether its ranker
+    trains for that protocol with ``config`` (:func:`movierec.splits.protocol_note`)."""
+    from movierec.splits import last_rating_times, protocol_note, split_protocol
+
+    if "timestamp" not in test.columns:
+        return None
+    users = _to_index(test["user_id"], pd.Index(train.user_ids))
+    times = pd.to_numeric(test["timestamp"], errors="coerce").to_numpy(np.float64)
+    trained_for = None
+    if "movierec" in models and config.ranking.enabled:
+        from ranking.ranker import resolve_holdout
+
+        trained_for = resolve_holdout(train, config.ranking.holdout)[0]
+    return protocol_note(split_protocol(users, times, last_rating_times(train)), trained_for)
+
+
 def score_lists(top: TopK, users: np.ndarray, relevant: sp.csr_matrix, n_items: int, batch: int = 1024) -> dict[str, float]:
     """The compare metrics of one model's top-100 lists."""
     recs = np.full((len(users), KMAX), -1, dtype=np.int64)

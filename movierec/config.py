@@ -172,11 +172,12 @@ class RankingConfig(_Section):
     enabled: bool = Field(True, description="ranker (ordering) and, below, the dedicated rating model")
     candidates: int = Field(100, ge=10, description="retrieval candidates the ranker re-scores per user")
     collab_candidates: int = Field(50, ge=0, description="extra candidates from the item-item model, merged with the two-tower ones")
-    holdout: Literal["temporal", "random"] = Field(
-        "random",
-        description="what the ranker learns to order: a random share of each user's ratings (the P2 protocol) or each user's "
-        "latest ones (the next movies); pick the one you will evaluate or serve: each wins on its own kind of split and loses "
-        "on the other (RESULTS.md, session 14)",
+    holdout: Literal["auto", "temporal", "random"] = Field(
+        "auto",
+        description="what the ranker learns to order: auto (each user's latest ratings when the data has timestamps, a random "
+        "share when it has none), temporal (each user's latest ratings: the next movies, what a service is judged on) or random "
+        "(a random share of each user's ratings: the P2 research protocol); each wins on its own kind of split and loses on "
+        "the other",
     )
     holdout_fraction: float = Field(0.2, gt=0, lt=0.9)
     negatives: int = Field(20, ge=0, description="random negatives per user list, besides the retrieval candidates")
@@ -227,6 +228,23 @@ class RankingConfig(_Section):
     rating: RatingConfig = Field(default_factory=RatingConfig)
 
 
+class ServingConfig(_Section):
+    """What the service does with the online state of a bundle trained with this config (read from
+    the bundle's manifest at serve time; bundles without the section get these defaults)."""
+
+    history_limit: int = Field(
+        3000, ge=1,
+        description="most recent ratings of a user that explanations and the ranker's features read (bounds their cost; "
+        "every rated movie is still excluded as seen). Above the longest user history of ML-100K, ML-1M and ML-latest-small, "
+        "so their answers do not change",
+    )
+    snapshot_every: int = Field(
+        20_000, ge=1,
+        description="after catching up, a worker writes a snapshot of the online state's overlay when more events than this "
+        "were applied since the newest one; a start-up replays only the events after the snapshot",
+    )
+
+
 class TrainerConfig(_Section):
     """Lightning Trainer settings shared by the trained stages."""
 
@@ -244,6 +262,7 @@ class Config(_Section):
     index: IndexConfig = Field(default_factory=IndexConfig)
     ranking: RankingConfig = Field(default_factory=RankingConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
 
 class ConfigError(ValueError):

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 from movierec.data import DataError
 from movierec.metrics import mae, rmse, topn_metrics
+from movierec.splits import split_protocol
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def evaluate_model(model: Any, test: pd.DataFrame, k: int = 10, rank: bool = Tru
         rating = {"rmse": rmse(y, pred), "mae": mae(y, pred), "pairs": int(len(y))}
     return {
         "k": k,
+        "protocol": _protocols(model, test, users, known),
         "metrics": {name.split("@")[0]: value for name, value in metrics.items()},
         "users": int(len(test_users)),
         "pairs": int(known.sum()),
@@ -112,3 +114,22 @@ def evaluate_model(model: Any, test: pd.DataFrame, k: int = 10, rank: bool = Tru
         "ranked": bool(rank and getattr(model, "ranker", None) is not None),
         "rating": rating,
     }
+
+
+SECONDS_PER_DAY = 86_400.0
+
+
+def _protocols(model: Any, test: pd.DataFrame, users: np.ndarray, known: np.ndarray) -> dict[str, str | None]:
+    """``{"test", "trained_for"}``: the protocol the test file follows (its timestamps against
+    each user's latest training day, which a ranker trained with timestamps keeps) and the one
+    the bundle's ranker was trained for; None where the file or the bundle cannot tell."""
+    ranker = getattr(model, "ranker", None)
+    meta = getattr(ranker, "meta", None) or {}
+    trained_for = meta.get("holdout") if meta.get("holdout") in ("temporal", "random") else None
+    last_day = (getattr(ranker, "arrays", None) or {}).get("user_last_day")
+    test_kind = None
+    if last_day is not None and "timestamp" in test.columns:
+        times = pd.to_numeric(test["timestamp"], errors="coerce").to_numpy(np.float64)[known] / SECONDS_PER_DAY
+        # the same float division the ranker stored its days with, so equal times compare equal
+        test_kind = split_protocol(users, times, np.asarray(last_day, dtype=np.float64))
+    return {"test": test_kind, "trained_for": trained_for}

@@ -184,8 +184,11 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
         if ranking:
             # the two-tower model learns on the earlier part; the ranker learns to order its
             # candidates for the held-out ratings (ranking/ranker.py explains the protocol)
-            from ranking.ranker import split_for_ranker
+            from ranking.ranker import resolve_holdout, split_for_ranker
 
+            used, why = resolve_holdout(ds, config.ranking.holdout)
+            log.info("ranker hold-out: %s (%s)", used, why)
+            manifest = {**manifest, "holdout": {"used": used, "why": why}}
             tt_train, held_out = split_for_ranker(ds, config.ranking, seed=config.seed)
             ranking = len(held_out.ratings) > 0
         if not ranking:

@@ -64,7 +64,9 @@ class ReportError(ValueError):
 # ---- public API -------------------------------------------------------------------------------------
 
 
-def write_report(model_dir: str | Path, out_html: str | Path, quality: dict[str, Any] | None = None) -> Path:
+def write_report(
+    model_dir: str | Path, out_html: str | Path, quality: dict[str, Any] | None = None, note: str | None = None
+) -> Path:
     """Render the HTML report for a bundle and write it atomically (temp file + rename).
 
     Args:
@@ -73,6 +75,7 @@ def write_report(model_dir: str | Path, out_html: str | Path, quality: dict[str,
         quality: optional quality table against baselines, either ``{model: {metric: value}}``
             (what ``movierec demo`` computes) or the JSON of ``movierec evaluate --json``. Without
             it the quality section says that no evaluation was given.
+        note: a line for the quality section (the test split's protocol, :func:`quality_from_test`).
 
     Returns:
         The path of the written report.
@@ -88,7 +91,7 @@ def write_report(model_dir: str | Path, out_html: str | Path, quality: dict[str,
         _section_summary(bundle),
         _section_data(bundle),
         _section_training(bundle),
-        _section_quality(table),
+        _section_quality(table, note),
         _section_map(bundle),
         _section_samples(bundle),
     ]
@@ -148,19 +151,24 @@ def read_quality(path: str | Path) -> QualityTable:
         raise ReportError(f"{path}: {e}") from None
 
 
-def quality_from_test(model_dir: str | Path, test_csv: str | Path, k: int = 10) -> QualityTable:
-    """A small quality table computed on a held-out test file, for when no table was given.
+def quality_from_test(model_dir: str | Path, test_csv: str | Path, k: int = 10) -> tuple[QualityTable, str | None]:
+    """A small quality table computed on a held-out test file, for when no table was given, and
+    a line on the test split's protocol (:func:`movierec.splits.protocol_note`; None when the
+    file or the bundle cannot tell).
 
     Compares the ranked model, the two-tower retrieval order alone and a most-popular baseline
     (built from the bundle's own item counts, so no training data is needed) with
     :func:`movierec.evaluation.evaluate_model`: full ranking, items rated in training excluded.
     """
+    from movierec.splits import protocol_note
+
     from movierec.evaluation import evaluate_model, read_test_file
     from recommender import HybridRecommender
 
     model = HybridRecommender.load(model_dir)
     frame = read_test_file(test_csv)
     rows: QualityTable = {}
+    note = None
     for name, source, rank in (
         ("most popular", _MostPopular(model), False),
         ("two-tower (retrieval order)", model, False),
@@ -170,7 +178,9 @@ def quality_from_test(model_dir: str | Path, test_csv: str | Path, k: int = 10) 
             continue
         result = evaluate_model(source, frame, k=k, rank=rank)
         rows[name] = {f"{m}@{k}": float(v) for m, v in result["metrics"].items()}
-    return rows
+        if rank:
+            note = protocol_note(result["protocol"]["test"], result["protocol"]["trained_for"])
+    return rows, note
 
 
 class _MostPopular:
@@ -619,8 +629,10 @@ def _chart_metrics(table: QualityTable) -> list[str]:
     return ordered[:_MAX_CHART_METRICS]
 
 
-def _section_quality(table: QualityTable | None) -> _Section:
+def _section_quality(table: QualityTable | None, note: str | None = None) -> _Section:
     s = _Section("quality", "Quality against baselines")
+    if note is not None:
+        s.note(_esc(note[0].upper() + note[1:] + "."))
     if table is None:
         s.note(
             "No evaluation was given, so there is no quality comparison. Pass a table with "

@@ -178,3 +178,58 @@ def write_split(
         "items": int(ds.n_items),
         "out": str(out),
     }
+
+
+PROTOCOL_NAMES = {
+    "temporal": "each user's latest ratings held out (the next movies, P5)",
+    "random": "a random share of each user's ratings held out (P2)",
+}
+"""How output names the two protocols a ranker can be trained for (``ranking.holdout``)."""
+
+
+def split_protocol(users: np.ndarray, times: np.ndarray, last_train: np.ndarray) -> str | None:
+    """The protocol a test set was split by: ``"temporal"`` when every test rating of every user
+    comes at or after that user's latest training rating, ``"random"`` when any comes before;
+    None when it cannot be told (no timestamps on either side, no test user with training ratings).
+
+    Args:
+        users: (n,) user row of each test rating (negative: a user training never saw).
+        times: (n,) their timestamps.
+        last_train: (n_users,) each user's latest training timestamp (NaN: no training rating).
+    """
+    times = np.asarray(times, dtype=np.float64)
+    last_train = np.asarray(last_train, dtype=np.float64)
+    users = np.asarray(users, dtype=np.int64)
+    known = (users >= 0) & (users < len(last_train)) & np.isfinite(times)
+    known[known] &= np.isfinite(last_train[users[known]])
+    if not known.any() or np.nanmin(times[known]) == np.nanmax(times[known]):
+        return None  # one value throughout: the file carries no time
+    return "temporal" if bool((times[known] >= last_train[users[known]]).all()) else "random"
+
+
+def last_rating_times(ds: Dataset) -> np.ndarray:
+    """(n_users,) each user's latest rating timestamp in ``ds`` (NaN when the user has none, or
+    the data has no timestamps: all one value)."""
+    ts = ds.ratings["timestamp"].to_numpy(np.float64)
+    out = np.full(ds.n_users, np.nan)
+    if len(ts) and ts.min() != ts.max():
+        out[:] = -np.inf
+        np.maximum.at(out, ds.ratings["user_idx"].to_numpy(), ts)
+        out[np.isneginf(out)] = np.nan
+    return out
+
+
+def protocol_note(test: str | None, trained_for: str | None) -> str | None:
+    """One line for output: which protocol the test file follows and, when the ranker was
+    trained for the other one, how to train it for this one (None when neither is known)."""
+    if test is None:
+        return None
+    line = f"test split: {PROTOCOL_NAMES[test]}"
+    if trained_for is None:
+        return line
+    if trained_for == test:
+        return f"{line}; the ranker was trained for it"
+    return (
+        f"{line}; the ranker was trained for the other protocol ({PROTOCOL_NAMES[trained_for]}): "
+        f"train with --set ranking.holdout={test} to rank for this one"
+    )

@@ -65,13 +65,29 @@ from ranking.sequence import adjacency_matrix
 log = logging.getLogger(__name__)
 
 
+def resolve_holdout(ds: Dataset, holdout: str) -> tuple[str, str]:
+    """The held-out part the ranker learns from, ``"temporal"`` or ``"random"``, and why.
+
+    ``auto`` follows the job a service does: each user's next movies when the ratings have real
+    timestamps (more than one value), a random share when they have none (the loaders write 0
+    throughout), where "latest" would be row order and mean nothing.
+    """
+    if holdout != "auto":
+        return holdout, f"ranking.holdout={holdout} in the config"
+    ts = ds.ratings["timestamp"].to_numpy()
+    if len(ts) and ts.min() != ts.max():
+        return "temporal", "ranking.holdout=auto and the ratings have timestamps: the ranker learns each user's next movies"
+    return "random", "ranking.holdout=auto and the ratings have no timestamps: the ranker learns a random share of each user's ratings"
+
+
 def split_for_ranker(ds: Dataset, config: RankingConfig, seed: int = 42) -> tuple[Dataset, Dataset]:
     """(past, held_out): the two-tower model trains on ``past``, the ranker on ``held_out``.
 
     ``temporal`` holds out each user's latest ratings (what production ranking predicts: the
-    next movies); ``random`` holds out a random share (what the P2 protocol measures).
+    next movies, protocol P5); ``random`` holds out a random share (what the P2 protocol
+    measures); ``auto`` picks one from the data (:func:`resolve_holdout`).
     """
-    if config.holdout == "temporal":
+    if resolve_holdout(ds, config.holdout)[0] == "temporal":
         return temporal_per_user(ds, fraction=config.holdout_fraction)
     return holdout_per_user(ds, fraction=config.holdout_fraction, seed=seed + 1)
 
@@ -817,7 +833,7 @@ def fit_ranker(
         "collab_items": int(serve.ctx.collab.shape[0]),
         "net": RankerModule(**hparams).net_kwargs(),
         "ensemble": {"members": len(nets), "alpha": float(alpha), "base_column": int(base_col)},
-        "holdout": config.holdout,
+        "holdout": resolve_holdout(full, config.holdout)[0],
         "exclude": list(config.exclude),
     }
     arrays = {

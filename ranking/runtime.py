@@ -152,7 +152,9 @@ class Ranker:
         users = np.asarray(users, dtype=np.int64)
         known = (users >= 0) & (users < len(ctx.user_mean))
         mu = np.where(known, ctx.user_mean[np.where(known, users, 0)], ctx.global_mean)
-        return pad_histories(histories, self._ratings_of(users, histories, model, stored), mu)
+        # the model's history bound (the most recent entries): a request's cost stays bounded
+        # however many movies a user rated; None reads every entry
+        return pad_histories(histories, self._ratings_of(users, histories, model, stored), mu, getattr(model, "history_limit", None))
 
     @property
     def batch_users(self) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -86,6 +87,15 @@ class HybridRecommender:
         self.applied_seq = int((bundle.manifest.get("state") or {}).get("seq", 0))
         """Sequence number of the last online-state event this model holds (the bundle's own
         point when trained with the state folded in)."""
+        serving = _serving_config(bundle)
+        self.history_limit = serving.history_limit
+        """Most recent entries of a history that explanations and the ranker's features read."""
+        self.snapshot_every = serving.snapshot_every
+        """A snapshot is written after a catch-up once more events than this were applied since the newest."""
+        self.snapshot_seq: int | None = None  # point of the newest snapshot known (None: not looked yet)
+        self._base_seq: int | None = None  # the point this model started replaying from
+        self._snapshot_thread: threading.Thread | None = None
+        self._snapshot_tried = -np.inf  # time.monotonic() of the last attempt
         self.item_counts = np.asarray(item_counts, dtype=np.int64)
         self.ranker = ranker
         self.rating_model = rating_model  # ranking.rating.RatingModel: P1 rating predictions
@@ -261,7 +271,7 @@ class HybridRecommender:
         """Merge the ranker's item-item candidates into the two-tower pool (as in its training)."""
         if not getattr(self.ranker, "n_collab_candidates", 0) or not len(history):
             return recs
-        extra = self.ranker.collab_candidates([history], [exclude])[0]
+        extra = self.ranker.collab_candidates([history[-self.history_limit :]], [exclude])[0]
         extra = extra[extra >= 0]
         if allowed is not None:
             extra = extra[allowed[extra]]
@@ -494,6 +504,10 @@ class HybridRecommender:
 
         One indexed lookup when nothing is new (the per-request check); otherwise only the
         events after :attr:`applied_seq` are read, and all their ratings applied in one batch.
+        The first catch-up of a freshly loaded model starts from the newest snapshot of this
+        bundle's overlay (:mod:`recommender.snapshots`) when there is one, so it replays only
+        the events after the snapshot; once more than :attr:`snapshot_every` events were
+        applied since the newest snapshot, a new one is written in the background.
         """
         last = state.last_seq()
         if last <= self.applied_seq:
@@ -501,12 +515,127 @@ class HybridRecommender:
         with self._catch_up_lock:  # one catch-up at a time; readers go on with the current state
             if last <= self.applied_seq:
                 return 0
+            if self._base_seq is None:  # a fresh model: nothing applied yet
+                self._base_seq = self.applied_seq
+                from recommender import snapshots
+
+                restored = snapshots.restore(self, state, last)
+                self.snapshot_seq = restored if restored is not None else self.applied_seq
+                if last <= self.applied_seq:
+                    return 0
             items, ratings = state.changes_after(self.applied_seq, last)
             self.apply_events(items)  # movies first: a rating always comes after its movie
             if ratings["rating"]:
                 self.apply_ratings(ratings["user_id"], ratings["item_id"], ratings["rating"], ratings["title"])
             self.applied_seq = last
+            if self.applied_seq - (self.snapshot_seq or 0) > self.snapshot_every:
+                self._snapshot_in_background(state)
             return len(items) + len(ratings["rating"])
+
+    SNAPSHOT_RETRY_S = 10.0
+    """Seconds between snapshot attempts of one model (another worker may hold the claim)."""
+
+    def _snapshot_in_background(self, state: Any) -> None:
+        """Write a snapshot from a daemon thread (one at a time per model): requests never wait
+        for it, and a worker killed while writing leaves the previous snapshot in place."""
+        running = self._snapshot_thread
+        now = time.monotonic()
+        if (running is not None and running.is_alive()) or now - self._snapshot_tried < self.SNAPSHOT_RETRY_S:
+            return
+        self._snapshot_tried = now
+        from recommender import snapshots
+
+        def run() -> None:
+            try:
+                if snapshots.write(self, state) is not None:
+                    self._snapshot_tried = -np.inf  # written: the next one is due after snapshot_every events
+            except Exception as e:  # derived data: the events stay, the next catch-up tries again
+                log.warning("snapshot of %s not written: %s: %s", self.model_version, e.__class__.__name__, e)
+
+        self._snapshot_thread = threading.Thread(target=run, name="movierec-snapshot", daemon=True)
+        self._snapshot_thread.start()
+
+    # ---- snapshots of the overlay ------------------------------------------------------------------
+    def overlay(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """What the online state changed in this model, as of :attr:`applied_seq`: the ids of
+        users added since training, every changed user's history, ratings and query vector.
+        Taken under the catch-up lock, so it is exactly the events up to ``seq`` applied.
+
+        Returns:
+            (header, arrays): plain JSON-able fields and NumPy arrays (no objects).
+        """
+        with self._catch_up_lock, self._lock:
+            rows = self.histories._rows
+            users = np.fromiter(sorted(rows), np.int64, len(rows))
+            hists = [rows[int(u)] for u in users]
+            rats = [self.histories._ratings.get(int(u)) for u in users]
+            lengths = np.fromiter((len(h) for h in hists), np.int64, len(hists))
+            arrays = {
+                "users": users,
+                "indptr": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                "items": np.concatenate(hists).astype(np.int64) if hists else np.zeros(0, np.int64),
+                "ratings": np.concatenate(
+                    [r if r is not None else np.full(len(h), np.nan, np.float32) for r, h in zip(rats, hists)]
+                ).astype(np.float32) if hists else np.zeros(0, np.float32),
+                "has_ratings": np.fromiter((r is not None for r in rats), bool, len(rats)),
+                "vectors": np.asarray(self.retrieval.user_vectors[users], np.float32),
+            }
+            header = {
+                "seq": int(self.applied_seq),
+                "base_seq": int(self._base_seq if self._base_seq is not None else self.applied_seq),
+                "trained_users": len(self.users.trained),
+                "new_users": [to_plain(v) for v in self.users._added_ids],
+                "n_items": int(self.n_items),
+            }
+        return header, arrays
+
+    def restore_overlay(self, header: dict[str, Any], arrays: dict[str, np.ndarray], items: list[Any]) -> bool:
+        """Put a snapshot's overlay (:meth:`overlay`) onto this freshly loaded model.
+
+        ``items`` are the added movies' events up to the snapshot, applied as a catch-up
+        applies them. Everything else is checked before anything changes; when the movies do not
+        come out as recorded, nothing but them is applied and False is returned, so the caller
+        replays every event instead (re-adding a movie the model holds is skipped).
+        """
+        users, indptr, hist, rats = arrays["users"], arrays["indptr"], arrays["items"], arrays["ratings"]
+        has_r, vectors = arrays["has_ratings"], arrays["vectors"]
+        trained = len(self.users.trained)
+        new_ids = [self.users.parse(v) for v in header["new_users"]]
+        n_users = trained + len(new_ids)
+        n_items_after = int(header["n_items"])
+        d = self.retrieval.user_vectors.shape[1]
+        problems = [
+            name for name, bad in (
+                ("trained_users", int(header["trained_users"]) != trained or len(self.users) != trained),
+                ("indptr", len(indptr) != len(users) + 1 or (len(indptr) and (indptr[0] != 0 or indptr[-1] != len(hist)))
+                 or bool((np.diff(indptr) < 0).any())),
+                ("users", len(users) and (users.min() < 0 or users.max() >= n_users or bool((np.diff(users) <= 0).any()))),
+                ("items", len(hist) and (hist.min() < 0 or hist.max() >= n_items_after)),
+                ("ratings", len(rats) != len(hist) or len(has_r) != len(users)),
+                ("vectors", vectors.shape != (len(users), d)),
+                ("new_users", any(self.users.get(v) >= 0 for v in new_ids) or len(set(new_ids)) != len(new_ids)),
+            ) if bad
+        ]
+        if problems:
+            log.error("snapshot at event %s does not fit %s (%s); replaying the events instead",
+                      header.get("seq"), self.model_version, ", ".join(problems))
+            return False
+        with self._lock:
+            self.apply_events(items)
+            if self.n_items != n_items_after:
+                log.error("snapshot at event %s: added movies came out as %d items, not %d; replaying the events instead",
+                          header.get("seq"), self.n_items, n_items_after)
+                return False
+            self._grow_vectors(n_users)
+            self.retrieval.user_vectors[users] = vectors
+            cuts = indptr[1:-1]
+            for u, row, r, h in zip(users.tolist(), np.split(hist, cuts), np.split(rats, cuts), has_r.tolist()):
+                self.histories.set(u, row, r if h else None)
+            for key in new_ids:
+                self.users.add(key, checked=True)
+            self.applied_seq = int(header["seq"])
+            self.forget()
+        return True
 
     def apply_events(self, events: list[Any]) -> None:
         """Apply online-state events (:class:`recommender.state.Event`) in sequence order.
@@ -668,6 +797,18 @@ class HybridRecommender:
         self.apply_ratings([user_id] * len(item_ids), list(item_ids), list(ratings))
         u = self.user_idx(user_id)
         return {"user_idx": u, "created": created, "history": self.histories.of(u)}
+
+
+def _serving_config(bundle: Bundle) -> Any:
+    """The bundle's ``serving`` config section (defaults for bundles trained without it)."""
+    from movierec.config import ServingConfig
+
+    section = ((bundle.manifest.get("config") or {}).get("serving")) or {}
+    try:
+        return ServingConfig.model_validate(section)
+    except ValueError as e:
+        log.warning("%s: serving config ignored, defaults used (%s)", bundle.path, str(e).splitlines()[0])
+        return ServingConfig()
 
 
 def _filters_key(filters: Filters | None) -> tuple:

@@ -19,6 +19,10 @@ Ids are stored typed, as JSON (``42`` and ``"42"`` differ), in the id space of t
 Generated movie ids come from a range of their own (:data:`GENERATED_INT_BASE` up for integer id
 spaces, the :data:`GENERATED_PREFIX` prefix for text ones), allocated under the write lock, so two
 workers never hand out the same id and a client can never pick one.
+
+A write sent with a client's ``Idempotency-Key`` is remembered in the same transaction as its
+events (:class:`Idempotency`): a retry with that key, through any worker or server and after a
+restart, finds the record under the write lock and writes nothing (:class:`AlreadyDone`).
 """
 
 from __future__ import annotations
@@ -55,6 +59,44 @@ class StateError(RuntimeError):
 
 class IdConflict(ValueError):
     """An item id that is already taken (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """A client's ``Idempotency-Key`` for one write, remembered with the write's events.
+
+    ``scope`` is the route (with the user for rating posts): the same key on another route or for
+    another user is another key. ``fingerprint`` identifies the request body, so the key reused
+    for a different request is told apart from a retry. ``draft`` is what the answer needs that
+    only the write knew (whether the user was new, the generated id); the answer itself is stored
+    by :meth:`StateStore.finish_idempotent` once it is built.
+    """
+
+    scope: str
+    key: str
+    fingerprint: str
+    status: int
+    ttl: float
+    draft: dict[str, Any] | None = None
+
+
+@dataclass
+class Remembered:
+    """The record of a write done under an ``Idempotency-Key``."""
+
+    fingerprint: str
+    status: int
+    seq: int
+    draft: dict[str, Any]
+    body: str | None  # the answer as sent; None while the first request builds it (or if it died first)
+
+
+class AlreadyDone(Exception):
+    """The ``Idempotency-Key`` was used before: nothing was written; ``remembered`` is the first write's record."""
+
+    def __init__(self, remembered: Remembered) -> None:
+        super().__init__("idempotency key already used")
+        self.remembered = remembered
 
 
 def encode_id(value: Any) -> str:
@@ -253,6 +295,32 @@ class StateStore:
             sa.Column("generation", sa.BigInteger, nullable=False),  # of the choice it follows
             sa.Column("seen", sa.Float, nullable=False),  # unix time of its last heartbeat
         )
+        self.idempotency = sa.Table(
+            "movierec_idempotency", md,
+            sa.Column("scope", sa.Text, primary_key=True),
+            sa.Column("key", sa.String(255), primary_key=True),
+            sa.Column("fingerprint", sa.String(64), nullable=False),
+            sa.Column("status", sa.Integer, nullable=False),
+            sa.Column("seq", sa.BigInteger, nullable=False),
+            sa.Column("draft", sa.Text, nullable=False),
+            sa.Column("body", sa.Text),
+            sa.Column("at", sa.Float, nullable=False, index=True),  # the purge of old keys is a range delete
+        )
+        # derived data (recommender/snapshots.py): one bundle's served overlay after the events up
+        # to ``seq``, so a worker loading that bundle replays only the events after it; a row is
+        # written in one transaction, so a crash leaves the previous snapshots and never half a one
+        self.snapshots = sa.Table(
+            "movierec_snapshots", md,
+            sa.Column("id", seq_type, primary_key=True, autoincrement=True),
+            sa.Column("bundle", sa.Text, nullable=False),  # the bundle's fingerprint (snapshots.bundle_key)
+            sa.Column("state_id", sa.Text, nullable=False),
+            sa.Column("base_seq", sa.BigInteger, nullable=False),  # the point the bundle started from
+            sa.Column("seq", sa.BigInteger, nullable=False),
+            sa.Column("created", sa.Float, nullable=False),
+            sa.Column("sha256", sa.String(64), nullable=False),
+            sa.Column("data", sa.LargeBinary, nullable=False),
+            sa.UniqueConstraint("bundle", "state_id", "base_seq", "seq", name="movierec_snapshots_point"),
+        )
         self._sa = sa
         self._local = threading.local()
         try:
@@ -392,6 +460,17 @@ class StateStore:
         frame["timestamp"] = frame["at"].astype(np.float64).astype(np.int64) if len(frame) else pd.Series([], dtype=np.int64)
         return frame.drop(columns="at")
 
+    def remembered(self, scope: str, key: str, ttl: float) -> Remembered | None:
+        """The write done under ``key`` on ``scope`` within the last ``ttl`` seconds, if any."""
+        sa = self._sa
+        t = self.idempotency
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(t.c.fingerprint, t.c.status, t.c.seq, t.c.draft, t.c.body)
+                .where((t.c.scope == scope) & (t.c.key == key) & (t.c.at >= time.time() - ttl))
+            ).first()
+        return None if row is None else Remembered(row[0], int(row[1]), int(row[2]), json.loads(row[3]), row[4])
+
     def get_meta(self, key: str) -> str | None:
         sa = self._sa
         with self._read() as conn:
@@ -458,9 +537,13 @@ class StateStore:
             if value is not None:
                 conn.execute(sa.insert(self.meta).values(key=key, value=value))
 
-    def append_ratings(self, user_id: Any, items: list[tuple[Any, float, str]]) -> int:
+    def append_ratings(self, user_id: Any, items: list[tuple[Any, float, str]], idempotency: Idempotency | None = None) -> int:
         """Durably record one user's ratings ``[(item_id, rating, title), ...]``; returns the
-        sequence number of the last one. Committed before it returns."""
+        sequence number of the last one. Committed before it returns.
+
+        Raises:
+            AlreadyDone: ``idempotency``'s key was used before; nothing was written.
+        """
         sa = self._sa
         now = time.time()
         user = encode_id(user_id)
@@ -469,10 +552,18 @@ class StateStore:
             for i, r, t in items
         ]
         with self._write() as conn:
+            if idempotency is not None:
+                self._check_unused(conn, idempotency)
             conn.execute(sa.insert(self.events), rows)
-            return int(conn.execute(sa.select(sa.func.max(self.events.c.seq))).scalar())
+            seq = int(conn.execute(sa.select(sa.func.max(self.events.c.seq))).scalar())
+            if idempotency is not None:
+                self._remember(conn, idempotency, seq, {})
+            return seq
 
-    def add_item(self, record: dict[str, Any], item_id: Any | None, integer_ids: bool, taken: Callable[[Any], bool]) -> tuple[Any, int]:
+    def add_item(
+        self, record: dict[str, Any], item_id: Any | None, integer_ids: bool, taken: Callable[[Any], bool],
+        idempotency: Idempotency | None = None,
+    ) -> tuple[Any, int]:
         """Durably record an added movie; returns ``(item_id, seq)``.
 
         Args:
@@ -482,9 +573,12 @@ class StateStore:
             taken: whether an id is already in the served catalogue (the bundle's part).
         Raises:
             IdConflict: the chosen id is taken (in the catalogue or by another added movie).
+            AlreadyDone: ``idempotency``'s key was used before; nothing was written.
         """
         sa = self._sa
         with self._write() as conn:
+            if idempotency is not None:
+                self._check_unused(conn, idempotency)  # before the id checks: a retry is not a conflict
             if item_id is None:
                 key = "next_generated_item"
                 n = int(conn.execute(sa.select(self.meta.c.value).where(self.meta.c.key == key)).scalar() or 0)
@@ -505,7 +599,40 @@ class StateStore:
             )
             seq = int(conn.execute(sa.select(sa.func.max(self.events.c.seq))).scalar())
             conn.execute(sa.insert(self.items).values(item_id=encode_id(item_id), seq=seq))
+            if idempotency is not None:
+                self._remember(conn, idempotency, seq, {"item_id": to_plain(item_id)})
         return item_id, seq
+
+    def finish_idempotent(self, scope: str, key: str, body: str) -> str:
+        """Store the answer of a write done under ``key``, unless one is stored already; returns
+        the stored one. The first answer stored wins, so every retry gets the same bytes."""
+        sa = self._sa
+        t = self.idempotency
+        where = (t.c.scope == scope) & (t.c.key == key)
+        with self._write() as conn:
+            conn.execute(sa.update(t).where(where & t.c.body.is_(None)).values(body=body))
+            stored = conn.execute(sa.select(t.c.body).where(where)).scalar()
+        return body if stored is None else str(stored)  # None: purged meanwhile; the answer stands
+
+    def _check_unused(self, conn: Any, idem: Idempotency) -> None:
+        """Under the write lock: purge keys older than their time to live, then refuse a key in use."""
+        sa = self._sa
+        t = self.idempotency
+        conn.execute(sa.delete(t).where(t.c.at < time.time() - idem.ttl))
+        row = conn.execute(
+            sa.select(t.c.fingerprint, t.c.status, t.c.seq, t.c.draft, t.c.body).where((t.c.scope == idem.scope) & (t.c.key == idem.key))
+        ).first()
+        if row is not None:
+            raise AlreadyDone(Remembered(row[0], int(row[1]), int(row[2]), json.loads(row[3]), row[4]))
+
+    def _remember(self, conn: Any, idem: Idempotency, seq: int, extra: dict[str, Any]) -> None:
+        """The key's record, in the transaction of the events it acknowledges."""
+        conn.execute(
+            self._sa.insert(self.idempotency).values(
+                scope=idem.scope, key=idem.key, fingerprint=idem.fingerprint, status=idem.status, seq=seq,
+                draft=json.dumps({**(idem.draft or {}), **extra}), body=None, at=time.time(),
+            )
+        )
 
     def save_vectors(self, item_id: Any, model_version: str, content: np.ndarray, item: np.ndarray) -> None:
         """Record an added movie's vectors (once: the first model to compute them keeps them)."""

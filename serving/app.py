@@ -10,9 +10,13 @@ retrieval towers, content transform); no Lightning or training modules.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import hashlib
 import hmac
 import inspect
+import ipaddress
+import json
 import logging
 import os
 import time
@@ -25,14 +29,14 @@ from typing import Annotated, Any
 import anyio
 import anyio.to_thread
 import numpy as np
-from fastapi import Body, Depends, FastAPI, HTTPException, Path as PathParam, Query, Request, Security
+from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path as PathParam, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
-from pydantic import TypeAdapter
+from pydantic import SecretStr, TypeAdapter
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -60,7 +64,7 @@ from serving.schemas import (
     VersionsOut,
 )
 from serving.settings import Settings
-from recommender.state import IdConflict, StateError, is_generated, open_state
+from recommender.state import AlreadyDone, IdConflict, Idempotency, Remembered, StateError, encode_id, is_generated, open_state
 from serving.freshness import StateCheck
 from serving.store import ModelStore, NotReadyError, ReloadError, ReloadResult, ServedModel, newest_bundle
 from serving.watcher import Watcher
@@ -84,8 +88,6 @@ _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
 async def _send_json(
     send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    import json
-
     payload = json.dumps(body).encode()
     await send(
         {
@@ -382,7 +384,10 @@ def catch_up(served: ServedModel, state: Any) -> None:
 
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 ModelDep = Annotated[ServedModel, Depends(get_model)]
-_api_key = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="admin key (MOVIEREC_API_KEY)")
+_api_key = APIKeyHeader(
+    name=API_KEY_HEADER, auto_error=False,
+    description="admin key (MOVIEREC_API_KEY); for rating posts and added movies also the write key (MOVIEREC_WRITE_KEY)",
+)
 
 
 def _check_key(request: Request, given: str | None, required: bool) -> None:
@@ -402,20 +407,104 @@ def require_admin(request: Request, key: Annotated[str | None, Security(_api_key
     _check_key(request, key, required=True)
 
 
-def admin_if_configured(request: Request, key: Annotated[str | None, Security(_api_key)]) -> None:
-    """Catalogue writes: open when no key is configured, key-protected when one is."""
-    _check_key(request, key, required=False)
+def _write_keys(settings: Settings, catalogue: bool) -> list[SecretStr] | None:
+    """The keys a public write accepts; None when it is open to anyone.
+
+    ``MOVIEREC_WRITE_KEY`` is the one setting that guards every public write (rating posts and
+    added movies); the admin key is accepted as well. Without it, rating posts are open and adding
+    a movie needs the admin key when one is configured, as before the write key existed."""
+    admin = [settings.api_key] if settings.api_key is not None else []
+    if settings.write_key is not None:
+        return [settings.write_key, *admin]
+    return admin if catalogue and admin else None
+
+
+def _require_writer(request: Request, given: str | None, catalogue: bool) -> None:
+    settings: Settings = request.app.state.settings
+    keys = _write_keys(settings, catalogue)
+    if keys is None:
+        return
+    # every key compared in constant time, none skipped: the time must not tell which one nearly matched
+    matches = [given is not None and hmac.compare_digest(given.encode(), k.get_secret_value().encode()) for k in keys]
+    if not any(matches):
+        what = "adding movies needs" if catalogue else "rating posts need"
+        which = "MOVIEREC_WRITE_KEY or the admin key" if settings.write_key is not None else "the admin key"
+        raise HTTPException(401, f"missing or wrong {API_KEY_HEADER} header ({what} {which})", headers={"WWW-Authenticate": "APIKey"})
+
+
+def catalogue_writer_if_configured(request: Request, key: Annotated[str | None, Security(_api_key)]) -> None:
+    """``POST /items``: the write key (or the admin key) when one is set, else the admin key when
+    that is set, else open."""
+    _require_writer(request, key, catalogue=True)
 
 
 def writer_if_configured(request: Request, key: Annotated[str | None, Security(_api_key)]) -> None:
     """Rating posts: open unless ``MOVIEREC_WRITE_KEY`` is set; then that key (or the admin key)."""
-    settings: Settings = request.app.state.settings
-    if settings.write_key is None:
-        return
-    accepted = [settings.write_key] + ([settings.api_key] if settings.api_key is not None else [])
-    if key is None or not any(hmac.compare_digest(key.encode(), k.get_secret_value().encode()) for k in accepted):
-        raise HTTPException(401, f"missing or wrong {API_KEY_HEADER} header (rating posts need MOVIEREC_WRITE_KEY)",
-                            headers={"WWW-Authenticate": "APIKey"})
+    _require_writer(request, key, catalogue=False)
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def _idempotency_key(value: str | None) -> str | None:
+    """The client's ``Idempotency-Key``, checked: 1..255 printable ASCII characters (422 otherwise)."""
+    if value is None:
+        return None
+    if not value or len(value) > MAX_IDEMPOTENCY_KEY or not all(" " <= c <= "~" for c in value):
+        raise ValueError(f"{IDEMPOTENCY_HEADER} header: 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters expected")
+    return value
+
+
+def _fingerprint(payload: Any) -> str:
+    """A request body's identity: sha256 of its canonical JSON."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias=IDEMPOTENCY_HEADER,
+        description="a client's key for this write (1-255 printable ASCII characters): a retry with the same key and body gets "
+        "the first answer and writes nothing; the same key with another body is 422. Scoped by route (and user for "
+        "ratings), remembered for MOVIEREC_IDEMPOTENCY_TTL seconds (a day by default).",
+    ),
+]
+
+
+def _replay(state: Any, first: Remembered, idem: Idempotency, build: Callable[[dict[str, Any]], bytes]) -> Response:
+    """The first answer to a write done under ``idem``'s key, again (nothing is written).
+
+    When the first request committed but its answer is not stored yet (it is being built, or its
+    worker died in between), the answer is built from the record's draft and the state, and
+    stored: the first answer stored wins, so the two requests still get the same bytes."""
+    if first.fingerprint != idem.fingerprint:
+        raise HTTPException(
+            422, f"{IDEMPOTENCY_HEADER} {idem.key!r} was already used for a different request to this route; send a new key for a new request"
+        )
+    body = first.body
+    if body is None:
+        body = _finish(state, idem, build(first.draft))
+    return Response(body.encode(), status_code=first.status, media_type="application/json", headers={"Idempotent-Replayed": "true"})
+
+
+def _finish(state: Any, idem: Idempotency, body: bytes) -> str:
+    """Store the answer of a write done under ``idem``'s key (the write itself is committed)."""
+    try:
+        return state.finish_idempotent(idem.scope, idem.key, body.decode())
+    except Exception as e:
+        log.error("online state not writable: %s", e)
+        raise StateError(
+            f"online state is not writable; the write was recorded, retry with the same {IDEMPOTENCY_HEADER} for its answer"
+        ) from e
+
+
+def _remembered(state: Any, idem: Idempotency) -> Remembered | None:
+    try:
+        return state.remembered(idem.scope, idem.key, idem.ttl)
+    except Exception as e:
+        log.error("online state unreadable: %s", e)
+        raise StateError(f"online state unreadable ({e.__class__.__name__}); retry later") from e
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -504,6 +593,10 @@ async def _off_loop_if_heavy(
 
 
 _RECOMMENDATIONS = TypeAdapter(RecommendationsOut)
+# the write answers are serialised here, as FastAPI would for their response_model, so that the
+# bytes stored with an Idempotency-Key are the bytes sent
+_FEEDBACK = TypeAdapter(FeedbackOut)
+_ITEM = TypeAdapter(ItemDetail)
 
 
 def _recommendations_json(content: dict[str, Any]) -> bytes:
@@ -522,6 +615,16 @@ def _with_reasons(
 ) -> None:
     for item, because in zip(items, explain(served.recommender, history, ratings, idx, verb=verb)):
         item["because"] = because
+
+
+async def _explained(
+    items: list[dict[str, Any]], served: ServedModel, history: np.ndarray, ratings: np.ndarray | None, idx: np.ndarray, verb: str
+) -> None:
+    """Explanations, in the thread pool under the same per-worker limit as ranked answers: their
+    work grows with ``k`` times the (bounded) history, so they wait their turn like a ranking."""
+    await anyio.to_thread.run_sync(
+        functools.partial(_with_reasons, items, served, history, ratings, idx, verb), limiter=_ranking_limiter()
+    )
 
 
 # ---- app -----------------------------------------------------------------------------------------
@@ -673,7 +776,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         items = served.records(idx, scores)
         if query.explain:
             history, ratings = served.user_history(u)  # live feedback included
-            await run_in_threadpool(_with_reasons, items, served, history, ratings, idx, "rated")
+            await _explained(items, served, history, ratings, idx, "rated")
         body = _recommendations_json({"user_id": rec.users.id_of(u), "model_version": served.model_version, "items": items})
         if plain:
             rec.cache.put_blob(u, key, body, stamp, alias=(request.scope["path"], request.scope["query_string"]))
@@ -688,13 +791,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body: Annotated[list[RatingIn], Body(min_length=1, max_length=MAX_LIKED)],
         served: ModelDep,
         store: StoreDep,
-    ) -> dict[str, Any]:
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> Any:
         """Live feedback: the ratings are committed to the online state (durable before this
         answers), then applied: the user's query vector is re-pooled from the updated history,
         so the next recommendation from any worker reflects them. An unknown user is created.
-        ``movierec train --feedback STATE`` folds them into the next bundle."""
+        ``movierec train --feedback STATE`` folds them into the next bundle. With an
+        ``Idempotency-Key``, a retry gets the first answer and records nothing."""
         rec = served.recommender
         uid = rec.users.parse(user_id)  # 422 for an id of the wrong type, before anything is written
+        key = _idempotency_key(idempotency_key)
+
+        def answer(draft: dict[str, Any]) -> bytes:
+            catch_up(served, store.state)
+            u = rec.user_idx(uid)
+            return _FEEDBACK.dump_json(_FEEDBACK.validate_python({
+                "user_id": rec.users.id_of(u),
+                "created": draft["created"],
+                "recorded": draft["recorded"],
+                "history_length": len(rec.histories.of(u)),
+                "model_version": served.model_version,
+            }))
+
+        idem = None
+        if key is not None:
+            if store.state is None:
+                raise StateError("no online state is configured; ratings not recorded")
+            payload = [r.model_dump(mode="json") for r in body]
+            idem = Idempotency(f"POST /users/{encode_id(uid)}/ratings", key, _fingerprint(payload), 200, settings.idempotency_ttl)
+            first = _remembered(store.state, idem)
+            if first is not None:
+                return _replay(store.state, first, idem, answer)
         rows = []
         for r in body:
             i = rec.item_idx(r.item_id)  # 404 (or 422) before anything is written
@@ -705,21 +832,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise ValueError(f"rating {r.rating:g} for item {r.item_id!r} is outside this model's scale {lo:g}..{hi:g}")
         if store.state is None:
             raise StateError("no online state is configured; ratings not recorded")
-        new_user = rec.users.get(uid) < 0
+        draft = {"created": bool(rec.users.get(uid) < 0), "recorded": len(body)}
+        if idem is not None:
+            idem = dataclasses.replace(idem, draft=draft)
         try:
-            store.state.append_ratings(uid, rows)
+            store.state.append_ratings(uid, rows, idempotency=idem)
+        except AlreadyDone as e:  # only with a key: a retry that raced the first request, which won
+            return _replay(store.state, e.remembered, idem, answer)  # type: ignore[arg-type]
         except Exception as e:
             log.error("online state not writable: %s", e)
             raise StateError("online state is not writable; ratings not recorded") from e
-        catch_up(served, store.state)
-        u = rec.user_idx(uid)
-        return {
-            "user_id": rec.users.id_of(u),
-            "created": new_user,
-            "recorded": len(body),
-            "history_length": len(rec.histories.of(u)),
-            "model_version": served.model_version,
-        }
+        body_json = answer(draft)
+        if idem is None:
+            return _json(body_json)
+        return _json(_finish(store.state, idem, body_json).encode())
 
     @app.post("/recommendations", response_model=RecommendationsOut, responses=_ERRORS, tags=["recommendations"])
     async def new_user_recommendations(body: NewUserRequest, served: ModelDep) -> dict[str, Any]:
@@ -735,7 +861,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         items = served.records(idx, scores)
         if body.explain:
             liked = np.array([rec.item_idx(i) for i in body.liked_items], dtype=np.int64)
-            await run_in_threadpool(_with_reasons, items, served, liked, None, idx, "liked")
+            await _explained(items, served, liked, None, idx, "liked")
         return {"user_id": None, "model_version": served.model_version, "items": items}
 
     # ---- catalogue ---------------------------------------------------------------------------------
@@ -779,14 +905,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         status_code=201,
         response_model=ItemDetail,
         responses={**_ERRORS, **_ADMIN_ERRORS, 409: {"model": ErrorOut, "description": "item_id already exists"}},
-        dependencies=[Depends(admin_if_configured)],
+        dependencies=[Depends(catalogue_writer_if_configured)],
         tags=["items"],
     )
-    def add_item(body: NewItemRequest, served: ModelDep, store: StoreDep) -> dict[str, Any]:
+    def add_item(body: NewItemRequest, served: ModelDep, store: StoreDep, idempotency_key: IdempotencyKeyHeader = None) -> Any:
         """Add a movie at run time: it gets content and two-tower vectors from its text and genres,
         joins both indexes, and is found by /similar and recommendable at once, through every
-        worker. It is kept in the online state, so it survives restarts and reloads."""
+        worker. It is kept in the online state, so it survives restarts and reloads. With an
+        ``Idempotency-Key``, a retry gets the first answer (the same movie) and adds nothing."""
         rec = served.recommender
+        key = _idempotency_key(idempotency_key)
+
+        def answer(draft: dict[str, Any]) -> bytes:
+            catch_up(served, store.state)
+            item_id = draft["item_id"]
+            i = rec.item_idx(item_id)
+            try:  # the vectors it got, kept beside its text (best effort: the movie is already stored)
+                store.state.save_vectors(item_id, served.model_version, rec.content.item_vectors[i], rec.retrieval.item_vectors[i])
+            except Exception as e:
+                log.warning("vectors of added movie %r not stored: %s", item_id, e)
+            out = rec.item_records(np.array([i]))[0]
+            out.update({"description": body.description, "tags": None, "popularity": 0})
+            return _ITEM.dump_json(_ITEM.validate_python(out))
+
+        idem = None
+        if key is not None:
+            if store.state is None:
+                raise StateError("no online state is configured; movie not added")
+            idem = Idempotency("POST /items", key, _fingerprint(body.model_dump(mode="json")), 201, settings.idempotency_ttl)
+            first = _remembered(store.state, idem)
+            if first is not None:
+                return _replay(store.state, first, idem, answer)
         genres = _genres(rec, body.genres) or []
         item_id = None
         if body.item_id is not None:
@@ -799,21 +948,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise StateError("no online state is configured; movie not added")
         record = {"title": body.title, "genres": genres, "description": body.description or "", "year": body.year}
         try:
-            item_id, _ = store.state.add_item(record, item_id, rec.item_ids.integer, lambda i: rec.item_ids.get(i) >= 0)
+            item_id, _ = store.state.add_item(
+                record, item_id, rec.item_ids.integer, lambda i: rec.item_ids.get(i) >= 0, idempotency=idem
+            )
+        except AlreadyDone as e:  # only with a key: a retry that raced the first request, which won
+            return _replay(store.state, e.remembered, idem, answer)  # type: ignore[arg-type]
         except IdConflict as e:
             raise HTTPException(409, str(e)) from e
         except Exception as e:
             log.error("online state not writable: %s", e)
             raise StateError("online state is not writable; movie not added") from e
-        catch_up(served, store.state)
-        i = rec.item_idx(item_id)
-        try:  # the vectors it got, kept beside its text (best effort: the movie is already stored)
-            store.state.save_vectors(item_id, served.model_version, rec.content.item_vectors[i], rec.retrieval.item_vectors[i])
-        except Exception as e:
-            log.warning("vectors of added movie %r not stored: %s", item_id, e)
-        out = rec.item_records(np.array([i]))[0]
-        out.update({"description": body.description, "tags": None, "popularity": 0})
-        return out
+        body_json = answer({"item_id": to_plain(item_id)})
+        if idem is None:
+            return Response(body_json, status_code=201, media_type="application/json")
+        return Response(_finish(store.state, idem, body_json).encode(), status_code=201, media_type="application/json")
 
     # ---- admin -------------------------------------------------------------------------------------
     @app.post(
@@ -959,6 +1107,35 @@ _WORKER_SETTINGS = (
     "state_max_overflow", "state_read_pool_size", "state_pool_timeout",
 )
 
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) reaches this machine only."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    if host.lower() == "localhost":
+        return True
+    import socket
+
+    try:
+        addresses = {info[4][0].split("%")[0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+
+
+def warn_if_writes_are_open(settings: Settings) -> None:
+    """One warning when the service listens beyond this machine and anyone may write."""
+    if settings.write_key is not None or _is_loopback(settings.host):
+        return
+    what = "post ratings" if settings.api_key is not None else "post ratings and add movies"
+    log.warning(
+        "serving on %s, reachable from other machines, without MOVIEREC_WRITE_KEY: anyone who can connect may %s; "
+        "set MOVIEREC_WRITE_KEY to require a key for every write", settings.host, what,
+    )
+
+
 WORKER_HEALTHCHECK_S = 60
 """Seconds a worker may take to answer uvicorn's liveness ping (starting up included)."""
 
@@ -974,6 +1151,7 @@ def serve(settings: Settings, workers: int = 1) -> None:
 
     import uvicorn
 
+    warn_if_writes_are_open(settings)  # here, in the one process that starts the workers: one warning
     _limit_malloc_arenas()
     _limit_threads(settings.threads)
     common: dict[str, Any] = {
@@ -999,6 +1177,7 @@ def serve(settings: Settings, workers: int = 1) -> None:
         os.environ["MOVIEREC_WRITE_KEY"] = settings.write_key.get_secret_value()
     for name in _WORKER_SETTINGS:  # the rest of what each worker reads from the environment
         os.environ[f"MOVIEREC_{name.upper()}"] = str(getattr(settings, name))
+    os.environ["MOVIEREC_IDEMPOTENCY_TTL"] = str(settings.idempotency_ttl)
     if settings.state_location is not None:  # every worker opens the same state
         key = "MOVIEREC_STATE_URL" if settings.state_url else "MOVIEREC_STATE_DIR"
         os.environ[key] = settings.state_location

@@ -57,6 +57,11 @@ def mmr(item_idx: np.ndarray, scores: np.ndarray, vectors: np.ndarray, k: int, d
     return np.asarray(picked)
 
 
+EXPLAIN_ROWS = 256
+"""Recommended items explained per block: the similarity matrices of a block are at most this
+many rows by the history bound, whatever ``k`` is."""
+
+
 def explain(
     model: HybridRecommender,
     history: np.ndarray,
@@ -64,6 +69,7 @@ def explain(
     item_idx: np.ndarray,
     top: int = 3,
     verb: str = "rated",
+    limit: int | None = None,
 ) -> list[list[dict[str, object]]]:
     """For each recommended item, the (up to) ``top`` history items most similar to it.
 
@@ -73,36 +79,46 @@ def explain(
 
     Args:
         model: the recommender that produced the list.
-        history: (h,) item_idx of the user's movies.
+        history: (h,) item_idx of the user's movies, oldest first.
         ratings: (h,) their ratings, or None (liked movies of a new user).
         item_idx: (n,) recommended item_idx.
+        limit: only the most recent ``limit`` history items are read (default: the model's
+            ``history_limit``), so the work is at most n x limit, in blocks of
+            :data:`EXPLAIN_ROWS` rows.
     Returns:
         n lists of ``{"item_id", "title", "reason", "similarity"}``, most similar first.
     """
     history = np.asarray(history, dtype=np.int64)
+    item_idx = np.asarray(item_idx, dtype=np.int64)
     if len(history) == 0 or len(item_idx) == 0:
         return [[] for _ in item_idx]
+    limit = limit if limit is not None else getattr(model, "history_limit", None)
+    if limit is not None and len(history) > limit:
+        history = history[-limit:]
+        ratings = ratings[-limit:] if ratings is not None else None
     history, first = np.unique(history, return_index=True)
     hr = ratings[first] if ratings is not None else None
-    rv = normalize(model.retrieval.item_vectors[np.concatenate([item_idx, history])])
-    collab = rv[: len(item_idx)] @ rv[len(item_idx) :].T
+    hv = normalize(model.retrieval.item_vectors[history])
     cv = model.content.item_vectors
-    content = cv[item_idx] @ cv[history].T
-    sim = 0.5 * collab + 0.5 * content
-    records = model.item_records(history)
+    hc = cv[history]
+    picks = []  # per recommended item: (history positions, similarity, content carried it)
+    for s in range(0, len(item_idx), EXPLAIN_ROWS):
+        block = item_idx[s : s + EXPLAIN_ROWS]
+        collab = normalize(model.retrieval.item_vectors[block]) @ hv.T
+        content = cv[block] @ hc.T
+        sim = 0.5 * collab + 0.5 * content
+        order = np.argsort(-sim, axis=1, kind="stable")[:, :top]
+        rows = np.arange(len(block))[:, None]
+        picks.extend(zip(order, sim[rows, order], content[rows, order] >= collab[rows, order]))
+    used = np.unique(np.concatenate([p[0] for p in picks]))
+    records = dict(zip(used.tolist(), model.item_records(history[used])))  # only the history items named
     out = []
-    for row in range(len(item_idx)):
-        order = np.argsort(-sim[row], kind="stable")[:top]
+    for order, sims, by_content in picks:
         because = []
-        for h in order:
+        for h, similarity, c in zip(order.tolist(), sims, by_content):
             title = records[h]["title"]
             rated = f" you {verb} {hr[h]:g}" if hr is not None else f" you {verb}"
-            if content[row, h] >= collab[row, h]:
-                reason = f"similar to {title}{rated}"
-            else:
-                reason = f"popular with people who liked {title}"
-            because.append(
-                {"item_id": records[h]["item_id"], "title": title, "reason": reason, "similarity": round(float(sim[row, h]), 4)}
-            )
+            reason = f"similar to {title}{rated}" if c else f"popular with people who liked {title}"
+            because.append({"item_id": records[h]["item_id"], "title": title, "reason": reason, "similarity": round(float(similarity), 4)})
         out.append(because)
     return out

@@ -6,7 +6,10 @@ back to the previous one; the newest ``MOVIEREC_KEEP_BUNDLES`` are kept). Live r
 movies and generated ids go to the online state: ``MOVIEREC_STATE_URL`` (``postgresql://...``
 when several machines serve), else SQLite in ``MOVIEREC_STATE_DIR`` (default: ``<model>.state``
 beside the served bundles). ``MOVIEREC_API_KEY`` turns the admin routes on (without it they
-answer 403) and guards adding movies; ``MOVIEREC_WRITE_KEY`` guards rating posts.
+answer 403). ``MOVIEREC_WRITE_KEY`` guards every public write: rating posts and added movies then
+need it (or the admin key) in ``X-API-Key``. Without a write key, rating posts are open and adding
+a movie needs the admin key when one is set (open when neither is). ``Idempotency-Key`` on a write
+is remembered for ``MOVIEREC_IDEMPOTENCY_TTL`` seconds.
 
 What a reload or rollback chooses is recorded in the online state and followed by every worker
 of every server sharing it (``MOVIEREC_WATCH_INTERVAL``, ``MOVIEREC_CONVERGE_TIMEOUT``); the
@@ -56,7 +59,13 @@ class Settings(BaseSettings):
         "a bundle, which is checksummed, replaced on retraining and may be read-only",
     )
     state_url: str | None = Field(None, description="database URL of the online state (postgresql://...); overrides state_dir")
-    write_key: SecretStr | None = Field(None, description="key (X-API-Key) that rating posts need; open when unset")
+    write_key: SecretStr | None = Field(
+        None, description="key (X-API-Key) that every public write needs (rating posts, added movies); the admin key works too"
+    )
+    idempotency_ttl: float = Field(
+        24 * 3600, gt=0,
+        description="seconds a write's Idempotency-Key is remembered; older keys may be purged, and a retry after that writes again",
+    )
     keep_bundles: int = Field(3, ge=1, le=100, description="bundles kept in a serving directory; older ones are deleted after a reload")
     # ---- one service: every worker follows the bundle chosen in the online state -----------------
     watch_interval: float = Field(

@@ -119,7 +119,8 @@ def test_compare_prints_one_row_per_model_as_json_and_table(data: Path, tmp_path
     assert code == 0
     lines = stdout.strip().splitlines()
     assert "Recall@10" in lines[0] and "NDCG@10" in lines[0] and "Recall@100" in lines[0] and "fit s" in lines[0]
-    assert [ln.split()[0] for ln in lines[2:]] == ["popular", "ease"]
+    assert [ln.split()[0] for ln in lines[2:4]] == ["popular", "ease"]
+    assert lines[4:] == ["test split: a random share of each user's ratings held out (P2)"]  # the split's protocol, last
 
 
 def test_compare_rejects_unknown_models(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -226,3 +227,32 @@ def test_split_writes_movielens_official_folds(ml100k_path: Path, tmp_path: Path
 def test_split_fold_needs_the_movielens_folder(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     code, _, err = run_cli(monkeypatch, capsys, "split", "--data", str(data), "--out", str(tmp_path / "s"), "--protocol", "u2")
     assert code == 2 and "MovieLens 100K fold" in err
+
+
+def test_evaluate_and_compare_say_which_protocol_the_test_file_follows(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The defaults train the ranker for each user's next movies when the data has timestamps;
+    evaluate and compare read the test file's protocol and say when the ranker was trained for
+    the other one."""
+    out = tmp_path / "next"
+    run_cli(monkeypatch, capsys, "split", "--data", str(data), "--out", str(out), "--protocol", "temporal")
+    files = ["--ratings", str(out / "train.csv"), "--items", str(out / "items.csv")]
+    code, _, err = run_cli(monkeypatch, capsys, "train", *files, "--out", str(tmp_path / "m"), *TINY)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["holdout"]["used"] == "temporal" and "timestamps" in manifest["holdout"]["why"]
+    code, stdout, err = run_cli(monkeypatch, capsys, "evaluate", "--model", str(tmp_path / "m"), "--test", str(out / "test.csv"))
+    assert code == 0, err
+    assert "test split: each user's latest ratings held out" in stdout and "the ranker was trained for it" in stdout
+    code, stdout, _ = run_cli(monkeypatch, capsys, "evaluate", "--model", str(tmp_path / "m"), "--test", str(out / "test.csv"), "--json")
+    assert json.loads(stdout)["protocol"] == {"test": "temporal", "trained_for": "temporal"}
+
+    rnd = tmp_path / "random"
+    run_cli(monkeypatch, capsys, "split", "--data", str(data), "--out", str(rnd), "--protocol", "holdout")
+    code, stdout, err = run_cli(monkeypatch, capsys, "evaluate", "--model", str(tmp_path / "m"), "--test", str(rnd / "test.csv"))
+    assert code == 0, err
+    assert "a random share of each user's ratings held out" in stdout
+    assert "trained for the other protocol" in stdout and "--set ranking.holdout=random" in stdout
+    code, stdout, err = run_cli(monkeypatch, capsys, "compare", "--train", str(rnd / "train.csv"), "--items", str(rnd / "items.csv"),
+                                "--test", str(rnd / "test.csv"), "--models", "popular,ease")
+    assert code == 0, err
+    assert stdout.strip().splitlines()[-1] == "test split: a random share of each user's ratings held out (P2)"

@@ -97,6 +97,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "user_id": test_ds.user_ids[r["user_idx"].to_numpy()],
         "item_id": test_ds.items["item_id"].to_numpy()[r["item_idx"].to_numpy()],
         "rating": r["rating"].to_numpy(),
+        "timestamp": r["timestamp"].to_numpy(),
     }).to_csv(test_csv, index=False)
     return {"root": root, "bundle": bundle, "test": test_csv}
 
@@ -171,7 +172,11 @@ def test_missing_logs_and_quality_degrade_to_notes(small: dict[str, Path]) -> No
 
 
 def test_quality_from_test_file(small: dict[str, Path]) -> None:
-    table = quality_from_test(small["bundle"], small["test"], k=10)
+    table, note = quality_from_test(small["bundle"], small["test"], k=10)
+    # a random hold-out, and the bundle trained with the defaults on timestamped data: for the next movies
+    assert note is not None and "random share" in note and "--set ranking.holdout=random" in note
+    text = write_report(small["bundle"], small["root"] / "noted.html", table, note).read_text()
+    assert "the ranker was trained for the other protocol" in text
     assert list(table) == ["most popular", "two-tower (retrieval order)", "movierec (ranked)"]
     for metrics in table.values():
         assert {"recall@10", "ndcg@10", "coverage@10"} <= set(metrics)
@@ -247,10 +252,10 @@ def test_cli_reads_quality_file_and_passes_it_on(
     import movierec.report
     from movierec.cli import main
 
-    calls: list[tuple[Path, Path, object]] = []
+    calls: list[tuple[Path, Path, object, object]] = []
 
-    def fake_write(model_dir: Path, out_html: Path, quality: object = None) -> Path:
-        calls.append((model_dir, out_html, quality))  # rendering itself is covered above
+    def fake_write(model_dir: Path, out_html: Path, quality: object = None, note: object = None) -> Path:
+        calls.append((model_dir, out_html, quality, note))  # rendering itself is covered above
         return out_html
 
     monkeypatch.setattr(movierec.report, "write_report", fake_write)
@@ -259,7 +264,7 @@ def test_cli_reads_quality_file_and_passes_it_on(
     out = tmp_path / "r.html"
     monkeypatch.setattr(sys, "argv", ["movierec", "report", "--model", str(small["bundle"]), "--out", str(out), "--quality", str(qfile)])
     main()
-    assert calls == [(small["bundle"], out, {"movierec (ranked)": {"recall@10": 0.2, "ndcg@10": 0.1}})]
+    assert calls == [(small["bundle"], out, {"movierec (ranked)": {"recall@10": 0.2, "ndcg@10": 0.1}}, None)]
     assert capsys.readouterr().out.strip() == f"report: {out}"
 
     qfile.write_text("{not json")

@@ -111,3 +111,18 @@ def test_p2_on_ml100k_holds_out_for_every_user(ml100k_path) -> None:
     train, test = holdout_per_user(load_dataset(ml100k_path), 0.2, seed=42)
     assert test.ratings["user_idx"].nunique() == 943
     assert 0.19 < len(test.ratings) / 100_000 < 0.21
+
+
+def test_split_protocol_tells_next_movies_from_a_random_share(ds: Dataset) -> None:
+    from movierec.splits import last_rating_times, split_protocol
+
+    for (train, test), expected in ((temporal_per_user(ds, fraction=0.25), "temporal"), (holdout_per_user(ds, 0.25, seed=1), "random")):
+        r = test.ratings
+        assert split_protocol(r["user_idx"].to_numpy(), r["timestamp"].to_numpy(), last_rating_times(train)) == expected
+    # no timestamps (the loaders write 0 throughout): nothing to tell from
+    flat = Dataset(ds.ratings[["user_id", "item_id", "rating"]].assign(timestamp=0), ds.items)
+    train, test = holdout_per_user(flat, 0.25, seed=1)
+    assert np.isnan(last_rating_times(train)).all()
+    assert split_protocol(test.ratings["user_idx"].to_numpy(), test.ratings["timestamp"].to_numpy(), last_rating_times(train)) is None
+    # users the training side never saw do not count either way
+    assert split_protocol(np.array([-1, -1]), np.array([5.0, 9.0]), np.array([1.0])) is None

@@ -320,3 +320,17 @@ def test_ranker_trains_on_cross_fitted_folds_and_needs_a_tower_trainer(trained: 
     ids, tt_scores = model.recommend_batch(users, 50, rank=False)
     scores = result.ranker.rerank(model, users, [model.retrieval.histories.of(u) for u in users], ids, tt_scores)
     assert np.isfinite(scores[ids >= 0]).all() and "tt_score" in result.ranker.meta["feature_names"]
+
+
+def test_auto_holdout_follows_the_data_and_the_bundle_says_which_and_why(trained: Trained) -> None:
+    from movierec.data import Dataset
+    from ranking.ranker import resolve_holdout
+
+    assert resolve_holdout(trained.train, "auto")[0] == "temporal"  # the generated ratings have timestamps
+    untimed = Dataset(trained.train.ratings[["user_id", "item_id", "rating"]].assign(timestamp=0), trained.train.items)
+    used, why = resolve_holdout(untimed, "auto")
+    assert used == "random" and "no timestamps" in why
+    assert resolve_holdout(trained.train, "random")[0] == "random" and resolve_holdout(untimed, "temporal")[0] == "temporal"
+    manifest = load_bundle(trained.bundle).manifest  # trained with ranking.holdout=random (small_config)
+    assert manifest["holdout"] == {"used": "random", "why": "ranking.holdout=random in the config"}
+    assert trained.model.ranker.meta["holdout"] == "random"

@@ -4,9 +4,12 @@ that was acknowledged. Servers listen on 127.0.0.1 only; load loops are bounded 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +19,10 @@ import numpy as np
 import pytest
 
 from recommender import HybridRecommender
-from tests.reliability.conftest import KEY, server
+from recommender.state import state_url
+from tests.reliability.conftest import KEY, REPO, child_env, copy_bundle, server
+from tests.reliability.test_snapshots import KILL_MID_SNAPSHOT
+
 
 @pytest.fixture(scope="module")
 def model(bundle_path: Path) -> HybridRecommender:
@@ -82,21 +88,39 @@ def test_an_added_movie_and_its_ratings_survive_a_restart(bundle_path: Path, mod
     assert item.shape == (model.retrieval.item_vectors.shape[1],) and np.isfinite(item).all()
 
 
-def test_every_acknowledged_write_survives_a_sigkill(bundle_path: Path, model: HybridRecommender, tmp_path: Path) -> None:
+@pytest.mark.parametrize("snapshots", [False, True], ids=["events", "across-snapshots"])
+def test_every_acknowledged_write_survives_a_sigkill(
+    bundle_path: Path, model: HybridRecommender, tmp_path: Path, snapshots: bool
+) -> None:
     """8 clients post 1,000 random ratings (bounded), the server is SIGKILLed mid-stream, and after
-    a restart every rating that got a 200 is in effect."""
+    a restart every rating that got a 200 is in effect. ``across-snapshots``: up to 2,000 ratings;
+    the workers write snapshots of the state as they go (every 40 events), another process is
+    SIGKILLed in the middle of writing one during the run, and the restart starts from a snapshot."""
     state = tmp_path / "state"
     users = [int(u) for u in model.user_ids[:60]] + [int(model.user_ids.max()) + 500 + n for n in range(20)]
     items = model.items["item_id"].to_numpy().tolist()
     acked: list[tuple[int, int]] = []
     lock = threading.Lock()
-    with server(bundle_path, state, workers=2) as (base, proc):
+    bundle = bundle_path
+    per_client = 250 if snapshots else 125  # the stream outlasts the snapshot writer's start-up
+    if snapshots:
+        bundle = copy_bundle(bundle_path, tmp_path / "model")
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest["config"].setdefault("serving", {})["snapshot_every"] = 40
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with server(bundle, state, workers=2) as (base, proc):
         stop = threading.Event()
+        killer = None
+        if snapshots:  # loads at once, then waits for a worker's snapshot and is killed writing the next
+            killer = subprocess.Popen(
+                [sys.executable, "-c", KILL_MID_SNAPSHOT, str(bundle), state_url(state), "wait"], cwd=REPO, env=child_env(),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            )
 
         def client(c: int) -> None:
             rng = random.Random(c)
             with httpx.Client(base_url=base, timeout=30) as http:
-                for _ in range(125):  # 8 x 125 = 1,000 writes at most
+                for _ in range(per_client):  # 8 x 125 = 1,000 writes at most (2,000 across snapshots)
                     if stop.is_set():
                         return
                     u, i = rng.choice(users), rng.choice(items)
@@ -111,15 +135,28 @@ def test_every_acknowledged_write_survives_a_sigkill(bundle_path: Path, model: H
         threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 60
-        while len(acked) < 300 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 120
+        while (len(acked) < 300 or (killer is not None and killer.poll() is None)) and time.monotonic() < deadline:
             time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGKILL)  # mid-stream: requests are in flight
         stop.set()
         for t in threads:
             t.join(60)
     assert len(acked) >= 300
-    with server(bundle_path, state) as (base, _):
+    if killer is not None:
+        out, err = killer.communicate(timeout=60)
+        assert killer.returncode == -signal.SIGKILL, (out + err).decode()[-2000:]  # died inside a snapshot's transaction
+        from recommender import snapshots as snaps
+        from recommender.state import open_state
+
+        store = open_state(state)
+        written = snaps.listing(store)
+        assert written and all(s.seq <= store.last_seq() for s in written)
+        restarted = HybridRecommender.load(bundle)
+        restarted.snapshot_every = 10**12
+        replayed = restarted.catch_up(store)
+        assert restarted.snapshot_seq == written[0].seq and replayed == store.last_seq() - written[0].seq
+    with server(bundle, state) as (base, _):
         by_user: dict[int, set[int]] = {}
         for u, i in acked:
             by_user.setdefault(u, set()).add(i)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from recommender import HybridRecommender
-from recommender.state import GENERATED_INT_BASE, IdConflict, StateStore, fold_state, state_url
+from recommender.state import GENERATED_INT_BASE, AlreadyDone, IdConflict, Idempotency, StateStore, fold_state, state_url
 
 
 def _postgres_url() -> str:
@@ -24,10 +24,10 @@ def _postgres_url() -> str:
         import sqlalchemy as sa
 
         engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-        with engine.begin() as conn:  # a fresh state for each test
+        with engine.begin() as conn:  # a fresh state for each test: every table of ours
             for table in sa.inspect(conn).get_table_names():
                 if table.startswith("movierec_"):
-                    conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+                    conn.execute(sa.text(f"DROP TABLE IF EXISTS {table} CASCADE"))
         engine.dispose()
     except Exception as e:  # server down, no psycopg, wrong credentials: say which
         pytest.skip(f"PostgreSQL at MOVIEREC_TEST_PG_URL is not reachable: {e.__class__.__name__}: {str(e).splitlines()[0]}")
@@ -149,3 +149,87 @@ def test_training_folds_everything_up_to_a_point_and_serving_replays_the_rest(st
     assert added in set(folded.item_ids.tolist()) and new_user + 1 not in set(folded.user_ids.tolist())
     remaining = store.events_after(upto)
     assert [(e.user_id, e.item_id) for e in remaining] == [(new_user + 1, item)]
+
+
+def _idem(key: str, fingerprint: str = "f1", ttl: float = 3600, scope: str = "POST /items", status: int = 201) -> Idempotency:
+    return Idempotency(scope, key, fingerprint, status, ttl, {"note": "draft"})
+
+
+def test_an_idempotency_key_is_remembered_with_its_write_and_a_reuse_writes_nothing(store: StateStore) -> None:
+    item, seq = store.add_item({"title": "Once"}, None, True, lambda i: False, idempotency=_idem("k"))
+    first = store.remembered("POST /items", "k", 3600)
+    assert first is not None and first.seq == seq and first.status == 201 and first.body is None
+    assert first.draft == {"note": "draft", "item_id": item}
+    for _ in range(2):
+        with pytest.raises(AlreadyDone) as done:
+            store.add_item({"title": "Once"}, None, True, lambda i: False, idempotency=_idem("k"))
+        assert done.value.remembered.seq == seq
+    with pytest.raises(AlreadyDone) as done:  # another body: refused the same way; the caller compares fingerprints
+        store.add_item({"title": "Twice"}, None, True, lambda i: False, idempotency=_idem("k", "f2"))
+    assert done.value.remembered.fingerprint == "f1"
+    assert store.last_seq() == seq and len(store.events_after(0)) == 1
+    # the first answer stored wins; a later one gets it back
+    assert store.finish_idempotent("POST /items", "k", '{"a":1}') == '{"a":1}'
+    assert store.finish_idempotent("POST /items", "k", '{"a":2}') == '{"a":1}'
+    # ratings: scoped by what the caller puts in scope (route and user)
+    r = _idem("k", scope="POST /users/1/ratings", status=200)
+    s1 = store.append_ratings(1, [(7, 4.0, "Seven")], idempotency=r)
+    with pytest.raises(AlreadyDone):
+        store.append_ratings(1, [(7, 4.0, "Seven")], idempotency=r)
+    store.append_ratings(2, [(7, 4.0, "Seven")], idempotency=_idem("k", scope="POST /users/2/ratings", status=200))
+    assert store.remembered("POST /users/1/ratings", "k", 3600).seq == s1 and len(store.events_after(0)) == 3
+
+
+def test_the_key_and_its_events_commit_together(store: StateStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure between the events and the key's record rolls both back: neither is left alone."""
+
+    def fail(*args: object) -> None:
+        raise RuntimeError("crash between the events and the record")
+
+    monkeypatch.setattr(store, "_remember", fail)
+    with pytest.raises(RuntimeError):
+        store.append_ratings(1, [(7, 4.0, "Seven")], idempotency=_idem("k", scope="r", status=200))
+    with pytest.raises(RuntimeError):
+        store.add_item({"title": "Lost"}, None, True, lambda i: False, idempotency=_idem("k"))
+    assert store.last_seq() == 0 and store.events_after(0) == []
+    assert store.remembered("r", "k", 3600) is None and store.remembered("POST /items", "k", 3600) is None
+    monkeypatch.undo()
+    store.add_item({"title": "Kept"}, None, True, lambda i: False, idempotency=_idem("k"))  # nothing half-written blocks the key
+    assert len(store.events_after(0)) == 1
+
+
+def test_racing_writers_with_one_key_write_once(store: StateStore) -> None:
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def writer() -> None:
+        try:
+            store.add_item({"title": "Race"}, None, True, lambda i: False, idempotency=_idem("race"))
+            out = "written"
+        except AlreadyDone:
+            out = "replayed"
+        with lock:
+            outcomes.append(out)
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(outcomes) == ["replayed"] * 7 + ["written"]
+    assert len(store.events_after(0)) == 1
+
+
+def test_keys_older_than_their_time_to_live_are_purged(store: StateStore) -> None:
+    import time
+
+    store.append_ratings(1, [(7, 4.0, None)], idempotency=_idem("old", scope="r", ttl=0.2, status=200))
+    assert store.remembered("r", "old", 0.2) is not None
+    time.sleep(0.3)
+    assert store.remembered("r", "old", 0.2) is None  # expired: no longer honoured
+    store.append_ratings(1, [(8, 4.0, None)], idempotency=_idem("new", scope="r", ttl=0.2, status=200))  # a keyed write purges
+    with store.engine.connect() as conn:
+        keys = [row[0] for row in conn.execute(store._sa.select(store.idempotency.c.key))]
+    assert keys == ["new"]
+    store.append_ratings(1, [(7, 4.0, None)], idempotency=_idem("old", scope="r", ttl=0.2, status=200))  # the key is free again
+    assert len(store.events_after(0)) == 3

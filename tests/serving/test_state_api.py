@@ -14,19 +14,47 @@ from serving.settings import Settings
 from tests.serving.conftest import API_KEY
 
 
-def test_the_write_key_guards_rating_posts_and_nothing_else(bundle_path: Path, tmp_path: Path) -> None:
+def test_the_write_key_guards_every_public_write_and_nothing_else(bundle_path: Path, tmp_path: Path) -> None:
+    """With ``MOVIEREC_WRITE_KEY`` set, rating posts and added movies both need it (or the admin
+    key); it opens no admin route. (Before, ``POST /items`` refused the write key.)"""
     settings = Settings(model=bundle_path, api_key=API_KEY, write_key=SecretStr("writer-key"), state_dir=tmp_path / "state")
     body = [{"item_id": 1, "rating": 4}]
     with TestClient(create_app(settings)) as c:
         assert c.post("/users/1/ratings", json=body).status_code == 401
         assert c.post("/users/1/ratings", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
+        r = c.post("/items", json={"title": "t"})
+        assert r.status_code == 401 and "MOVIEREC_WRITE_KEY" in r.json()["detail"]
         assert c.app.state.store.state.last_seq() == 0  # refused posts write nothing
         assert c.post("/users/1/ratings", json=body, headers={"X-API-Key": "writer-key"}).status_code == 200
         assert c.post("/users/1/ratings", json=body, headers={"X-API-Key": API_KEY}).status_code == 200
+        assert c.post("/items", json={"title": "t"}, headers={"X-API-Key": "writer-key"}).status_code == 201
+        assert c.post("/items", json={"title": "u"}, headers={"X-API-Key": API_KEY}).status_code == 201
         assert c.get("/users/1/recommendations").status_code == 200  # reads stay open
         # the write key is not an admin key
-        assert c.post("/items", json={"title": "t"}, headers={"X-API-Key": "writer-key"}).status_code == 401
         assert c.post("/admin/reload", headers={"X-API-Key": "writer-key"}).status_code == 401
+        assert c.get("/admin/versions", headers={"X-API-Key": "writer-key"}).status_code == 401
+
+
+def test_the_write_key_alone_closes_post_items(bundle_path: Path, tmp_path: Path) -> None:
+    """No admin key, only ``MOVIEREC_WRITE_KEY``: adding a movie is no longer open to anyone
+    (before, ``POST /items`` answered 201 without a key here)."""
+    settings = Settings(model=bundle_path, write_key=SecretStr("writer-key"), state_dir=tmp_path / "state")
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/items", json={"title": "Gatecrasher", "genres": ["Drama"]})
+        assert r.status_code == 401 and "X-API-Key" in r.json()["detail"]
+        assert c.post("/users/1/ratings", json=[{"item_id": 1, "rating": 4}]).status_code == 401
+        assert c.app.state.store.state.last_seq() == 0
+        assert c.get("/items", params={"q": "gatecrasher"}).json()["items"] == []
+        assert c.post("/items", json={"title": "Gatecrasher"}, headers={"X-API-Key": "writer-key"}).status_code == 201
+        assert c.post("/admin/reload", headers={"X-API-Key": "writer-key"}).status_code == 403  # admin stays off
+
+
+def test_the_admin_key_alone_keeps_post_items_guarded_and_ratings_open(bundle_path: Path, tmp_path: Path) -> None:
+    """Backward compatible: with only ``MOVIEREC_API_KEY``, adding a movie needs it and rating posts stay open."""
+    with TestClient(create_app(Settings(model=bundle_path, api_key=API_KEY, state_dir=tmp_path / "state"))) as c:
+        assert c.post("/items", json={"title": "t"}).status_code == 401
+        assert c.post("/users/1/ratings", json=[{"item_id": 1, "rating": 4}]).status_code == 200
+        assert c.post("/items", json={"title": "t"}, headers={"X-API-Key": API_KEY}).status_code == 201
 
 
 def test_rating_posts_are_open_without_a_write_key(bundle_path: Path, tmp_path: Path) -> None:
@@ -85,3 +113,49 @@ def test_an_unreachable_state_database_is_503_not_500(bundle_path: Path, tmp_pat
         r = c.post("/users/1/ratings", json=[{"item_id": 1, "rating": 4}])
         assert r.status_code == 503
         assert c.get("/health").status_code == 200
+
+
+def _serve_logs(monkeypatch, caplog, *args: str) -> list[str]:
+    """``movierec serve ARGS`` in this process up to the point where uvicorn would start; the
+    warnings it logged. Nothing binds: uvicorn.run is replaced."""
+    import logging
+    import os
+    import sys
+
+    import uvicorn
+
+    import serving.app
+    from movierec.cli import main
+
+    started: list[object] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(serving.app, "_limit_threads", lambda n: None)
+    monkeypatch.setattr(serving.app, "_limit_malloc_arenas", lambda: None)
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # serve() exports settings for its workers
+    monkeypatch.setattr(sys, "argv", ["movierec", "serve", *args])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        try:
+            main()
+        except SystemExit as exc:
+            assert exc.code in (0, None), exc.code
+    assert len(started) == 1
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "MOVIEREC_WRITE_KEY" in r.getMessage()]
+
+
+def test_serving_beyond_loopback_without_a_write_key_logs_one_warning(bundle_path: Path, monkeypatch, caplog) -> None:
+    """``--host 0.0.0.0`` (or ``::``) without ``MOVIEREC_WRITE_KEY``: one warning at start, also
+    with several workers; loopback addresses and a set write key: none."""
+    for name in ("MOVIEREC_WRITE_KEY", "MOVIEREC_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    model = str(bundle_path)
+    warned = _serve_logs(monkeypatch, caplog, "--model", model, "--host", "0.0.0.0", "--workers", "2")
+    assert len(warned) == 1 and "0.0.0.0" in warned[0] and "add movies" in warned[0]
+    assert len(_serve_logs(monkeypatch, caplog, "--model", model, "--host", "::", "--workers", "1")) == 1
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert _serve_logs(monkeypatch, caplog, "--model", model, "--host", host, "--workers", "1") == [], host
+    monkeypatch.setenv("MOVIEREC_API_KEY", "admin")  # movies need the admin key then; ratings are still open
+    warned = _serve_logs(monkeypatch, caplog, "--model", model, "--host", "0.0.0.0", "--workers", "1")
+    assert len(warned) == 1 and "post ratings" in warned[0] and "add movies" not in warned[0]
+    monkeypatch.setenv("MOVIEREC_WRITE_KEY", "writer")
+    assert _serve_logs(monkeypatch, caplog, "--model", model, "--host", "0.0.0.0", "--workers", "2") == []
