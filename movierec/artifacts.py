@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping
@@ -46,11 +45,33 @@ def _safe_name(name: str) -> str:
     return name
 
 
+def _new_file(directory: Path, prefix: str, suffix: str) -> tuple[int, Path]:
+    """A new file under a unique name, created with the mode every other file gets (the user's
+    umask; ``mkstemp`` would make it private, unlike the files written beside it)."""
+    while True:
+        path = directory / f"{prefix}{uuid.uuid4().hex[:12]}{suffix}"
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+        except FileExistsError:
+            continue
+
+
+def _new_dir(directory: Path, prefix: str) -> Path:
+    """A new folder under a unique name, with the user's umask (not ``mkdtemp``'s 0700)."""
+    while True:
+        path = directory / f"{prefix}{uuid.uuid4().hex[:12]}"
+        try:
+            path.mkdir(mode=0o777)
+            return path
+        except FileExistsError:
+            continue
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write a file through a temp file in the same directory, fsync, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _new_file(path.parent, f".{path.name}.", ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -72,6 +93,24 @@ def is_bundle(path: str | Path) -> bool:
     return isinstance(manifest, dict) and "format_version" in manifest and isinstance(manifest.get("files"), dict)
 
 
+def bundle_target(target: str | Path) -> Path:
+    """Where a bundle written to ``target`` goes: through a symbolic link, the bundle it points
+    to (the deployment pattern of a ``current`` link: ``train --out current`` replaces that
+    bundle atomically and the link keeps pointing at it). Swapping the link itself for a folder
+    would instead delete the old bundle's files through it and leave the link behind.
+
+    Raises:
+        BundleError: ``target`` is a link to nothing (or a loop).
+    """
+    target = Path(target)
+    if not target.is_symlink():
+        return target
+    try:
+        return target.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise BundleError(f"{target} is a symbolic link to nothing ({os.readlink(target)}); refusing to write a bundle through it") from None
+
+
 def check_replaceable(target: str | Path) -> None:
     """Refuse to write a bundle over anything that is not one: a bundle writer replaces its
     target whole, and a folder of someone's own files must never be deleted by a training run.
@@ -79,8 +118,8 @@ def check_replaceable(target: str | Path) -> None:
     Raises:
         BundleError: ``target`` exists and is a file, or a non-empty folder that is not a bundle.
     """
-    target = Path(target)
-    if not target.exists() and not target.is_symlink():
+    target = bundle_target(target)
+    if not target.exists():
         return
     if not target.is_dir():
         raise BundleError(f"{target} exists and is not a movierec bundle (a file); refusing to replace it")
@@ -97,8 +136,10 @@ def replace_directory(new: Path, target: Path) -> None:
     With ``renameat2(RENAME_EXCHANGE)`` the target is the old content or the new one at every
     instant, even under SIGKILL; the old content then sits at ``new`` and is removed. Without
     it, two renames: a kill between them leaves the old content under a hidden ``.old-*`` name
-    beside the target.
+    beside the target. Through a symbolic link, the folder it points to is replaced and the
+    link stays (:func:`bundle_target`).
     """
+    target = bundle_target(target)
     if target.exists() and _exchange(new, target):
         _fsync_dir(target.parent)
         _discard_bundle(new)
@@ -127,10 +168,11 @@ class BundleWriter:
     """
 
     def __init__(self, target: str | Path, model_version: str | None = None) -> None:
-        self.target = Path(target)
+        self.target = bundle_target(target)
         check_replaceable(self.target)
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
+        # every file of the bundle, this folder and the manifest included, gets the user's umask
+        self.path = _new_dir(self.target.parent, f".{self.target.name}.tmp-")
         self.model_version = model_version or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         self.meta: dict[str, Any] = {}
 
@@ -153,9 +195,10 @@ class BundleWriter:
         frame.to_parquet(self.file(name), index=False)
 
     def save_tensors(self, name: str, tensors: Mapping[str, Any]) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(self.file(name)))
+        # written by us: safetensors' own save_file creates the file private, unlike the others
+        self.file(name).write_bytes(save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
 
     def commit(self) -> Path:
         files = sorted(
@@ -170,7 +213,6 @@ class BundleWriter:
         }
         atomic_write_bytes(self.path / MANIFEST, json.dumps(manifest, indent=1, default=_json_default).encode())
         _fsync_dir(self.path)
-        os.chmod(self.path, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
         check_replaceable(self.target)  # again: something may have appeared there while training
         if self.target.exists() and _exchange(self.path, self.target):
             # one atomic syscall: the target is the old bundle or the new one at every instant,

@@ -240,8 +240,9 @@ def train(
     feedback: Annotated[
         Optional[str],
         typer.Option(
-            help="online state of the service to fold in (its folder, state.db, or a postgresql:// URL; or an older "
-            "JSON-lines feedback log): every rating acknowledged so far, latest rating wins; serving replays only what came after"
+            help="online state of the service to fold in (its folder, state.db, or a postgresql:// URL): every rating "
+            "and added movie acknowledged so far, latest rating wins; serving this bundle with the same state replays "
+            "only what came after, with another state all of it"
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON (bundle, version, seconds, validation metrics)")] = False,
@@ -261,23 +262,27 @@ def train(
     from movierec.artifacts import check_replaceable
 
     check_replaceable(out)  # before any work: a folder that is not a bundle is never replaced
-    feedback_path = Path(feedback) if feedback is not None and "://" not in feedback else None
-    if feedback_path is not None and not feedback_path.exists():
-        raise UsageError(f"{feedback}: no such state folder, database or feedback log")
+    state = None
+    if feedback is not None:
+        from recommender.state import StateError, open_existing
+
+        try:  # before any work too, and nothing is created where there is no state
+            state = open_existing(feedback)
+        except StateError as e:
+            raise UsageError(str(e)) from None
     ds = _data_options(data, ratings, items)
     extra: dict[str, object] = {}
-    if feedback is not None:
-        from recommender.state import StateError, fold_feedback, fold_state, open_state
+    if state is not None:
+        from recommender.state import StateError, fold_state
 
-        if feedback_path is not None and feedback_path.is_file() and feedback_path.suffix != ".db":
-            ds = fold_feedback(ds, feedback_path)  # type: ignore[arg-type]
-        else:
-            try:
-                ds, seq = fold_state(ds, open_state(feedback))  # type: ignore[arg-type]
-            except StateError as e:
-                raise UsageError(str(e)) from None
-            extra["state"] = {"seq": seq}
-            typer.echo(f"folded the online state up to event {seq}")
+        try:
+            ds, record = fold_state(ds, state)  # type: ignore[arg-type]
+        except StateError as e:
+            raise UsageError(str(e)) from None
+        extra["state"] = record
+        skipped = record["skipped"]
+        note = f" ({skipped['ratings']} ratings and {skipped['movies']} added movies skipped: not in the data under their title)" if any(skipped.values()) else ""
+        typer.echo(f"folded the online state up to event {record['seq']}{note}", err=as_json)
     t0 = time.perf_counter()
     path = train_pipeline(ds, out, cfg, manifest=extra)
     from movierec.artifacts import load_bundle
@@ -469,7 +474,7 @@ def recommend(
     """Top-k movies for a known user, movies they rated in training excluded."""
     import numpy as np
 
-    from recommender import Filters, UnknownIdError
+    from recommender import Filters, IdTypeError, UnknownIdError
 
     if year_min is not None and year_max is not None and year_min > year_max:
         raise UsageError(f"--year-min {year_min} is after --year-max {year_max}")
@@ -487,7 +492,7 @@ def recommend(
         recs = m.recommend_user(user, k, filters=filters)
         u = m.user_idx(user)
         user_id = m.user_ids[u]
-    except UnknownIdError as e:
+    except (UnknownIdError, IdTypeError) as e:  # a text id where ids are integers: one line, exit 2
         raise UsageError(str(e)) from None
     items = m.item_records(recs.item_idx, recs.scores)
     if explain:
@@ -515,7 +520,7 @@ def similar(
     as_json: Annotated[bool, typer.Option("--json", help='print {"item_id", "items": [{"item_id", "title", "score"}]}')] = False,
 ) -> None:
     """Movies similar to one movie, by content vectors, two-tower vectors, or both."""
-    from recommender import UnknownIdError
+    from recommender import IdTypeError, UnknownIdError
 
     if by not in ("hybrid", "content", "collaborative"):
         raise UsageError(f"--by must be hybrid, content or collaborative, not {by!r}")
@@ -523,7 +528,7 @@ def similar(
     try:
         i = m.item_idx(item)
         recs = m.similar(item, k, by=by)  # type: ignore[arg-type]
-    except UnknownIdError as e:
+    except (UnknownIdError, IdTypeError) as e:
         raise UsageError(str(e)) from None
     source = m.item_records([i])[0]
     items = m.item_records(recs.item_idx, recs.scores)

@@ -86,7 +86,9 @@ class HybridRecommender:
         self._vectors = retrieval.user_vectors  # grown by doubling when users are added
         self.applied_seq = int((bundle.manifest.get("state") or {}).get("seq", 0))
         """Sequence number of the last online-state event this model holds (the bundle's own
-        point when trained with the state folded in)."""
+        point when trained with the state folded in, until :meth:`catch_up` first meets a state
+        and decides where to start in it)."""
+        self._start_decided = False
         serving = _serving_config(bundle)
         self.history_limit = serving.history_limit
         """Most recent entries of a history that explanations and the ranker's features read."""
@@ -504,11 +506,19 @@ class HybridRecommender:
 
         One indexed lookup when nothing is new (the per-request check); otherwise only the
         events after :attr:`applied_seq` are read, and all their ratings applied in one batch.
-        The first catch-up of a freshly loaded model starts from the newest snapshot of this
+        The first call decides where to start: after the bundle's recorded point on the state
+        it was folded from, from the start on any other (``StateStore.start_for``), since that
+        point means nothing in another state's numbering. From there, the first catch-up of a
+        freshly loaded model starts from the newest snapshot of this
         bundle's overlay (:mod:`recommender.snapshots`) when there is one, so it replays only
         the events after the snapshot; once more than :attr:`snapshot_every` events were
         applied since the newest snapshot, a new one is written in the background.
         """
+        if not self._start_decided:
+            with self._catch_up_lock:
+                if not self._start_decided:
+                    self.applied_seq = state.start_for(self.bundle.manifest.get("state"))
+                    self._start_decided = True
         last = state.last_seq()
         if last <= self.applied_seq:
             return 0

@@ -37,7 +37,6 @@ from recommender.state import Event, StateStore
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-STATE_ID_KEY = "state_id"
 CLAIM_KEY = "snapshot_claim"
 CLAIM_SECONDS = 120.0
 """A claim older than this is taken over (its writer died, or is stuck)."""
@@ -58,18 +57,8 @@ class SnapshotInfo:
 
 
 def state_identity(store: StateStore) -> str:
-    """The state's identity (a uuid in ``movierec_meta``), created on first use."""
-    value = store.get_meta(STATE_ID_KEY)
-    if value:
-        return value
-    sa = store._sa
-    meta = store.meta
-    with store._write() as conn:  # get-or-create under the write lock: two workers agree
-        value = conn.execute(sa.select(meta.c.value).where(meta.c.key == STATE_ID_KEY)).scalar()
-        if not value:
-            value = uuid.uuid4().hex
-            conn.execute(sa.insert(meta).values(key=STATE_ID_KEY, value=value))
-    return str(value)
+    """The state's identity (:meth:`StateStore.identity`: a uuid in ``movierec_meta``)."""
+    return store.identity()
 
 
 def bundle_key(model: Any) -> str:

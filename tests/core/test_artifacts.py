@@ -191,3 +191,54 @@ def test_writer_refuses_unsafe_names(tmp_path: Path) -> None:
         with BundleWriter(tmp_path / "model") as w:
             w.save_json(MANIFEST, {})
     assert not (tmp_path / "escape.json").exists() and residue(tmp_path, "model") == []
+
+
+def test_out_through_a_link_replaces_the_bundle_it_points_to(tmp_path: Path) -> None:
+    """The ``current`` link pattern: writing through the link replaces the bundle behind it
+    atomically; the link stays a link to it and nothing temporary is left beside either."""
+    m1 = make_bundle(tmp_path / "m1", scale=1.0)
+    (tmp_path / "current").symlink_to("m1")
+    with BundleWriter(tmp_path / "current", model_version="v2") as w:
+        w.save_array("item_vectors.npy", np.full((2, 2), 7.0, dtype=np.float32))
+    assert (tmp_path / "current").is_symlink() and os.readlink(tmp_path / "current") == "m1"
+    b = load_bundle(m1)
+    assert b.model_version == "v2" and b.array("item_vectors.npy")[0, 0] == 7.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "m1"]
+    assert load_bundle(tmp_path / "current").model_version == "v2"
+
+
+def test_a_folder_swap_through_a_link_replaces_what_it_points_to(tmp_path: Path) -> None:
+    """``replace_directory`` (sharded candidates) through a link: the folder behind it gets the
+    new content, the link stays, nothing else is left."""
+    from movierec.artifacts import replace_directory
+
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "part-0.parquet").write_text("old")
+    (tmp_path / "current").symlink_to("parts")
+    new = tmp_path / ".current.new"
+    new.mkdir()
+    (new / "part-0.parquet").write_text("new")
+    replace_directory(new, tmp_path / "current")
+    assert os.readlink(tmp_path / "current") == "parts" and (tmp_path / "parts" / "part-0.parquet").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "parts"]
+
+
+def test_a_link_to_nothing_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "current").symlink_to("gone")
+    with pytest.raises(BundleError, match="link to nothing"):
+        BundleWriter(tmp_path / "current")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_every_file_of_a_bundle_gets_the_umask_modes(tmp_path: Path, umask: int) -> None:
+    """The manifest, the folder and every other file: the same modes, from the user's umask (a
+    private manifest in a shared folder made the bundle unloadable for another serving user)."""
+    old = os.umask(umask)
+    try:
+        path = make_bundle(tmp_path / "model")
+    finally:
+        os.umask(old)
+    files = {p.stat().st_mode & 0o777 for p in [path / MANIFEST, *path.rglob("*")] if p.is_file()}
+    dirs = {p.stat().st_mode & 0o777 for p in [path, *path.rglob("*")] if p.is_dir()}
+    assert files == {0o666 & ~umask} and dirs == {0o777 & ~umask}

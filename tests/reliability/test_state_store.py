@@ -141,7 +141,8 @@ def test_training_folds_everything_up_to_a_point_and_serving_replays_the_rest(st
     store.append_ratings(new_user, [(item, 5.0, title)])
     added, _ = store.add_item({"title": "Folded Movie", "genres": ["Drama"], "year": 2020}, None, True, lambda i: False)
     store.append_ratings(new_user, [(added, 4.0, "Folded Movie")])
-    folded, upto = fold_state(ds, store)
+    folded, record = fold_state(ds, store)
+    upto = record["seq"]
     later = store.append_ratings(new_user + 1, [(item, 3.0, title)])  # after the point: serving's part
     assert upto == later - 1
     r = folded.ratings

@@ -52,6 +52,9 @@ def test_similar_json_and_text(bundle_path: Path, monkeypatch, capsys) -> None:
         (["recommend", "--user", "999999"], "unknown user_id"),
         (["similar", "--item", "999999"], "unknown item_id"),
         (["similar", "--item", "1", "--by", "vibes"], "--by must be"),
+        # a text id where ids are integers: one line too, not a traceback
+        (["recommend", "--user", "abc"], "user_ids are integers"),
+        (["similar", "--item", "abc"], "item_ids are integers"),
     ],
 )
 def test_unknown_ids_exit_2_with_one_line(bundle_path: Path, monkeypatch, capsys, args: list[str], message: str) -> None:
@@ -104,3 +107,22 @@ def test_serve_starts_one_worker_per_core_unless_told(bundle_path: Path, monkeyp
     monkeypatch.setattr(os, "cpu_count", lambda: 32)
     assert run_cli(monkeypatch, capsys, "serve", "--model", str(bundle_path))[0] == 0
     assert started == [2, 1, 8]
+
+
+def test_train_out_through_a_current_link_replaces_the_bundle_behind_it(bundle_path: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """``ln -s m1 current; movierec train --out current``: m1 is replaced by the new bundle whole
+    (it used to lose its manifest through the link), the link stays, nothing is left beside them."""
+    import shutil
+
+    from movierec.artifacts import load_bundle
+
+    shutil.copytree(bundle_path, tmp_path / "m1")
+    (tmp_path / "current").symlink_to("m1")
+    old = load_bundle(tmp_path / "m1").model_version
+    tiny = ["--set", "retrieval.epochs=1", "--set", "retrieval.dim=8", "--set", "retrieval.hidden=16", "--set", "content.dim=8",
+            "--set", "ranking.enabled=false", "--set", "ranking.rating.enabled=false"]
+    code, _, err = run_cli(monkeypatch, capsys, "train", "--data", str(bundle_path.parent / "data"), "--out", str(tmp_path / "current"), "--json", *tiny)
+    assert code == 0, err
+    new = load_bundle(tmp_path / "m1")  # verified: every file and the manifest
+    assert new.model_version != old and (tmp_path / "current").is_symlink() and os.readlink(tmp_path / "current") == "m1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "m1"]

@@ -1,10 +1,9 @@
 """Live feedback: ``POST /users/{id}/ratings`` commits to the online state, updates the user vector
-at once, creates unknown users, refuses bad input before writing; ``train --feedback`` folds a
-JSON-lines log of an older service in."""
+at once, creates unknown users, refuses bad input before writing; ``train --feedback`` folds the online state in and refuses
+anything that is not one."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,14 +15,7 @@ from fastapi.testclient import TestClient
 from recommender import HybridRecommender
 from serving.app import create_app
 from serving.settings import Settings
-from recommender.state import fold_feedback, open_state, read_feedback
-
-
-def _write_log(path: Path, user_id: object, item_ids: list, ratings: list) -> None:
-    """Lines of the JSON-lines feedback log older services wrote."""
-    with open(path, "a") as f:
-        for i, r in zip(item_ids, ratings):
-            f.write(json.dumps({"ts": 1_900_000_000, "user_id": user_id, "item_id": i, "rating": r}) + "\n")
+from recommender.state import fold_state, open_state
 
 
 @pytest.fixture(scope="module")
@@ -127,33 +119,26 @@ def test_bad_feedback_is_refused_before_anything_is_logged(fb_client: TestClient
     assert open_state(tmp_path / "state").last_seq() == 0  # nothing was written
 
 
-def test_the_log_reader_skips_a_torn_line(tmp_path: Path) -> None:
-    path = tmp_path / "fb.jsonl"
-    _write_log(path, 1, [10, 11], [4.0, 5.0])
-    with open(path, "a") as f:
-        f.write('{"ts": 1, "user_id": 1, "item_id": 1\n')  # a crash mid-line
-    _write_log(path, 2, [12], [3.0])
-    frame = read_feedback(path)
-    assert frame[["user_id", "item_id", "rating"]].values.tolist() == [[1, 10, 4.0], [1, 11, 5.0], [2, 12, 3.0]]
-
-
-def test_fold_feedback_appends_ratings_and_keeps_the_latest(bundle_path: Path, tmp_path: Path) -> None:
+def test_fold_state_appends_ratings_and_keeps_the_latest(bundle_path: Path, tmp_path: Path) -> None:
     from movierec.data import Dataset, load_dataset
 
     ds: Dataset = load_dataset(bundle_path.parent / "data")
     row = ds.ratings.iloc[0]
     user, item = int(row["user_id"]), int(row["item_id"])
+    title = str(ds.items.loc[ds.items["item_id"] == item, "title"].iat[0])
     new_user = int(ds.user_ids.max()) + 1
-    path = tmp_path / "fb.jsonl"
-    _write_log(path, user, [item], [1.0 if row["rating"] != 1 else 2.0])  # overrides the data (later time)
-    _write_log(path, new_user, [item, item], [2.0, 4.0])  # rated twice: the later line wins
-    folded = fold_feedback(ds, path)
+    state = open_state(tmp_path / "state")
+    state.append_ratings(user, [(item, 1.0 if row["rating"] != 1 else 2.0, title)])  # overrides the data (later time)
+    state.append_ratings(new_user, [(item, 2.0, title)])
+    state.append_ratings(new_user, [(item, 4.0, title)])  # rated twice: the later one wins
+    folded, record = fold_state(ds, state)
     r = folded.ratings
     assert len(r) == len(ds.ratings) + 1
     assert r.loc[(r["user_id"] == user) & (r["item_id"] == item), "rating"].tolist() == [1.0 if row["rating"] != 1 else 2.0]
     assert r.loc[r["user_id"] == new_user, "rating"].tolist() == [4.0]
     assert new_user in set(folded.user_ids.tolist()) and folded.n_users == ds.n_users + 1
     assert pd.api.types.is_integer_dtype(r["timestamp"]) and r.loc[r["user_id"] == new_user, "timestamp"].iat[0] > 0
+    assert record["seq"] == 3 and record["id"] == state.identity() and record["skipped"] == {"ratings": 0, "movies": 0}
 
 
 def test_logged_feedback_is_replayed_when_the_service_restarts(bundle_path: Path, model: HybridRecommender, tmp_path: Path) -> None:
@@ -171,17 +156,38 @@ def test_logged_feedback_is_replayed_when_the_service_restarts(bundle_path: Path
         assert ids[history].tolist() == rated and ratings.tolist() == [4.5, 4.5, 4.5]
 
 
-def test_train_feedback_flag_refuses_a_missing_log(bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_feedback_refuses_what_is_not_an_online_state(
+    bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bundle folder, a stray file, an empty folder, a file that is not a database, a missing
+    path: one line, exit 2, and nothing is created (today a database appeared there, or a
+    traceback)."""
     import sys
 
     from movierec.cli import main
 
-    args = ["movierec", "train", "--data", str(bundle_path.parent / "data"), "--out", str(tmp_path / "m"), "--feedback", str(tmp_path / "none.jsonl")]
-    monkeypatch.setattr(sys, "argv", args)
-    with pytest.raises(SystemExit) as exc:
-        main()
-    assert exc.value.code == 2 and "no such state folder, database or feedback log" in capsys.readouterr().err
-    assert not (tmp_path / "m").exists()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "stray.jsonl").write_text('{"user_id": 1, "item_id": 1, "rating": 4}\n')
+    (tmp_path / "notes.db").write_text("not a database")
+    cases = {
+        str(bundle_path): "no state.db in this folder",
+        str(tmp_path / "stray.jsonl"): "a file",
+        str(tmp_path / "empty"): "no state.db in this folder",
+        str(tmp_path / "notes.db"): "not a database",
+        str(tmp_path / "none"): "no such state folder",
+    }
+    before = sorted(p.name for p in bundle_path.iterdir())
+    for where, why in cases.items():
+        args = ["movierec", "train", "--data", str(bundle_path.parent / "data"), "--out", str(tmp_path / "m"), "--feedback", where]
+        monkeypatch.setattr(sys, "argv", args)
+        with pytest.raises(SystemExit) as exc:
+            main()
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert exc.value.code == 2 and len(lines) == 1 and "is not an online state" in lines[0] and why in lines[0], (where, err)
+    assert sorted(p.name for p in bundle_path.iterdir()) == before
+    assert not any((tmp_path / "empty").iterdir()) and (tmp_path / "notes.db").read_text() == "not a database"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "notes.db", "stray.jsonl"]
 
 
 def test_the_ranker_reads_live_ratings_from_the_layer(bundle_path: Path) -> None:
