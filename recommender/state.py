@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -174,19 +175,67 @@ def state_url(location: str | Path) -> str:
     return f"sqlite:///{path.resolve()}"
 
 
+@dataclass(frozen=True)
+class StateLimits:
+    """How long the online state may keep a caller waiting, and how many connections it opens.
+
+    Only PostgreSQL uses them (SQLite is a local file). Every bound is in seconds; 0 turns a
+    server-side timeout off. Serving passes its settings (``MOVIEREC_STATE_*``); the defaults
+    suit a training run that folds the state in (long reads, no hurry).
+    """
+
+    connect_timeout: float = 10.0  # opening a connection (libpq counts whole seconds, at least 2)
+    statement_timeout: float = 0.0  # one statement, on the server (also bounds idle-in-transaction)
+    lock_timeout: float = 30.0  # waiting for a lock, the writers' advisory lock included
+    pool_size: int = 4  # transactions: connections kept open
+    max_overflow: int = 2  # transactions: extra connections under load, closed when returned
+    read_pool_size: int = 2  # the hot reads (sequence check, catch-up)
+    pool_timeout: float = 10.0  # waiting for a free connection of either pool
+
+    @property
+    def max_connections(self) -> int:
+        """The most connections one process ever holds to the state's server."""
+        return self.pool_size + self.max_overflow + self.read_pool_size
+
+
+def _pg_connect_args(limits: StateLimits) -> dict[str, Any]:
+    """psycopg connection arguments: the timeouts, and keepalives both ways, so a vanished peer
+    is noticed in about half a minute instead of the kernel's two hours (on the server side a
+    vanished writer's session ends, releasing the writers' lock it held)."""
+    def ms(seconds: float) -> int:
+        return int(round(seconds * 1000))
+
+    idle = 10
+    options = [
+        f"statement_timeout={ms(limits.statement_timeout)}",
+        f"lock_timeout={ms(limits.lock_timeout)}",
+        # a writer that stops mid-transaction (its process frozen) must not hold the lock for good
+        f"idle_in_transaction_session_timeout={ms(max(limits.statement_timeout, limits.lock_timeout, 10.0))}",
+        f"tcp_keepalives_idle={idle}", "tcp_keepalives_interval=5", "tcp_keepalives_count=3",
+    ]
+    return {
+        "connect_timeout": max(2, math.ceil(limits.connect_timeout)),
+        "options": " ".join(f"-c {o}" for o in options),
+        "keepalives": 1, "keepalives_idle": idle, "keepalives_interval": 5, "keepalives_count": 3,
+        "application_name": "movierec",
+    }
+
+
 class StateStore:
     """The online state behind one interface; SQLite or PostgreSQL chosen by ``url``.
 
     Thread-safe; each call is one short transaction. Use :func:`open_state`.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, limits: StateLimits | None = None) -> None:
         import sqlalchemy as sa
 
         self.url = url
+        self.limits = limits = limits or StateLimits()
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
         if self.dialect not in ("sqlite", "postgresql"):
             raise StateError(f"state database {_safe(url)}: only sqlite:/// and postgresql:// URLs are supported")
+        self._hot: Any = None  # PostgreSQL: the pool of the hot reads (see _raw)
         if self.dialect == "sqlite":
             path = Path(url.split(":///", 1)[1])
             _create_private(path)
@@ -196,7 +245,21 @@ class StateStore:
         else:
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg://" + url[len("postgresql://"):]
-            self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+            args = _pg_connect_args(limits)
+            # one bounded pool for transactions (pre-pinged: a restarted server costs no failed
+            # write) and one for the hot reads (no ping, no reset: a broken connection is dropped
+            # when a read fails); together at most limits.max_connections per process
+            self.engine = sa.create_engine(
+                url, pool_pre_ping=True, pool_size=limits.pool_size, max_overflow=limits.max_overflow,
+                pool_timeout=limits.pool_timeout, pool_recycle=1800, connect_args=args,
+            )
+            import psycopg
+
+            dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
+            self._hot = sa.pool.QueuePool(
+                lambda: psycopg.connect(dsn, autocommit=True, **args), pool_size=limits.read_pool_size, max_overflow=0,
+                timeout=limits.pool_timeout, recycle=1800, reset_on_return=None, pre_ping=False,
+            )
         md = sa.MetaData()
         seq_type = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
         self.events = sa.Table(
@@ -225,6 +288,17 @@ class StateStore:
             "movierec_meta", md,
             sa.Column("key", sa.String(64), primary_key=True),
             sa.Column("value", sa.Text, nullable=False),
+        )
+        # what each worker process serves, written by its watcher (serving/watcher.py): pruning
+        # keeps every bundle a live worker serves, and an admin action waits for them to follow
+        self.worker_rows = sa.Table(
+            "movierec_workers", md,
+            sa.Column("worker", sa.String(200), primary_key=True),  # host:pid:token
+            sa.Column("bundle", sa.Text),  # folder name of the served bundle
+            sa.Column("path", sa.Text),
+            sa.Column("version", sa.Text),
+            sa.Column("generation", sa.BigInteger, nullable=False),  # of the choice it follows
+            sa.Column("seen", sa.Float, nullable=False),  # unix time of its last heartbeat
         )
         self.idempotency = sa.Table(
             "movierec_idempotency", md,
@@ -283,26 +357,32 @@ class StateStore:
         return self.engine.connect()
 
     def _raw(self) -> Any:
-        """This thread's own autocommit DB-API connection, for the two hot reads (the sequence
+        """This thread's own autocommit SQLite connection, for the two hot reads (the sequence
         check of every request and the bulk fetch of a catch-up): no pool checkout, no
-        BEGIN/ROLLBACK around a single SELECT, no per-row result objects."""
+        BEGIN/ROLLBACK around a single SELECT, no per-row result objects. A SQLite connection is
+        a file handle, not a server's slot, so one per thread costs nothing that runs out."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            if self.dialect == "sqlite":
-                import sqlite3
+            import sqlite3
 
-                conn = sqlite3.connect(self.url.split(":///", 1)[1], timeout=30, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA busy_timeout=30000")
-            else:
-                import psycopg
-
-                conn = psycopg.connect(self.url.replace("postgresql+psycopg://", "postgresql://", 1), autocommit=True)
+            conn = sqlite3.connect(self.url.split(":///", 1)[1], timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn
         return conn
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        if self.dialect == "postgresql":
-            sql = sql.replace("?", "%s")
+        if self._hot is not None:
+            # PostgreSQL: an autocommit connection from the bounded pool of hot reads, so the
+            # number of connections stays fixed however many threads ask
+            fairy = self._hot.connect()
+            try:
+                rows = fairy.driver_connection.execute(sql.replace("?", "%s"), params).fetchall()
+            except Exception:
+                fairy.invalidate()  # a broken connection is replaced on the next checkout
+                raise
+            finally:
+                fairy.close()
+            return rows
         try:
             cur = self._raw().execute(sql, params)
         except Exception:
@@ -464,6 +544,59 @@ class StateStore:
             return 0
         return seq
 
+    # ---- the bundle the whole service serves ------------------------------------------------------
+    CHOICE = "chosen_bundle"
+    """Meta key of the chosen bundle: JSON ``{generation, bundle, version, action, at, previous}``."""
+
+    def chosen_bundle(self) -> dict[str, Any] | None:
+        """The bundle every worker should serve, as the last admin action (or the first worker
+        to start) recorded it; None when none was recorded."""
+        text = self.get_meta(self.CHOICE)
+        return json.loads(text) if text else None
+
+    def choose_bundle(self, bundle: str, version: str, action: str, only_if_none: bool = False) -> dict[str, Any]:
+        """Record ``bundle`` (its folder name) and ``version`` as what every worker serves, with
+        the next generation number; returns the record now in force (with ``only_if_none``, the
+        one already recorded if there is one)."""
+        sa = self._sa
+        m = self.meta
+        with self._write() as conn:
+            text = conn.execute(sa.select(m.c.value).where(m.c.key == self.CHOICE)).scalar()
+            current = json.loads(text) if text else None
+            if current is not None and only_if_none:
+                return current
+            record = {
+                "generation": int((current or {}).get("generation", 0)) + 1, "bundle": bundle, "version": version,
+                "action": action, "at": time.time(), "previous": (current or {}).get("bundle"),
+            }
+            conn.execute(sa.delete(m).where(m.c.key == self.CHOICE))
+            conn.execute(sa.insert(m).values(key=self.CHOICE, value=json.dumps(record)))
+            return record
+
+    def heartbeat(self, worker: str, bundle: str | None, path: str | None, version: str | None, generation: int) -> None:
+        """Record what ``worker`` serves now (its own row; rows unseen for a day are removed)."""
+        sa = self._sa
+        t = self.worker_rows
+        now = time.time()
+        # only this worker writes its row: PostgreSQL needs no writers' lock for it
+        with (self._write() if self.dialect == "sqlite" else self.engine.begin()) as conn:
+            conn.execute(sa.delete(t).where((t.c.worker == worker) | (t.c.seen < now - 86_400)))
+            conn.execute(sa.insert(t).values(worker=worker, bundle=bundle, path=path, version=version, generation=int(generation), seen=now))
+
+    def forget_worker(self, worker: str) -> None:
+        sa = self._sa
+        with (self._write() if self.dialect == "sqlite" else self.engine.begin()) as conn:
+            conn.execute(sa.delete(self.worker_rows).where(self.worker_rows.c.worker == worker))
+
+    def live_workers(self, within: float) -> list[dict[str, Any]]:
+        """Workers whose last heartbeat is at most ``within`` seconds old (clocks of several
+        machines are assumed to agree to well under that)."""
+        sa = self._sa
+        t = self.worker_rows
+        with self._read() as conn:
+            rows = conn.execute(sa.select(t).where(t.c.seen >= time.time() - within).order_by(t.c.worker)).mappings().all()
+        return [dict(r) for r in rows]
+
     # ---- writes --------------------------------------------------------------------------------------
     def set_meta(self, key: str, value: str | None) -> None:
         sa = self._sa
@@ -597,6 +730,8 @@ class StateStore:
 
     def close(self) -> None:
         self._drop_raw()
+        if self._hot is not None:
+            self._hot.dispose()
         self.engine.dispose()
 
 
@@ -636,13 +771,14 @@ _OPEN: dict[str, StateStore] = {}
 _OPEN_LOCK = threading.Lock()
 
 
-def open_state(location: str | Path) -> StateStore:
-    """The state store at a URL, a state folder or a database file (one per process and URL)."""
+def open_state(location: str | Path, limits: StateLimits | None = None) -> StateStore:
+    """The state store at a URL, a state folder or a database file (one per process and URL:
+    one bounded pool per process). ``limits`` count when this call opens it."""
     url = state_url(location)
     with _OPEN_LOCK:
         store = _OPEN.get(url)
         if store is None:
-            store = _OPEN[url] = StateStore(url)
+            store = _OPEN[url] = StateStore(url, limits)
         return store
 
 

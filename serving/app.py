@@ -65,7 +65,9 @@ from serving.schemas import (
 )
 from serving.settings import Settings
 from recommender.state import AlreadyDone, IdConflict, Idempotency, Remembered, StateError, encode_id, is_generated, open_state
-from serving.store import ModelStore, NotReadyError, ReloadError, ServedModel, newest_bundle
+from serving.freshness import StateCheck
+from serving.store import ModelStore, NotReadyError, ReloadError, ReloadResult, ServedModel, newest_bundle
+from serving.watcher import Watcher
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
@@ -263,7 +265,8 @@ class CachedAnswerMiddleware:
     here, without parameter parsing, dependencies or serialisation (about a third of the
     time of the routed answer). Everything else, and a repeat whose body is gone (the user
     rated, the catalogue changed, evicted), goes to the app. The online-state check is the
-    same as :func:`get_model`'s: a worker behind the state lets the app catch up first.
+    same as :func:`get_model`'s: a worker behind the state lets the app catch up first; when
+    the state cannot answer (stalled past its bound, or unreachable) the cached body is sent.
     It sits inside the metrics, size-limit, timeout and CORS layers, so those see it as any
     other request, labelled with the route's template.
     """
@@ -280,7 +283,7 @@ class CachedAnswerMiddleware:
         if scope["type"] == "http" and scope["method"] == "GET":
             path = scope["path"]
             if path.startswith(self.PREFIX) and path.endswith(self.SUFFIX):
-                body = self._cached(path, scope["query_string"])
+                body = await self._cached(path, scope["query_string"])
                 if body is not None:
                     scope["route"] = self.route
                     await send({"type": "http.response.start", "status": 200, "headers": [
@@ -289,18 +292,21 @@ class CachedAnswerMiddleware:
                     return
         await self.app(scope, receive, send)
 
-    def _cached(self, path: str, query: bytes) -> bytes | None:
+    async def _cached(self, path: str, query: bytes) -> bytes | None:
         store: ModelStore | None = getattr(self.host.state, "store", None)
         served = store._current if store is not None else None
         if served is None:
             return None
         rec = served.recommender
-        if store.state is not None:
+        check: StateCheck | None = getattr(self.host.state, "check", None)
+        if check is not None:
             try:
-                if store.state.last_seq() > rec.applied_seq:
+                if await check.behind(rec.applied_seq):
                     return None  # the app catches up, then answers
             except Exception:
-                return None  # the app answers 503 with the reason
+                # the database is stalled or away: the answer this worker has is still sent (it
+                # holds every write this worker applied; uncached requests get 503 meanwhile)
+                pass
         return rec.cache.blob_for((path, query))
 
 
@@ -343,23 +349,26 @@ async def get_model(request: Request) -> ServedModel:
     """The model for this request: one reference, held until the answer is sent.
 
     Before it is handed out it catches up with the online state: one indexed lookup of the
-    newest sequence number (a few microseconds, on the event loop), and only when another
-    worker wrote since, the events after ours, applied in the thread pool so that a large
+    newest sequence number (:class:`~serving.freshness.StateCheck`: on the event loop for
+    SQLite, a few microseconds; in a thread with a bounded wait for PostgreSQL), and only when
+    another worker wrote since, the events after ours, applied in a thread so that a large
     catch-up never holds up the loop. So every worker answers with every write acknowledged
-    before the request arrived. (It reads the store itself rather than through
-    :func:`get_store`: one dependency fewer to solve per request.)
+    before the request arrived, or with 503 when the state cannot say in time. (It reads the
+    store itself rather than through :func:`get_store`: one dependency fewer to solve per request.)
     """
     store: ModelStore = request.app.state.store
     served = store.get()
-    state = store.state
-    if state is not None:
+    check: StateCheck | None = getattr(request.app.state, "check", None)
+    if check is not None:
         try:
-            behind = state.last_seq() > served.recommender.applied_seq
+            behind = await check.behind(served.recommender.applied_seq)
+        except StateError:
+            raise
         except Exception as e:  # the database went away: the answer would miss acknowledged writes
             log.error("online state unreadable: %s", e)
             raise StateError(f"online state unreadable ({e.__class__.__name__}); retry later") from e
         if behind:
-            await run_in_threadpool(catch_up, served, state)
+            await check.catch_up(catch_up, served, store.state)
     return served
 
 
@@ -644,10 +653,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.model is not None and not settings.model.exists():
             raise ReloadError(f"{settings.model}: no such bundle or directory")
         location = settings.state_location
-        state = await asyncio.to_thread(open_state, location) if location is not None else None
+        state = await asyncio.to_thread(open_state, location, settings.state_limits()) if location is not None else None
         if state is not None:
             log.info("online state: %s", state.url.split("@")[-1])
-        store = ModelStore(settings.model, state)
+            app.state.check = StateCheck(
+                state, settings.state_check_timeout, catch_up_timeout=max(5 * settings.state_check_timeout, settings.state_pool_timeout)
+            )
+        store = ModelStore(settings.model, state, worker_expiry=settings.worker_expiry)
         app.state.store = store
         if settings.model is not None:
             try:
@@ -656,10 +668,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 # an empty serving directory: start, answer /ready with 503, wait for /admin/reload
                 log.warning("starting without a model: %s", e)
             else:
-                await asyncio.to_thread(store.start)  # the newest bundle that loads; none: start-up stops
+                await asyncio.to_thread(store.start)  # the chosen bundle, else the newest that loads; none: start-up stops
         else:
             log.warning("no model configured (MOVIEREC_MODEL); /ready answers 503 until /admin/reload")
-        yield
+        watcher = None
+        if state is not None:
+            await asyncio.to_thread(store.heartbeat)
+            watcher = Watcher(store, settings.watch_interval, settings.heartbeat_interval)
+            watcher.start()
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                await asyncio.to_thread(watcher.stop)
+                try:  # a stalled database must not hold up the shutdown
+                    await asyncio.wait_for(asyncio.to_thread(store.forget), timeout=2)
+                except TimeoutError:
+                    pass
 
     app = FastAPI(
         title="movierec",
@@ -957,14 +982,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reloads.labels("refused").inc()
             raise HTTPException(409, str(e)) from e
         reloads.labels(result.status).inc()
+        result = store.wait_for_workers(result, settings.converge_timeout)
         if result.status == "reloaded":
             store.prune(settings.keep_bundles)
-        return {
-            "status": result.status,
-            "model_version": result.model_version,
-            "previous_version": result.previous_version,
-            "path": str(result.path),
-        }
+        return _reload_out(result)
 
     @app.post(
         "/admin/rollback",
@@ -982,19 +1003,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reloads.labels("rollback_refused").inc()
             raise HTTPException(409, str(e)) from e
         reloads.labels(result.status).inc()
-        return {
-            "status": result.status,
-            "model_version": result.model_version,
-            "previous_version": result.previous_version,
-            "path": str(result.path),
-        }
+        return _reload_out(store.wait_for_workers(result, settings.converge_timeout))
 
     @app.get("/admin/versions", response_model=VersionsOut, responses=_ADMIN_ERRORS, dependencies=[Depends(require_admin)], tags=["admin"])
     def versions(store: StoreDep) -> dict[str, Any]:
-        """Bundles in the serving directory, newest first; ``active`` marks the served one."""
+        """Bundles in the serving directory, newest first; ``active`` marks the one this worker
+        serves, ``chosen`` the one every worker serves, ``workers`` the live workers serving each."""
         return {
             "versions": [
-                {"version": v.version, "path": str(v.path), "created": v.created, "active": v.active} for v in store.versions()
+                {"version": v.version, "path": str(v.path), "created": v.created, "active": v.active, "chosen": v.chosen,
+                 "workers": v.workers}
+                for v in store.versions()
             ]
         }
 
@@ -1029,6 +1048,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, requests=requests, latency=latency)
     return app
+
+
+def _reload_out(result: ReloadResult) -> dict[str, Any]:
+    """An admin action's answer: what the service now serves, and which live workers (of every
+    server sharing the state) serve it or had not followed yet when it was sent."""
+    return {
+        "status": result.status,
+        "model_version": result.model_version,
+        "previous_version": result.previous_version,
+        "path": str(result.path),
+        "generation": result.generation,
+        "workers": result.workers,
+        "pending": result.pending,
+    }
 
 
 def _limit_malloc_arenas(arenas: int = 2) -> None:
@@ -1066,6 +1099,13 @@ def _limit_threads(threads: int) -> None:
         threadpool_limits(threads)
     except Exception:  # no BLAS found to limit: nothing to do
         pass
+
+
+_WORKER_SETTINGS = (
+    "watch_interval", "heartbeat_interval", "worker_expiry", "converge_timeout",
+    "state_check_timeout", "state_connect_timeout", "state_statement_timeout", "state_lock_timeout", "state_pool_size",
+    "state_max_overflow", "state_read_pool_size", "state_pool_timeout",
+)
 
 
 def _is_loopback(host: str) -> bool:
@@ -1135,6 +1175,8 @@ def serve(settings: Settings, workers: int = 1) -> None:
         os.environ["MOVIEREC_API_KEY"] = settings.api_key.get_secret_value()
     if settings.write_key is not None:
         os.environ["MOVIEREC_WRITE_KEY"] = settings.write_key.get_secret_value()
+    for name in _WORKER_SETTINGS:  # the rest of what each worker reads from the environment
+        os.environ[f"MOVIEREC_{name.upper()}"] = str(getattr(settings, name))
     os.environ["MOVIEREC_IDEMPOTENCY_TTL"] = str(settings.idempotency_ttl)
     if settings.state_location is not None:  # every worker opens the same state
         key = "MOVIEREC_STATE_URL" if settings.state_url else "MOVIEREC_STATE_DIR"

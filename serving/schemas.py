@@ -88,11 +88,24 @@ class SearchOut(BaseModel):
     items: list[ItemOut]
 
 
+class WorkerOut(BaseModel):
+    """One worker process of the service (of any server sharing the online state)."""
+
+    worker: str = Field(description="host:pid:token")
+    model_version: str | None
+    bundle: str | None
+
+
 class ReloadOut(BaseModel):
     status: Literal["reloaded", "unchanged", "rolled_back"]
-    model_version: str
+    model_version: str = Field(description="the version the service now serves")
     previous_version: str | None
     path: str
+    generation: int | None = Field(None, description="of the choice recorded in the online state")
+    workers: list[WorkerOut] = Field(default_factory=list, description="live workers serving model_version when answered")
+    pending: list[WorkerOut] = Field(
+        default_factory=list, description="live workers not serving it yet (they follow within the watch interval once they can load it)"
+    )
 
 
 class VersionOut(BaseModel):
@@ -101,7 +114,9 @@ class VersionOut(BaseModel):
     version: str
     path: str
     created: str | None
-    active: bool
+    active: bool = Field(description="served by the worker that answered")
+    chosen: bool = Field(False, description="recorded in the online state as what every worker serves")
+    workers: list[str] = Field(default_factory=list, description="live workers serving it")
 
 
 class VersionsOut(BaseModel):

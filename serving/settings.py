@@ -10,6 +10,11 @@ answer 403). ``MOVIEREC_WRITE_KEY`` guards every public write: rating posts and 
 need it (or the admin key) in ``X-API-Key``. Without a write key, rating posts are open and adding
 a movie needs the admin key when one is set (open when neither is). ``Idempotency-Key`` on a write
 is remembered for ``MOVIEREC_IDEMPOTENCY_TTL`` seconds.
+
+What a reload or rollback chooses is recorded in the online state and followed by every worker
+of every server sharing it (``MOVIEREC_WATCH_INTERVAL``, ``MOVIEREC_CONVERGE_TIMEOUT``); the
+``MOVIEREC_STATE_*`` timeouts and pool sizes bound how long and how many connections a worker
+spends on a PostgreSQL state (docs/reliability.md, section 9).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from recommender.state import StateLimits
 
 
 class Settings(BaseSettings):
@@ -60,6 +67,40 @@ class Settings(BaseSettings):
         description="seconds a write's Idempotency-Key is remembered; older keys may be purged, and a retry after that writes again",
     )
     keep_bundles: int = Field(3, ge=1, le=100, description="bundles kept in a serving directory; older ones are deleted after a reload")
+    # ---- one service: every worker follows the bundle chosen in the online state -----------------
+    watch_interval: float = Field(
+        0.5, gt=0, le=60, description="seconds between a worker's looks at the chosen bundle (a reload or rollback through "
+        "any worker or server reaches this one within this, plus the time to load the bundle)",
+    )
+    heartbeat_interval: float = Field(2.0, gt=0, le=300, description="seconds between a worker's records of what it serves")
+    worker_expiry: float = Field(
+        10.0, gt=0, le=3600, description="a worker unheard of for this many seconds counts as gone (prune no longer keeps "
+        "its bundle, admin actions no longer wait for it)",
+    )
+    converge_timeout: float = Field(
+        15.0, ge=0, le=600, description="seconds an admin action waits for every live worker to serve its choice before "
+        "it answers (naming the ones still pending)",
+    )
+    # ---- PostgreSQL: how long the online state may keep a request waiting ---------------------------
+    state_check_timeout: float = Field(
+        1.0, gt=0, le=60, description="seconds a request waits for the online state's sequence check (and a catch-up waits "
+        "for the database); past it, uncached answers get 503 with Retry-After, cached ones are still sent",
+    )
+    state_connect_timeout: float = Field(3.0, gt=0, le=300, description="seconds to open a connection to the state's server")
+    state_statement_timeout: float = Field(30.0, ge=0, le=3600, description="server-side limit of one statement (0: none)")
+    state_lock_timeout: float = Field(5.0, ge=0, le=3600, description="server-side limit of a lock wait, the writers' lock included")
+    state_pool_size: int = Field(3, ge=1, le=100, description="connections kept open per worker for transactions")
+    state_max_overflow: int = Field(1, ge=0, le=100, description="extra transaction connections per worker under load")
+    state_read_pool_size: int = Field(2, ge=1, le=100, description="connections per worker for the per-request reads")
+    state_pool_timeout: float = Field(5.0, gt=0, le=300, description="seconds to wait for a free connection")
+
+    def state_limits(self) -> StateLimits:
+        """The online state's timeouts and pool sizes (PostgreSQL) from these settings."""
+        return StateLimits(
+            connect_timeout=self.state_connect_timeout, statement_timeout=self.state_statement_timeout,
+            lock_timeout=self.state_lock_timeout, pool_size=self.state_pool_size, max_overflow=self.state_max_overflow,
+            read_pool_size=self.state_read_pool_size, pool_timeout=self.state_pool_timeout,
+        )
 
     @property
     def state_location(self) -> str | None:

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 import shutil
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ import numpy as np
 
 from movierec.artifacts import MANIFEST, BundleError
 from recommender import HybridRecommender
+from recommender.state import StateError
 
 log = logging.getLogger(__name__)
 
@@ -128,28 +132,68 @@ def newest_bundle(source: Path) -> Path:
 class ReloadResult:
     """What a reload did."""
 
-    status: str  # "reloaded" or "unchanged"
+    status: str  # "reloaded", "unchanged" or "rolled_back"
     model_version: str
     previous_version: str | None
     path: Path
+    generation: int | None = None  # of the choice recorded in the online state
+    workers: list[dict[str, Any]] = field(default_factory=list)  # live workers serving it when answered
+    pending: list[dict[str, Any]] = field(default_factory=list)  # live workers not serving it yet
+
+
+def find_chosen(source: Path, choice: dict[str, Any]) -> Path | None:
+    """The bundle under ``source`` that a recorded choice names: same folder name and version,
+    else the same folder name (replaced in place since), else the same version under another
+    name (another machine's layout); a single-bundle source is that bundle whatever it holds."""
+    source = Path(source)
+    if (source / MANIFEST).is_file():
+        return source
+    found = bundles_newest_first(source)
+    name, version = choice.get("bundle"), choice.get("version")
+    for match in (
+        lambda p: p.name == name and _manifest_version(p) == version,
+        lambda p: p.name == name,
+        lambda p: _manifest_version(p) == version,
+    ):
+        hits = [p for p in found if match(p)]
+        if hits:
+            return hits[0]
+    return None
+
+
+_WORKER_TOKEN = secrets.token_hex(3)
 
 
 class ModelStore:
     """Holds the current :class:`ServedModel`; swaps it atomically on reload.
 
+    Every worker process, and every server sharing the online state, serves one bundle: the one
+    recorded in the state as *chosen* (:meth:`recommender.state.StateStore.choose_bundle`).
+    An admin action loads and verifies its bundle, records it with the next generation number,
+    then swaps it in; the other workers' watchers (:mod:`serving.watcher`) see the generation
+    change and follow (:meth:`follow`). Each worker records what it serves (:meth:`heartbeat`),
+    so an admin action can wait for the others and pruning keeps what any of them serves.
+
     Args:
         source: a bundle directory or a directory of bundles (see :func:`newest_bundle`).
+        state: the online state (None: this process alone, nothing shared).
+        worker_expiry: seconds after its last heartbeat a worker counts as gone.
     """
 
     PIN = "served_bundle"
-    """State key of a rollback's bundle: start-up serves it again until a reload moves on."""
+    """State key of a rollback's bundle as older versions recorded it (read at start-up when
+    no choice is recorded)."""
 
-    def __init__(self, source: Path | None, state: Any | None = None) -> None:
+    def __init__(self, source: Path | None, state: Any | None = None, worker_expiry: float = 10.0) -> None:
         self.source = Path(source) if source is not None else None
         self.state = state  # recommender.state.StateStore: live ratings and movies to replay
         self._current: ServedModel | None = None
         self._reload_lock = threading.Lock()  # one reload at a time; reads never wait on it
         self.reloads = 0
+        self.generation = 0  # of the recorded choice this worker serves (0: none followed yet)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{_WORKER_TOKEN}:{id(self):x}"
+        self.worker_expiry = worker_expiry
+        self._failed: tuple[int, float] | None = None  # (generation, when) of a choice that did not load
 
     @property
     def ready(self) -> bool:
@@ -167,10 +211,26 @@ class ModelStore:
         previous, self._current = self._current, model
         return previous
 
+    def _choice(self) -> dict[str, Any] | None:
+        if self.state is None:
+            return None
+        try:
+            choice = self.state.chosen_bundle()
+            pinned = self.state.get_meta(self.PIN) if choice is None else None
+        except StateError:
+            raise
+        except Exception as e:
+            raise StateError(f"online state unreadable ({e.__class__.__name__}); retry later") from e
+        if choice is None:
+            # a rollback recorded before choices were
+            if pinned:
+                choice = {"generation": 0, "bundle": pinned, "version": None, "action": "rollback"}
+        return choice
+
     def start(self) -> ReloadResult:
-        """Serve at start-up: the bundle a rollback chose (kept in the online state, so a
-        rollback survives a restart), else the newest bundle that loads; every bundle skipped
-        on the way is logged with the reason.
+        """Serve at start-up what the service serves: the bundle last chosen (by a reload or a
+        rollback, through any worker or server), else the newest bundle that loads, which
+        then becomes the choice. Every bundle skipped on the way is logged with the reason.
 
         Raises:
             ReloadError: no bundle under :attr:`source` loads.
@@ -181,14 +241,17 @@ class ModelStore:
             found = bundles_newest_first(self.source)
             if not found:
                 raise ReloadError(f"{self.source}: no bundle (a directory with {MANIFEST}) found")
-            pinned = self.state.get_meta(self.PIN) if self.state is not None else None
-            if pinned:
-                chosen = [p for p in found if p.name == pinned]
-                if chosen:
-                    found = chosen + [p for p in found if p not in chosen]
-                    log.warning("serving %s, chosen by a rollback (POST /admin/reload returns to the newest)", chosen[0])
+            choice = self._choice()
+            if choice is not None:
+                chosen = find_chosen(self.source, choice)
+                if chosen is not None:
+                    if chosen != found[0]:
+                        log.warning("serving %s, the bundle last chosen (by %s); POST /admin/reload serves the newest",
+                                    chosen, choice.get("action"))
+                    found = [chosen] + [p for p in found if p != chosen]
                 else:
-                    log.warning("the rolled-back-to bundle %s is gone; serving the newest", pinned)
+                    log.warning("the chosen bundle %s (%s) is not under %s; serving the newest that loads",
+                                choice.get("bundle"), choice.get("version"), self.source)
             errors = []
             for path in found:
                 try:
@@ -197,20 +260,45 @@ class ModelStore:
                     log.error("skipped bundle %s at start-up: %s", path, e)
                     errors.append(f"{path}: {e}")
                     continue
+                if self.state is not None:
+                    if choice is None or choice.get("generation", 0) == 0:
+                        # the first worker to start fixes what the service serves
+                        choice = self.state.choose_bundle(path.name, model.model_version, "start", only_if_none=True)
+                    same = find_chosen(self.source, choice)
+                    # serving something else (the choice does not load here): the watcher retries it
+                    self.generation = int(choice["generation"]) if same is not None and same == path else 0
                 self.swap(model)
                 self.reloads += 1
                 log.info("now serving %s from %s", model.model_version, path)
-                return ReloadResult("reloaded", model.model_version, None, path)
+                return ReloadResult("reloaded", model.model_version, None, path, self.generation or None)
             raise ReloadError("no bundle loads; " + "; ".join(errors))
 
-    def reload(self, force: bool = False) -> ReloadResult:
-        """Load the newest bundle under :attr:`source` and swap it in.
+    def _publish(self, model: ServedModel, action: str) -> int | None:
+        """Record ``model``'s bundle as the service's choice, then swap it in here; returns the
+        generation. Recording comes first: if the state cannot be written nothing changes."""
+        generation = None
+        if self.state is not None:
+            try:
+                choice = self.state.choose_bundle(model.path.name, model.model_version, action)
+            except Exception as e:
+                raise StateError(f"the choice of {model.path.name} could not be recorded in the online state ({e.__class__.__name__}); nothing changed") from e
+            generation = self.generation = int(choice["generation"])
+            self._failed = None
+        self.swap(model)
+        self.reloads += 1
+        self.heartbeat()
+        return generation
 
-        The current model is left in place when the newest bundle is the one already served
-        (same path and model version) unless ``force``, and whenever loading fails.
+    def reload(self, force: bool = False) -> ReloadResult:
+        """Load the newest bundle under :attr:`source`, record it as the service's choice, and
+        swap it in; the other workers follow.
+
+        Nothing changes when the newest bundle is the one already chosen and served (same path
+        and model version) unless ``force``, and whenever loading fails.
 
         Raises:
             ReloadError: no source configured, no bundle found, or the bundle was refused.
+            StateError: the choice could not be recorded (nothing changed).
         """
         if self.source is None:
             raise ReloadError("no model directory configured (set MOVIEREC_MODEL or --model)")
@@ -218,24 +306,123 @@ class ModelStore:
             path = newest_bundle(self.source)
             current = self._current
             previous_version = current.model_version if current is not None else None
+            choice = self._choice()
+            chosen_here = choice is None or (
+                choice.get("generation") == self.generation and choice.get("bundle") == path.name
+            )
             if (
                 not force
+                and chosen_here
                 and current is not None
                 and current.path.resolve() == path.resolve()
                 and _manifest_version(path) == previous_version
             ):
-                return ReloadResult("unchanged", previous_version, previous_version, path)
+                return ReloadResult("unchanged", previous_version, previous_version, path, self.generation or None)
             try:
                 model = self._load(path)
             except (BundleError, ValueError, KeyError, OSError, RuntimeError) as e:
                 log.error("reload refused, still serving %s: %s", previous_version, e)
                 raise ReloadError(f"bundle {path} refused: {e}") from e
-            self.swap(model)
-            self.reloads += 1
-            if self.state is not None:
-                self.state.set_meta(self.PIN, None)  # a reload returns to the newest for good
+            generation = self._publish(model, "reload_forced" if force else "reload")
             log.info("now serving %s (was %s)", model.model_version, previous_version)
-            return ReloadResult("reloaded", model.model_version, previous_version, path)
+            return ReloadResult("reloaded", model.model_version, previous_version, path, generation)
+
+    def follow(self) -> bool:
+        """Serve the bundle recorded as chosen when this worker does not yet (the watcher's
+        step); True when it swapped. A choice that does not load here is logged and retried
+        every :attr:`RETRY_S` seconds, the current model serving meanwhile."""
+        choice = self._choice()
+        if choice is None or int(choice.get("generation", 0)) == self.generation or self.source is None:
+            return False
+        generation = int(choice["generation"])
+        if self._failed is not None and self._failed[0] == generation and time.monotonic() - self._failed[1] < self.RETRY_S:
+            return False
+        with self._reload_lock:
+            choice = self._choice()  # again: an admin action here may have recorded a newer one meanwhile
+            if choice is None or int(choice.get("generation", 0)) == self.generation:
+                return False
+            generation = int(choice["generation"])
+            path = find_chosen(self.source, choice)
+            current = self._current
+            try:
+                if path is None:
+                    raise ReloadError(f"no bundle {choice.get('bundle')} ({choice.get('version')}) under {self.source}")
+                if (
+                    current is not None and choice.get("action") != "reload_forced"
+                    and current.path.resolve() == path.resolve() and current.model_version == _manifest_version(path)
+                ):
+                    model = None  # already serving it
+                else:
+                    model = self._load(path)
+            except (BundleError, ReloadError, ValueError, KeyError, OSError, RuntimeError) as e:
+                if self._failed is None or self._failed[0] != generation:
+                    log.error("cannot serve the chosen bundle %s (%s), still serving %s: %s", choice.get("bundle"),
+                              choice.get("version"), current.model_version if current else None, e)
+                self._failed = (generation, time.monotonic())
+                return False
+            self._failed = None
+            self.generation = generation
+            if model is not None:
+                self.swap(model)
+                self.reloads += 1
+                log.info("now serving %s from %s, chosen by a %s elsewhere in the service", model.model_version, path,
+                         choice.get("action"))
+        self.heartbeat()
+        return model is not None
+
+    RETRY_S = 5.0
+
+    def heartbeat(self) -> None:
+        """Record in the state what this worker serves (best effort: a failed heartbeat only
+        makes this worker look gone to the others after :attr:`worker_expiry`)."""
+        if self.state is None:
+            return
+        current = self._current
+        try:
+            self.state.heartbeat(
+                self.worker, current.path.name if current else None, str(current.path.resolve()) if current else None,
+                current.model_version if current else None, self.generation,
+            )
+        except Exception as e:
+            log.warning("heartbeat to the online state failed: %s", e)
+
+    def forget(self) -> None:
+        """Remove this worker's record (on shutdown)."""
+        if self.state is not None:
+            try:
+                self.state.forget_worker(self.worker)
+            except Exception as e:
+                log.warning("could not remove this worker's record from the online state: %s", e)
+
+    def live_workers(self) -> list[dict[str, Any]]:
+        return self.state.live_workers(self.worker_expiry) if self.state is not None else []
+
+    def wait_for_workers(self, result: ReloadResult, timeout: float, poll: float = 0.05) -> ReloadResult:
+        """Wait up to ``timeout`` seconds until every live worker serves ``result``'s choice;
+        fills in ``result.workers`` and ``result.pending``."""
+        if self.state is None or result.generation is None:
+            return result
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                rows = self.live_workers()
+            except Exception as e:
+                log.warning("cannot read the workers' records: %s", e)
+                rows = []
+            done = [r for r in rows if int(r["generation"]) >= result.generation]
+            pending = [r for r in rows if int(r["generation"]) < result.generation]
+            if not pending or time.monotonic() >= deadline:
+                break
+            time.sleep(poll)
+        def brief(r: dict[str, Any]) -> dict[str, Any]:
+            return {"worker": r["worker"], "model_version": r["version"], "bundle": r["bundle"]}
+
+        result.workers = [brief(r) for r in done]
+        result.pending = [brief(r) for r in pending]
+        if pending:
+            log.warning("%d worker(s) not yet serving %s after %.1fs: %s", len(pending), result.model_version, timeout,
+                        ", ".join(r["worker"] for r in pending))
+        return result
 
     def _load(self, path: Path) -> ServedModel:
         """Load a bundle and apply the online state recorded after it was trained.
@@ -254,7 +441,8 @@ class ModelStore:
 
     # ---- versions and rollback -------------------------------------------------------------------
     def versions(self) -> list[BundleVersion]:
-        """Bundles available under :attr:`source`, newest first, the served one marked active.
+        """Bundles available under :attr:`source`, newest first, the served one marked active,
+        the chosen one marked chosen, with the live workers serving each.
 
         A single-bundle source lists just that bundle (``movierec train --out`` replaces it in
         place, so there is nothing older on disk to go back to).
@@ -263,15 +451,25 @@ class ModelStore:
             return []
         current = self._current
         active = current.path.resolve() if current is not None else None
+        try:
+            choice = self._choice()
+            rows = self.live_workers()
+        except Exception as e:  # the list of bundles on disk is still worth answering
+            log.warning("versions without the online state's records: %s", e)
+            choice, rows = None, []
+        chosen = find_chosen(self.source, choice) if choice is not None else None
         return [
             BundleVersion(
-                _manifest_version(p) or "?", p, _manifest_created(p), active is not None and p.resolve() == active
+                _manifest_version(p) or "?", p, _manifest_created(p), active is not None and p.resolve() == active,
+                chosen is not None and p == chosen,
+                sorted(r["worker"] for r in rows if r["bundle"] == p.name and r["version"] == _manifest_version(p)),
             )
             for p in bundles_newest_first(self.source)
         ]
 
     def rollback(self) -> ReloadResult:
-        """Serve the bundle just older than the served one, swapped in as one object.
+        """Serve the bundle just older than the chosen one, recorded as the service's choice
+        and swapped in as one object; the other workers follow.
 
         The previous bundle is loaded and verified completely before the single swap, so the
         two-tower model, its index, the content index and the ranker change together; if it
@@ -279,6 +477,7 @@ class ModelStore:
 
         Raises:
             ReloadError: no model served, no older bundle, or the older bundle was refused.
+            StateError: the choice could not be recorded (nothing changed).
         """
         if self.source is None:
             raise ReloadError("no model directory configured (set MOVIEREC_MODEL or --model)")
@@ -287,27 +486,30 @@ class ModelStore:
             if current is None:
                 raise ReloadError("no bundle is being served, nothing to roll back from")
             found = bundles_newest_first(self.source)
-            served = [i for i, p in enumerate(found) if p.resolve() == current.path.resolve()]
+            # relative to what the service serves (this worker may not have followed yet)
+            choice = self._choice()
+            reference = find_chosen(self.source, choice) if choice is not None else None
+            reference = (reference or current.path).resolve()
+            served = [i for i, p in enumerate(found) if p.resolve() == reference]
             if not served or served[0] + 1 >= len(found):
-                raise ReloadError(f"no bundle older than {current.model_version} under {self.source}")
+                raise ReloadError(f"no bundle older than {_manifest_version(reference) or current.model_version} under {self.source}")
             path = found[served[0] + 1]
             try:
                 model = self._load(path)
             except (BundleError, ValueError, KeyError, OSError, RuntimeError) as e:
                 log.error("rollback refused, still serving %s: %s", current.model_version, e)
                 raise ReloadError(f"bundle {path} refused: {e}") from e
-            self.swap(model)
-            self.reloads += 1
-            if self.state is not None:
-                self.state.set_meta(self.PIN, path.name)  # survives a restart
+            generation = self._publish(model, "rollback")
             log.warning("rolled back from %s to %s (%s)", current.model_version, model.model_version, path)
-            return ReloadResult("rolled_back", model.model_version, current.model_version, path)
+            return ReloadResult("rolled_back", model.model_version, current.model_version, path, generation)
 
     def prune(self, keep: int) -> list[Path]:
         """Delete bundles beyond the newest ``keep`` under a directory of bundles.
 
-        The served bundle is never deleted (after a rollback it may be older than the cut).
-        Only directories with a manifest are touched; a single-bundle source is left alone.
+        Never deleted: the bundle this worker serves, the chosen one, and every bundle a live worker of any server sharing the state records serving
+        (after a rollback they may be older than the cut). If those records cannot be read,
+        nothing is deleted. Only directories with a manifest are touched; a single-bundle
+        source is left alone.
 
         Returns:
             The deleted paths.
@@ -315,14 +517,27 @@ class ModelStore:
         if self.source is None or (self.source / MANIFEST).is_file() or keep < 1:
             return []
         current = self._current
-        active = current.path.resolve() if current is not None else None
+        kept_paths = {current.path.resolve()} if current is not None else set()
+        kept_names: set[str] = set()
+        if self.state is not None:
+            try:
+                choice = self._choice()
+                rows = self.live_workers()
+            except Exception as e:
+                log.warning("not pruning: the workers' records cannot be read (%s)", e)
+                return []
+            if choice is not None:
+                kept_names |= {choice["bundle"]} if choice.get("bundle") else set()
+            # by name too: another machine's copy of a bundle has the same folder name
+            kept_names |= {r["bundle"] for r in rows if r["bundle"]}
+            kept_paths |= {Path(r["path"]) for r in rows if r["path"]}
         removed = []
         for p in bundles_newest_first(self.source)[keep:]:
-            if p.resolve() == active:
+            if p.resolve() in kept_paths or p.name in kept_names:
                 continue
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
-            log.info("pruned old bundle %s (keeping the newest %d)", p, keep)
+            log.info("pruned old bundle %s (keeping the newest %d and every bundle a worker serves)", p, keep)
         return removed
 
 
@@ -333,7 +548,9 @@ class BundleVersion:
     version: str
     path: Path
     created: str | None
-    active: bool
+    active: bool  # served by this worker
+    chosen: bool = False  # recorded in the online state as what every worker serves
+    workers: list[str] = field(default_factory=list)  # live workers serving it
 
 
 def _manifest_created(path: Path) -> str | None:

@@ -12,10 +12,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.serving.conftest import API_KEY, bundle_path, copy_bundle, free_port  # noqa: F401  (fixture re-export)
@@ -65,6 +68,54 @@ def sigkill(proc: subprocess.Popen[bytes]) -> bool:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     return alive
+
+
+KEY = "state-test-key"
+
+
+@contextmanager
+def server(model: Path, state: Path, workers: int = 1, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``movierec serve`` on a free port with its online state in ``state`` (``MOVIEREC_STATE_URL``
+    in ``env`` overrides it); yields once every worker has started; killed at the end.
+
+    The server's log is read all along (a full pipe would block it) and kept as the list
+    ``proc.log_lines``.
+    """
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(MOVIEREC), "serve", "--model", str(model), "--port", str(port), "--workers", str(workers)],
+        cwd=REPO, env={**child_env(), "MOVIEREC_STATE_DIR": str(state), "MOVIEREC_API_KEY": KEY, **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    lines: list[str] = []
+    proc.log_lines = lines  # type: ignore[attr-defined]
+
+    def drain() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            lines.append(raw.decode(errors="replace").rstrip())
+
+    threading.Thread(target=drain, daemon=True).start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                time.sleep(0.2)
+                raise AssertionError("server exited: " + "\n".join(lines[-40:]))
+            started = sum("Application startup complete" in ln for ln in list(lines))
+            try:
+                if started >= workers and httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server not ready within 120 s: " + "\n".join(lines[-40:])
+            time.sleep(0.1)
+        yield base, proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -22,39 +20,8 @@ import pytest
 
 from recommender import HybridRecommender
 from recommender.state import state_url
-from tests.reliability.conftest import MOVIEREC, REPO, child_env, copy_bundle, free_port
+from tests.reliability.conftest import KEY, REPO, child_env, copy_bundle, server
 from tests.reliability.test_snapshots import KILL_MID_SNAPSHOT
-
-KEY = "state-test-key"
-
-
-@contextmanager
-def server(model: Path, state: Path, workers: int = 1, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``movierec serve`` on a free port with its online state in ``state``; killed at the end."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(MOVIEREC), "serve", "--model", str(model), "--port", str(port), "--workers", str(workers)],
-        cwd=REPO, env={**child_env(), "MOVIEREC_STATE_DIR": str(state), "MOVIEREC_API_KEY": KEY, **env},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited: {proc.stderr.read().decode()[-3000:] if proc.stderr else ''}")
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server not ready within 120 s"
-            time.sleep(0.2)
-        yield base, proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
 
 
 @pytest.fixture(scope="module")
