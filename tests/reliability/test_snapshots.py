@@ -24,7 +24,7 @@ from tests.reliability.test_state_store import _postgres_url
 # a child that writes a snapshot and is SIGKILLed by the database driver's hook right after the
 # snapshot's INSERT ran, before its transaction commits: a crash in the middle of a snapshot
 KILL_MID_SNAPSHOT = """
-import os, signal, sys
+import os, signal, sys, time
 import sqlalchemy as sa
 from recommender import HybridRecommender, snapshots
 from recommender.state import open_state
@@ -32,7 +32,6 @@ store = open_state(sys.argv[2])
 rec = HybridRecommender.load(sys.argv[1])
 rec.snapshot_every = 10**12  # no snapshot of its own during the catch-up: the one below is killed
 if len(sys.argv) > 3:  # "wait": until a worker wrote a snapshot and events came after it (bounded)
-    import time
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         done = snapshots.listing(store)
@@ -46,7 +45,12 @@ def kill(conn, cursor, statement, *args):
         os.kill(os.getpid(), signal.SIGKILL)
 
 sa.event.listen(store.engine, "after_cursor_execute", kill)
-snapshots.write(rec, store, force=True)
+deadline = time.monotonic() + 90
+while time.monotonic() < deadline:
+    snapshots.write(rec, store, force=True)
+    # not written: a serving worker's snapshot got ahead of this model meanwhile; catch up, again
+    time.sleep(0.02)
+    rec.catch_up(store)
 print("not killed")
 """
 
