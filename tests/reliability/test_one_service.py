@@ -16,24 +16,13 @@ import httpx
 import pytest
 
 from tests.reliability.conftest import KEY, server
-from tests.serving.conftest import copy_bundle
+from tests.serving.conftest import copy_bundle, three_bundles  # noqa: F401  (fixture)
 
 ADMIN = {"X-API-Key": KEY}
 FRESH = 30
 BOUND_S = 2.0
 """Seconds after an admin answer within which every fresh connection reports the chosen version
 (docs/reliability.md: the answer waits for the live workers, so this is slack, not a wait)."""
-
-
-@pytest.fixture
-def three_bundles(tmp_path: Path, bundle_path: Path) -> Path:
-    """A serving directory with bundles v1 < v2 < v3 (by manifest time)."""
-    root = tmp_path / "bundles"
-    root.mkdir()
-    for n in (1, 2, 3):
-        copy_bundle(bundle_path, root / f"b{n}", version=f"v{n}")
-        time.sleep(0.01)
-    return root
 
 
 def _state_env(backend: str) -> dict[str, str]:

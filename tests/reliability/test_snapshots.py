@@ -10,16 +10,15 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from recommender import HybridRecommender, snapshots
-from recommender.state import StateStore, open_state, state_url
+from recommender.state import StateStore, open_state
 from tests.reliability.conftest import MOVIEREC, REPO, child_env, copy_bundle
-from tests.reliability.test_state_store import _postgres_url
+from tests.reliability.test_state_store import store  # noqa: F401  (the sqlite/postgresql store fixture)
 
 # a child that writes a snapshot and is SIGKILLed by the database driver's hook right after the
 # snapshot's INSERT ran, before its transaction commits: a crash in the middle of a snapshot
@@ -61,14 +60,6 @@ def kill_mid_snapshot(bundle: Path, url: str) -> None:
     proc = subprocess.run([sys.executable, "-c", KILL_MID_SNAPSHOT, str(bundle), url], cwd=REPO, env=child_env(),
                           capture_output=True, timeout=180)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:] + proc.stdout.decode()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
-    url = state_url(tmp_path / "state") if request.param == "sqlite" else _postgres_url()
-    s = StateStore(url)
-    yield s
-    s.close()
 
 
 def _fill(store: StateStore, model: HybridRecommender, posts: int, seed: int, new_item: object | None = None) -> None:

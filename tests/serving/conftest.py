@@ -94,3 +94,14 @@ def wait_ready(proc: subprocess.Popen, base: str, timeout: float = 90.0) -> None
             pass
         assert time.monotonic() < deadline, f"server not ready within {timeout:.0f} s"
         time.sleep(0.3)
+
+
+@pytest.fixture
+def three_bundles(tmp_path: Path, bundle_path: Path) -> Path:
+    """A serving directory with bundles v1 < v2 < v3 (by manifest time)."""
+    root = tmp_path / "bundles"
+    root.mkdir()
+    for n in (1, 2, 3):
+        copy_bundle(bundle_path, root / f"b{n}", version=f"v{n}")
+        time.sleep(0.01)
+    return root

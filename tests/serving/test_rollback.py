@@ -16,17 +16,6 @@ from tests.serving.conftest import API_KEY, copy_bundle
 KEY = {"X-API-Key": API_KEY}
 
 
-@pytest.fixture
-def three_bundles(tmp_path: Path, bundle_path: Path) -> Path:
-    """A serving directory with bundles v1 < v2 < v3 (by manifest time)."""
-    root = tmp_path / "bundles"
-    root.mkdir()
-    for n in (1, 2, 3):
-        copy_bundle(bundle_path, root / f"b{n}", version=f"v{n}")
-        time.sleep(0.01)
-    return root
-
-
 def _app(root: Path, tmp_path: Path, keep: int = 3) -> TestClient:
     return TestClient(create_app(Settings(model=root, api_key=API_KEY, state_dir=tmp_path / "state", keep_bundles=keep)))
 
