@@ -64,7 +64,7 @@ from movierec.splits import temporal_per_user  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 PATHS = {"ml100k": DATA / "ml-100k", "latest": DATA / "ml-latest-small"}
 LAMBDAS = (100, 300, 500, 1000)
-IALS_GRID = {"factors": (64, 128), "regularization": (0.1, 1.0, 10.0), "alpha": (0.5, 1.0, 4.0, 16.0), "iterations": (15, 30)}
+IALS_GRID = {"factors": (64, 128), "regularization": (1.0, 10.0, 30.0, 100.0), "alpha": (0.5, 1.0, 4.0), "iterations": (15, 30)}
 
 
 def splits(ds: Dataset) -> tuple[Dataset, Dataset, Dataset, Dataset]:
