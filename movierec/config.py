@@ -72,6 +72,20 @@ class RetrievalConfig(_Section):
     dim: int = Field(64, ge=4, le=1024, description="two-tower vector size")
     hidden: int = Field(128, ge=4)
     history_len: int = Field(100, ge=1, description="most recent rated movies pooled by the user tower")
+    recent_len: int = Field(
+        0,
+        ge=0,
+        description="the user tower also pools the last N rated movies, each weighted by recent_decay per place from the newest, so "
+        "the order of the history counts (the next movies follow the latest ones); 0: the plain mean only",
+    )
+    recent_decay: float = Field(0.8, gt=0, le=1, description="weight ratio of each recent movie to the next newer one (recent_len)")
+    causal_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of training rows whose history is the movies rated just before the target, as a query is made for the "
+        "next movies, instead of a random window of the user's history",
+    )
     id_dropout: float = Field(0.3, ge=0, lt=1, description="share of rows trained without id embeddings (cold items, new users)")
     dropout: float = Field(0.1, ge=0, lt=1)
     temperature: float = Field(0.1, gt=0)
