@@ -112,6 +112,11 @@ class RetrievalConfig(_Section):
         None, ge=1, description="stop each epoch after this many batches, a random subset of the positives (None: a full pass)"
     )
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    val_holdout: Literal["random", "temporal"] = Field(
+        "random",
+        description="the validation part early stopping watches: a random share of each user's ratings, or each user's latest "
+        "ones (the next movies, what causal_share trains for)",
+    )
     val_max_users: int | None = Field(
         None, ge=1, description="validation users scored per epoch, a fixed seeded sample (None: all; bounds the users x items scoring on big data)"
     )

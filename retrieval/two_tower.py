@@ -490,9 +490,12 @@ def build_two_tower(
     Shared by :func:`fit_two_tower` and by :func:`validation_recall`, which recomputes the
     validation metric in one process for any trained weights.
     """
-    from movierec.splits import validation_split
+    from movierec.splits import temporal_per_user, validation_split
 
-    fit_ds, val_ds = validation_split(train, val_fraction or config.val_fraction, seed=seed)
+    if config.val_holdout == "temporal":
+        fit_ds, val_ds = temporal_per_user(train, fraction=val_fraction or config.val_fraction)
+    else:
+        fit_ds, val_ds = validation_split(train, val_fraction or config.val_fraction, seed=seed)
     vocab = train.genre_vocabulary()
     counts = np.bincount(train.ratings["item_idx"].to_numpy(), minlength=train.n_items)
     items = ItemFeatures(genre_matrix(train, vocab), np.ascontiguousarray(content, dtype=np.float32), (counts > 0).astype(np.float32))
