@@ -471,6 +471,20 @@ BEST_KEY = "best/val_recall@50"
 EPOCHS_KEY = "best/epochs"
 
 
+def resolve_sequential(config: RetrievalConfig, ratings) -> RetrievalConfig:
+    """``config`` with ``sequential`` on or off; off zeroes ``causal_share`` and ``recent_len``
+    (the model trains as without them). ``auto`` is on when the ratings have real timestamps
+    (more than one value): without them "the movies rated before" is row order. The pipeline
+    resolves ``auto`` by the ranker's hold-out before it gets here."""
+    mode = config.sequential
+    if mode == "auto":
+        ts = ratings["timestamp"].to_numpy()
+        mode = "on" if len(ts) and ts.min() != ts.max() else "off"
+    if mode == "off":
+        return config.model_copy(update={"sequential": "off", "causal_share": 0.0, "recent_len": 0})
+    return config.model_copy(update={"sequential": "on"})
+
+
 @dataclass
 class _Setup:
     """Everything :func:`fit_two_tower` builds before the Trainer runs."""
@@ -492,7 +506,8 @@ def build_two_tower(
     """
     from movierec.splits import temporal_per_user, validation_split
 
-    if config.val_holdout == "temporal":
+    config = resolve_sequential(config, train.ratings)
+    if config.sequential == "on":  # early stopping on each user's latest ratings: the next movies
         fit_ds, val_ds = temporal_per_user(train, fraction=val_fraction or config.val_fraction)
     else:
         fit_ds, val_ds = validation_split(train, val_fraction or config.val_fraction, seed=seed)
@@ -568,7 +583,7 @@ def refit_two_tower(
     L.seed_everything(seed + 1, workers=True, verbose=False)
     counts = np.bincount(train.ratings["item_idx"].to_numpy(), minlength=train.n_items)
     items = ItemFeatures(tt.items.genres, tt.items.content, (counts > 0).astype(np.float32))
-    data = TwoTowerData(train, None, config, seed=seed + 1)
+    data = TwoTowerData(train, None, resolve_sequential(config, train.ratings), seed=seed + 1)
     data.attach(items.content, tt.user_features)
     module = TwoTowerModule(**tt.hparams)
     module.user_tower.load_state_dict(tt.user_tower.state_dict())

@@ -1,6 +1,6 @@
-"""The user tower's recency pooling (``retrieval.recent_len``) and causal training windows
-(``retrieval.causal_share``): order counts when on and not when off, padding never counts, the
-fast new-user encoder and a bundle round trip keep it, training uses it."""
+"""``retrieval.sequential``: the user tower's recency pooling (``recent_len``) and causal training
+windows (``causal_share``): order counts when on and not when off, padding never counts, the fast
+new-user encoder and a bundle round trip keep it, training uses it, ``auto`` follows the job."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def test_bundle_round_trip_keeps_the_recency_pooling(synth_split, content_vector
     from retrieval.two_tower import fit_two_tower
 
     train, _ = synth_split
-    cfg = small_config.model_copy(update={"epochs": 1, "recent_len": 4, "recent_decay": 0.7, "causal_share": 0.5})
+    cfg = small_config.model_copy(update={"epochs": 1, "sequential": "on", "recent_len": 4, "recent_decay": 0.7, "causal_share": 0.5})
     tt = fit_two_tower(train, content_vectors, cfg, TrainerConfig(progress=False), seed=2)
     assert tt.user_tower.recent_len == 4 and tt.hparams["recent_len"] == 4
     model = RetrievalModel(
@@ -145,3 +145,21 @@ def test_causal_training_rows_are_the_history_before_the_target():
     got = {(int(u), int(i)): [x for x in row.tolist() if x >= 0] for u, i, row in zip(data.pos_users, batch["item_idx"], batch["hist_items"])}
     # user 0 in time order: 1 (t10), 0 (t20), 2 (t30), 3 (t40); user 1: 5, 6, 4
     assert got == {(0, 1): [], (0, 0): [1], (0, 2): [1, 0], (0, 3): [1, 0, 2], (1, 5): [], (1, 6): [5], (1, 4): [5, 6]}
+
+
+def test_sequential_off_trains_the_plain_model_and_auto_follows_the_rankers_hold_out(synth_data):
+    from movierec.config import Config, RetrievalConfig
+    from movierec.pipeline import resolve_sequential as for_pipeline
+    from retrieval.two_tower import resolve_sequential
+
+    off = resolve_sequential(RetrievalConfig(sequential="off", recent_len=10, causal_share=1.0), synth_data.ratings)
+    assert (off.recent_len, off.causal_share) == (0, 0.0)
+    on = resolve_sequential(RetrievalConfig(sequential="on", recent_len=10, causal_share=0.5), synth_data.ratings)
+    assert (on.sequential, on.recent_len, on.causal_share) == ("on", 10, 0.5)
+    assert synth_data.ratings["timestamp"].nunique() > 1
+    flat = synth_data.ratings.assign(timestamp=0)  # no real timestamps: "before" would be row order
+    assert resolve_sequential(RetrievalConfig(sequential="auto"), flat).sequential == "off"
+    for holdout, want in (("temporal", "on"), ("random", "off"), ("auto", "on")):
+        cfg = Config.model_validate({"retrieval": {"sequential": "auto"}, "ranking": {"holdout": holdout}})
+        resolved, why = for_pipeline(synth_data, cfg)
+        assert resolved.retrieval.sequential == want and want in why

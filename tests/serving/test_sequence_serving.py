@@ -22,7 +22,7 @@ def seq_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("seq-bundle")
     write_synthetic(root / "data", SynthSpec(n_users=120, n_items=100, n_ratings=3000, seed=4))
     cfg = load_config(None, {
-        "retrieval.epochs": 2, "retrieval.dim": 16, "retrieval.hidden": 32, "retrieval.recent_len": 5,
+        "retrieval.epochs": 2, "retrieval.dim": 16, "retrieval.hidden": 32, "retrieval.sequential": "on", "retrieval.recent_len": 5,
         "retrieval.recent_decay": 0.6, "retrieval.causal_share": 0.5, "content.dim": 16, "trainer.progress": False,
         "ranking.epochs": 1, "ranking.candidates": 30, "ranking.rating.enabled": False,
     })
