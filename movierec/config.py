@@ -72,11 +72,11 @@ class RetrievalConfig(_Section):
     dim: int = Field(64, ge=4, le=1024, description="two-tower vector size")
     hidden: int = Field(128, ge=4)
     history_len: int = Field(100, ge=1, description="most recent rated movies pooled by the user tower")
-    sequential: Literal["auto", "on", "off"] = Field(
-        "off",
+    sequential: bool | Literal["auto"] = Field(
+        False,
         description="train the two towers for each user's next movies: every training row's history is the movies rated just "
         "before its target (causal_share of the rows), early stopping watches each user's latest ratings, and the user tower "
-        "also pools the last recent_len movies by recency; off: random history windows, a random validation share, the plain "
+        "also pools the last recent_len movies by recency; false: random history windows, a random validation share, the plain "
         "mean; auto: on when the ranker learns each user's latest ratings (ranking.holdout resolves to temporal)",
     )
     recent_len: int = Field(

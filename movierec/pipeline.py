@@ -130,7 +130,7 @@ def train(ds: Dataset, out: str | Path, config: Config | None = None, manifest: 
 
 
 def resolve_sequential(ds: Dataset, config: Config) -> tuple[Config, str]:
-    """``config`` with ``retrieval.sequential`` on or off, and why.
+    """``config`` with ``retrieval.sequential`` True or False, and why.
 
     ``auto`` follows the ranker's hold-out (:func:`ranking.ranker.resolve_holdout`): the two
     towers learn each user's next movies when the ranker does, so both stages train for the
@@ -138,13 +138,13 @@ def resolve_sequential(ds: Dataset, config: Config) -> tuple[Config, str]:
     """
     rc = config.retrieval
     if rc.sequential != "auto":
-        return config, f"retrieval.sequential={rc.sequential} in the config"
+        return config, f"retrieval.sequential={str(rc.sequential).lower()} in the config"
     from ranking.ranker import resolve_holdout
 
     used, _ = resolve_holdout(ds, config.ranking.holdout)
-    mode = "on" if used == "temporal" else "off"
-    why = f"retrieval.sequential=auto and the ranker's hold-out is {used}: sequential {mode}"
-    return config.model_copy(update={"retrieval": rc.model_copy(update={"sequential": mode})}), why
+    on = used == "temporal"
+    why = f"retrieval.sequential=auto and the ranker's hold-out is {used}: sequential {'on' if on else 'off'}"
+    return config.model_copy(update={"retrieval": rc.model_copy(update={"sequential": on})}), why
 
 
 def tower_trainer(content: np.ndarray, config: Config, content_sparse: Any = None) -> Any:

@@ -472,17 +472,17 @@ EPOCHS_KEY = "best/epochs"
 
 
 def resolve_sequential(config: RetrievalConfig, ratings) -> RetrievalConfig:
-    """``config`` with ``sequential`` on or off; off zeroes ``causal_share`` and ``recent_len``
-    (the model trains as without them). ``auto`` is on when the ratings have real timestamps
-    (more than one value): without them "the movies rated before" is row order. The pipeline
-    resolves ``auto`` by the ranker's hold-out before it gets here."""
-    mode = config.sequential
-    if mode == "auto":
+    """``config`` with ``sequential`` True or False; False zeroes ``causal_share`` and
+    ``recent_len`` (the model trains as without them). ``auto`` is True when the ratings have
+    real timestamps (more than one value): without them "the movies rated before" is row order.
+    The pipeline resolves ``auto`` by the ranker's hold-out before it gets here."""
+    on = config.sequential
+    if on == "auto":
         ts = ratings["timestamp"].to_numpy()
-        mode = "on" if len(ts) and ts.min() != ts.max() else "off"
-    if mode == "off":
-        return config.model_copy(update={"sequential": "off", "causal_share": 0.0, "recent_len": 0})
-    return config.model_copy(update={"sequential": "on"})
+        on = bool(len(ts) and ts.min() != ts.max())
+    if not on:
+        return config.model_copy(update={"sequential": False, "causal_share": 0.0, "recent_len": 0})
+    return config.model_copy(update={"sequential": True})
 
 
 @dataclass
@@ -507,7 +507,7 @@ def build_two_tower(
     from movierec.splits import temporal_per_user, validation_split
 
     config = resolve_sequential(config, train.ratings)
-    if config.sequential == "on":  # early stopping on each user's latest ratings: the next movies
+    if config.sequential:  # early stopping on each user's latest ratings: the next movies
         fit_ds, val_ds = temporal_per_user(train, fraction=val_fraction or config.val_fraction)
     else:
         fit_ds, val_ds = validation_split(train, val_fraction or config.val_fraction, seed=seed)

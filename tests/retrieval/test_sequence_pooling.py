@@ -99,7 +99,7 @@ def test_bundle_round_trip_keeps_the_recency_pooling(synth_split, content_vector
     from retrieval.two_tower import fit_two_tower
 
     train, _ = synth_split
-    cfg = small_config.model_copy(update={"epochs": 1, "sequential": "on", "recent_len": 4, "recent_decay": 0.7, "causal_share": 0.5})
+    cfg = small_config.model_copy(update={"epochs": 1, "sequential": True, "recent_len": 4, "recent_decay": 0.7, "causal_share": 0.5})
     tt = fit_two_tower(train, content_vectors, cfg, TrainerConfig(progress=False), seed=2)
     assert tt.user_tower.recent_len == 4 and tt.hparams["recent_len"] == 4
     model = RetrievalModel(
@@ -152,14 +152,15 @@ def test_sequential_off_trains_the_plain_model_and_auto_follows_the_rankers_hold
     from movierec.pipeline import resolve_sequential as for_pipeline
     from retrieval.two_tower import resolve_sequential
 
-    off = resolve_sequential(RetrievalConfig(sequential="off", recent_len=10, causal_share=1.0), synth_data.ratings)
+    off = resolve_sequential(RetrievalConfig(sequential=False, recent_len=10, causal_share=1.0), synth_data.ratings)
     assert (off.recent_len, off.causal_share) == (0, 0.0)
-    on = resolve_sequential(RetrievalConfig(sequential="on", recent_len=10, causal_share=0.5), synth_data.ratings)
-    assert (on.sequential, on.recent_len, on.causal_share) == ("on", 10, 0.5)
+    on = resolve_sequential(RetrievalConfig(sequential=True, recent_len=10, causal_share=0.5), synth_data.ratings)
+    assert (on.sequential, on.recent_len, on.causal_share) == (True, 10, 0.5)
     assert synth_data.ratings["timestamp"].nunique() > 1
     flat = synth_data.ratings.assign(timestamp=0)  # no real timestamps: "before" would be row order
-    assert resolve_sequential(RetrievalConfig(sequential="auto"), flat).sequential == "off"
-    for holdout, want in (("temporal", "on"), ("random", "off"), ("auto", "on")):
+    assert resolve_sequential(RetrievalConfig(sequential="auto"), flat).sequential is False
+    assert resolve_sequential(RetrievalConfig(sequential="auto"), synth_data.ratings).sequential is True
+    for holdout, want in (("temporal", True), ("random", False), ("auto", True)):
         cfg = Config.model_validate({"retrieval": {"sequential": "auto"}, "ranking": {"holdout": holdout}})
         resolved, why = for_pipeline(synth_data, cfg)
-        assert resolved.retrieval.sequential == want and want in why
+        assert resolved.retrieval.sequential is want and ("on" if want else "off") in why
