@@ -73,7 +73,7 @@ class RetrievalConfig(_Section):
     hidden: int = Field(128, ge=4)
     history_len: int = Field(100, ge=1, description="most recent rated movies pooled by the user tower")
     sequential: bool | Literal["auto"] = Field(
-        False,
+        "auto",
         description="train the two towers for each user's next movies: every training row's history is the movies rated just "
         "before its target (causal_share of the rows), early stopping watches each user's latest ratings, and the user tower "
         "also pools the last recent_len movies by recency; false: random history windows, a random validation share, the plain "
