@@ -101,11 +101,12 @@ def run_two_tower(spec: str, sets: list[str], tag: str, fraction: float = 1.0, p
     ranker's earlier part, then the refit on the whole fit part, the cold map, full histories):
     its Recall@100 against EASE's, in about a third of a whole training."""
     from content import ContentModel
-    from movierec.pipeline import _place_cold
+    from movierec.pipeline import _place_cold, resolve_sequential
     from ranking.ranker import split_for_ranker
     from retrieval.two_tower import fit_two_tower, refit_two_tower
 
     fit, rel, users, ease, lam, config = _validation(spec, sets, fraction, protocol)
+    config, _ = resolve_sequential(fit, config)  # as the pipeline does: retrieval.sequential=auto follows the ranker's hold-out
     t = time.perf_counter()
     content = ContentModel.fit(fit.items, config.content, seed=config.seed)
     past, _ = split_for_ranker(fit, config.ranking, seed=config.seed)

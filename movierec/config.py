@@ -72,6 +72,27 @@ class RetrievalConfig(_Section):
     dim: int = Field(64, ge=4, le=1024, description="two-tower vector size")
     hidden: int = Field(128, ge=4)
     history_len: int = Field(100, ge=1, description="most recent rated movies pooled by the user tower")
+    sequential: bool | Literal["auto"] = Field(
+        "auto",
+        description="train the two towers for each user's next movies: every training row's history is the movies rated just "
+        "before its target (causal_share of the rows), early stopping watches each user's latest ratings, and the user tower "
+        "also pools the last recent_len movies by recency; false: random history windows, a random validation share, the plain "
+        "mean; auto: on when the ranker learns each user's latest ratings (ranking.holdout resolves to temporal)",
+    )
+    recent_len: int = Field(
+        10,
+        ge=0,
+        description="sequential: the user tower also pools the last N rated movies, each weighted by recent_decay per place from "
+        "the newest, so the order of the history counts (0: the plain mean only)",
+    )
+    recent_decay: float = Field(0.8, gt=0, le=1, description="sequential: weight ratio of each recent movie to the next newer one")
+    causal_share: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="sequential: share of training rows whose history is the movies rated just before the target (the query a "
+        "service makes for the next movies); the others take a random window of the user's history",
+    )
     id_dropout: float = Field(0.3, ge=0, lt=1, description="share of rows trained without id embeddings (cold items, new users)")
     dropout: float = Field(0.1, ge=0, lt=1)
     temperature: float = Field(0.1, gt=0)

@@ -106,12 +106,14 @@ def train(ds: Dataset, out: str | Path, config: Config | None = None, manifest: 
     config = config or Config()
     content = content_varies(ds.items, config.content.max_text_chars)
     config, choices = size_to_data(config, ds.n_users, ds.n_items, len(ds.ratings), constant_rating=constant, content=content)
+    config, sequential = resolve_sequential(ds, config)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     log.info("training on %r", ds)
     for choice in choices:
         log.info("sized to the data: %s", choice)
-    manifest = {**(manifest or {}), "sizing": [str(c) for c in choices]}
+    log.info("two-tower training: %s", sequential)
+    manifest = {**(manifest or {}), "sizing": [str(c) for c in choices], "sequential": sequential}
     # Under torchrun/SLURM every rank runs the pipeline (training needs them all), but only
     # global rank 0 may write ``out``: the others build their bundle in a private temp dir
     # that is removed at the end (two ranks renaming into one path would race).
@@ -125,6 +127,24 @@ def train(ds: Dataset, out: str | Path, config: Config | None = None, manifest: 
     if scratch is None:
         log.info("bundle written to %s in %.1fs", out, time.perf_counter() - t_start)
     return Path(out)
+
+
+def resolve_sequential(ds: Dataset, config: Config) -> tuple[Config, str]:
+    """``config`` with ``retrieval.sequential`` True or False, and why.
+
+    ``auto`` follows the ranker's hold-out (:func:`ranking.ranker.resolve_holdout`): the two
+    towers learn each user's next movies when the ranker does, so both stages train for the
+    same job; with ``ranking.holdout=random`` they keep the random windows that suit it.
+    """
+    rc = config.retrieval
+    if rc.sequential != "auto":
+        return config, f"retrieval.sequential={str(rc.sequential).lower()} in the config"
+    from ranking.ranker import resolve_holdout
+
+    used, _ = resolve_holdout(ds, config.ranking.holdout)
+    on = used == "temporal"
+    why = f"retrieval.sequential=auto and the ranker's hold-out is {used}: sequential {'on' if on else 'off'}"
+    return config.model_copy(update={"retrieval": rc.model_copy(update={"sequential": on})}), why
 
 
 def tower_trainer(content: np.ndarray, config: Config, content_sparse: Any = None) -> Any:

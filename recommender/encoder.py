@@ -39,6 +39,7 @@ class NewUserEncoder:
         self.n_model_items = int(retrieval.n_model_items)
         self.hist_emb = tower.hist_emb.weight.detach()
         self.content_w = tower.hist_content.weight.detach()
+        self.recent_len, self.recent_decay = int(getattr(tower, "recent_len", 0)), float(getattr(tower, "recent_decay", 1.0))
         dim = self.hist_emb.shape[1]
         # the parts a new user contributes nothing personal to: no id (keep mask 0), features 0
         parts: list[torch.Tensor | None] = [torch.zeros(dim), None, None]
@@ -87,6 +88,11 @@ class NewUserEncoder:
         parts = list(self.parts)
         parts[1] = hist
         parts[2] = torch.mv(self.content_w, torch.from_numpy(pooled))
+        if self.recent_len:
+            # the last recent_len known movies, decay ** (place from the newest), as UserTower pools them
+            recent = known[-self.recent_len :]
+            w = torch.pow(torch.tensor(self.recent_decay, dtype=torch.float32), torch.arange(len(recent) - 1, -1, -1, dtype=torch.float32))
+            parts.insert(3, (w / w.sum()) @ self.hist_emb[torch.from_numpy(recent + 1)] if len(recent) else torch.zeros(self.hist_emb.shape[1]))
         x = torch.cat(parts)
         h = F.linear(x, self.lin1.weight, self.lin1.bias)
         h = F.layer_norm(h, self.norm.normalized_shape, self.norm.weight, self.norm.bias, self.norm.eps)

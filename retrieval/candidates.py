@@ -327,7 +327,8 @@ class RetrievalModel:
     def load(cls, bundle: Bundle, mmap: bool = False) -> "RetrievalModel":
         hp = bundle.json(f"{PREFIX}hparams.json")
         user_tower = UserTower(
-            hp["n_users"], hp["n_items"], hp["content_dim"], hp["n_user_features"], hp["dim"], hp["hidden"], hp["id_dropout"], hp["dropout"]
+            hp["n_users"], hp["n_items"], hp["content_dim"], hp["n_user_features"], hp["dim"], hp["hidden"], hp["id_dropout"], hp["dropout"],
+            recent_len=hp.get("recent_len", 0), recent_decay=hp.get("recent_decay", 0.8),
         )
         item_tower = ItemTower(hp["n_items"], hp["n_genres"], hp["content_dim"], hp["dim"], hp["hidden"], hp["id_dropout"], hp["dropout"])
         user_tower.load_state_dict(bundle.tensors(f"{PREFIX}user_tower.safetensors"))

@@ -28,9 +28,15 @@ class Histories:
         self.indptr = np.asarray(indptr, dtype=np.int64)
         self.items = np.asarray(items, dtype=np.int64)
 
+    @staticmethod
+    def time_order(ratings: pd.DataFrame) -> np.ndarray:
+        """Row positions of ``ratings`` by user, then time (ties keep their order): entry j of
+        :meth:`from_ratings`'s ``items`` is row ``time_order(ratings)[j]``."""
+        return np.lexsort((ratings["timestamp"].to_numpy(), ratings["user_idx"].to_numpy()))
+
     @classmethod
     def from_ratings(cls, ratings: pd.DataFrame, n_users: int) -> "Histories":
-        order = np.lexsort((ratings["timestamp"].to_numpy(), ratings["user_idx"].to_numpy()))
+        order = cls.time_order(ratings)
         users = ratings["user_idx"].to_numpy()[order]
         counts = np.bincount(users, minlength=n_users)
         indptr = np.concatenate([[0], np.cumsum(counts)])
@@ -80,6 +86,20 @@ class Histories:
         out[valid] = self.items[pos[valid]]
         if drop_items is not None:
             out[out == np.asarray(drop_items)[:, None]] = -1
+        return out
+
+
+    def preceding(self, users: np.ndarray, slots: np.ndarray, length: int) -> np.ndarray:
+        """(B, length) item_idx, -1 padded: the (at most) ``length`` items user ``users[b]`` rated
+        just before the entry at ``slots[b]`` of ``items``, oldest first: the history a query for
+        that user's next movie had at the time."""
+        users, slots = np.asarray(users, dtype=np.int64), np.asarray(slots, dtype=np.int64)
+        starts = np.maximum(self.indptr[users], slots - length)
+        take = slots - starts
+        offs = np.arange(length)[None, :]
+        valid = offs < take[:, None]
+        out = np.full((len(users), length), -1, dtype=np.int64)
+        out[valid] = self.items[(starts[:, None] + offs)[valid]]
         return out
 
 

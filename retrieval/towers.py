@@ -135,11 +135,30 @@ class ItemTower(nn.Module):
         return F.normalize(self.mlp(x), dim=-1)
 
 
+def recency_weights(hist_items: torch.Tensor, hist_weights: torch.Tensor, length: int, decay: float) -> torch.Tensor:
+    """(B, L) pooling weights over the ``length`` most recent entries of each history row:
+    ``decay ** k`` for the entry k places before the newest (k = 0), 0 elsewhere, rows summing to 1
+    (all zeros for an empty row).
+
+    Rows are oldest first, with -1 (or weight 0) anywhere (right padding, a dropped target in the
+    middle), so the place from the newest counts the valid entries after each one, not its column.
+    """
+    valid = (hist_items >= 0) & (hist_weights > 0)
+    v = valid.to(torch.float32)
+    after = v.flip(1).cumsum(1).flip(1) - v  # valid entries newer than this one
+    w = torch.where(valid & (after < length), torch.pow(torch.tensor(decay, dtype=torch.float32), after), torch.zeros_like(v))
+    return w / w.sum(1, keepdim=True).clamp(min=1e-12)
+
+
 class UserTower(nn.Module):
     """Query tower: id, pooled history and user features -> (B, dim) unit vectors.
 
     History is given as (B, L) item_idx padded with -1 and (B, L) weights (0 on padding); the
-    pooled item embeddings and content vectors are the weighted means over the history.
+    pooled item embeddings and content vectors are the weighted means over the history. With
+    ``recent_len`` > 0 a second pooling of the same item embeddings, over the last ``recent_len``
+    entries weighted by ``recent_decay`` per place from the newest, gives the tower the order of
+    the history (what a sequential model reads: the next movies follow the latest ones); the
+    plain mean does not change when the history is reversed.
     """
 
     def __init__(
@@ -152,9 +171,12 @@ class UserTower(nn.Module):
         hidden: int = 128,
         id_dropout: float = 0.3,
         dropout: float = 0.1,
+        recent_len: int = 0,
+        recent_decay: float = 0.8,
     ) -> None:
         super().__init__()
         self.id_dropout = id_dropout
+        self.recent_len, self.recent_decay = int(recent_len), float(recent_decay)
         self.id_emb = _id_table(n_users, dim)
         self.hist_emb = nn.EmbeddingBag(max(n_items, 1) + 1, dim, mode="sum", padding_idx=0)
         nn.init.normal_(self.hist_emb.weight, std=0.05)
@@ -163,7 +185,8 @@ class UserTower(nn.Module):
         self.hist_content = nn.Linear(max(content_dim, 1), dim, bias=False)
         self.n_user_features = n_user_features
         self.features = nn.Linear(max(n_user_features, 1), dim) if n_user_features else None
-        self.mlp = _mlp((4 if n_user_features else 3) * dim, hidden, dim, dropout)
+        n_parts = 3 + bool(n_user_features) + bool(self.recent_len)
+        self.mlp = _mlp(n_parts * dim, hidden, dim, dropout)
 
     def forward(
         self,
@@ -188,6 +211,8 @@ class UserTower(nn.Module):
         w = hist_weights / hist_weights.sum(1, keepdim=True).clamp(min=1e-6)
         hist = _weighted_bag(self.hist_emb, hist_items + 1, w)
         parts = [ids, hist, self.hist_content(hist_content)]
+        if self.recent_len:
+            parts.append(_weighted_bag(self.hist_emb, hist_items + 1, recency_weights(hist_items, hist_weights, self.recent_len, self.recent_decay)))
         if self.features is not None:
             feats = user_features if user_features is not None else hist.new_zeros(len(hist), self.n_user_features)
             parts.append(self.features(feats))

@@ -216,10 +216,15 @@ class TwoTowerData(L.LightningDataModule):
         self.fit_ds, self.val_ds, self.config, self.seed = fit, val, config, seed
         self.histories = Histories.from_ratings(fit.ratings, fit.n_users)
         r = fit.ratings
+        # each rating's entry in the time-ordered histories (the causal windows start there)
+        slots = np.empty(len(r), np.int64)
+        slots[Histories.time_order(r)] = np.arange(len(r))
         if config.min_rating is not None:
-            r = r[r["rating"] >= config.min_rating]
+            keep = (r["rating"] >= config.min_rating).to_numpy()
+            r, slots = r[keep], slots[keep]
         self.pos_users = r["user_idx"].to_numpy(np.int64).copy()
         self.pos_items = r["item_idx"].to_numpy(np.int64).copy()
+        self.pos_slots = slots
         counts = np.bincount(self.pos_items, minlength=fit.n_items).astype(np.float64)
         self.log_q = np.log((counts + 1.0) / (counts.sum() + fit.n_items)).astype(np.float32)
         self._rng = np.random.default_rng(seed)
@@ -237,10 +242,13 @@ class TwoTowerData(L.LightningDataModule):
         torch.set_num_threads(worker_threads(self.config.threads, world))
         keep_freed_memory()
 
-    def _collate(self, rows: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _collate(self, rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Build one training batch at once (the sampler yields whole batches of indices)."""
         users, items = rows[0].numpy(), rows[1].numpy()
         hist = self.histories.padded(users, self.config.history_len, drop_items=items, rng=self._rng)
+        if self.config.causal_share > 0:
+            causal = np.flatnonzero(self._rng.random(len(users)) < self.config.causal_share)
+            hist[causal] = self.histories.preceding(users[causal], rows[2].numpy()[causal], self.config.history_len)
         batch = user_batch(users, hist, self.content, self.user_features[users], np.ones(len(users)), self.fit_ds.n_items)
         batch["item_idx"] = torch.from_numpy(items)
         return batch
@@ -249,7 +257,7 @@ class TwoTowerData(L.LightningDataModule):
         """Batches of positives; under DDP each rank gets its slice of every global batch
         (``config.batch_size`` stays the global batch, so results do not depend on the number of
         processes)."""
-        ds = TensorDataset(torch.from_numpy(self.pos_users), torch.from_numpy(self.pos_items))
+        ds = TensorDataset(torch.from_numpy(self.pos_users), torch.from_numpy(self.pos_items), torch.from_numpy(self.pos_slots))
         gen = torch.Generator().manual_seed(self.seed + self.trainer.current_epoch if self.trainer else self.seed)
         rank, world = _rank_world(self.trainer)
         sampler = ShardedBatches(len(ds), self.config.batch_size, gen, rank, world)
@@ -294,10 +302,14 @@ class TwoTowerModule(L.LightningModule):
         lr_decay: str = "none",
         weight_decay: float = 1e-6,
         val_k: int = 50,
+        recent_len: int = 0,
+        recent_decay: float = 0.8,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.user_tower = UserTower(n_users, n_items, content_dim, n_user_features, dim, hidden, id_dropout, dropout)
+        self.user_tower = UserTower(
+            n_users, n_items, content_dim, n_user_features, dim, hidden, id_dropout, dropout, recent_len=recent_len, recent_decay=recent_decay
+        )
         self.item_tower = ItemTower(n_items, n_genres, content_dim, dim, hidden, id_dropout, dropout)
         self.data: TwoTowerData | None = None
         self.items: ItemFeatures | None = None
@@ -459,6 +471,20 @@ BEST_KEY = "best/val_recall@50"
 EPOCHS_KEY = "best/epochs"
 
 
+def resolve_sequential(config: RetrievalConfig, ratings) -> RetrievalConfig:
+    """``config`` with ``sequential`` True or False; False zeroes ``causal_share`` and
+    ``recent_len`` (the model trains as without them). ``auto`` is True when the ratings have
+    real timestamps (more than one value): without them "the movies rated before" is row order.
+    The pipeline resolves ``auto`` by the ranker's hold-out before it gets here."""
+    on = config.sequential
+    if on == "auto":
+        ts = ratings["timestamp"].to_numpy()
+        on = bool(len(ts) and ts.min() != ts.max())
+    if not on:
+        return config.model_copy(update={"sequential": False, "causal_share": 0.0, "recent_len": 0})
+    return config.model_copy(update={"sequential": True})
+
+
 @dataclass
 class _Setup:
     """Everything :func:`fit_two_tower` builds before the Trainer runs."""
@@ -478,9 +504,13 @@ def build_two_tower(
     Shared by :func:`fit_two_tower` and by :func:`validation_recall`, which recomputes the
     validation metric in one process for any trained weights.
     """
-    from movierec.splits import validation_split
+    from movierec.splits import temporal_per_user, validation_split
 
-    fit_ds, val_ds = validation_split(train, val_fraction or config.val_fraction, seed=seed)
+    config = resolve_sequential(config, train.ratings)
+    if config.sequential:  # early stopping on each user's latest ratings: the next movies
+        fit_ds, val_ds = temporal_per_user(train, fraction=val_fraction or config.val_fraction)
+    else:
+        fit_ds, val_ds = validation_split(train, val_fraction or config.val_fraction, seed=seed)
     vocab = train.genre_vocabulary()
     counts = np.bincount(train.ratings["item_idx"].to_numpy(), minlength=train.n_items)
     items = ItemFeatures(genre_matrix(train, vocab), np.ascontiguousarray(content, dtype=np.float32), (counts > 0).astype(np.float32))
@@ -503,6 +533,8 @@ def build_two_tower(
         lr=config.lr,
         lr_decay=config.lr_decay,
         weight_decay=config.weight_decay,
+        recent_len=config.recent_len,
+        recent_decay=config.recent_decay,
     )
     module.bind(data, items)
     return _Setup(module, data, items, encoder, user_features)
@@ -551,7 +583,7 @@ def refit_two_tower(
     L.seed_everything(seed + 1, workers=True, verbose=False)
     counts = np.bincount(train.ratings["item_idx"].to_numpy(), minlength=train.n_items)
     items = ItemFeatures(tt.items.genres, tt.items.content, (counts > 0).astype(np.float32))
-    data = TwoTowerData(train, None, config, seed=seed + 1)
+    data = TwoTowerData(train, None, resolve_sequential(config, train.ratings), seed=seed + 1)
     data.attach(items.content, tt.user_features)
     module = TwoTowerModule(**tt.hparams)
     module.user_tower.load_state_dict(tt.user_tower.state_dict())

@@ -12,7 +12,9 @@ from movierec.data import Dataset, load_dataset
 from movierec.splits import holdout_per_user
 from movierec.synthetic import SynthSpec, write_synthetic
 
-SMALL = RetrievalConfig(dim=32, hidden=64, epochs=8, patience=3, batch_size=256, lr=0.01, history_len=30)
+# the random-window model: these tests score random hold-outs (the sequential training, which
+# ``sequential=auto`` picks for timestamped data, is tested in test_sequence_pooling.py)
+SMALL = RetrievalConfig(dim=32, hidden=64, epochs=8, patience=3, batch_size=256, lr=0.01, history_len=30, sequential=False)
 
 
 @pytest.fixture(scope="session")
