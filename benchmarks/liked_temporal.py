@@ -16,23 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 if str(ROOT) not in sys.path:
     sys.path.insert(1, str(ROOT))
 
-from validation_quick import PATHS  # noqa: E402
+from validation_quick import PATHS, quiet  # noqa: E402
 from movierec.config import load_config  # noqa: E402
 from movierec.data import load_dataset  # noqa: E402
 from movierec.metrics import topn_metrics  # noqa: E402
@@ -87,11 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", nargs="+", default=["ml100k:1"], help="DATA:SEED, DATA one of " + ", ".join(PATHS))
     p.add_argument("--liked", type=int, default=10, help="liked movies per query: the user's latest fit ratings")
     a = p.parse_args(argv)
-    os.environ.setdefault("MOVIEREC_PROGRESS", "0")
-    warnings.filterwarnings("ignore")
-    for n in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
-        logging.getLogger(n).setLevel(logging.ERROR)
-    torch.set_num_threads(1)
+    quiet()
     for spec in a.data:
         run(spec, a.liked)
 

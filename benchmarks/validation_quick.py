@@ -150,6 +150,15 @@ def run(spec: str, sets: list[str], tag: str, fraction: float = 1.0, protocol: s
     )
 
 
+def quiet() -> None:
+    """A benchmark process: no progress bars, warnings or Lightning chatter, one torch thread."""
+    os.environ.setdefault("MOVIEREC_PROGRESS", "0")
+    warnings.filterwarnings("ignore")
+    for n in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(n).setLevel(logging.ERROR)
+    torch.set_num_threads(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", nargs="+", default=["ml100k:1"], help="DATA:SEED, DATA one of " + ", ".join(PATHS))
@@ -160,11 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--protocol", choices=("random", "temporal"), default="random",
                    help="random: a random 20%% per user held out (P2); temporal: each user's latest 20%% (P5)")
     a = p.parse_args(argv)
-    os.environ.setdefault("MOVIEREC_PROGRESS", "0")
-    warnings.filterwarnings("ignore")
-    for n in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
-        logging.getLogger(n).setLevel(logging.ERROR)
-    torch.set_num_threads(1)
+    quiet()
     rows = []
     for spec in a.data:
         rows.append((run_two_tower if a.two_tower_only else run)(spec, a.set, a.tag, a.fraction, a.protocol))
