@@ -4,9 +4,9 @@ Loads a bundle (e.g. the 1M ratings x 100k movies one of ``benchmarks/big_run.sh
 the retrieval step of ``movierec candidates`` (``RetrievalModel.search``: top-k with each user's
 training items excluded) over chunks of users, for:
 
-* ``exact``: flat inner-product search (blocked matmul + top-k in torch, movierec/index.py),
+* ``exact``: flat inner-product search (blocked matmul + top-k in torch, movierec/core/index.py),
 * ``bundle``: the bundle's own index (HNSW above ``index.ann_threshold`` items),
-* ``ivf sq8 P/N``: the IVF batch index (movierec/index.py:build_batch_index: 8-bit codes, hits
+* ``ivf sq8 P/N``: the IVF batch index (movierec/core/index.py:build_batch_index: 8-bit codes, hits
   re-scored exactly) scanning P of N lists, the path batch search takes from 50,000 items when
   the bundle's index is exact flat (P = the default when not given),
 
@@ -89,8 +89,8 @@ def main() -> None:
 
     import faiss
 
-    from movierec.config import IndexConfig
-    from movierec.index import build_index
+    from movierec.core.config import IndexConfig
+    from movierec.core.index import build_index
     from recommender import HybridRecommender
     from retrieval.candidates import write_candidates
 

@@ -6,7 +6,7 @@
 #
 # CONFIG=FILE trains with that config (e.g. CONFIG=configs/synthetic-large.yaml, the issue-8 run's
 # settings); by default the train stage runs with the defaults, as a user runs it, and
-# movierec/sizing.py picks the size-dependent settings (issue 18). The size rules also apply on top
+# movierec/core/sizing.py picks the size-dependent settings (issue 18). The size rules also apply on top
 # of a config file where it leaves a setting at its default: with synthetic-large.yaml at 20M
 # ratings they cap its single two-tower epoch at 400 steps (not the full pass its comment describes).
 #

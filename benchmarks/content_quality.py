@@ -24,10 +24,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from content import ContentModel, ContentSimilarity
-from movierec.config import ContentConfig
-from movierec.data import Dataset, load_dataset
-from movierec.metrics import evaluate_topn
-from movierec.splits import cold_items
+from movierec.core.config import ContentConfig
+from movierec.core.data import Dataset, load_dataset
+from movierec.core.metrics import evaluate_topn
+from movierec.core.splits import cold_items
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from content_speed import write_subsection  # noqa: E402

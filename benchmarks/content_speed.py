@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 
 from content import ContentModel, ContentSimilarity
-from movierec.config import ContentConfig, IndexConfig
-from movierec.data import load_dataset
-from movierec.index import recall_against_exact
-from movierec.synthetic import SynthSpec, write_synthetic
+from movierec.core.config import ContentConfig, IndexConfig
+from movierec.core.data import load_dataset
+from movierec.core.index import recall_against_exact
+from movierec.core.synthetic import SynthSpec, write_synthetic
 
 log = logging.getLogger("content_speed")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -146,7 +146,7 @@ def main() -> None:
         cmd = "`.venv/bin/python benchmarks/content_speed.py --write`"
         env = f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs, {args.threads} FAISS/BLAS thread(s)"
         note = (
-            f"Command: {cmd} ({env}). Synthetic catalogues from `movierec.synthetic` (titles, genres, "
+            f"Command: {cmd} ({env}). Synthetic catalogues from `movierec.core.synthetic` (titles, genres, "
             "tags, descriptions); k=10; single = one `similar_items(i, 10)` call per random item; "
             "batch = one call with 10,000 items. `faiss-flat` below `IndexConfig.ann_threshold` "
             "(50,000), HNSW (M=32, efSearch=128) above; exact sparse is the default path below "

@@ -23,10 +23,10 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import validation_quick as vq
 
-from movierec.data import load_dataset
-from movierec.ease import ease_weights
-from movierec.metrics import topn_metrics
-from movierec.splits import holdout_per_user
+from movierec.core.data import load_dataset
+from movierec.core.ease import ease_weights
+from movierec.core.metrics import topn_metrics
+from movierec.core.splits import holdout_per_user
 from ranking.item_item import _prune_columns, binary, most_rated
 
 KEEP = (128, 256, 512, 1024, None)

@@ -1,7 +1,7 @@
 """Measured growth of `movierec train` and `movierec candidates` with the data's size (issue 18).
 
 Two series on synthetic data (`movierec synth --seed 3`), each point run exactly as a user runs
-it: `movierec train --data DIR --out BUNDLE` with the defaults (movierec/sizing.py picks the
+it: `movierec train --data DIR --out BUNDLE` with the defaults (movierec/core/sizing.py picks the
 size-dependent settings by itself; nothing is overridden here), then batch candidates k=100
 retrieval-only for every user and ranked for a fixed sample of users. Every command runs under
 /usr/bin/time -v (wall, user+sys CPU, peak RSS); the per-stage seconds come from the bundle's

@@ -26,11 +26,11 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import validation_quick as vq
 
-from movierec.config import load_config
-from movierec.data import load_dataset
-from movierec.metrics import topn_metrics
+from movierec.core.config import load_config
+from movierec.core.data import load_dataset
+from movierec.core.metrics import topn_metrics
 from movierec.pipeline import train as train_pipeline
-from movierec.splits import holdout_per_user
+from movierec.core.splits import holdout_per_user
 from recommender import HybridRecommender
 
 WEIGHTS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)

@@ -88,8 +88,8 @@ def child(args: argparse.Namespace) -> dict:
     import faiss
     import torch
 
-    from movierec.config import IndexConfig
-    from movierec.index import VectorIndex, build_index
+    from movierec.core.config import IndexConfig
+    from movierec.core.index import VectorIndex, build_index
 
     faiss.omp_set_num_threads(args.threads)
     torch.set_num_threads(args.threads)

@@ -29,11 +29,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(1, str(ROOT))
 
 from validation_quick import PATHS, quiet  # noqa: E402
-from movierec.config import load_config  # noqa: E402
-from movierec.data import load_dataset  # noqa: E402
-from movierec.metrics import topn_metrics  # noqa: E402
+from movierec.core.config import load_config  # noqa: E402
+from movierec.core.data import load_dataset  # noqa: E402
+from movierec.core.metrics import topn_metrics  # noqa: E402
 from movierec.pipeline import train as train_pipeline  # noqa: E402
-from movierec.splits import temporal_per_user  # noqa: E402
+from movierec.core.splits import temporal_per_user  # noqa: E402
 from recommender import HybridRecommender  # noqa: E402
 
 SETTINGS = {"defaults": [], "old defaults": ["ranking.holdout=random", "retrieval.sequential=false"]}

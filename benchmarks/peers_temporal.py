@@ -55,11 +55,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from movierec.data import Dataset, load_dataset  # noqa: E402
-from movierec.ease import ease_weights  # noqa: E402
-from movierec.metrics import topn_metrics  # noqa: E402
-from movierec.recommender import rank_scores  # noqa: E402
-from movierec.splits import temporal_per_user  # noqa: E402
+from movierec.core.data import Dataset, load_dataset  # noqa: E402
+from movierec.core.ease import ease_weights  # noqa: E402
+from movierec.core.metrics import topn_metrics  # noqa: E402
+from movierec.core.sources import rank_scores  # noqa: E402
+from movierec.core.splits import temporal_per_user  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 PATHS = {"ml100k": DATA / "ml-100k", "latest": DATA / "ml-latest-small"}

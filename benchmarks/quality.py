@@ -11,10 +11,10 @@ Later stages add rows by registering a model factory::
     @register("two-tower", protocols=("P2",))
     def _two_tower(train: Dataset) -> Fitted: ...
 
-A factory takes the training :class:`~movierec.data.Dataset` and returns a fitted object with
+A factory takes the training :class:`~movierec.core.data.Dataset` and returns a fitted object with
 ``score_users`` (P2) and/or ``predict`` (P1). ``--tune`` searches each baseline's grid on a
-validation split carved from the training side only (``movierec.splits.validation_split``), never
-on the test split; the chosen values are the defaults in ``movierec/baselines.py``.
+validation split carved from the training side only (``movierec.core.splits.validation_split``), never
+on the test split; the chosen values are the defaults in ``movierec/core/baselines.py``.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from movierec.baselines import make_baseline  # noqa: E402
-from movierec.data import Dataset, load_dataset  # noqa: E402
-from movierec.metrics import evaluate_topn, mae, rmse  # noqa: E402
-from movierec.splits import holdout_per_user, ml100k_fold, validation_split  # noqa: E402
+from movierec.core.baselines import make_baseline  # noqa: E402
+from movierec.core.data import Dataset, load_dataset  # noqa: E402
+from movierec.core.metrics import evaluate_topn, mae, rmse  # noqa: E402
+from movierec.core.splits import holdout_per_user, ml100k_fold, validation_split  # noqa: E402
 
 Factory = Callable[[Dataset], Any]
 

@@ -35,12 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from movierec.baselines import make_baseline  # noqa: E402
-from movierec.config import Config  # noqa: E402
-from movierec.data import Dataset, load_dataset  # noqa: E402
-from movierec.metrics import evaluate_topn, mae, rmse, topn_metrics, top_k  # noqa: E402
+from movierec.core.baselines import make_baseline  # noqa: E402
+from movierec.core.config import Config  # noqa: E402
+from movierec.core.data import Dataset, load_dataset  # noqa: E402
+from movierec.core.metrics import evaluate_topn, mae, rmse, topn_metrics, top_k  # noqa: E402
 from movierec.pipeline import tower_trainer, train as train_pipeline  # noqa: E402
-from movierec.splits import cold_items, holdout_per_user, ml100k_fold, validation_split  # noqa: E402
+from movierec.core.splits import cold_items, holdout_per_user, ml100k_fold, validation_split  # noqa: E402
 from recommender import HybridRecommender  # noqa: E402
 from ranking.ranker import refit_ranker  # noqa: E402
 
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     _quiet()
     torch.set_num_threads(1)
     ds = load_dataset(args.data)
-    from movierec.config import load_config
+    from movierec.core.config import load_config
 
     config = load_config(None, args.set)
     config.trainer.progress = False

@@ -132,10 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="movierec-ranks-") as tmp:
         path = args.model
         if path is None:
-            from movierec.config import Config
-            from movierec.data import load_dataset
+            from movierec.core.config import Config
+            from movierec.core.data import load_dataset
             from movierec.pipeline import train
-            from movierec.splits import holdout_per_user
+            from movierec.core.splits import holdout_per_user
 
             train_ds, _ = holdout_per_user(load_dataset(args.data), 0.2, 42)
             config = Config()

@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from movierec.baselines import make_baseline  # noqa: E402
-from movierec.config import RatingConfig  # noqa: E402
-from movierec.data import Dataset, load_dataset  # noqa: E402
-from movierec.metrics import mae, rmse  # noqa: E402
-from movierec.splits import ml100k_fold, validation_split  # noqa: E402
+from movierec.core.baselines import make_baseline  # noqa: E402
+from movierec.core.config import RatingConfig  # noqa: E402
+from movierec.core.data import Dataset, load_dataset  # noqa: E402
+from movierec.core.metrics import mae, rmse  # noqa: E402
+from movierec.core.splits import ml100k_fold, validation_split  # noqa: E402
 from ranking.rating import fit_rating_model  # noqa: E402
 
 FOLDS = ("u1", "u2", "u3", "u4", "u5")

@@ -27,11 +27,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from content import ContentModel, ContentSimilarity  # noqa: E402
-from movierec.baselines import make_baseline  # noqa: E402
-from movierec.config import load_config  # noqa: E402
-from movierec.data import load_dataset  # noqa: E402
-from movierec.metrics import evaluate_topn  # noqa: E402
-from movierec.splits import cold_items, holdout_per_user  # noqa: E402
+from movierec.core.baselines import make_baseline  # noqa: E402
+from movierec.core.config import load_config  # noqa: E402
+from movierec.core.data import load_dataset  # noqa: E402
+from movierec.core.metrics import evaluate_topn  # noqa: E402
+from movierec.core.splits import cold_items, holdout_per_user  # noqa: E402
 from retrieval.two_tower import fit_two_tower  # noqa: E402
 
 KEYS = ("recall@10", "ndcg@10", "recall@50", "recall@100")

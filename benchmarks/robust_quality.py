@@ -5,7 +5,7 @@
     python benchmarks/robust_quality.py --test ...                            # the lead only: touches test
 
 Protocol (P2 of DESIGN.md, the same for every row): each user's ratings are split 80/20 at random
-(``movierec.splits.holdout_per_user(ds, 0.2, seed)``); every held-out rating is relevant; each
+(``movierec.core.splits.holdout_per_user(ds, 0.2, seed)``); every held-out rating is relevant; each
 model ranks every movie the user did not rate in training; NDCG@10, Recall@10, Recall@100.
 
 ``--validation`` (what engineers use to choose configurations) never looks at the test part: it
@@ -34,7 +34,7 @@ movie titled "untitled", no genres or year: no content), sparse (a random quarte
 
 ``--ablations`` also trains with ``--set ranking.exclude=[content]``, ``[collab]`` and ``[time]``.
 ``--cold`` adds P3 on ml100k and latest: 20% of the movies lose every training rating
-(``movierec.splits.cold_items``); ranked among the cold movies only, for users who rated one in
+(``movierec.core.splits.cold_items``); ranked among the cold movies only, for users who rated one in
 the held-out part and have training ratings: the pipeline's full ranked order (``candidates --k``
 the whole catalogue, so the ranker scores every movie) against TF-IDF content profiles alone;
 also on synth. ``--cold-only`` runs P3 alone (no baselines, no P2 pipeline).
@@ -66,10 +66,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from movierec.baselines import make_baseline  # noqa: E402
-from movierec.data import Dataset, load_dataset  # noqa: E402
-from movierec.metrics import evaluate_topn, topn_metrics  # noqa: E402
-from movierec.splits import cold_items, holdout_per_user  # noqa: E402
+from movierec.core.baselines import make_baseline  # noqa: E402
+from movierec.core.data import Dataset, load_dataset  # noqa: E402
+from movierec.core.metrics import evaluate_topn, topn_metrics  # noqa: E402
+from movierec.core.splits import cold_items, holdout_per_user  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 if not SHARED.is_dir():  # a worktree next to main: /work/wt-x -> /work/shared
@@ -458,7 +458,7 @@ def run_cold(name: str, ds: Dataset, seed: int, opts: Options) -> dict[str, Any]
     In validation mode the cold split is taken from the P2 training side (its own cold movies)."""
     from content.similar import ContentSimilarity
     from content.tfidf import ContentModel
-    from movierec.config import load_config
+    from movierec.core.config import load_config
 
     base = ds if opts.mode == "test" else holdout_per_user(ds, 0.2, seed)[0]
     train, test, cold = cold_items(base, 0.2, seed)

@@ -31,8 +31,8 @@ def _one(items: int, users: int, k: int, kind: str, threads: int, repeat: int) -
     import faiss
     import torch
 
-    from movierec.config import IndexConfig
-    from movierec.index import build_index, normalize
+    from movierec.core.config import IndexConfig
+    from movierec.core.index import build_index, normalize
     from retrieval.candidates import RetrievalModel, write_candidates
     from retrieval.inputs import Histories, UserFeatureEncoder
     from retrieval.towers import ItemTower, UserTower

@@ -26,11 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from movierec.config import Config  # noqa: E402
-from movierec.data import Dataset, load_dataset  # noqa: E402
-from movierec.metrics import topn_metrics  # noqa: E402
+from movierec.core.config import Config  # noqa: E402
+from movierec.core.data import Dataset, load_dataset  # noqa: E402
+from movierec.core.metrics import topn_metrics  # noqa: E402
 from movierec.pipeline import train as train_pipeline  # noqa: E402
-from movierec.splits import holdout_per_user  # noqa: E402
+from movierec.core.splits import holdout_per_user  # noqa: E402
 from movierec.tune import tune  # noqa: E402
 from recommender import HybridRecommender  # noqa: E402
 

@@ -37,13 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from movierec.baselines import make_baseline  # noqa: E402
-from movierec.config import load_config  # noqa: E402
-from movierec.data import load_dataset  # noqa: E402
-from movierec.metrics import topn_metrics  # noqa: E402
+from movierec.core.baselines import make_baseline  # noqa: E402
+from movierec.core.config import load_config  # noqa: E402
+from movierec.core.data import load_dataset  # noqa: E402
+from movierec.core.metrics import topn_metrics  # noqa: E402
 from movierec.pipeline import train as train_pipeline  # noqa: E402
-from movierec.recommender import rank_scores  # noqa: E402
-from movierec.splits import holdout_per_user, temporal_per_user  # noqa: E402
+from movierec.core.sources import rank_scores  # noqa: E402
+from movierec.core.splits import holdout_per_user, temporal_per_user  # noqa: E402
 from recommender import HybridRecommender  # noqa: E402
 from retrieval.inputs import Histories  # noqa: E402
 from retrieval.towers import encode_all_users  # noqa: E402

@@ -2,7 +2,7 @@
 
 :class:`ContentSimilarity` is the content stage's candidate source. It keeps the growing
 catalogue (fitted items plus movies added later) as dense vectors in a FAISS inner-product index
-(:mod:`movierec.index`) and as sparse tf-idf rows:
+(:mod:`movierec.core.index`) and as sparse tf-idf rows:
 
 - ``similar_items``: cosine neighbours, the item itself excluded, ties broken by lower item_idx.
   Catalogues smaller than ``ContentConfig.exact_below`` use exact sparse cosine (every title
@@ -23,12 +23,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from movierec.artifacts import Bundle, BundleWriter
-from movierec.config import IndexConfig
-from movierec.data import Dataset
-from movierec.index import VectorIndex, build_index
-from movierec.metrics import top_k
-from movierec.recommender import DenseScorer
+from movierec.core.artifacts import Bundle, BundleWriter
+from movierec.core.config import IndexConfig
+from movierec.core.data import Dataset
+from movierec.core.index import VectorIndex, build_index
+from movierec.core.metrics import top_k
+from movierec.core.sources import DenseScorer
 
 from content.tfidf import ContentModel
 

@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from movierec.artifacts import Bundle, BundleWriter
-from movierec.config import ContentConfig
-from movierec.index import normalize
+from movierec.core.artifacts import Bundle, BundleWriter
+from movierec.core.config import ContentConfig
+from movierec.core.index import normalize
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,12 @@
-"""movierec core: dataset schema and loaders, synthetic data, splits, metrics, baselines,
-configuration, the artifact bundle, the training pipeline and the CLI."""
+"""movierec: a hybrid movie recommender.
 
-from movierec.artifacts import Bundle, BundleError, BundleWriter, load_bundle
-from movierec.config import Config, ConfigError, load_config
-from movierec.data import Dataset, DataError, load_csv, load_dataset
+This package is the top floor: the jobs (train, candidates, evaluate, compare, tune, report, demo)
+and the CLI. The core they and every stage stand on is :mod:`movierec.core`; the names below are
+its public entry points."""
+
+from movierec.core.artifacts import Bundle, BundleError, BundleWriter, load_bundle
+from movierec.core.config import Config, ConfigError, load_config
+from movierec.core.data import Dataset, DataError, load_csv, load_dataset
 
 __version__ = "0.1.0"
 

@@ -194,7 +194,7 @@ def write_candidates_distributed(
     Returns:
         Counts and throughput for the log.
     """
-    from movierec.artifacts import replace_directory
+    from movierec.core.artifacts import replace_directory
 
     out = Path(out)
     check_parts_target(out)

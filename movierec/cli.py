@@ -29,7 +29,7 @@ class UsageError(ValueError):
 
 
 def _setup_logging(verbose: bool = False) -> None:
-    from movierec.logs import setup_logging
+    from movierec.core.logs import setup_logging
 
     setup_logging(verbose)
 
@@ -69,7 +69,7 @@ def config_show(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of commented YAML")] = False,
 ) -> None:
     """Print every configuration key with its resolved value (defaults, then --config, then --set)."""
-    from movierec.config import dump_config, load_config, render_yaml
+    from movierec.core.config import dump_config, load_config, render_yaml
 
     cfg = load_config(config, list(set_ or []))
     if as_json:
@@ -90,7 +90,7 @@ def split(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Write a train/test split (user_id,item_id,rating,timestamp) and the catalogue, for train --ratings/--items, evaluate --test, compare and report --test."""
-    from movierec.splits import ML100K_FOLDS, PROTOCOLS, write_split
+    from movierec.core.splits import ML100K_FOLDS, PROTOCOLS, write_split
 
     if protocol not in PROTOCOLS:
         raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
@@ -123,7 +123,7 @@ def compare(
 ) -> None:
     """Fit baselines and the hybrid on one training set, score them on one test file (full ranking, training items excluded), print one table."""
     from movierec.compare import compare as run_compare, format_table, parse_models, plot as plot_rows, protocol_line
-    from movierec.config import load_config
+    from movierec.core.config import load_config
     from movierec.evaluation import read_test_file
 
     try:
@@ -156,7 +156,7 @@ def synth(
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
 ) -> None:
     """Write the embedded synthetic MovieLens-shaped data set (deterministic for a seed)."""
-    from movierec.synthetic import SynthSpec, write_synthetic
+    from movierec.core.synthetic import SynthSpec, write_synthetic
 
     spec = SynthSpec(n_users=users, n_items=items, n_ratings=ratings, seed=seed)
     summary = write_synthetic(out, spec)
@@ -170,7 +170,7 @@ def download(
     base_url: Annotated[Optional[str], typer.Option(help="mirror to fetch from instead of GroupLens")] = None,
 ) -> None:
     """Fetch an official MovieLens zip, check its MD5 and unpack it atomically."""
-    from movierec.download import download_dataset
+    from movierec.core.download import download_dataset
 
     path = download_dataset(name, to, base_url=base_url)
     typer.echo(f"{name} ready at {path}")
@@ -186,7 +186,7 @@ def inspect_data(
     """Load a data set read-only and print its summary: sizes, rating scale, sparsity, genres."""
     import datetime as dt
 
-    from movierec.data import describe, load_data
+    from movierec.core.data import describe, load_data
 
     if (data is None) == (ratings is None):
         raise UsageError("give either --data PATH or --ratings CSV [--items CSV]")
@@ -219,7 +219,7 @@ def inspect_data(
 
 
 def _data_options(data: Optional[Path], ratings: Optional[Path], items: Optional[Path]) -> object:
-    from movierec.data import load_data
+    from movierec.core.data import load_data
 
     if (data is None) == (ratings is None):
         raise UsageError("give either --data PATH or --ratings CSV [--items CSV]")
@@ -250,7 +250,7 @@ def train(
     """Train content vectors, the two-tower model, the index and the ranker; write one bundle."""
     import time
 
-    from movierec.config import load_config
+    from movierec.core.config import load_config
     from movierec.pipeline import train as train_pipeline
 
     overrides = list(set_ or [])
@@ -259,7 +259,7 @@ def train(
     if as_json:  # stdout holds the JSON alone: no progress bars
         overrides.append("trainer.progress=false")
     cfg = load_config(config, overrides)
-    from movierec.artifacts import check_replaceable
+    from movierec.core.artifacts import check_replaceable
 
     check_replaceable(out)  # before any work: a folder that is not a bundle is never replaced
     state = None
@@ -285,7 +285,7 @@ def train(
         typer.echo(f"folded the online state up to event {record['seq']}{note}", err=as_json)
     t0 = time.perf_counter()
     path = train_pipeline(ds, out, cfg, manifest=extra)
-    from movierec.artifacts import load_bundle
+    from movierec.core.artifacts import load_bundle
 
     manifest = load_bundle(path, verify=False).manifest
     m = manifest.get("metrics", {})
@@ -294,7 +294,7 @@ def train(
         _emit({"bundle": str(path), "model_version": manifest["model_version"], "data": str(ds), "seconds": round(seconds, 1), "metrics": m})
         return
     typer.echo(f"trained on {ds} in {seconds:.1f}s")
-    from movierec.metrics import metric_rows
+    from movierec.core.metrics import metric_rows
 
     for stage, values in m.items():
         if isinstance(values, dict):
@@ -327,7 +327,7 @@ def evaluate(
         _emit(result)
         return
     typer.echo(f"{result['users']:,} users, {result['pairs']:,} test pairs ({result['skipped_rows']} skipped), k={k}, {'ranked' if result['ranked'] else 'retrieval order'}")
-    from movierec.splits import protocol_note
+    from movierec.core.splits import protocol_note
 
     note = protocol_note(result["protocol"]["test"], result["protocol"]["trained_for"])
     if note is not None:
@@ -371,7 +371,7 @@ def candidates(
             raise UsageError(f"{users}: no such file")
         frame = pd.read_csv(users, dtype=str)
         if "user_id" not in frame.columns:
-            from movierec.data import DataError
+            from movierec.core.data import DataError
 
             raise DataError("required column is missing", path=users, column="user_id")
         idx = _to_index(frame["user_id"], pd.Index(m.user_ids))
@@ -553,7 +553,7 @@ def tune(
     no_prune: Annotated[bool, typer.Option("--no-prune", help="train every trial to the end (default: stop trials whose retrieval score is below the median)")] = False,
 ) -> None:
     """Search the main hyper-parameters with Optuna on a validation split of the training data (study kept in SQLite, resumable, bad trials pruned)."""
-    from movierec.config import load_config
+    from movierec.core.config import load_config
     from movierec.tune import METRIC, StudyError, tune as run_tune
 
     base = load_config(config)
@@ -616,9 +616,9 @@ def report(
 
 def main() -> None:
     """Console entry point: maps input errors to one stderr line and exit code 2."""
-    from movierec.artifacts import BundleError
-    from movierec.config import ConfigError
-    from movierec.data import DataError
+    from movierec.core.artifacts import BundleError
+    from movierec.core.config import ConfigError
+    from movierec.core.data import DataError
 
     try:
         app(standalone_mode=False)

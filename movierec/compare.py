@@ -4,7 +4,7 @@ one test file with one protocol.
 Protocol: full ranking over the whole catalogue, the items each user rated in training
 excluded; every test row whose user and item the training data knows counts as relevant (the
 rest are counted and skipped). Recall@10, NDCG@10 and coverage@10 come from each model's top 10,
-Recall@100 from its top 100 (:func:`movierec.metrics.topn_metrics`).
+Recall@100 from its top 100 (:func:`movierec.core.metrics.topn_metrics`).
 
 ``movierec`` trains the whole pipeline (:func:`movierec.pipeline.train`) into a temporary
 folder and ranks with the loaded bundle; ``two-tower`` is the same bundle's retrieval order
@@ -24,17 +24,17 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from movierec.config import Config
-from movierec.data import Dataset, DataError
+from movierec.core.config import Config
+from movierec.core.data import Dataset, DataError
 from movierec.evaluation import _to_index
-from movierec.metrics import topn_metrics
+from movierec.core.metrics import topn_metrics
 
 log = logging.getLogger(__name__)
 
 MODELS = ("popular", "ease", "itemknn", "rp3beta", "svd", "two-tower", "movierec")
 """Names ``compare`` accepts, in the default order."""
 BASELINE_NAMES = {"popular": "popular", "ease": "ease", "itemknn": "item-knn", "rp3beta": "rp3beta", "svd": "svd"}
-"""compare's name -> :func:`movierec.baselines.make_baseline` name."""
+"""compare's name -> :func:`movierec.core.baselines.make_baseline` name."""
 KEYS = ("recall@10", "ndcg@10", "recall@100", "coverage@10", "fit_s")
 KMAX = 100
 
@@ -74,8 +74,8 @@ def relevant_matrix(train: Dataset, test: pd.DataFrame) -> tuple[sp.csr_matrix, 
 def protocol_line(train: Dataset, test: pd.DataFrame, config: Config, models: Sequence[str]) -> str | None:
     """A line on the test file's protocol (next movies or a random share, from its timestamps
     against each user's training ratings) and, when ``movierec`` is compared, whether its ranker
-    trains for that protocol with ``config`` (:func:`movierec.splits.protocol_note`)."""
-    from movierec.splits import last_rating_times, protocol_note, split_protocol
+    trains for that protocol with ``config`` (:func:`movierec.core.splits.protocol_note`)."""
+    from movierec.core.splits import last_rating_times, protocol_note, split_protocol
 
     if "timestamp" not in test.columns:
         return None
@@ -138,7 +138,7 @@ def compare(
     """
     from tqdm.auto import tqdm
 
-    from movierec.baselines import make_baseline
+    from movierec.core.baselines import make_baseline
 
     models = parse_models(",".join(models))
     relevant, skipped = relevant_matrix(train, test)

@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from movierec.config import load_config
-from movierec.data import load_dataset
-from movierec.metrics import evaluate_topn
-from movierec.splits import temporal_per_user
+from movierec.core.config import load_config
+from movierec.core.data import load_dataset
+from movierec.core.metrics import evaluate_topn
+from movierec.core.splits import temporal_per_user
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,9 @@ def run_demo(
     config_path: Path | None = None,
 ) -> dict[str, Any]:
     """Run every offline stage and print what a person would want to see. Returns paths/metrics."""
-    from movierec.baselines import make_baseline
+    from movierec.core.baselines import make_baseline
     from movierec.pipeline import train
-    from movierec.synthetic import SynthSpec, write_synthetic
+    from movierec.core.synthetic import SynthSpec, write_synthetic
     from recommender import HybridRecommender
     from retrieval.candidates import write_candidates
 

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from movierec.data import DataError
-from movierec.metrics import mae, rmse, topn_metrics
-from movierec.splits import split_protocol
+from movierec.core.data import DataError
+from movierec.core.metrics import mae, rmse, topn_metrics
+from movierec.core.splits import split_protocol
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from movierec.artifacts import BundleWriter
-from movierec.config import Config, dump_config
-from movierec.data import Dataset
+from movierec.core.artifacts import BundleWriter
+from movierec.core.config import Config, dump_config
+from movierec.core.data import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def train(ds: Dataset, out: str | Path, config: Config | None = None, manifest: 
     from content.tfidf import content_varies
     from retrieval.distributed import is_global_zero
 
-    from movierec.sizing import size_to_data
+    from movierec.core.sizing import size_to_data
 
     values = ds.ratings["rating"].to_numpy()
     constant = float(values[0]) if len(values) and values.min() == values.max() else None

@@ -35,8 +35,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from movierec.artifacts import Bundle, atomic_write_bytes, load_bundle
-from movierec.data import to_plain
+from movierec.core.artifacts import Bundle, atomic_write_bytes, load_bundle
+from movierec.core.data import to_plain
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def write_report(
         The path of the written report.
 
     Raises:
-        movierec.artifacts.BundleError: ``model_dir`` is not a valid bundle.
+        movierec.core.artifacts.BundleError: ``model_dir`` is not a valid bundle.
         ReportError: ``quality`` has a shape this module does not understand.
     """
     t0 = time.perf_counter()
@@ -153,14 +153,14 @@ def read_quality(path: str | Path) -> QualityTable:
 
 def quality_from_test(model_dir: str | Path, test_csv: str | Path, k: int = 10) -> tuple[QualityTable, str | None]:
     """A small quality table computed on a held-out test file, for when no table was given, and
-    a line on the test split's protocol (:func:`movierec.splits.protocol_note`; None when the
+    a line on the test split's protocol (:func:`movierec.core.splits.protocol_note`; None when the
     file or the bundle cannot tell).
 
     Compares the ranked model, the two-tower retrieval order alone and a most-popular baseline
     (built from the bundle's own item counts, so no training data is needed) with
     :func:`movierec.evaluation.evaluate_model`: full ranking, items rated in training excluded.
     """
-    from movierec.splits import protocol_note
+    from movierec.core.splits import protocol_note
 
     from movierec.evaluation import evaluate_model, read_test_file
     from recommender import HybridRecommender
@@ -346,7 +346,7 @@ def _section_summary(bundle: Bundle) -> _Section:
     s.body.append(_table(None, rows))
     stages = [(stage, values) for stage, values in (m.get("metrics") or {}).items() if isinstance(values, dict)]
     if stages:
-        from movierec.metrics import metric_rows
+        from movierec.core.metrics import metric_rows
 
         s.p("What each component measured while it trained:")
         table: list[list[Any]] = []

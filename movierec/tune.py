@@ -1,7 +1,7 @@
 """Hyper-parameter search for the whole pipeline with Optuna (``movierec tune``).
 
 Every trial trains the real pipeline (``movierec.pipeline.train``) on the training side of a
-validation split carved from the data it is given (:func:`movierec.splits.validation_split`),
+validation split carved from the data it is given (:func:`movierec.core.splits.validation_split`),
 and scores NDCG@10 of the bundle's own ranked order on the held-out side. Test data never
 enters: give ``tune`` a training set (for the P2 benchmark, the P2 train side) and evaluate the
 written config on the test side separately.
@@ -42,10 +42,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from movierec.config import Config, dump_config
-from movierec.data import Dataset
-from movierec.metrics import topn_metrics
-from movierec.splits import validation_split
+from movierec.core.config import Config, dump_config
+from movierec.core.data import Dataset
+from movierec.core.metrics import topn_metrics
+from movierec.core.splits import validation_split
 
 log = logging.getLogger(__name__)
 METRIC = "ndcg@10"

@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
-from movierec.baselines import MFModule
+from movierec.core.baselines import MFModule
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class SparseMFModule(MFModule):
     so an epoch over 1M ratings took ~90 s. Here a step updates only the batch's rows (~7 ms
     at a batch of 1,024), the classic SGD-MF update. The global mean stays fixed at the
     training mean (SparseAdam takes sparse gradients only; the biases absorb any offset).
-    Same objective and penalty as the dense form; chosen by ``movierec/sizing.py`` when the
+    Same objective and penalty as the dense form; chosen by ``movierec/core/sizing.py`` when the
     tables are large.
     """
 

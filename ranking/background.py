@@ -68,7 +68,7 @@ def _worker_main(inbox: Any, outbox: Any, claims: Any, first: tuple[Callable[...
 
     torch.set_num_threads(1)
     os.environ["MOVIEREC_PROGRESS"] = "0"  # one progress display: the parent's
-    from movierec.logs import setup_logging
+    from movierec.core.logs import setup_logging
 
     setup_logging(child=True)  # the parent's console rules: Lightning and warnings only with -v, as DEBUG
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):

@@ -14,8 +14,8 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
-from movierec.ease import ease_weights
-from movierec.metrics import top_k, topn_metrics
+from movierec.core.ease import ease_weights
+from movierec.core.metrics import top_k, topn_metrics
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def item_item_matrix(
 ) -> sp.csr_matrix:
     """EASE item-item weights from a users x items 0/1 matrix, kept sparse (top ``neighbors`` per candidate).
 
-    EASE (Steck 2019, :func:`movierec.ease.ease_weights`) over the catalogue's ``dense_max_items``
+    EASE (Steck 2019, :func:`movierec.core.ease.ease_weights`) over the catalogue's ``dense_max_items``
     most-rated items: the inverse is cubic in the items it covers, so past that size the rarest
     items (a rating or two each, whose weights would be noise) are left out and get their scores
     from the two-tower and content signals alone. Per candidate column only the ``neighbors``

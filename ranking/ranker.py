@@ -41,10 +41,10 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset, default_collate
 
-from movierec.config import RankingConfig, TrainerConfig
-from movierec.data import Dataset
-from movierec.metrics import top_k
-from movierec.splits import holdout_per_user, temporal_per_user, user_folds
+from movierec.core.config import RankingConfig, TrainerConfig
+from movierec.core.data import Dataset
+from movierec.core.metrics import top_k
+from movierec.core.splits import holdout_per_user, temporal_per_user, user_folds
 from ranking.background import BackgroundWorker
 from ranking.features import (
     FEATURES,

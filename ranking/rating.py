@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from movierec.artifacts import Bundle, BundleWriter
-from movierec.data import Dataset
-from movierec.metrics import top_positive
+from movierec.core.artifacts import Bundle, BundleWriter
+from movierec.core.data import Dataset
+from movierec.core.metrics import top_positive
 from ranking.background import BackgroundWorker
 
 log = logging.getLogger(__name__)
@@ -311,9 +311,9 @@ def fit_rating_model(train: Dataset, cfg: Any, seed: int = 42, log_dir: str | Pa
     """Train the rating model on ``train`` (see the module docstring for the protocol).
 
     Args:
-        cfg: a :class:`movierec.config.RatingConfig`.
+        cfg: a :class:`movierec.core.config.RatingConfig`.
     """
-    from movierec.splits import validation_split
+    from movierec.core.splits import validation_split
 
     if len(train.ratings) == 0:
         raise ValueError("rating model: cannot fit on a dataset without ratings")

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from movierec.artifacts import Bundle, BundleWriter
+from movierec.core.artifacts import Bundle, BundleWriter
 from ranking.features import (
     FEATURES,
     PREFIX,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from movierec.data import to_plain
+from movierec.core.data import to_plain
 
 
 class UnknownIdError(KeyError):

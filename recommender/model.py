@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from content import ContentSimilarity
-from movierec.artifacts import Bundle, load_bundle
-from movierec.data import to_plain
-from movierec.index import normalize
+from movierec.core.artifacts import Bundle, load_bundle
+from movierec.core.data import to_plain
+from movierec.core.index import normalize
 from ranking.features import merge_candidates
 from recommender.cache import AnswerCache
 from recommender.encoder import NewUserEncoder
@@ -811,7 +811,7 @@ class HybridRecommender:
 
 def _serving_config(bundle: Bundle) -> Any:
     """The bundle's ``serving`` config section (defaults for bundles trained without it)."""
-    from movierec.config import ServingConfig
+    from movierec.core.config import ServingConfig
 
     section = ((bundle.manifest.get("config") or {}).get("serving")) or {}
     try:

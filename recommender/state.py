@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from movierec.data import Dataset, to_plain
+from movierec.core.data import Dataset, to_plain
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from movierec.artifacts import Bundle, BundleWriter
-from movierec.config import IndexConfig
-from movierec.index import VectorIndex, build_batch_index, build_index, recall_against_exact
-from movierec.metrics import top_k
+from movierec.core.artifacts import Bundle, BundleWriter
+from movierec.core.config import IndexConfig
+from movierec.core.index import VectorIndex, build_batch_index, build_index, recall_against_exact
+from movierec.core.metrics import top_k
 from retrieval.cold import ColdMap
 from retrieval.inputs import Histories, UserFeatureEncoder, user_batch
 from retrieval.towers import ItemTower, UserTower

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from movierec.artifacts import Bundle, BundleWriter
+from movierec.core.artifacts import Bundle, BundleWriter
 
 log = logging.getLogger(__name__)
 PREFIX = "retrieval/cold_"

@@ -21,7 +21,7 @@ import multiprocessing
 import os
 from typing import TYPE_CHECKING
 
-from movierec.config import TrainerConfig
+from movierec.core.config import TrainerConfig
 
 if TYPE_CHECKING:
     from lightning.pytorch.strategies import Strategy

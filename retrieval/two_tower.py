@@ -24,8 +24,8 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from movierec.config import RetrievalConfig, TrainerConfig
-from movierec.data import Dataset
+from movierec.core.config import RetrievalConfig, TrainerConfig
+from movierec.core.data import Dataset
 from retrieval.inputs import Histories, UserFeatureEncoder, user_batch
 from retrieval.towers import ItemTower, UserTower, encode_all_users, encode_items
 
@@ -504,7 +504,7 @@ def build_two_tower(
     Shared by :func:`fit_two_tower` and by :func:`validation_recall`, which recomputes the
     validation metric in one process for any trained weights.
     """
-    from movierec.splits import temporal_per_user, validation_split
+    from movierec.core.splits import temporal_per_user, validation_split
 
     config = resolve_sequential(config, train.ratings)
     if config.sequential:  # early stopping on each user's latest ratings: the next movies

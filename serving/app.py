@@ -41,7 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from movierec.data import to_plain
+from movierec.core.data import to_plain
 from recommender import Filters, HybridRecommender, UnknownIdError
 from serving.rerank import explain, mmr
 from serving.schemas import (

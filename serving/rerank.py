@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from movierec.index import normalize
+from movierec.core.index import normalize
 from recommender import HybridRecommender
 
 

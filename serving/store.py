@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from movierec.artifacts import MANIFEST, BundleError
+from movierec.core.artifacts import MANIFEST, BundleError
 from recommender import HybridRecommender
 from recommender.state import StateError
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from movierec.config import ContentConfig
+from movierec.core.config import ContentConfig
 
 GENRES = ["Action", "Comedy", "Drama", "Sci-Fi", "Horror", "Romance", "Animation", "Children's"]
 WORDS = "space ship alien love heart ghost night dark city king war robot dog cat island river".split()

@@ -10,7 +10,7 @@ import pytest
 
 from content import ContentModel, ContentSimilarity
 from content.tfidf import field_documents
-from movierec.config import ContentConfig
+from movierec.core.config import ContentConfig
 
 
 def assert_unit(v: np.ndarray) -> None:
@@ -33,7 +33,7 @@ def test_empty_and_missing_titles(items: pd.DataFrame, small_config: ContentConf
 def test_catalogue_without_any_text_gives_every_movie_one_vector(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
     """A ratings file without an item file: content carries no signal, but it fits, saves, loads
     and places movies added later, so the collaborative stages can train."""
-    from movierec.artifacts import BundleWriter, load_bundle
+    from movierec.core.artifacts import BundleWriter, load_bundle
 
     bare = pd.DataFrame({"item_id": [1, 2, 3], "title": ["", "  ", ""]})
     with caplog.at_level("WARNING", logger="content.tfidf"):

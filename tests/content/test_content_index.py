@@ -1,4 +1,4 @@
-"""The fixes the content stage needed in movierec.index: IVF reconstruct and add-while-searching."""
+"""The fixes the content stage needed in movierec.core.index: IVF reconstruct and add-while-searching."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import threading
 
 import numpy as np
 
-from movierec.config import IndexConfig
-from movierec.index import build_index
+from movierec.core.config import IndexConfig
+from movierec.core.index import build_index
 
 
 def test_ivf_reconstruct_works_before_and_after_add() -> None:

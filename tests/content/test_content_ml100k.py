@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from content import ContentModel, ContentSimilarity
-from movierec.data import Dataset, load_dataset
-from movierec.metrics import evaluate_topn
-from movierec.splits import cold_items
+from movierec.core.data import Dataset, load_dataset
+from movierec.core.metrics import evaluate_topn
+from movierec.core.splits import cold_items
 
 pytestmark = pytest.mark.mldata
 

@@ -8,9 +8,9 @@ import pytest
 import scipy.sparse as sp
 
 from content import ContentModel, ContentSimilarity
-from movierec.artifacts import BundleWriter, load_bundle
-from movierec.config import ContentConfig, IndexConfig
-from movierec.recommender import CandidateSource
+from movierec.core.artifacts import BundleWriter, load_bundle
+from movierec.core.config import ContentConfig, IndexConfig
+from movierec.core.sources import CandidateSource
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from content import ContentModel
 from content.tfidf import field_documents
-from movierec.artifacts import BundleWriter, load_bundle
-from movierec.config import ContentConfig
+from movierec.core.artifacts import BundleWriter, load_bundle
+from movierec.core.config import ContentConfig
 
 
 def three_docs() -> pd.DataFrame:
@@ -118,7 +118,7 @@ def test_load_runs_in_a_process_that_never_imports_sklearn(tmp_path, items: pd.D
         "import sys; sys.modules['sklearn'] = None\n"
         "import numpy as np, pandas as pd\n"
         "from content.tfidf import ContentModel\n"
-        "from movierec.artifacts import load_bundle\n"
+        "from movierec.core.artifacts import load_bundle\n"
         f"m = ContentModel.load(load_bundle({str(tmp_path / 'b')!r}))\n"
         f"items = pd.read_json({str(tmp_path / 'items.json')!r})\n"
         f"assert np.array_equal(m.transform(items), np.load({str(tmp_path / 'expected.npy')!r}))\n"

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from movierec.artifacts import FORMAT_VERSION, MANIFEST, BundleError, BundleWriter, load_bundle
+from movierec.core.artifacts import FORMAT_VERSION, MANIFEST, BundleError, BundleWriter, load_bundle
 
 
 def make_bundle(target: Path, scale: float = 1.0) -> Path:
@@ -150,7 +150,7 @@ def test_writer_error_keeps_previous_bundle_and_no_temp_dir(tmp_path: Path) -> N
 def test_failed_commit_keeps_previous_bundle_and_no_temp_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: str
 ) -> None:
-    import movierec.artifacts as artifacts
+    import movierec.core.artifacts as artifacts
 
     path = make_bundle(tmp_path / "model", scale=1.0)
     real_replace = os.replace
@@ -210,7 +210,7 @@ def test_out_through_a_link_replaces_the_bundle_it_points_to(tmp_path: Path) -> 
 def test_a_folder_swap_through_a_link_replaces_what_it_points_to(tmp_path: Path) -> None:
     """``replace_directory`` (sharded candidates) through a link: the folder behind it gets the
     new content, the link stays, nothing else is left."""
-    from movierec.artifacts import replace_directory
+    from movierec.core.artifacts import replace_directory
 
     (tmp_path / "parts").mkdir()
     (tmp_path / "parts" / "part-0.parquet").write_text("old")

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from movierec.baselines import BASELINES, NotFittedError, make_baseline
-from movierec.data import Dataset, load_dataset
-from movierec.metrics import evaluate_topn, rmse
-from movierec.recommender import CandidateSource
-from movierec.splits import holdout_per_user
-from movierec.synthetic import SynthSpec, write_synthetic
+from movierec.core.baselines import BASELINES, NotFittedError, make_baseline
+from movierec.core.data import Dataset, load_dataset
+from movierec.core.metrics import evaluate_topn, rmse
+from movierec.core.sources import CandidateSource
+from movierec.core.splits import holdout_per_user
+from movierec.core.synthetic import SynthSpec, write_synthetic
 
 # Fewer epochs than the defaults keep the module under ~20 s; the quality checks reuse these fits.
 FAST = {"mf": {"epochs": 8}, "mf-bpr": {"epochs": 8}}

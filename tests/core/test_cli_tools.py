@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from cli_helpers import run_cli
-from movierec.data import load_csv, load_dataset
-from movierec.synthetic import SynthSpec, write_synthetic
+from movierec.core.data import load_csv, load_dataset
+from movierec.core.synthetic import SynthSpec, write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
 MOVIEREC = Path(sys.executable).parent / "movierec"
@@ -87,7 +87,7 @@ def test_evaluate_cli_on_the_real_u1_test(ml100k_path: Path, tmp_path: Path) -> 
     """`train` on u1.base, `evaluate --test u1.test` as shipped by GroupLens (tab-separated, no header)."""
     base = pd.read_csv(ml100k_path / "u1.base", sep="\t", names=["user_id", "item_id", "rating", "timestamp"])
     base.to_csv(tmp_path / "u1.base.csv", index=False)
-    from movierec.splits import write_items_csv
+    from movierec.core.splits import write_items_csv
 
     write_items_csv(load_dataset(ml100k_path), tmp_path / "items.csv")
     model = tmp_path / "model"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from movierec.config import Config, ConfigError, dump_config, load_config
+from movierec.core.config import Config, ConfigError, dump_config, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -118,7 +118,7 @@ def test_default_yaml_is_generated_from_the_typed_config() -> None:
     Regenerate it with `movierec config show > configs/default.yaml` after changing config.py."""
     import yaml
 
-    from movierec.config import render_yaml
+    from movierec.core.config import render_yaml
 
     text = (REPO / "configs" / "default.yaml").read_text()
     assert text == render_yaml(), "configs/default.yaml is stale: run movierec config show > configs/default.yaml"

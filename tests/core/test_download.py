@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from movierec.data import load_dataset
-from movierec.download import RELEASES, DownloadError, download_dataset
+from movierec.core.data import load_dataset
+from movierec.core.download import RELEASES, DownloadError, download_dataset
 
 
 def tiny_zip(top: str) -> bytes:

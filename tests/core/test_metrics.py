@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from movierec.data import Dataset
-from movierec.metrics import evaluate_topn, mae, rmse, top_k, topn_metrics
+from movierec.core.data import Dataset
+from movierec.core.metrics import evaluate_topn, mae, rmse, top_k, topn_metrics
 
 
 def _relevant(rows: list[list[int]], n_items: int) -> sp.csr_matrix:
@@ -113,8 +113,8 @@ def test_evaluate_topn_restricts_to_candidate_items() -> None:
 
 @pytest.mark.mldata
 def test_full_ranking_of_all_ml100k_users_takes_seconds(ml100k_path) -> None:
-    from movierec.data import load_dataset
-    from movierec.splits import holdout_per_user
+    from movierec.core.data import load_dataset
+    from movierec.core.splits import holdout_per_user
 
     train, test = holdout_per_user(load_dataset(ml100k_path))
     rng = np.random.default_rng(0)

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from cli_helpers import load_script
 
-from movierec.data import load_dataset
-from movierec.splits import temporal_per_user
-from movierec.synthetic import SynthSpec, write_synthetic
+from movierec.core.data import load_dataset
+from movierec.core.splits import temporal_per_user
+from movierec.core.synthetic import SynthSpec, write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
 

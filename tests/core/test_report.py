@@ -77,11 +77,11 @@ def png_size(src: str) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A synthetic bundle with both stages' logs, and a held-out test CSV for it."""
-    from movierec.config import load_config
-    from movierec.data import load_dataset
+    from movierec.core.config import load_config
+    from movierec.core.data import load_dataset
     from movierec.pipeline import train
-    from movierec.splits import holdout_per_user
-    from movierec.synthetic import SynthSpec, write_synthetic
+    from movierec.core.splits import holdout_per_user
+    from movierec.core.synthetic import SynthSpec, write_synthetic
 
     root = tmp_path_factory.mktemp("report")
     write_synthetic(root / "data", SynthSpec(n_users=150, n_items=120, n_ratings=4000, seed=1))
@@ -226,7 +226,7 @@ def test_block_density_is_a_share_per_block() -> None:
 
 
 def test_map_is_deterministic(small: dict[str, Path], full_report: Path) -> None:
-    from movierec.artifacts import load_bundle
+    from movierec.core.artifacts import load_bundle
 
     again = _section_map(load_bundle(small["bundle"])).html()
     assert again in full_report.read_text(encoding="utf-8")
@@ -278,8 +278,8 @@ def test_cli_reads_quality_file_and_passes_it_on(
 @pytest.mark.slow
 def test_ml100k_report(ml100k_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """The real data: 1,682 movies with real titles and genres, trained briefly."""
-    from movierec.config import load_config
-    from movierec.data import load_dataset
+    from movierec.core.config import load_config
+    from movierec.core.data import load_dataset
     from movierec.pipeline import train
 
     root = tmp_path_factory.mktemp("report-ml100k")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from cli_helpers import load_script
 
-from movierec.data import Dataset, load_dataset
-from movierec.synthetic import SynthSpec, write_synthetic
+from movierec.core.data import Dataset, load_dataset
+from movierec.core.synthetic import SynthSpec, write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [

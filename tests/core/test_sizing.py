@@ -3,10 +3,10 @@ work, and a value the user set is never changed."""
 
 from __future__ import annotations
 
-from movierec.config import load_config
+from movierec.core.config import load_config
 import pytest
 
-from movierec.sizing import (
+from movierec.core.sizing import (
     AUTOREC_CELLS,
     LARGE_PATIENCE,
     MF_PATIENCE,

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from movierec.data import Dataset
-from movierec.splits import cold_items, holdout_per_user, ml100k_fold, temporal_per_user, validation_split
+from movierec.core.data import Dataset
+from movierec.core.splits import cold_items, holdout_per_user, ml100k_fold, temporal_per_user, validation_split
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_temporal_fraction(ds: Dataset) -> None:
 
 @pytest.mark.mldata
 def test_ml100k_fold_u1_sizes(ml100k_path) -> None:
-    from movierec.data import load_dataset
+    from movierec.core.data import load_dataset
 
     full = load_dataset(ml100k_path)
     train, test = ml100k_fold(full, ml100k_path, "u1")
@@ -106,7 +106,7 @@ def test_ml100k_fold_u1_sizes(ml100k_path) -> None:
 
 @pytest.mark.mldata
 def test_p2_on_ml100k_holds_out_for_every_user(ml100k_path) -> None:
-    from movierec.data import load_dataset
+    from movierec.core.data import load_dataset
 
     train, test = holdout_per_user(load_dataset(ml100k_path), 0.2, seed=42)
     assert test.ratings["user_idx"].nunique() == 943
@@ -114,7 +114,7 @@ def test_p2_on_ml100k_holds_out_for_every_user(ml100k_path) -> None:
 
 
 def test_split_protocol_tells_next_movies_from_a_random_share(ds: Dataset) -> None:
-    from movierec.splits import last_rating_times, split_protocol
+    from movierec.core.splits import last_rating_times, split_protocol
 
     for (train, test), expected in ((temporal_per_user(ds, fraction=0.25), "temporal"), (holdout_per_user(ds, 0.25, seed=1), "random")):
         r = test.ratings

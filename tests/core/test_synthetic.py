@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from movierec.baselines import make_baseline
-from movierec.data import Dataset, DataError, load_dataset
-from movierec.metrics import evaluate_topn
-from movierec.splits import holdout_per_user
-from movierec.synthetic import SynthSpec, write_synthetic
+from movierec.core.baselines import make_baseline
+from movierec.core.data import Dataset, DataError, load_dataset
+from movierec.core.metrics import evaluate_topn
+from movierec.core.splits import holdout_per_user
+from movierec.core.synthetic import SynthSpec, write_synthetic
 
 SMALL = SynthSpec(n_users=300, n_items=250, n_ratings=9_000, seed=5)
 

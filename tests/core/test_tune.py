@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from movierec.config import load_config
-from movierec.data import Dataset, load_dataset
-from movierec.synthetic import SynthSpec, write_synthetic
+from movierec.core.config import load_config
+from movierec.core.data import Dataset, load_dataset
+from movierec.core.synthetic import SynthSpec, write_synthetic
 from movierec.tune import METRIC, apply, tune
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from movierec.config import Config
-from movierec.data import Dataset, load_dataset
-from movierec.splits import holdout_per_user
-from movierec.synthetic import SynthSpec, write_synthetic
+from movierec.core.config import Config
+from movierec.core.data import Dataset, load_dataset
+from movierec.core.splits import holdout_per_user
+from movierec.core.synthetic import SynthSpec, write_synthetic
 
 
 @dataclass
@@ -52,7 +52,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
 
 
 def ndcg10(recs: np.ndarray, test: Dataset, users: np.ndarray) -> float:
-    from movierec.metrics import topn_metrics
+    from movierec.core.metrics import topn_metrics
 
     rel = test.to_csr().tocsr()[users]
     return topn_metrics(recs, rel, 10)["ndcg@10"]

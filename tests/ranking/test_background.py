@@ -122,7 +122,7 @@ def test_the_first_jobs_error_and_a_dead_worker_are_reported() -> None:
 def test_ranker_members_trained_with_a_worker_equal_the_sequential_ones(idle_worker: BackgroundWorker) -> None:
     import torch
 
-    from movierec.config import RankingConfig, TrainerConfig
+    from movierec.core.config import RankingConfig, TrainerConfig
     from ranking.ranker import fit_guarded
     from tests.ranking.test_guard import _planted
 

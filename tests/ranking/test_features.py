@@ -139,8 +139,8 @@ def test_item_item_matrix_is_ease_when_small_and_ease_over_the_most_rated_items_
 def test_item_item_lambda_is_chosen_on_the_held_out_ratings() -> None:
     """``collab_lambda: auto`` picks the weight whose EASE ranks the held-out ratings best
     (recomputed here with a plain float64 EASE and full ranking), and hands back EASE at it."""
-    from movierec.metrics import topn_metrics
-    from movierec.splits import holdout_per_user
+    from movierec.core.metrics import topn_metrics
+    from movierec.core.splits import holdout_per_user
     from ranking.item_item import choose_lambda
 
     rng = np.random.default_rng(3)
@@ -171,7 +171,7 @@ def test_item_item_lambda_is_chosen_on_the_held_out_ratings() -> None:
 def _dataset_from_pairs(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int):
     import pandas as pd
 
-    from movierec.data import Dataset
+    from movierec.core.data import Dataset
 
     ratings = pd.DataFrame({"user_id": users, "item_id": items, "rating": 4.0, "timestamp": np.arange(len(users))})
     catalogue = pd.DataFrame({"item_id": np.arange(n_items), "title": [f"m{j}" for j in range(n_items)]})

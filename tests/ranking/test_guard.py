@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from movierec.config import RankingConfig, TrainerConfig
+from movierec.core.config import RankingConfig, TrainerConfig
 from ranking.net import GuardedRanker, RankerNet
 from ranking.ranker import Lists, _list_ndcg, choose_alpha, fit_guarded
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from movierec.artifacts import BundleWriter, load_bundle
+from movierec.core.artifacts import BundleWriter, load_bundle
 from ranking.runtime import Ranker, load_ranker
 from tests.ranking.conftest import Trained, ndcg10
 
@@ -323,7 +323,7 @@ def test_ranker_trains_on_cross_fitted_folds_and_needs_a_tower_trainer(trained: 
 
 
 def test_auto_holdout_follows_the_data_and_the_bundle_says_which_and_why(trained: Trained) -> None:
-    from movierec.data import Dataset
+    from movierec.core.data import Dataset
     from ranking.ranker import resolve_holdout
 
     assert resolve_holdout(trained.train, "auto")[0] == "temporal"  # the generated ratings have timestamps

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from movierec.artifacts import BundleWriter, load_bundle
-from movierec.baselines import BiasBaseline
-from movierec.config import RatingConfig
-from movierec.data import Dataset
-from movierec.metrics import rmse
-from movierec.splits import holdout_per_user
+from movierec.core.artifacts import BundleWriter, load_bundle
+from movierec.core.baselines import BiasBaseline
+from movierec.core.config import RatingConfig
+from movierec.core.data import Dataset
+from movierec.core.metrics import rmse
+from movierec.core.splits import holdout_per_user
 from ranking.rating import BackgroundRatingFit, RatingModel, fit_rating_model, knn_residual, load_rating_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,7 +158,7 @@ def test_pipeline_stops_the_background_fit_when_training_fails(tmp_path: Path, m
     import ranking.background
     import ranking.rating
     import retrieval.two_tower
-    from movierec.config import Config
+    from movierec.core.config import Config
     from movierec.pipeline import train as train_pipeline
 
     started: list[BackgroundRatingFit] = []
@@ -187,7 +187,7 @@ def test_the_pipeline_can_start_its_second_process_before_importing_lightning() 
     """Both processes import torch and Lightning at the same time only if the
     pipeline reaches the spawn (rank check and sizing included) without importing them."""
     code = (
-        "import sys, movierec.pipeline, movierec.sizing, content.tfidf, ranking.rating; from retrieval.distributed import is_global_zero; "
+        "import sys, movierec.pipeline, movierec.core.sizing, content.tfidf, ranking.rating; from retrieval.distributed import is_global_zero; "
         "is_global_zero(); bad = [m for m in ('lightning', 'torch') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
@@ -261,7 +261,7 @@ def test_cli_evaluate_prints_rmse_of_the_rating_model(trained: object, tmp_path:
 
 
 def test_sparse_mf_learns_the_planted_ratings_like_the_dense_form() -> None:
-    """``mf_sparse`` (chosen by movierec/sizing.py for large tables): lazy Adam on the batch's rows
+    """``mf_sparse`` (chosen by movierec/core/sizing.py for large tables): lazy Adam on the batch's rows
     recovers the planted interaction as the dense form does, and its global mean stays fixed."""
     from ranking._rating_train import SparseMFModule, fit_mf
     from ranking.rating import _triples
@@ -281,7 +281,7 @@ def test_sparse_mf_learns_the_planted_ratings_like_the_dense_form() -> None:
 
 
 def test_mf_epochs_stop_at_their_step_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``mf_max_steps_per_epoch`` (chosen by movierec/sizing.py past ~4.6M ratings): every MF
+    """``mf_max_steps_per_epoch`` (chosen by movierec/core/sizing.py past ~4.6M ratings): every MF
     epoch trains that many batches, not a full pass."""
     import ranking._rating_train as T
     from ranking.rating import _triples
@@ -303,9 +303,9 @@ def test_implicit_feedback_trains_without_a_rating_model(tmp_path: Path) -> None
     out, writes a bundle without one, and still ranks."""
     import json
 
-    from movierec.data import load_dataset
+    from movierec.core.data import load_dataset
     from movierec.pipeline import train as train_pipeline
-    from movierec.synthetic import SynthSpec, write_synthetic
+    from movierec.core.synthetic import SynthSpec, write_synthetic
     from recommender import HybridRecommender
     from tests.ranking.conftest import small_config
 

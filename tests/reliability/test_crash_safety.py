@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from movierec.artifacts import MANIFEST, BundleError, load_bundle
-from movierec.download import download_dataset
+from movierec.core.artifacts import MANIFEST, BundleError, load_bundle
+from movierec.core.download import download_dataset
 from serving.store import newest_bundle
 from tests.reliability.conftest import MOVIEREC, TINY_TRAIN, copy_bundle, sigkill, start, wait_for
 
@@ -58,7 +58,7 @@ def assert_no_leftover_is_a_model(parent: Path, name: str, target: Path) -> None
 # ---- the writer itself: a loop of bundle replacements, killed at random instants ------------------
 _WRITER_LOOP = r"""
 import sys, numpy as np
-from movierec.artifacts import BundleWriter
+from movierec.core.artifacts import BundleWriter
 target = sys.argv[1]
 version = int(sys.argv[2])
 while True:
@@ -71,7 +71,7 @@ while True:
 
 
 def _write_generation(target: Path, version: int) -> None:
-    from movierec.artifacts import BundleWriter
+    from movierec.core.artifacts import BundleWriter
 
     with BundleWriter(target, model_version=f"v{version}") as w:
         for name in ("a.npy", "b.npy", "c.npy"):
@@ -241,7 +241,7 @@ def test_target_is_a_whole_bundle_at_every_step_of_a_replacement(tmp_path: Path,
     target would be missing between them; ``renameat2(RENAME_EXCHANGE)`` closes that window."""
     import shutil
 
-    import movierec.artifacts as artifacts
+    import movierec.core.artifacts as artifacts
 
     target = tmp_path / "model"
     _write_generation(target, 1)

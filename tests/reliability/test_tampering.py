@@ -23,7 +23,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from movierec.artifacts import FORMAT_VERSION, MANIFEST, BundleError
+from movierec.core.artifacts import FORMAT_VERSION, MANIFEST, BundleError
 from recommender import HybridRecommender
 from serving.app import create_app
 from serving.settings import Settings

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from movierec.config import RetrievalConfig, TrainerConfig
-from movierec.data import Dataset, load_dataset
-from movierec.splits import holdout_per_user
-from movierec.synthetic import SynthSpec, write_synthetic
+from movierec.core.config import RetrievalConfig, TrainerConfig
+from movierec.core.data import Dataset, load_dataset
+from movierec.core.splits import holdout_per_user
+from movierec.core.synthetic import SynthSpec, write_synthetic
 
 # the random-window model: these tests score random hold-outs (the sequential training, which
 # ``sequential=auto`` picks for timestamped data, is tested in test_sequence_pooling.py)
@@ -37,7 +37,7 @@ def synth_split(synth_data: Dataset) -> tuple[Dataset, Dataset]:
 @pytest.fixture(scope="session")
 def content_vectors(synth_data: Dataset) -> np.ndarray:
     from content import ContentModel
-    from movierec.config import ContentConfig
+    from movierec.core.config import ContentConfig
 
     return ContentModel.fit(synth_data.items, ContentConfig(dim=32)).vectors
 

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from movierec.artifacts import BundleWriter, load_bundle
-from movierec.config import IndexConfig
-from movierec.index import build_index, normalize, recall_against_exact
+from movierec.core.artifacts import BundleWriter, load_bundle
+from movierec.core.config import IndexConfig
+from movierec.core.index import build_index, normalize, recall_against_exact
 from retrieval.candidates import RetrievalModel, write_candidates
 from retrieval.inputs import Histories
 
@@ -215,7 +215,7 @@ def test_batch_index_follows_added_items(model):
 
 
 def test_build_batch_index_exact_when_every_list_is_probed():
-    from movierec.index import build_batch_index
+    from movierec.core.index import build_batch_index
 
     rng = np.random.default_rng(1)
     vecs = normalize(rng.normal(size=(3000, 16)))
@@ -229,7 +229,7 @@ def test_build_batch_index_exact_when_every_list_is_probed():
 def test_quantised_batch_index_rescores_its_hits_exactly():
     """sq8 codes choose the hits; the scores returned are the exact inner products, best first,
     and probing every list finds nearly all of the exact top-k."""
-    from movierec.index import build_batch_index
+    from movierec.core.index import build_batch_index
 
     rng = np.random.default_rng(2)
     centers = rng.normal(size=(30, 32))

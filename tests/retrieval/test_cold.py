@@ -21,9 +21,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from movierec.config import Config
-from movierec.data import Dataset
-from movierec.splits import cold_items
+from movierec.core.config import Config
+from movierec.core.data import Dataset
+from movierec.core.splits import cold_items
 
 TOPICS = 6
 SIGNAL_PER_TOPIC = 5
@@ -158,7 +158,7 @@ def test_a_movie_added_at_run_time_is_placed_by_the_map(cold_world):
 
 
 def test_bundle_keeps_the_map_and_old_bundles_load_without_it(cold_world, tmp_path: Path):
-    from movierec.artifacts import BundleWriter, load_bundle
+    from movierec.core.artifacts import BundleWriter, load_bundle
     from retrieval.candidates import RetrievalModel
 
     _, _, _, model, _ = cold_world

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
-from movierec.baselines import make_baseline
-from movierec.config import Config, RetrievalConfig, TrainerConfig
-from movierec.metrics import evaluate_topn
+from movierec.core.baselines import make_baseline
+from movierec.core.config import Config, RetrievalConfig, TrainerConfig
+from movierec.core.metrics import evaluate_topn
 from movierec.candidates import write_candidates_distributed
 from retrieval.distributed import shard_bounds
 from retrieval.two_tower import ShardedBatches, build_two_tower, fit_two_tower, validation_recall
@@ -153,8 +153,8 @@ def test_ivfpq_is_compact_memory_mappable_and_near_exact(tmp_path):
     answers, and finds most of the exact top-10 on clustered vectors."""
     import faiss
 
-    from movierec.config import IndexConfig
-    from movierec.index import VectorIndex, build_index, normalize, recall_against_exact
+    from movierec.core.config import IndexConfig
+    from movierec.core.index import VectorIndex, build_index, normalize, recall_against_exact
 
     faiss.omp_set_num_threads(1)
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from movierec.config import TrainerConfig
+from movierec.core.config import TrainerConfig
 from retrieval.inputs import Histories, user_batch
 from retrieval.towers import UserTower, recency_weights
 from retrieval.two_tower import TwoTowerData
@@ -94,7 +94,7 @@ def _tower_args(trained) -> dict:
 
 
 def test_bundle_round_trip_keeps_the_recency_pooling(synth_split, content_vectors, small_config, tmp_path):
-    from movierec.artifacts import BundleWriter, load_bundle
+    from movierec.core.artifacts import BundleWriter, load_bundle
     from retrieval.candidates import RetrievalModel
     from retrieval.two_tower import fit_two_tower
 
@@ -125,7 +125,7 @@ def test_preceding_windows_hold_the_movies_rated_just_before():
 def test_causal_training_rows_are_the_history_before_the_target():
     """With causal_share 1 every training row is the user's movies rated before the positive,
     in time order, whatever order the ratings frame lists them in."""
-    from movierec.config import RetrievalConfig
+    from movierec.core.config import RetrievalConfig
 
     ratings = pd.DataFrame({
         "user_idx": [0, 0, 0, 0, 1, 1, 1],
@@ -148,7 +148,7 @@ def test_causal_training_rows_are_the_history_before_the_target():
 
 
 def test_sequential_off_trains_the_plain_model_and_auto_follows_the_rankers_hold_out(synth_data):
-    from movierec.config import Config, RetrievalConfig
+    from movierec.core.config import Config, RetrievalConfig
     from movierec.pipeline import resolve_sequential as for_pipeline
     from retrieval.two_tower import resolve_sequential
 

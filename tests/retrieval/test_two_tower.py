@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from movierec.baselines import make_baseline
-from movierec.config import TrainerConfig
-from movierec.metrics import evaluate_topn
+from movierec.core.baselines import make_baseline
+from movierec.core.config import TrainerConfig
+from movierec.core.metrics import evaluate_topn
 from retrieval.inputs import Histories, user_batch
 from retrieval.towers import ItemTower, UserTower
 from retrieval.two_tower import fit_two_tower
@@ -47,7 +47,7 @@ def test_same_seed_gives_same_vectors(synth_split, content_vectors, small_config
 
 def test_cold_items_rank_by_content_above_random(synth_data, content_vectors, small_config):
     """Items with no training ratings get vectors from content that still match user tastes."""
-    from movierec.splits import cold_items
+    from movierec.core.splits import cold_items
 
     train, test, cold = cold_items(synth_data, 0.2, seed=42)
     res = fit_two_tower(train, content_vectors, small_config, TrainerConfig(progress=False), seed=5)
@@ -125,7 +125,7 @@ def test_refit_learns_from_the_ratings_early_stopping_and_the_ranker_held_out(sy
     """The served vectors learn from every training rating: a movie rated only in the part the
     first fit never saw gets its id embedding, the refit model fits the whole set better than
     the early-stopped one, and the early-stopped result is left as it was."""
-    from movierec.splits import cold_items
+    from movierec.core.splits import cold_items
     from retrieval.two_tower import refit_two_tower
 
     past, _, cold = cold_items(synth_data, 0.2, seed=3)  # ``cold`` movies: no rating in ``past``

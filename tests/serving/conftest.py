@@ -26,10 +26,10 @@ API_KEY = "test-admin-key-123"
 @pytest.fixture(scope="session")
 def bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real bundle from ``movierec.pipeline.train`` on 200 users x 150 movies."""
-    from movierec.config import load_config
-    from movierec.data import load_dataset
+    from movierec.core.config import load_config
+    from movierec.core.data import load_dataset
     from movierec.pipeline import train
-    from movierec.synthetic import SynthSpec, write_synthetic
+    from movierec.core.synthetic import SynthSpec, write_synthetic
 
     root = tmp_path_factory.mktemp("serving-bundle")
     write_synthetic(root / "data", SynthSpec(n_users=200, n_items=150, n_ratings=6000, seed=1))

@@ -114,7 +114,7 @@ def test_train_out_through_a_current_link_replaces_the_bundle_behind_it(bundle_p
     (it used to lose its manifest through the link), the link stays, nothing is left beside them."""
     import shutil
 
-    from movierec.artifacts import load_bundle
+    from movierec.core.artifacts import load_bundle
 
     shutil.copytree(bundle_path, tmp_path / "m1")
     (tmp_path / "current").symlink_to("m1")

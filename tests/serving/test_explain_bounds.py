@@ -37,7 +37,7 @@ def _long_history_user(model: HybridRecommender) -> int:
 
 
 def test_the_default_bound_comes_from_the_config(model: HybridRecommender) -> None:
-    from movierec.config import ServingConfig
+    from movierec.core.config import ServingConfig
 
     assert model.history_limit == ServingConfig().history_limit >= 1000
     assert model.snapshot_every == ServingConfig().snapshot_every

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from movierec.index import normalize
+from movierec.core.index import normalize
 from recommender import HybridRecommender
 from cli_helpers import run_cli
 

@@ -14,10 +14,10 @@ from recommender import HybridRecommender
 
 @pytest.fixture(scope="module")
 def seq_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from movierec.config import load_config
-    from movierec.data import load_dataset
+    from movierec.core.config import load_config
+    from movierec.core.data import load_dataset
     from movierec.pipeline import train
-    from movierec.synthetic import SynthSpec, write_synthetic
+    from movierec.core.synthetic import SynthSpec, write_synthetic
 
     root = tmp_path_factory.mktemp("seq-bundle")
     write_synthetic(root / "data", SynthSpec(n_users=120, n_items=100, n_ratings=3000, seed=4))

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from movierec.data import DataError
+from movierec.core.data import DataError
 
 log = logging.getLogger(__name__)
 

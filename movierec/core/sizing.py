@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from movierec.config import Config
+from movierec.core.config import Config
 
 VAL_USERS = 2_000
 """Two-tower validation users per epoch once there are more than ``VAL_USERS_ABOVE``."""

@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from movierec.data import Dataset
+from movierec.core.data import Dataset
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 """Maps a batch of user_idx (n,) to scores over every item (n, n_items); higher is better."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from movierec.data import Dataset, DataError
+from movierec.core.data import Dataset, DataError
 
 
 def holdout_per_user(ds: Dataset, fraction: float = 0.2, seed: int = 42) -> tuple[Dataset, Dataset]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from movierec.config import IndexConfig
+from movierec.core.config import IndexConfig
 
 log = logging.getLogger(__name__)
 

@@ -157,7 +157,7 @@ class RatingConfig(_Section):
     mf_sparse: bool = Field(
         False,
         description="biased MF with sparse gradients and lazy Adam: a step costs the batch's rows instead of the whole "
-        "factor tables (chosen by movierec/sizing.py for large user + item counts)",
+        "factor tables (chosen by movierec/core/sizing.py for large user + item counts)",
     )
     autorec_hidden: int = Field(500, ge=0, description="I-AutoRec hidden units (0: off)")
     autorec_reg: float = Field(100.0, ge=0, description="I-AutoRec L2 weight (the paper's lambda)")
@@ -387,7 +387,7 @@ def dump_config(config: Config) -> dict[str, Any]:
 
 DEFAULT_HEADER = """\
 # movierec configuration: every key, with its value and what it does. configs/default.yaml is
-# this file for the defaults, generated from movierec/config.py by
+# this file for the defaults, generated from movierec/core/config.py by
 #   movierec config show > configs/default.yaml
 # (tests/core/test_config.py keeps the two equal). Copy it and change what you need; unknown keys
 # are errors. `movierec config show --config F --set k=v` prints the resolved result of any file.

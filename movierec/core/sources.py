@@ -1,6 +1,6 @@
 """The one candidate-source protocol every model implements (baselines, content, two-tower).
 
-All methods speak internal indices (``user_idx``/``item_idx`` of a :class:`~movierec.data.Dataset`)
+All methods speak internal indices (``user_idx``/``item_idx`` of a :class:`~movierec.core.data.Dataset`)
 and return ``(ids, scores)`` arrays sorted best first, padded with -1 / -inf when fewer than ``k``
 items qualify.
 """
@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import scipy.sparse as sp
 
-from movierec.metrics import top_k
+from movierec.core.metrics import top_k
 
 
 @runtime_checkable

@@ -1,12 +1,12 @@
 """Baselines every later model has to beat: most-popular, biased MF, TruncatedSVD, item-kNN, RP3beta, EASE.
 
-Each baseline is a :class:`~movierec.recommender.DenseScorer`: ``fit(train)`` learns from a
-:class:`~movierec.data.Dataset`, ``score_users(user_idx)`` gives ``(n, n_items)`` scores, and the
+Each baseline is a :class:`~movierec.core.sources.DenseScorer`: ``fit(train)`` learns from a
+:class:`~movierec.core.data.Dataset`, ``score_users(user_idx)`` gives ``(n, n_items)`` scores, and the
 mixin supplies ``recommend`` / ``similar_items``. Rating models (biased MF, SVD with
 ``target="rating"``) also ``predict(user_idx, item_idx)`` ratings clipped to the training scale.
 
 Default hyper-parameters were chosen on a validation split carved from the *training* part of
-MovieLens 100K (``movierec.splits.validation_split(train, 0.1, seed=0)`` of the P2 train side,
+MovieLens 100K (``movierec.core.splits.validation_split(train, 0.1, seed=0)`` of the P2 train side,
 scored by NDCG@10, and of ``u1.base`` for the rating models, scored by RMSE), never on a test
 split: ``python benchmarks/quality.py --data ../shared/data/ml-100k --tune`` reruns that grid
 search; ``benchmarks/RESULTS.md`` records the grids and winners:
@@ -42,10 +42,10 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
-from movierec.data import Dataset
-from movierec.ease import ease_weights
-from movierec.metrics import top_positive
-from movierec.recommender import DenseScorer
+from movierec.core.data import Dataset
+from movierec.core.ease import ease_weights
+from movierec.core.metrics import top_positive
+from movierec.core.sources import DenseScorer
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ class BiasedMF(_Baseline):
     same factorisation aimed at top-N.
 
     Early stopping: with ``val_fraction > 0`` a validation split is carved from the training data
-    (``movierec.splits.validation_split``), training stops after ``patience`` epochs without
+    (``movierec.core.splits.validation_split``), training stops after ``patience`` epochs without
     improvement and the best epoch's weights are kept.
     """
 
@@ -299,7 +299,7 @@ class BiasedMF(_Baseline):
     def _fit(self, train: Dataset) -> None:
         from lightning.pytorch.callbacks import EarlyStopping
 
-        from movierec.splits import validation_split
+        from movierec.core.splits import validation_split
 
         torch.set_num_threads(self.threads)
         L.seed_everything(self.seed, workers=True, verbose=False)
@@ -503,7 +503,7 @@ class ItemKNN(_Baseline):
         return np.asarray((self.matrix[users] @ self.similarity).todense())
 
     def similar_items(self, item_idx: np.ndarray | int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        from movierec.recommender import rank_scores
+        from movierec.core.sources import rank_scores
 
         self._check_fitted()
         if int(k) < 1:
@@ -595,7 +595,7 @@ class EASE(_Baseline):
         return np.asarray(self.matrix[users] @ self.weights)
 
     def similar_items(self, item_idx: np.ndarray | int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        from movierec.recommender import rank_scores
+        from movierec.core.sources import rank_scores
 
         self._check_fitted()
         if int(k) < 1:
