@@ -3,7 +3,7 @@
 Protocol P2 on MovieLens 100K (``holdout_per_user(ds, 0.2, 42)``): one bundle trained with
 ``movierec.pipeline.train`` (default config) on the train side; every test user gets the same
 candidate pool the service re-ranks (``max(3k, 50)`` ranked candidates, items rated in train
-excluded), then :func:`serving.rerank.mmr` picks 10 of them at each diversity level. This is the
+excluded), then :func:`recommender.diversity.mmr` picks 10 of them at each diversity level. This is the
 exact serve-time path of ``GET /users/{id}/recommendations?diversity=..``, batched.
 
 Reported per level:
@@ -43,7 +43,7 @@ from movierec.core.metrics import topn_metrics  # noqa: E402
 from movierec.pipeline import train as train_pipeline  # noqa: E402
 from movierec.core.splits import holdout_per_user  # noqa: E402
 from recommender import HybridRecommender  # noqa: E402
-from serving.rerank import mmr  # noqa: E402
+from recommender.diversity import mmr  # noqa: E402
 
 log = logging.getLogger("benchmarks.diversity")
 LEVELS = (0.0, 0.25, 0.5, 0.75)

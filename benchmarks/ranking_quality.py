@@ -42,6 +42,7 @@ from movierec.core.metrics import evaluate_topn, mae, rmse, topn_metrics, top_k 
 from movierec.pipeline import tower_trainer, train as train_pipeline  # noqa: E402
 from movierec.core.splits import cold_items, holdout_per_user, ml100k_fold, validation_split  # noqa: E402
 from recommender import HybridRecommender  # noqa: E402
+from recommender.query import rate_pairs  # noqa: E402
 from ranking.ranker import refit_ranker  # noqa: E402
 
 KS = (10, 50)
@@ -162,7 +163,7 @@ def run_p1(ds: Dataset, data: Path, workdir: Path, config: Config, folds: tuple[
         u, i, y = r["user_idx"].to_numpy(), r["item_idx"].to_numpy(), r["rating"].to_numpy()
         preds = {"bundle (P1 model)": model.predict_ratings(u, i)}
         if model.ranker is not None:
-            preds["ranker rating head"] = model.ranker.predict_ratings(model, u, i)
+            preds["ranker rating head"] = rate_pairs(model, u, i)
         for name, pred in preds.items():
             rows.setdefault(name, []).append((rmse(y, pred), mae(y, pred)))
         timings = model.bundle.manifest.get("timings", {})
@@ -192,7 +193,7 @@ def run_p3(ds: Dataset, workdir: Path, config: Config) -> dict[str, Any]:
     cand = top_k(tt, c)
     cs = np.take_along_axis(tt, cand, 1).astype(np.float32)
     hists = [retr.histories.of(u) for u in users]
-    ranked = model.ranker.rerank(model, users, hists, cand, cs)
+    ranked = model.ranker.rerank(model.rank_inputs(), users, hists, cand, cs, [model.histories.ratings_of(int(u)) for u in users])
     order = np.argsort(-ranked, axis=1, kind="stable")
     out: dict[str, Any] = {}
     for name, recs in (("retrieval order", cand), ("ranked order", np.take_along_axis(cand, order, 1))):

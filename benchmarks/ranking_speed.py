@@ -43,7 +43,7 @@ def single_user(model: HybridRecommender, n_candidates: int = 100, repeats: int 
         hist = retr.histories.of(u)
         ids, s = retr.search(retr.user_vectors[u][None, :], n_candidates, [hist])
         t, c = time.perf_counter(), time.process_time()
-        model.ranker.rerank(model, np.array([u]), [hist], ids, s)
+        model.ranker.rerank(model.rank_inputs(), np.array([u]), [hist], ids, s, [model.histories.ratings_of(int(u))])
         if i >= 50:  # warm-up
             times.append(time.perf_counter() - t)
             cpu.append(time.process_time() - c)

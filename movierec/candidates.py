@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, TensorDataset
 
-from retrieval.candidates import check_parts_target
+from retrieval.candidates import candidate_schema, candidate_table, check_parts_target
 from retrieval.distributed import shard_bounds, worker_start_method
 
 log = logging.getLogger(__name__)
@@ -90,30 +90,6 @@ class CandidateTask(L.LightningModule):
         users = batch[0].numpy()
         ids, scores = self.model.recommend_batch(users, self.k, rank=self.rank_candidates)
         return {"users": users, "ids": ids, "scores": scores}
-
-
-def candidate_table(users: np.ndarray, ids: np.ndarray, scores: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray, schema: pa.Schema) -> pa.Table:
-    """Rows (user_id, item_id, rank, score) for one chunk; -1 padded slots are dropped."""
-    valid = ids >= 0
-    ranks = np.broadcast_to(np.arange(1, ids.shape[1] + 1, dtype=np.int32), ids.shape)[valid]
-    return pa.table(
-        {
-            "user_id": pa.array(np.repeat(user_ids[users], valid.sum(1)), type=schema.field("user_id").type),
-            "item_id": pa.array(item_ids[ids[valid]], type=schema.field("item_id").type),
-            "rank": pa.array(ranks, type=pa.int32()),
-            "score": pa.array(scores[valid].astype(np.float32), type=pa.float32()),
-        },
-        schema=schema,
-    )
-
-
-def candidate_schema(user_ids: np.ndarray, item_ids: np.ndarray) -> pa.Schema:
-    """The ``movierec candidates`` schema, with id types taken from the data."""
-
-    def arrow_type(ids: np.ndarray) -> pa.DataType:
-        return pa.string() if ids.dtype == object else pa.from_numpy_dtype(ids.dtype)
-
-    return pa.schema([("user_id", arrow_type(user_ids)), ("item_id", arrow_type(item_ids)), ("rank", pa.int32()), ("score", pa.float32())])
 
 
 class ParquetPartWriter(BasePredictionWriter):
@@ -213,7 +189,7 @@ def write_candidates_distributed(
             # copy-on-write instead of each training its own
             model.retrieval.batch_index()
             if rank and getattr(model, "ranker", None) is not None:
-                model.ranker.prepare(model)  # the ranker's item tables, likewise
+                model.ranker.prepare(model.rank_inputs())  # the ranker's item tables, likewise
         task = CandidateTask(model_dir, users, k, rank, chunk_size, threads, model=model if start == "fork" else None)
         trainer = L.Trainer(
             accelerator="cpu",

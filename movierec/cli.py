@@ -496,7 +496,7 @@ def recommend(
         raise UsageError(str(e)) from None
     items = m.item_records(recs.item_idx, recs.scores)
     if explain:
-        from serving.rerank import explain as explain_items
+        from recommender.explain import explain as explain_items
 
         lo, hi = m.retrieval.histories.indptr[u], m.retrieval.histories.indptr[u + 1]
         ratings = m.bundle.array("hist_ratings.npy")[lo:hi] if m.bundle.has("hist_ratings.npy") else None

@@ -37,6 +37,7 @@ import pandas as pd
 
 from movierec.core.artifacts import Bundle, atomic_write_bytes, load_bundle
 from movierec.core.data import to_plain
+from movierec.core.popularity import item_popularity, most_popular
 
 log = logging.getLogger(__name__)
 
@@ -193,16 +194,13 @@ class _MostPopular:
         self.user_ids = model.user_ids
         self.items = model.items
         self.n_items = model.n_items
-        self._histories = model.retrieval.histories
-        counts = _pad(np.asarray(model.item_counts, np.float64), self.n_items)
-        self._order = np.argsort(-counts, kind="stable")
+        self._histories = model.histories
+        self._counts = model.item_counts
 
     def recommend_batch(self, users: np.ndarray, k: int, rank: bool = False) -> tuple[np.ndarray, np.ndarray]:
         out = np.full((len(users), k), -1, dtype=np.int64)
         for row, u in enumerate(np.asarray(users)):
-            seen = self._histories.of(int(u))
-            head = self._order[: k + len(seen)]  # enough popular items to survive the exclusion
-            picked = head[~np.isin(head, seen)][:k]
+            picked, _ = most_popular(self._counts, self.n_items, k, self._histories.of(int(u)))
             out[row, : len(picked)] = picked
         return out, np.where(out >= 0, 1.0, -np.inf).astype(np.float32)
 
@@ -701,7 +699,7 @@ def _section_map(bundle: Bundle) -> _Section:
     s = _Section("map", "The map of movies")
     vectors = _unit(bundle.array("retrieval/item_vectors.npy").astype(np.float64))
     items = bundle.frame("items.parquet")
-    counts = _pad(bundle.array("item_counts.npy").astype(np.float64), len(items))
+    counts = item_popularity(bundle.array("item_counts.npy"), np.arange(len(items))).astype(np.float64)
     if len(vectors) < 3:
         s.note("Fewer than three movies: too few for a map.")
         return s
@@ -860,7 +858,7 @@ def _section_samples(bundle: Bundle, model_loader: Callable[[Path], Any] | None 
         log.warning("report: cannot load the model for sample recommendations: %s", e)
         s.note(f"The model could not be loaded for sample recommendations ({_esc(e)}).")
         return s
-    hist = model.retrieval.histories
+    hist = model.histories
     users = _sample_users(np.diff(hist.indptr), _N_SAMPLE_USERS)
     if not len(users):
         s.note("No user has ratings in training, so there is nobody to recommend for.")
@@ -904,11 +902,3 @@ def _section_samples(bundle: Bundle, model_loader: Callable[[Path], Any] | None 
         ]
         s.body.append(_table(["#", "recommended", "score", "reason"], rows, numeric={0, 2}))
     return s
-
-
-# ---- helpers -----------------------------------------------------------------------------------------------------
-
-
-def _pad(values: np.ndarray, n: int) -> np.ndarray:
-    """Item statistics cover the items known at training; movies added later have zeros."""
-    return np.concatenate([values, np.zeros(max(0, n - len(values)), values.dtype)])[:n]

@@ -9,13 +9,15 @@ arrays (:func:`load_ranker`).
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from movierec.core.artifacts import Bundle, BundleWriter
+from movierec.core.popularity import item_popularity
 from ranking.features import (
     FEATURES,
     PREFIX,
@@ -23,7 +25,6 @@ from ranking.features import (
     CollabRows,
     FeatureContext,
     PaddedHistories,
-    _gather,
     adjacent_rows,
     collab_top,
     compute_features,
@@ -37,12 +38,29 @@ from ranking.net import FusedScorer, GuardedRanker, RankerNet
 log = logging.getLogger(__name__)
 
 
-class _Model(Protocol):
-    """What the ranker reads from the runtime recommender (recommender.HybridRecommender)."""
+@dataclass(frozen=True)
+class RankInputs:
+    """What the features read besides the ranker's own statistics: the current catalogue's
+    per-item arrays (they grow when movies are added at run time) and the users' encoded features.
 
-    retrieval: Any
-    content: Any
-    items: Any
+    Args:
+        content: (n_items, d) unit content vectors.
+        genres: (n_items, G) genre indicators.
+        years: (n_items,) release years, NaN when unknown.
+        user_features: (n_users, F) encoded user features of the training users.
+        history_limit: most recent history entries the features read (None: all of them), so
+            a request's cost stays bounded however many movies a user rated.
+    """
+
+    content: np.ndarray
+    genres: np.ndarray
+    years: np.ndarray
+    user_features: np.ndarray
+    history_limit: int | None = None
+
+    @property
+    def n_items(self) -> int:
+        return len(self.years)
 
 
 class Ranker:
@@ -94,20 +112,19 @@ class Ranker:
         return collab_top(self.collab, histories, exclude, self.n_collab_candidates)
 
     # ---- features --------------------------------------------------------------------------
-    def context(self, model: _Model) -> FeatureContext:
-        """Feature arrays for the model's current catalogue (rebuilt when items were added)."""
-        n_items = len(model.items)
+    def context(self, inputs: RankInputs) -> FeatureContext:
+        """Feature arrays for the current catalogue (rebuilt when items were added)."""
+        n_items = inputs.n_items
         if self._cached is None or self._cached[0] != n_items:
-            years = np.asarray(model.items["year"].astype("Float64").to_numpy(np.float64, na_value=np.nan), np.float64)
             ctx = FeatureContext(
-                content=np.asarray(model.content.item_vectors),
-                genres=np.asarray(model.retrieval.item_genres, np.float32),
-                years=years,
+                content=np.asarray(inputs.content),
+                genres=np.asarray(inputs.genres, np.float32),
+                years=np.asarray(inputs.years, np.float64),
                 item_counts=self.arrays["item_counts"],
                 item_mean=self.arrays["item_mean"],
                 collab=self.collab,
                 user_mean=self.arrays["user_mean"],
-                user_features=np.asarray(model.retrieval.user_features, np.float32),
+                user_features=np.asarray(inputs.user_features, np.float32),
                 global_mean=float(self.meta["global_mean"]),
                 ref_year=float(self.meta["ref_year"]),
                 **{name: self.arrays.get(name) for name in TIME_ARRAYS},
@@ -117,44 +134,41 @@ class Ranker:
             self._cached = (n_items, ctx)
         return self._cached[1]
 
-    def prepare(self, model: _Model) -> None:
+    def prepare(self, inputs: RankInputs) -> None:
         """Build the per-catalogue tables a batch reads (feature context, item tables), e.g.
         before forking workers, which then share them instead of each building its own."""
-        _ = self.context(model).item_tables
+        _ = self.context(inputs).item_tables
         prepare_collab(self.collab, batch=True)
 
     def _ratings_of(
-        self, users: np.ndarray, histories: list[np.ndarray], model: Any = None, stored: np.ndarray | None = None
+        self, users: np.ndarray, histories: list[np.ndarray], ratings: list[np.ndarray | None] | None = None,
+        stored: np.ndarray | None = None,
     ) -> list[np.ndarray | None]:
-        """Ratings of each user's history: from the model's live histories when it keeps them
-        (``histories.ratings_of``: live feedback included), else the ratings stored at training
-        when the history is the stored one (``stored``: :meth:`_stored`'s mask when known)."""
+        """Ratings of each user's history: the caller's (``ratings``: live feedback included)
+        when they match the history, else the ratings stored at training when the history is
+        the stored one (``stored``: :meth:`_stored`'s mask when known), else None."""
         indptr, vals = self.arrays["hist_indptr"], self.arrays["hist_ratings"]
-        live = getattr(getattr(model, "histories", None), "ratings_of", None)
         if stored is None:
             _, stored = self._stored(users, histories)
+        given = ratings if ratings is not None else [None] * len(histories)
         out: list[np.ndarray | None] = []
-        for u, h, same in zip(users, histories, stored):
-            if live is not None and u >= 0:
-                r = live(int(u))
-                if r is not None and len(r) == len(h):
-                    out.append(r)
-                    continue
-            if same:
+        for u, h, r, same in zip(users, histories, given, stored):
+            if r is not None and u >= 0 and len(r) == len(h):
+                out.append(r)
+            elif same:
                 out.append(vals[indptr[u] : indptr[u + 1]])
             else:
                 out.append(None)  # live feedback or a new user: ratings unknown, centred to 0
         return out
 
     def _padded(
-        self, ctx: FeatureContext, model: _Model, users: np.ndarray, histories: list[np.ndarray], stored: np.ndarray | None = None
+        self, ctx: FeatureContext, inputs: RankInputs, users: np.ndarray, histories: list[np.ndarray],
+        ratings: list[np.ndarray | None] | None = None, stored: np.ndarray | None = None,
     ) -> PaddedHistories:
         users = np.asarray(users, dtype=np.int64)
         known = (users >= 0) & (users < len(ctx.user_mean))
         mu = np.where(known, ctx.user_mean[np.where(known, users, 0)], ctx.global_mean)
-        # the model's history bound (the most recent entries): a request's cost stays bounded
-        # however many movies a user rated; None reads every entry
-        return pad_histories(histories, self._ratings_of(users, histories, model, stored), mu, getattr(model, "history_limit", None))
+        return pad_histories(histories, self._ratings_of(users, histories, ratings, stored), mu, inputs.history_limit)
 
     @property
     def batch_users(self) -> int:
@@ -162,22 +176,33 @@ class Ranker:
         their item-item rows over the covered items stay near 32 MB per array."""
         return max(SMALL_BATCH + 1, (1 << 22) // max(covered(self.collab).m, 1))
 
-    def collab_rows(self, model: _Model, users: np.ndarray, histories: list[np.ndarray], n_cand: int) -> CollabRows | None:
+    def collab_rows(
+        self, inputs: RankInputs, users: np.ndarray, histories: list[np.ndarray], n_cand: int,
+        ratings: list[np.ndarray | None] | None = None,
+    ) -> CollabRows | None:
         """The batch's item-item rows, read by both the item-item candidates (``.top``) and the
         features of the merged lists of ``n_cand`` candidates (``rerank(..., collab=...)``), or
         None where the features would not read whole rows (see :meth:`CollabRows.of`)."""
-        ctx = self.context(model)
-        return CollabRows.of(ctx, self._padded(ctx, model, users, histories), n_cand)
+        ctx = self.context(inputs)
+        return CollabRows.of(ctx, self._padded(ctx, inputs, users, histories, ratings), n_cand)
 
     def features(
-        self, model: _Model, users: np.ndarray, histories: list[np.ndarray], cand: np.ndarray, cand_scores: np.ndarray,
-        collab: CollabRows | None = None,
+        self, inputs: RankInputs, users: np.ndarray, histories: list[np.ndarray], cand: np.ndarray, cand_scores: np.ndarray,
+        ratings: list[np.ndarray | None] | None = None, collab: CollabRows | None = None,
     ) -> np.ndarray:
-        """Normalised net input (n, C, F'), NaN replaced by 0 (the training mean)."""
-        ctx = self.context(model)
+        """Normalised net input (n, C, F'), NaN replaced by 0 (the training mean).
+
+        Args:
+            users: (n,) user rows (-1: a user the training data does not have).
+            histories: each user's items, oldest first.
+            cand, cand_scores: (n, C) candidates (-1 padded) and their retrieval scores.
+            ratings: each history's ratings when the caller knows them (live feedback).
+            collab: the users' item-item rows when already computed (:meth:`collab_rows`).
+        """
+        ctx = self.context(inputs)
         users = np.asarray(users, dtype=np.int64)
         known, stored = self._stored(users, histories)
-        hist = self._padded(ctx, model, users, histories, stored)
+        hist = self._padded(ctx, inputs, users, histories, ratings, stored)
         # a known user whose history is not the stored one rated since training: active now
         raw = compute_features(ctx, users, hist, cand, cand_scores, collab, active=known & ~stored)
         return self.normalise(raw, overwrite=True)
@@ -241,11 +266,10 @@ class Ranker:
         return score.numpy(), rating.numpy()
 
     def rerank(
-        self, model: _Model, users: np.ndarray, histories: list[np.ndarray], cand: np.ndarray, cand_scores: np.ndarray,
-        collab: CollabRows | None = None,
+        self, inputs: RankInputs, users: np.ndarray, histories: list[np.ndarray], cand: np.ndarray, cand_scores: np.ndarray,
+        ratings: list[np.ndarray | None] | None = None, collab: CollabRows | None = None,
     ) -> np.ndarray:
-        """Scores (n, C), higher is better; -inf at padding. ``collab``: the users' item-item
-        rows when already computed (:meth:`collab_rows`).
+        """Scores (n, C), higher is better; -inf at padding (arguments as in :meth:`features`).
 
         Fallbacks, so a request never fails here: a row whose net scores are not finite keeps
         the two-tower order; a user with no history and no id (nothing personal to rank on)
@@ -258,7 +282,7 @@ class Ranker:
         valid = cand >= 0
         if n == 0 or c == 0 or not valid.any():
             return np.full((n, c), -np.inf, dtype=np.float32)
-        x = self.features(model, users, histories, cand, cand_scores, collab)
+        x = self.features(inputs, users, histories, cand, cand_scores, ratings, collab)
         score = np.empty((n, c), np.float32)
         step = max(1, self.chunk_pairs // c)
         for s in range(0, n, step):  # the net per chunk of users: its intermediates stay in cache
@@ -272,47 +296,18 @@ class Ranker:
             score = np.where(bad[:, None], _fallback_scores(cand, cand_scores, self.arrays["item_counts"]), score)
         return np.where(valid, score, np.float32(-np.inf)).astype(np.float32, copy=False)
 
-    def predict_ratings(self, model: _Model, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Rating-head predictions for (user, item) pairs, on the data's rating scale.
-
-        Each user's pairs are scored inside the user's retrieval candidate list, the same
-        context the head was trained in (the rank features are relative to that list).
-        """
+    def rate(
+        self, inputs: RankInputs, users: np.ndarray, histories: list[np.ndarray], cand: np.ndarray, cand_scores: np.ndarray,
+        ratings: list[np.ndarray | None] | None = None,
+    ) -> np.ndarray:
+        """Rating-head predictions (n, C) for each user's candidates, on the data's rating scale
+        (arguments as in :meth:`features`). The rank features are relative to the list, so a
+        pair is rated inside the user's retrieval candidate list, as the head was trained."""
+        cand = np.asarray(cand, dtype=np.int64)
         users = np.asarray(users, dtype=np.int64)
-        items = np.asarray(items, dtype=np.int64)
-        out = np.full(len(users), float(self.meta["global_mean"]), dtype=np.float32)
-        if not len(users):
-            return out
-        order = np.argsort(users, kind="stable")
-        su, si = users[order], items[order]
-        bounds = np.flatnonzero(np.diff(su)) + 1
-        groups = np.split(np.arange(len(su)), bounds)
-        uniq = su[np.r_[0, bounds]] if len(su) else su
-        retr = model.retrieval
-        pool = self.n_candidates
-        for s in range(0, len(uniq), 256):
-            ub = uniq[s : s + 256]
-            gb = groups[s : s + 256]
-            known = (ub >= 0) & (ub < retr.n_users)
-            hists = [retr.histories.of(u) if k else np.zeros(0, np.int64) for u, k in zip(ub, known)]
-            ids, _ = retr.search(retr.user_vectors[np.where(known, ub, 0)], min(pool, retr.n_items), hists)
-            rows = []
-            for r, g in enumerate(gb):
-                extra = si[g]
-                base = ids[r][(ids[r] >= 0) & ~np.isin(ids[r], extra)]
-                rows.append(np.concatenate([extra, base]))
-            width = max(len(x) for x in rows)
-            cand = np.full((len(ub), width), -1, dtype=np.int64)
-            for r, x in enumerate(rows):
-                cand[r, : len(x)] = x
-            safe = np.where(cand >= 0, cand, 0)
-            qv = retr.user_vectors[np.where(known, ub, 0)]
-            cs = np.einsum("nd,ncd->nc", qv, retr.item_vectors[safe]).astype(np.float32)
-            x = self.features(model, ub, hists, cand, cs)
-            _, rating = self._net(x, ub, cand)
-            for r, g in enumerate(gb):
-                out[order[g]] = rating[r, : len(g)]
-        return np.clip(out, self.rating_min, self.rating_max)
+        x = self.features(inputs, users, histories, cand, np.asarray(cand_scores, np.float32), ratings)
+        _, rating = self._net(x, users, cand)
+        return np.clip(rating, self.rating_min, self.rating_max)
 
     # ---- persistence -----------------------------------------------------------------------
     def save(self, writer: BundleWriter) -> None:
@@ -344,7 +339,7 @@ TIME_ARRAYS = ("item_first_day", "user_first_day", "user_last_day")
 
 def _fallback_scores(cand: np.ndarray, cand_scores: np.ndarray, item_counts: np.ndarray) -> np.ndarray:
     """Popularity order, two-tower score breaking ties (and ordering run-time items, count 0)."""
-    pop = np.log1p(_gather(item_counts.astype(np.float32), cand, 0.0))
+    pop = np.log1p(item_popularity(item_counts, cand))
     tt = np.nan_to_num(cand_scores, nan=0.0, posinf=0.0, neginf=0.0)
     span = np.abs(tt).max() + 1.0
     return (pop + 1e-3 * tt / span).astype(np.float32)

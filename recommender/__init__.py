@@ -2,11 +2,13 @@
 
 It sits above the stages (content -> retrieval -> ranking) and below the jobs (train,
 candidates, evaluate, report, tune, demo) and the HTTP service: serving, batch candidates,
-evaluation and the report all load a bundle into :class:`HybridRecommender` and ask it. The
-stages never import this package.
+evaluation and the report all load a bundle into :class:`HybridRecommender` and ask it, and
+every recommendation goes through :func:`recommender.query.recommend`. The stages never import
+this package.
 """
 
 from recommender.ids import IdTypeError, UnknownIdError
-from recommender.model import Filters, HybridRecommender, Recommendations, SimilarBy
+from recommender.model import HybridRecommender, SimilarBy
+from recommender.query import Filters, Recommendations
 
 __all__ = ["Filters", "HybridRecommender", "IdTypeError", "Recommendations", "SimilarBy", "UnknownIdError"]

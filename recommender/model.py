@@ -5,9 +5,9 @@ HTTP service share. It speaks outside ids (as in the data) at its surface and in
 inside. It imports only plain modules (no Lightning, no scikit-learn fitting), so serving can
 load it.
 
-Order of a recommendation: two-tower retrieval (filters applied before the cut, so a strict
-filter still yields ``k`` items when ``k`` qualify) -> the ranker re-scores the candidates when
-the bundle has one -> optional diversity re-ranking.
+Every recommendation it gives is answered by the one query path, :func:`recommender.query.recommend`
+(a single request is a batch of one). The stages below it (retrieval, content, ranker) are
+read, never rewritten: the live histories and query vectors are this object's own.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -26,37 +25,27 @@ from content import ContentSimilarity
 from movierec.core.artifacts import Bundle, load_bundle
 from movierec.core.data import to_plain
 from movierec.core.index import normalize
-from ranking.features import merge_candidates
+from movierec.core.popularity import item_popularity
+from recommender import query
 from recommender.cache import AnswerCache
 from recommender.encoder import NewUserEncoder
 from recommender.ids import IdSpace, IdTypeError
 from recommender.live import LiveHistories
+from recommender.query import Filters, Recommendations
 from retrieval.candidates import RetrievalModel
+
+if TYPE_CHECKING:
+    from ranking.runtime import RankInputs, Ranker
 
 log = logging.getLogger(__name__)
 
 SimilarBy = Literal["hybrid", "content", "collaborative"]
 
 
-@dataclass
-class Filters:
-    """Restrictions on what may be recommended; ``None`` fields do not restrict."""
+class RatingPredictor(Protocol):
+    """A bundle's dedicated rating model (:class:`ranking.rating.RatingModel`)."""
 
-    genres: list[str] | None = None
-    year_min: int | None = None
-    year_max: int | None = None
-    exclude_items: list[Any] | None = None
-
-    def active(self) -> bool:
-        return bool(self.genres) or self.year_min is not None or self.year_max is not None
-
-
-@dataclass
-class Recommendations:
-    """Ranked item_idx and scores for one query, best first."""
-
-    item_idx: np.ndarray
-    scores: np.ndarray
+    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray: ...
 
 
 class HybridRecommender:
@@ -70,8 +59,8 @@ class HybridRecommender:
         content: ContentSimilarity,
         retrieval: RetrievalModel,
         item_counts: np.ndarray,
-        ranker: Any | None = None,
-        rating_model: Any | None = None,
+        ranker: Ranker | None = None,
+        rating_model: RatingPredictor | None = None,
         hist_ratings: np.ndarray | None = None,
     ) -> None:
         self.bundle = bundle
@@ -80,10 +69,13 @@ class HybridRecommender:
         self.item_ids = IdSpace(self.items["item_id"].to_numpy(), "item_id")
         self.content = content
         self.retrieval = retrieval
-        # live histories and ratings overlay the trained ones; the bundle's arrays stay as trained
+        # live histories, ratings and query vectors overlay the trained ones; the retrieval
+        # model's arrays stay as trained (the vectors are copied on the first write)
         self.histories = LiveHistories(retrieval.histories, hist_ratings)
-        retrieval.histories = self.histories
+        self.user_vectors: np.ndarray = retrieval.user_vectors
+        """(n_users, d) query vector of every user, live feedback included."""
         self._vectors = retrieval.user_vectors  # grown by doubling when users are added
+        self._rank_inputs: RankInputs | None = None
         self.applied_seq = int((bundle.manifest.get("state") or {}).get("seq", 0))
         """Sequence number of the last online-state event this model holds (the bundle's own
         point when trained with the state folded in, until :meth:`catch_up` first meets a state
@@ -100,7 +92,7 @@ class HybridRecommender:
         self._snapshot_tried = -np.inf  # time.monotonic() of the last attempt
         self.item_counts = np.asarray(item_counts, dtype=np.int64)
         self.ranker = ranker
-        self.rating_model = rating_model  # ranking.rating.RatingModel: P1 rating predictions
+        self.rating_model = rating_model
         self.genre_vocab: list[str] = list(retrieval.hparams.get("genres", []))
         self._lock = threading.RLock()  # writes, and the short reads that snapshot a user
         self._catch_up_lock = threading.Lock()
@@ -142,6 +134,25 @@ class HybridRecommender:
                 hist_ratings = None
         return cls(bundle, items, users["user_id"].to_numpy(), content, retrieval, bundle.array("item_counts.npy"), ranker,
                    rating_model, hist_ratings)
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held by writes, and by the short reads that snapshot users' live state."""
+        return self._lock
+
+    def rank_inputs(self) -> RankInputs:
+        """What the ranker's features read of the current catalogue (rebuilt when movies are
+        added or the history bound changes)."""
+        from ranking.runtime import RankInputs
+
+        cached = self._rank_inputs
+        if cached is None or cached.n_items != self.n_items or cached.history_limit != self.history_limit:
+            years = self.items["year"].astype("Float64").to_numpy(np.float64, na_value=np.nan)
+            cached = self._rank_inputs = RankInputs(
+                content=self.content.item_vectors, genres=self.retrieval.item_genres, years=years,
+                user_features=self.retrieval.user_features, history_limit=self.history_limit,
+            )
+        return cached
 
     @property
     def model_version(self) -> str:
@@ -188,118 +199,13 @@ class HybridRecommender:
         return out
 
     # ---- recommendations -----------------------------------------------------------------------
-    def _allowed(self, filters: Filters | None) -> np.ndarray | None:
-        """Boolean mask of items that pass the filters, or None when nothing is filtered."""
-        if filters is None or not filters.active():
-            return None
-        mask = np.ones(self.n_items, dtype=bool)
-        if filters.genres:
-            wanted = [self.genre_vocab.index(g) for g in filters.genres if g in self.genre_vocab]
-            genres = self.retrieval.item_genres  # (n_items, G) genre indicators: one vectorised test
-            if len(wanted) == len(filters.genres) and len(genres) == self.n_items:
-                mask &= np.asarray(genres[:, wanted] > 0).any(axis=1)
-            else:  # a genre outside the vocabulary: read the item table
-                named = set(filters.genres)
-                mask &= np.fromiter((bool(named.intersection(g)) for g in self.items["genres"]), bool, self.n_items)
-        years = self.items["year"]
-        if filters.year_min is not None:
-            mask &= (years >= filters.year_min).fillna(False).to_numpy(bool)
-        if filters.year_max is not None:
-            mask &= (years <= filters.year_max).fillna(False).to_numpy(bool)
-        return mask
-
-    def _exclusions(self, seen: np.ndarray, filters: Filters | None) -> np.ndarray:
-        extra = []
-        if filters is not None and filters.exclude_items:
-            for item_id in filters.exclude_items:
-                pos = self.item_ids.get(item_id)  # unknown or mistyped ids exclude nothing
-                if pos >= 0:
-                    extra.append(pos)
-        return np.unique(np.concatenate([seen, np.asarray(extra, dtype=np.int64)])) if extra else seen
-
-    EXACT_SCAN_ITEMS = 20_000
-    """Up to this many movies, one query over an exact (flat) index is a product with the item
-    vectors and a partial sort here: the same top-k as the index's search, in ~0.05 ms instead
-    of ~0.3 ms of search call, exclusion and compaction for a single query."""
-
-    def _retrieve(self, query: np.ndarray, k: int, exclude: np.ndarray, allowed: np.ndarray | None) -> Recommendations:
-        """Top-k by the two-tower score among allowed, non-excluded items."""
-        vectors = self.retrieval.item_vectors
-        if allowed is None:
-            if getattr(self.retrieval.index, "kind", None) != "flat" or len(vectors) > self.EXACT_SCAN_ITEMS:
-                ids, s = self.retrieval.search(query[None, :], k, [exclude])
-                return Recommendations(ids[0][ids[0] >= 0], s[0][ids[0] >= 0])
-            scores = vectors @ query
-            scores[exclude] = -np.inf
-            n = min(k, len(scores) - len(np.unique(exclude)) if len(exclude) else len(scores))
-            if n <= 0:
-                return Recommendations(np.zeros(0, np.int64), np.zeros(0, np.float32))
-            top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
-            top = top[np.argsort(-scores[top], kind="stable")]
-            return Recommendations(top.astype(np.int64), scores[top].astype(np.float32))
-        # strict filters: score only the qualifying items, so k come back whenever k qualify
-        cand = np.flatnonzero(allowed)
-        cand = cand[~np.isin(cand, exclude)]
-        scores = vectors[cand] @ query
-        order = np.argsort(-scores, kind="stable")[:k]
-        return Recommendations(cand[order], scores[order].astype(np.float32))
-
-    def _finish(
-        self,
-        user: int,
-        history: np.ndarray,
-        query: np.ndarray,
-        k: int,
-        exclude: np.ndarray,
-        allowed: np.ndarray | None,
-        rank: bool,
-    ) -> Recommendations:
-        use_ranker = rank and self.ranker is not None
-        pool = k if not use_ranker else max(k, self.ranker.n_candidates)
-        recs = self._retrieve(query, pool, exclude, allowed)
-        if use_ranker:
-            recs = self._add_collab_candidates(recs, history, exclude, allowed, query)
-        if use_ranker and len(recs.item_idx):
-            scores = self.ranker.rerank(self, np.array([user]), [history], recs.item_idx[None, :], recs.scores[None, :])[0]
-            order = np.argsort(-scores, kind="stable")
-            recs = Recommendations(recs.item_idx[order], scores[order].astype(np.float32))
-        if len(recs.item_idx) == 0 and (allowed is None or allowed.any()):
-            recs = self._popular(k, exclude, allowed)
-        return Recommendations(recs.item_idx[:k], recs.scores[:k])
-
-    def _add_collab_candidates(
-        self, recs: Recommendations, history: np.ndarray, exclude: np.ndarray, allowed: np.ndarray | None, query: np.ndarray
-    ) -> Recommendations:
-        """Merge the ranker's item-item candidates into the two-tower pool (as in its training)."""
-        if not getattr(self.ranker, "n_collab_candidates", 0) or not len(history):
-            return recs
-        extra = self.ranker.collab_candidates([history[-self.history_limit :]], [exclude])[0]
-        extra = extra[extra >= 0]
-        if allowed is not None:
-            extra = extra[allowed[extra]]
-        extra = extra[~np.isin(extra, recs.item_idx)]
-        if not len(extra):
-            return recs
-        scores = self.retrieval.item_vectors[extra] @ query
-        return Recommendations(np.concatenate([recs.item_idx, extra]), np.concatenate([recs.scores, scores.astype(np.float32)]))
-
-    def _popular(self, k: int, exclude: np.ndarray, allowed: np.ndarray | None) -> Recommendations:
-        """Fallback order when a query carries no signal: most rated first."""
-        score = self.item_counts.astype(np.float32)
-        score = np.concatenate([score, np.zeros(self.n_items - len(score), np.float32)])
-        ok = np.ones(self.n_items, bool) if allowed is None else allowed.copy()
-        ok[exclude] = False
-        cand = np.flatnonzero(ok)
-        order = np.argsort(-score[cand], kind="stable")[:k]
-        return Recommendations(cand[order], score[cand][order])
-
     def predict_ratings(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray | None:
         """Ratings for (user_idx, item_idx) pairs on the data's scale: the dedicated rating model
         when the bundle has one (the P1 model), else the ranker's rating head, else None."""
         if self.rating_model is not None:
             return self.rating_model.predict(np.asarray(user_idx, np.int64), np.asarray(item_idx, np.int64))
         if self.ranker is not None:
-            return self.ranker.predict_ratings(self, np.asarray(user_idx, np.int64), np.asarray(item_idx, np.int64))
+            return query.rate_pairs(self, user_idx, item_idx)
         return None
 
     def recommend_user(
@@ -311,20 +217,17 @@ class HybridRecommender:
         cached = self.cached_answer(u, key)
         if cached is not None:
             return cached
-        with self._lock:  # a consistent snapshot of this user; the work below runs without it
+        with self._lock:  # the stamp before the snapshot of the user: a later write outdates this answer
             stamp = self.cache.stamp(u)
-            history = self.histories.of(u)
-            query = self.retrieval.user_vectors[u].copy()
-            allowed = self._allowed(filters)
-        exclude = self._exclusions(history if exclude_seen else np.zeros(0, np.int64), filters)
-        recs = self._finish(u, history, query, k, exclude, allowed, rank)
+            queries = query.user_queries(self, np.array([u]), exclude_seen, filters)
+        recs = query.recommend(self, queries, k, rank).row(0)
         self.cache.put(u, key, recs.item_idx, recs.scores, stamp)
         return Recommendations(recs.item_idx.copy(), recs.scores.copy())
 
     @staticmethod
     def answer_key(k: int, exclude_seen: bool = True, filters: Filters | None = None, rank: bool = True) -> tuple:
         """The answer cache's key of a :meth:`recommend_user` request (beside the user row)."""
-        return (k, exclude_seen, rank, _filters_key(filters))
+        return (k, exclude_seen, rank, filters.key() if filters is not None else ())
 
     def cached_answer(self, u: int, key: tuple) -> Recommendations | None:
         """The cached answer of user row ``u`` for ``key`` (:meth:`answer_key`), or None: a
@@ -339,46 +242,17 @@ class HybridRecommender:
         self.cache.forget(user)
 
     def recommend_batch(
-        self, users: np.ndarray, k: int, rank: bool = True, exclude_seen: bool = True
+        self, users: np.ndarray, k: int, rank: bool = True, exclude_seen: bool = True, filters: Filters | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k for many known users at once (batch candidates, evaluation).
 
         Args:
             users: (n,) user_idx.
         Returns:
-            (item_idx, scores), each (n, k), padded with -1 / -inf.
+            (item_idx, scores), each (n, min(k, n_items)), padded with -1 / -inf.
         """
-        users = np.asarray(users, dtype=np.int64)
-        use_ranker = rank and self.ranker is not None
-        step = int(getattr(self.ranker, "batch_users", 0) or len(users)) if use_ranker else len(users)
-        if len(users) > step:  # ranked steps of a bounded size (their item-item rows are dense)
-            parts = [self.recommend_batch(users[s : s + step], k, rank, exclude_seen) for s in range(0, len(users), step)]
-            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        hist = self.histories
-        histories = [hist.of(u) for u in users]
-        exclude = histories if exclude_seen else None
-        pool = max(k, self.ranker.n_candidates) if use_ranker else k
-        queries = self.retrieval.user_vectors[users]
-        ids, scores = self.retrieval.search(queries, min(pool, self.n_items), exclude)
-        if use_ranker:
-            rows = None
-            n_extra = getattr(self.ranker, "n_collab_candidates", 0)
-            if n_extra:
-                banned = exclude if exclude is not None else [np.zeros(0, np.int64)] * len(users)
-                # one item-item product for both the extra candidates and the features, when the
-                # features would sum whole rows anyway
-                rows = self.ranker.collab_rows(self, users, histories, ids.shape[1] + n_extra) if hasattr(self.ranker, "collab_rows") else None
-                extra = rows.top(banned, n_extra) if rows is not None else self.ranker.collab_candidates(histories, banned)
-                ids = merge_candidates(ids, extra, self.n_items)
-                safe = np.where(ids >= 0, ids, 0)
-                scores = np.einsum("nkd,nd->nk", self.retrieval.item_vectors[safe], queries).astype(np.float32)
-                scores[ids < 0] = -np.inf
-            ranked = self.ranker.rerank(self, users, histories, ids, scores, collab=rows) if rows is not None else self.ranker.rerank(self, users, histories, ids, scores)
-            ranked = np.where(ids >= 0, ranked, -np.inf)
-            order = np.argsort(-ranked, axis=1, kind="stable")
-            ids = np.take_along_axis(ids, order, 1)
-            scores = np.take_along_axis(ranked, order, 1).astype(np.float32)
-        return ids[:, :k], scores[:, :k]
+        answer = query.recommend(self, query.user_queries(self, users, exclude_seen, filters), k, rank)
+        return answer.item_idx, answer.scores
 
     def recommend_from_items(
         self, liked_item_ids: list[Any], k: int = 10, filters: Filters | None = None, rank: bool = True
@@ -387,13 +261,12 @@ class HybridRecommender:
         if not liked_item_ids:
             raise ValueError("liked_items must name at least one movie")
         liked = np.array([self.item_idx(i) for i in liked_item_ids], dtype=np.int64)
-        query = self._encode_new_user(liked)
-        exclude = self._exclusions(np.unique(liked), filters)
-        return self._finish(-1, liked, query, k, exclude, self._allowed(filters), rank)
+        return query.recommend(self, query.liked_queries(self, [liked], filters), k, rank).row(0)
 
-    def _encode_new_user(self, liked: np.ndarray) -> np.ndarray:
-        """The query vector of a new user: :class:`~recommender.encoder.NewUserEncoder` when it
-        reproduces the user tower (checked once, on first use), else ``encode_histories``."""
+    def encode_liked(self, liked: np.ndarray) -> np.ndarray:
+        """The query vector of a new user who liked ``liked`` (item rows):
+        :class:`~recommender.encoder.NewUserEncoder` when it reproduces the user tower (checked
+        once, on first use), else ``encode_histories``."""
         if self._new_user_encoder is None:
             self._new_user_encoder = NewUserEncoder.build(self.retrieval) or False
         if self._new_user_encoder:
@@ -442,7 +315,7 @@ class HybridRecommender:
         hits = np.flatnonzero(np.char.find(self._title_lower.astype(str), q) >= 0)
         if not len(hits):
             return []
-        counts = np.concatenate([self.item_counts, np.zeros(self.n_items - len(self.item_counts), np.int64)])
+        counts = item_popularity(self.item_counts, np.arange(self.n_items))
         prefix = np.char.startswith(self._title_lower[hits].astype(str), q)
         order = np.lexsort((-counts[hits], ~prefix))[:limit]
         return self.item_records(hits[order])
@@ -588,7 +461,7 @@ class HybridRecommender:
                     [r if r is not None else np.full(len(h), np.nan, np.float32) for r, h in zip(rats, hists)]
                 ).astype(np.float32) if hists else np.zeros(0, np.float32),
                 "has_ratings": np.fromiter((r is not None for r in rats), bool, len(rats)),
-                "vectors": np.asarray(self.retrieval.user_vectors[users], np.float32),
+                "vectors": np.asarray(self.user_vectors[users], np.float32),
             }
             header = {
                 "seq": int(self.applied_seq),
@@ -613,7 +486,7 @@ class HybridRecommender:
         new_ids = [self.users.parse(v) for v in header["new_users"]]
         n_users = trained + len(new_ids)
         n_items_after = int(header["n_items"])
-        d = self.retrieval.user_vectors.shape[1]
+        d = self.user_vectors.shape[1]
         problems = [
             name for name, bad in (
                 ("trained_users", int(header["trained_users"]) != trained or len(self.users) != trained),
@@ -637,7 +510,7 @@ class HybridRecommender:
                           header.get("seq"), self.n_items, n_items_after)
                 return False
             self._grow_vectors(n_users)
-            self.retrieval.user_vectors[users] = vectors
+            self.user_vectors[users] = vectors
             cuts = indptr[1:-1]
             for u, row, r, h in zip(users.tolist(), np.split(hist, cuts), np.split(rats, cuts), has_r.tolist()):
                 self.histories.set(u, row, r if h else None)
@@ -722,7 +595,7 @@ class HybridRecommender:
             known = np.where(users < self.retrieval.user_features.shape[0], users, -1)
             queries = self.retrieval.encode_histories(rows, known).astype(np.float32)
             self._grow_vectors(len(self.users) + len(new_users))
-            self.retrieval.user_vectors[users] = queries
+            self.user_vectors[users] = queries
             for u, row, r in zip(users.tolist(), rows, row_ratings):
                 self.histories.set(u, row, r)
                 self.cache.forget(u)
@@ -776,17 +649,20 @@ class HybridRecommender:
         return users, rows, ratings
 
     def _grow_vectors(self, n_users: int) -> None:
-        """Room for ``n_users`` query vectors; capacity doubles, so adding users costs O(1) amortised."""
-        view = self.retrieval.user_vectors
-        if len(view) >= n_users:
-            return
+        """Room for ``n_users`` writable query vectors: the trained ones are copied on the first
+        write (the retrieval model keeps its own); capacity doubles, so adding users costs O(1)
+        amortised."""
+        view = self.user_vectors
         buf = self._vectors
-        if len(buf) < n_users:
-            grown = np.zeros((max(2 * len(buf), n_users, 16), buf.shape[1]), np.float32)
+        if len(view) >= n_users and buf is not self.retrieval.user_vectors:
+            return
+        if len(buf) < n_users or buf is self.retrieval.user_vectors:
+            size = max(2 * len(buf), n_users, 16) if n_users > len(view) else len(view)
+            grown = np.zeros((size, buf.shape[1]), np.float32)
             grown[: len(view)] = view
             self._vectors = buf = grown
-        self.retrieval.user_vectors = buf[:n_users]
-        self.histories.n_users = n_users
+        self.user_vectors = buf[: max(n_users, len(view))]
+        self.histories.n_users = max(n_users, self.histories.n_users)
 
     def record_ratings(self, user_id: Any, item_ids: list[Any], ratings: list[float]) -> dict[str, Any]:
         """Apply one user's ratings to memory only (no online state; offline tools and tests).
@@ -819,14 +695,3 @@ def _serving_config(bundle: Bundle) -> Any:
     except ValueError as e:
         log.warning("%s: serving config ignored, defaults used (%s)", bundle.path, str(e).splitlines()[0])
         return ServingConfig()
-
-
-def _filters_key(filters: Filters | None) -> tuple:
-    if filters is None or (not filters.active() and not filters.exclude_items):
-        return ()
-    return (
-        tuple(filters.genres or ()),
-        filters.year_min,
-        filters.year_max,
-        tuple(str(i) for i in filters.exclude_items or ()),
-    )

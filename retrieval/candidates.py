@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -25,6 +25,9 @@ from movierec.core.metrics import top_k
 from retrieval.cold import ColdMap
 from retrieval.inputs import Histories, UserFeatureEncoder, user_batch
 from retrieval.towers import ItemTower, UserTower
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 PREFIX = "retrieval/"
@@ -439,7 +442,6 @@ def write_candidates(
     import tempfile
     import time
 
-    import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
@@ -449,9 +451,8 @@ def write_candidates(
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     users = np.asarray(users, dtype=np.int64)
-    user_type = pa.from_numpy_dtype(np.asarray(user_ids).dtype) if np.asarray(user_ids).dtype != object else pa.string()
-    item_type = pa.from_numpy_dtype(np.asarray(item_ids).dtype) if np.asarray(item_ids).dtype != object else pa.string()
-    schema = pa.schema([("user_id", user_type), ("item_id", item_type), ("rank", pa.int32()), ("score", pa.float32())])
+    user_ids, item_ids = np.asarray(user_ids), np.asarray(item_ids)
+    schema = candidate_schema(user_ids, item_ids)
     t0 = time.perf_counter()
     rows = 0
     try:
@@ -460,18 +461,7 @@ def write_candidates(
             for start in range(0, len(users), chunk_size):
                 chunk = users[start : start + chunk_size]
                 ids, scores = recommend(chunk)
-                valid = ids >= 0
-                n_per = valid.sum(1)
-                ranks = np.broadcast_to(np.arange(1, ids.shape[1] + 1, dtype=np.int32), ids.shape)[valid]
-                table = pa.table(
-                    {
-                        "user_id": pa.array(np.repeat(np.asarray(user_ids)[chunk], n_per), type=user_type),
-                        "item_id": pa.array(np.asarray(item_ids)[ids[valid]], type=item_type),
-                        "rank": pa.array(ranks, type=pa.int32()),
-                        "score": pa.array(scores[valid].astype(np.float32), type=pa.float32()),
-                    },
-                    schema=schema,
-                )
+                table = candidate_table(chunk, ids, scores, user_ids, item_ids, schema)
                 writer.write_table(table)
                 rows += len(table)
                 bar.update(len(chunk))
@@ -487,3 +477,30 @@ def write_candidates(
     summary = {"users": len(users), "rows": rows, "seconds": round(seconds, 2), "users_per_second": round(len(users) / max(seconds, 1e-9), 1)}
     log.info("candidates: %d users, %d rows in %.1fs (%.0f users/s) -> %s", len(users), rows, seconds, summary["users_per_second"], out)
     return summary
+
+
+def candidate_table(users: np.ndarray, ids: np.ndarray, scores: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray, schema: pa.Schema) -> pa.Table:
+    """Rows (user_id, item_id, rank, score) for one chunk; -1 padded slots are dropped."""
+    import pyarrow as pa
+
+    valid = ids >= 0
+    ranks = np.broadcast_to(np.arange(1, ids.shape[1] + 1, dtype=np.int32), ids.shape)[valid]
+    return pa.table(
+        {
+            "user_id": pa.array(np.repeat(user_ids[users], valid.sum(1)), type=schema.field("user_id").type),
+            "item_id": pa.array(item_ids[ids[valid]], type=schema.field("item_id").type),
+            "rank": pa.array(ranks, type=pa.int32()),
+            "score": pa.array(scores[valid].astype(np.float32), type=pa.float32()),
+        },
+        schema=schema,
+    )
+
+
+def candidate_schema(user_ids: np.ndarray, item_ids: np.ndarray) -> pa.Schema:
+    """The ``movierec candidates`` schema, with id types taken from the data."""
+    import pyarrow as pa
+
+    def arrow_type(ids: np.ndarray) -> pa.DataType:
+        return pa.string() if ids.dtype == object else pa.from_numpy_dtype(ids.dtype)
+
+    return pa.schema([("user_id", arrow_type(user_ids)), ("item_id", arrow_type(item_ids)), ("rank", pa.int32()), ("score", pa.float32())])

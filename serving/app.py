@@ -43,7 +43,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from movierec.core.data import to_plain
 from recommender import Filters, HybridRecommender, UnknownIdError
-from serving.rerank import explain, mmr
+from recommender.diversity import mmr
+from recommender.explain import explain
 from serving.schemas import (
     MAX_LIKED,
     ErrorOut,

@@ -45,6 +45,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from movierec.core.data import Dataset
 from movierec.core.ease import ease_weights
 from movierec.core.metrics import top_positive
+from movierec.core.popularity import rating_counts
 from movierec.core.sources import DenseScorer
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,7 @@ class MostPopular(_Baseline):
     name = "popular"
 
     def _fit(self, train: Dataset) -> None:
-        counts = np.bincount(train.ratings["item_idx"].to_numpy(), minlength=train.n_items)
-        self.popularity = counts.astype(np.float32)
+        self.popularity = rating_counts(train.ratings["item_idx"].to_numpy(), train.n_items).astype(np.float32)
 
     def _score(self, users: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.popularity, (len(users), self.n_items)).copy()

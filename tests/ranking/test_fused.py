@@ -65,7 +65,7 @@ def test_the_ranker_rescores_with_the_nets_current_weights(trained: Trained) -> 
     hists = [model.retrieval.histories.of(u) for u in users]
     ids, s = model.retrieval.search(model.retrieval.user_vectors[users], 20, hists)
     own = Ranker(copy.deepcopy(ranker.net), ranker.meta, ranker.arrays, ranker.collab)
-    x = own.features(model, users, hists, ids, s)
+    x = own.features(model.rank_inputs(), users, hists, ids, s)
     before = own.score_net(x, users, ids)
     assert own._fused() is not None
     torch.testing.assert_close(

@@ -8,6 +8,7 @@ import torch
 
 from movierec.core.artifacts import BundleWriter, load_bundle
 from ranking.runtime import Ranker, load_ranker
+from recommender.query import rate_pairs
 from tests.ranking.conftest import Trained, ndcg10
 
 
@@ -44,7 +45,7 @@ def test_ranker_reorders_and_beats_retrieval_order_on_planted_tastes(trained: Tr
 
 def test_rating_head_predicts_on_the_data_scale_better_than_the_mean(trained: Trained) -> None:
     r = trained.test.ratings
-    pred = trained.model.ranker.predict_ratings(trained.model, r["user_idx"].to_numpy(), r["item_idx"].to_numpy())
+    pred = rate_pairs(trained.model, r["user_idx"].to_numpy(), r["item_idx"].to_numpy())
     lo, hi = trained.ds.rating_scale
     assert pred.shape == (len(r),) and (pred >= lo).all() and (pred <= hi).all()
     truth = r["rating"].to_numpy()
@@ -65,13 +66,13 @@ def test_bundle_round_trip_gives_identical_scores(trained: Trained, refit, tmp_p
     users = np.arange(20)
     hists = [model.retrieval.histories.of(u) for u in users]
     ids, scores = model.retrieval.search(model.retrieval.user_vectors[users], 40, hists)
-    a = refit.ranker.rerank(model, users, hists, ids, scores)
-    b = loaded.rerank(model, users, hists, ids, scores)
+    a = refit.ranker.rerank(model.rank_inputs(), users, hists, ids, scores)
+    b = loaded.rerank(model.rank_inputs(), users, hists, ids, scores)
     np.testing.assert_array_equal(a, b)
     r = trained.test.ratings.head(50)
     np.testing.assert_array_equal(
-        refit.ranker.predict_ratings(model, r["user_idx"].to_numpy(), r["item_idx"].to_numpy()),
-        loaded.predict_ratings(model, r["user_idx"].to_numpy(), r["item_idx"].to_numpy()),
+        rate_pairs(model, r["user_idx"].to_numpy(), r["item_idx"].to_numpy(), ranker=refit.ranker),
+        rate_pairs(model, r["user_idx"].to_numpy(), r["item_idx"].to_numpy(), ranker=loaded),
     )
 
 
@@ -85,7 +86,7 @@ def test_a_user_who_rated_since_training_counts_as_active_now(trained: Trained) 
     known, stored = ranker._stored(users, [hist, np.concatenate([hist, unseen]), unseen])
     assert (known & ~stored).tolist() == [False, True, False]  # rated since training
     cand = np.setdiff1d(np.arange(model.retrieval.n_items), np.concatenate([hist, unseen]))[None, :30].repeat(2, 0)
-    x = ranker.features(model, users[:2], [hist, np.concatenate([hist, unseen])], cand, np.zeros(cand.shape, np.float32))
+    x = ranker.features(model.rank_inputs(), users[:2], [hist, np.concatenate([hist, unseen])], cand, np.zeros(cand.shape, np.float32))
     since = ranker.meta["feature_names"].index("since_last")
     # the newest day is at or after the user's stored last day, so every gap shrinks or stays
     assert (x[1, :, since] <= x[0, :, since] + 1e-6).all() and (x[1, :, since] < x[0, :, since]).any()
@@ -102,7 +103,7 @@ def test_new_user_without_history_gets_popularity_order(trained: Trained) -> Non
     model = trained.model
     ranker = model.ranker
     _, ids, s = _cands(model, np.array([0]))
-    out = ranker.rerank(model, np.array([-1]), [np.zeros(0, np.int64)], ids, s)
+    out = ranker.rerank(model.rank_inputs(), np.array([-1]), [np.zeros(0, np.int64)], ids, s)
     assert np.isfinite(out).all()
     counts = ranker.arrays["item_counts"][ids[0]]
     assert np.all(np.diff(counts[np.argsort(-out[0], kind="stable")]) <= 0)
@@ -110,10 +111,10 @@ def test_new_user_without_history_gets_popularity_order(trained: Trained) -> Non
 
 def test_all_candidates_filtered_out_and_empty_batches(trained: Trained) -> None:
     model = trained.model
-    out = model.ranker.rerank(model, np.array([0, 1]), [np.array([1]), np.array([2])], np.full((2, 5), -1), np.full((2, 5), -np.inf))
+    out = model.ranker.rerank(model.rank_inputs(), np.array([0, 1]), [np.array([1]), np.array([2])], np.full((2, 5), -1), np.full((2, 5), -np.inf))
     assert out.shape == (2, 5) and np.isneginf(out).all()
-    assert model.ranker.rerank(model, np.zeros(0, np.int64), [], np.zeros((0, 5), np.int64), np.zeros((0, 5))).shape == (0, 5)
-    assert model.ranker.predict_ratings(model, np.zeros(0, np.int64), np.zeros(0, np.int64)).shape == (0,)
+    assert model.ranker.rerank(model.rank_inputs(), np.zeros(0, np.int64), [], np.zeros((0, 5), np.int64), np.zeros((0, 5))).shape == (0, 5)
+    assert rate_pairs(model, np.zeros(0, np.int64), np.zeros(0, np.int64)).shape == (0,)
     # a filter nothing passes: the recommender answers with an empty list, not an error
     from recommender import Filters
 
@@ -128,7 +129,7 @@ def test_nan_features_and_nan_net_fall_back_without_crashing(trained: Trained, m
     hists, ids, s = _cands(model, users)
     s_nan = s.copy()
     s_nan[0, :5] = np.nan
-    out = ranker.rerank(model, users, hists, ids, s_nan)
+    out = ranker.rerank(model.rank_inputs(), users, hists, ids, s_nan)
     assert np.isfinite(out).all()  # NaN features are replaced by the training mean
     # a broken net (NaN weights) falls back to popularity order, two-tower score breaking ties
     broken = Ranker(ranker.net, ranker.meta, ranker.arrays, ranker.collab)
@@ -139,7 +140,7 @@ def test_nan_features_and_nan_net_fall_back_without_crashing(trained: Trained, m
     with torch.no_grad():
         for net in broken.net.nets:
             net.score_head.weight.fill_(float("nan"))
-    out = broken.rerank(model, users, hists, ids, s)
+    out = broken.rerank(model.rank_inputs(), users, hists, ids, s)
     assert np.isfinite(out).all()
     counts = ranker.arrays["item_counts"][ids[1]]
     assert np.all(np.diff(counts[np.argsort(-out[1], kind="stable")]) <= 0)
@@ -155,7 +156,7 @@ def test_items_added_at_run_time_and_new_users_are_ranked(trained: Trained) -> N
     users = np.array([0, 1])
     hists = [model.retrieval.histories.of(u) for u in users]
     cand = np.array([[new_idx, 0, 1], [2, new_idx, -1]])
-    out = model.ranker.rerank(model, users, hists, cand, np.array([[0.5, 0.4, 0.3], [0.2, 0.1, 0.0]], np.float32))
+    out = model.ranker.rerank(model.rank_inputs(), users, hists, cand, np.array([[0.5, 0.4, 0.3], [0.2, 0.1, 0.0]], np.float32))
     assert np.isfinite(out[:, :2]).all() and np.isneginf(out[1, 2])
     liked = list(trained.train.items["item_id"].iloc[:3])
     recs = model.recommend_from_items(liked, k=5)
@@ -318,7 +319,7 @@ def test_ranker_trains_on_cross_fitted_folds_and_needs_a_tower_trainer(trained: 
     assert result.metrics["lists"] > 1.5 * single
     model, users = trained.model, np.arange(20)
     ids, tt_scores = model.recommend_batch(users, 50, rank=False)
-    scores = result.ranker.rerank(model, users, [model.retrieval.histories.of(u) for u in users], ids, tt_scores)
+    scores = result.ranker.rerank(model.rank_inputs(), users, [model.retrieval.histories.of(u) for u in users], ids, tt_scores)
     assert np.isfinite(scores[ids >= 0]).all() and "tt_score" in result.ranker.meta["feature_names"]
 
 

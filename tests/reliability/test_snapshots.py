@@ -86,7 +86,7 @@ def _same(a: HybridRecommender, b: HybridRecommender) -> None:
         assert np.array_equal(a.histories.of(u), b.histories.of(u)), u
         ra, rb = a.histories.ratings_of(u), b.histories.ratings_of(u)
         assert (ra is None) == (rb is None) and (ra is None or np.array_equal(ra, rb, equal_nan=True)), u
-    np.testing.assert_allclose(a.retrieval.user_vectors, b.retrieval.user_vectors, atol=1e-6)
+    np.testing.assert_allclose(a.user_vectors, b.user_vectors, atol=1e-6)
     np.testing.assert_allclose(a.retrieval.item_vectors, b.retrieval.item_vectors, atol=1e-6)
     for user in a.users.all()[-20:].tolist():
         assert a.recommend_user(user, 10).item_idx.tolist() == b.recommend_user(user, 10).item_idx.tolist()

@@ -127,7 +127,7 @@ def test_two_models_on_one_state_agree_after_catching_up(store: StateStore, bund
         u = m.user_idx(new_user)
         assert m.items["item_id"].to_numpy()[m.histories.of(u)].tolist() == [int(ids[3]), int(ids[4]), int(ids[5]), item_id]
         assert m.histories.ratings_of(u).tolist() == [5.0, 5.0, 5.0, 4.0]
-    np.testing.assert_allclose(a.retrieval.user_vectors[: len(a.users)], b.retrieval.user_vectors[: len(b.users)], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.user_vectors[: len(a.users)], b.user_vectors[: len(b.users)], rtol=1e-5, atol=1e-6)
     assert a.recommend_user(new_user, 5).item_idx.tolist() == b.recommend_user(new_user, 5).item_idx.tolist()
 
 

@@ -83,21 +83,6 @@ def test_the_new_user_encoder_equals_the_user_tower(bundle_path: Path) -> None:
     np.testing.assert_allclose(enc(liked), rec.retrieval.encode_histories([liked])[0], rtol=1e-5, atol=1e-6)
 
 
-def test_the_exact_scan_returns_the_index_search(bundle_path: Path) -> None:
-    """One query over a flat index is scanned in NumPy: the same items in the same order, with
-    the history excluded, as the index's own search."""
-    rec = HybridRecommender.load(bundle_path)
-    assert rec.retrieval.index.kind == "flat" and rec.n_items <= rec.EXACT_SCAN_ITEMS
-    for u in range(0, 60, 3):
-        history, query = rec.histories.of(u), rec.retrieval.user_vectors[u]
-        for k in (1, 10, rec.n_items):
-            got = rec._retrieve(query, k, history, None)
-            ids, scores = rec.retrieval.search(query[None, :], k, [history])
-            keep = ids[0] >= 0
-            np.testing.assert_allclose(got.scores, scores[0][keep], rtol=1e-5, atol=1e-6)
-            assert set(got.item_idx.tolist()) == set(ids[0][keep].tolist()) and not set(history.tolist()) & set(got.item_idx.tolist())
-
-
 def test_diversity_and_explanations_never_run_on_the_event_loop(bundle_path: Path, tmp_path: Path, monkeypatch) -> None:
     """MMR and explanations grow with k: they run in the thread pool, cached answer or not."""
     import threading

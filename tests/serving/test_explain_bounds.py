@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 import serving.app as app_module
 from recommender import HybridRecommender
 from serving.app import create_app
-from serving.rerank import explain
+from recommender.explain import explain
 from serving.settings import Settings
 
 

@@ -76,12 +76,12 @@ def test_user_vector_is_the_tower_pooling_of_the_updated_history(fb_client: Test
     assert fb_client.post(f"/users/{user}/ratings", json=body).status_code == 200
     served = fb_client.app.state.store.get().recommender
     expected_history = np.concatenate([history[1:], new, [rerated]])
-    assert served.retrieval.histories.of(u).tolist() == expected_history.tolist()
+    assert served.histories.of(u).tolist() == expected_history.tolist()
     expected = model.retrieval.encode_histories([expected_history], np.array([u]))[0]
-    np.testing.assert_allclose(served.retrieval.user_vectors[u], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(served.user_vectors[u], expected, rtol=1e-5, atol=1e-6)
     # other users' rows are untouched by the CSR rewrite
     for other in (0, 1, 3, len(model.user_ids) - 1):
-        assert served.retrieval.histories.of(other).tolist() == model.retrieval.histories.of(other).tolist()
+        assert served.histories.of(other).tolist() == model.retrieval.histories.of(other).tolist()
 
 
 def test_unknown_user_is_created_from_their_ratings_alone(fb_client: TestClient, model: HybridRecommender) -> None:
@@ -198,5 +198,8 @@ def test_the_ranker_reads_live_ratings_from_the_layer(bundle_path: Path) -> None
     user = int(rec.user_ids[3])
     unseen = next(int(i) for i in rec.items["item_id"] if rec.item_idx(i) not in set(rec.histories.of(3).tolist()))
     rec.record_ratings(user, [unseen], [1.0])
-    got = rec.ranker._ratings_of(np.array([3]), [rec.histories.of(3)], rec)[0]
+    from recommender.query import user_queries
+
+    q = user_queries(rec, np.array([3]))
+    got = rec.ranker._ratings_of(q.users, q.histories, q.ratings)[0]
     assert got is not None and len(got) == len(rec.histories.of(3)) and got[-1] == 1.0

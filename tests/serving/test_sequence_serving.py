@@ -38,18 +38,18 @@ def test_live_ratings_in_another_order_give_another_query(seq_bundle: Path) -> N
     new = [int(x) for x in a.items["item_id"].to_numpy()[[i for i in range(a.n_items) if i not in seen][:3]]]
     a.apply_ratings([user] * 3, new, [5.0] * 3)
     b.apply_ratings([user] * 3, new[::-1], [5.0] * 3)
-    assert a.retrieval.histories.of(u)[-3:].tolist() == [a.item_idx(i) for i in new]
+    assert a.histories.of(u)[-3:].tolist() == [a.item_idx(i) for i in new]
     # each is the tower's pooling of the updated time-ordered history
     for m in (a, b):
-        want = m.retrieval.encode_histories([m.retrieval.histories.of(u)], np.array([u]))[0]
-        np.testing.assert_allclose(m.retrieval.user_vectors[u], want, rtol=1e-5, atol=1e-6)
+        want = m.retrieval.encode_histories([m.histories.of(u)], np.array([u]))[0]
+        np.testing.assert_allclose(m.user_vectors[u], want, rtol=1e-5, atol=1e-6)
     # the same movies, rated in the other order: the newest differs, so does the query
-    assert not np.allclose(a.retrieval.user_vectors[u], b.retrieval.user_vectors[u], atol=1e-4)
+    assert not np.allclose(a.user_vectors[u], b.user_vectors[u], atol=1e-4)
 
 
 def test_a_new_users_liked_list_is_read_in_order(seq_bundle: Path) -> None:
     m = HybridRecommender.load(seq_bundle)
     liked = np.array([4, 18, 33, 7, 52, 61])
-    first = m._encode_new_user(liked)
+    first = m.encode_liked(liked)
     np.testing.assert_allclose(first, m.retrieval.encode_histories([liked])[0], rtol=1e-4, atol=1e-5)
-    assert not np.allclose(first, m._encode_new_user(liked[::-1]), atol=1e-4)
+    assert not np.allclose(first, m.encode_liked(liked[::-1]), atol=1e-4)

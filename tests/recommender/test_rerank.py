@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from recommender import HybridRecommender
-from serving.rerank import explain, mmr
+from recommender.diversity import mmr
+from recommender.explain import explain
 
 
 def test_mmr_zero_diversity_keeps_relevance_order() -> None:

@@ -1,60 +1,20 @@
-"""Serve-time re-ranking of a recommendation list: diversity (MMR) and explanations.
+"""Explanations of a recommendation list: for each movie, the history movies most like it.
 
-Both work on the final candidates only (a few hundred at most), so they add well under a
-millisecond and need no training. Item vectors are the two-tower candidate vectors, normalised,
-so similarity is a cosine; explanations add content cosine so that "similar to X" also holds
+They work on the final list only, need no training, and read the two-tower item vectors
+(normalised: similarity is a cosine) and the content vectors, so that "similar to X" also holds
 for movies with no ratings yet.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from movierec.core.index import normalize
-from recommender import HybridRecommender
 
-
-def mmr(item_idx: np.ndarray, scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np.ndarray:
-    """Maximal marginal relevance: pick ``k`` of the candidates, trading relevance for novelty.
-
-    Each step takes the candidate maximising ``(1 - diversity) * rel - diversity * max_sim``,
-    where ``rel`` is the candidate score rescaled to [0, 1] (ranker and retrieval scores are on
-    different scales) and ``max_sim`` its highest cosine to anything already picked.
-
-    Args:
-        item_idx: (n,) candidates, best first.
-        scores: (n,) their scores.
-        vectors: (n, d) their item vectors (any norm).
-        k: how many to keep.
-        diversity: 0 keeps the relevance order; 1 ignores relevance after the first pick.
-    Returns:
-        (min(k, n),) positions into the candidate arrays, in the new order.
-    """
-    n = len(item_idx)
-    k = min(k, n)
-    if diversity <= 0 or n <= 1:
-        return np.arange(k)
-    s = np.asarray(scores, dtype=np.float64)
-    span = s.max() - s.min()
-    rel = (s - s.min()) / span if span > 0 else np.ones(n)
-    v = np.asarray(vectors, dtype=np.float32)
-    # centre on the candidates' mean first: two-tower vectors share a large common direction
-    # (on ML-100K the top-10 average cosine is ~0.95), so raw cosines barely differ between
-    # candidates and MMR would hardly move anything; centred, they spread over [-1, 1]
-    v = normalize(v - v.mean(axis=0, keepdims=True))
-    sim = v @ v.T
-    picked = [int(np.argmax(rel))]
-    max_sim = sim[picked[0]].astype(np.float64)
-    free = np.ones(n, dtype=bool)
-    free[picked[0]] = False
-    for _ in range(k - 1):
-        gain = (1 - diversity) * rel - diversity * max_sim
-        gain[~free] = -np.inf
-        j = int(np.argmax(gain))
-        picked.append(j)
-        free[j] = False
-        np.maximum(max_sim, sim[j], out=max_sim)
-    return np.asarray(picked)
+if TYPE_CHECKING:
+    from recommender.model import HybridRecommender
 
 
 EXPLAIN_ROWS = 256
@@ -92,7 +52,7 @@ def explain(
     item_idx = np.asarray(item_idx, dtype=np.int64)
     if len(history) == 0 or len(item_idx) == 0:
         return [[] for _ in item_idx]
-    limit = limit if limit is not None else getattr(model, "history_limit", None)
+    limit = limit if limit is not None else model.history_limit
     if limit is not None and len(history) > limit:
         history = history[-limit:]
         ratings = ratings[-limit:] if ratings is not None else None
