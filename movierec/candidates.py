@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
@@ -28,6 +28,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from retrieval.candidates import candidate_schema, candidate_table, check_parts_target
 from retrieval.distributed import shard_bounds, worker_start_method
+
+if TYPE_CHECKING:
+    from recommender import HybridRecommender
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +63,13 @@ class CandidateTask(L.LightningModule):
         rank_candidates: bool = True,
         chunk_size: int = 2048,
         threads: int = 1,
-        model: Any = None,
+        model: HybridRecommender | None = None,
     ) -> None:
         super().__init__()
         self.model_dir = str(model_dir)
         self.users = np.asarray(users, dtype=np.int64)
         self.k, self.rank_candidates, self.chunk_size, self.threads = k, rank_candidates, chunk_size, threads
-        self.model: Any = model
+        self.model: HybridRecommender | None = model
         self.user_ids: np.ndarray | None = None
         self.item_ids: np.ndarray | None = None
 
@@ -146,7 +149,7 @@ def write_candidates_distributed(
     chunk_size: int = 2048,
     threads: int = 1,
     show_progress: bool = True,
-    model: Any = None,
+    model: HybridRecommender | None = None,
 ) -> dict[str, Any]:
     """Top-k candidates for ``users`` written by ``workers`` processes (per node) as parquet parts.
 
@@ -188,7 +191,7 @@ def write_candidates_distributed(
             # a large catalogue's batch index, built once here: forked workers share it
             # copy-on-write instead of each training its own
             model.retrieval.batch_index()
-            if rank and getattr(model, "ranker", None) is not None:
+            if rank and model.ranker is not None:
                 model.ranker.prepare(model.rank_inputs())  # the ranker's item tables, likewise
         task = CandidateTask(model_dir, users, k, rank, chunk_size, threads, model=model if start == "fork" else None)
         trainer = L.Trainer(

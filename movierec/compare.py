@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,9 @@ from movierec.core.config import Config
 from movierec.core.data import Dataset, DataError
 from movierec.evaluation import _to_index
 from movierec.core.metrics import topn_metrics
+
+if TYPE_CHECKING:
+    from recommender import HybridRecommender
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +111,7 @@ def _baseline_top(model: Any, seen: sp.csr_matrix) -> TopK:
     return top
 
 
-def _bundle_top(model: Any, train: Dataset, rank: bool) -> TopK:
+def _bundle_top(model: HybridRecommender, train: Dataset, rank: bool) -> TopK:
     """Top-k of a loaded bundle, translated between its id maps and the training data's."""
     bundle_user = _to_index(pd.Series(train.user_ids), pd.Index(model.user_ids))
     train_item = _to_index(pd.Series(model.items["item_id"].to_numpy()), pd.Index(train.item_ids))
@@ -149,7 +152,7 @@ def compare(
     rows: dict[str, dict[str, Any]] = {}
     bar = tqdm(models, desc="compare", unit="model", disable=not show_progress, leave=False)
     with tempfile.TemporaryDirectory(prefix="movierec-compare-", dir=workdir) as tmp:
-        bundle: Any = None
+        bundle: HybridRecommender | None = None
         bundle_fit = 0.0
         for name in bar:
             bar.set_postfix_str(name)
@@ -169,7 +172,7 @@ def compare(
     return [rows[n] for n in models]
 
 
-def _train_bundle(train: Dataset, path: Path, config: Config | None) -> tuple[Any, float]:
+def _train_bundle(train: Dataset, path: Path, config: Config | None) -> tuple[HybridRecommender, float]:
     from movierec.pipeline import train as train_pipeline
     from recommender import HybridRecommender
 

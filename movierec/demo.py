@@ -11,14 +11,18 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from movierec.core.config import load_config
 from movierec.core.data import load_dataset
 from movierec.core.metrics import evaluate_topn
+from movierec.core.popularity import most_popular
 from movierec.core.splits import temporal_per_user
+
+if TYPE_CHECKING:
+    from recommender import HybridRecommender
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +84,7 @@ def run_demo(
     return {"model": model_dir, "data": data_dir, "metrics": rows, "report": report}
 
 
-def _quality_table(model: Any, train_ds: Any, test_ds: Any, make_baseline: Callable[..., Any]) -> dict[str, dict[str, float]]:
+def _quality_table(model: HybridRecommender, train_ds: Any, test_ds: Any, make_baseline: Callable[..., Any]) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     for name in ("popular", "ease"):
         b = make_baseline(name).fit(train_ds)
@@ -91,7 +95,7 @@ def _quality_table(model: Any, train_ds: Any, test_ds: Any, make_baseline: Calla
     return rows
 
 
-def _ranked_scores(model: Any, pool: int = 100) -> Callable[[np.ndarray], np.ndarray]:
+def _ranked_scores(model: HybridRecommender, pool: int = 100) -> Callable[[np.ndarray], np.ndarray]:
     """Score function for full-ranking evaluation: the ranker's order over its candidate pool,
     then the rest of the catalogue in retrieval order."""
 
@@ -107,15 +111,15 @@ def _ranked_scores(model: Any, pool: int = 100) -> Callable[[np.ndarray], np.nda
     return score
 
 
-def _print_samples(model: Any, train_ds: Any, echo: Callable[[str], None]) -> None:
+def _print_samples(model: HybridRecommender, train_ds: Any, echo: Callable[[str], None]) -> None:
     titles = model.items["title"].to_numpy()
     for user_id in model.user_ids[:3]:
         u = model.user_idx(user_id)
-        hist = model.retrieval.histories.of(u)[-5:]
+        hist = model.histories.of(u)[-5:]
         recs = model.recommend_user(user_id, 5)
         echo(f"      user {user_id} recently rated: {', '.join(titles[hist])}")
         echo(f"        -> recommended: {', '.join(titles[recs.item_idx])}")
-    popular = np.argsort(-model.item_counts)[:2]
+    popular, _ = most_popular(model.item_counts, model.n_items, 2)
     for i in popular:
         sim = model.similar(model.items["item_id"].iloc[i], 5)
         echo(f"      similar to '{titles[i]}': {', '.join(titles[sim.item_idx])}")

@@ -1,14 +1,14 @@
 """Evaluating a trained model (a loaded bundle) on a held-out test file.
 
-The model is duck-typed (anything with ``user_ids``, ``item_idx``-style id maps and
-``recommend_batch``), so the core does not import the stages.
+The model is a :class:`RankedModel`: a loaded bundle (``recommender.HybridRecommender``, whose
+``recommend_batch`` is the one query path) or a baseline that answers the same way.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,32 @@ from movierec.core.data import DataError
 from movierec.core.metrics import mae, rmse, topn_metrics
 from movierec.core.splits import split_protocol
 
+if TYPE_CHECKING:
+    from ranking.runtime import Ranker
+    from recommender.model import RatingPredictor
+
 log = logging.getLogger(__name__)
+
+
+class RankedModel(Protocol):
+    """What evaluation asks of a model (a loaded bundle, or the report's most-popular baseline)."""
+
+    @property
+    def user_ids(self) -> np.ndarray: ...
+
+    @property
+    def items(self) -> pd.DataFrame: ...
+
+    @property
+    def n_items(self) -> int: ...
+
+    @property
+    def ranker(self) -> Ranker | None: ...
+
+    @property
+    def rating_model(self) -> RatingPredictor | None: ...
+
+    def recommend_batch(self, users: np.ndarray, k: int, rank: bool = True) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 MOVIELENS_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
@@ -74,7 +99,7 @@ def _to_index(ids: pd.Series, index: pd.Index) -> np.ndarray:
     return index.get_indexer(values)
 
 
-def evaluate_model(model: Any, test: pd.DataFrame, k: int = 10, rank: bool = True, batch_size: int = 1024) -> dict[str, Any]:
+def evaluate_model(model: RankedModel, test: pd.DataFrame, k: int = 10, rank: bool = True, batch_size: int = 1024) -> dict[str, Any]:
     """Top-k metrics of ``model`` against every test (user, item) pair it knows, and RMSE/MAE
     (``"rating"``) when the file has ratings and the bundle has a rating model.
 
@@ -99,7 +124,7 @@ def evaluate_model(model: Any, test: pd.DataFrame, k: int = 10, rank: bool = Tru
         recs[s : s + len(ids), : ids.shape[1]] = ids
     metrics = topn_metrics(recs, relevant[test_users], k, n_items=model.n_items)
     rating = None
-    rating_model = getattr(model, "rating_model", None)  # the bundle's P1 model (ranking/rating.py)
+    rating_model = model.rating_model  # the bundle's P1 model (ranking/rating.py)
     if "rating" in test.columns and rating_model is not None:
         pred = rating_model.predict(users, items)
         y = test["rating"].to_numpy(np.float64)[known]
@@ -111,7 +136,7 @@ def evaluate_model(model: Any, test: pd.DataFrame, k: int = 10, rank: bool = Tru
         "users": int(len(test_users)),
         "pairs": int(known.sum()),
         "skipped_rows": skipped,
-        "ranked": bool(rank and getattr(model, "ranker", None) is not None),
+        "ranked": bool(rank and model.ranker is not None),
         "rating": rating,
     }
 
@@ -119,14 +144,14 @@ def evaluate_model(model: Any, test: pd.DataFrame, k: int = 10, rank: bool = Tru
 SECONDS_PER_DAY = 86_400.0
 
 
-def _protocols(model: Any, test: pd.DataFrame, users: np.ndarray, known: np.ndarray) -> dict[str, str | None]:
+def _protocols(model: RankedModel, test: pd.DataFrame, users: np.ndarray, known: np.ndarray) -> dict[str, str | None]:
     """``{"test", "trained_for"}``: the protocol the test file follows (its timestamps against
     each user's latest training day, which a ranker trained with timestamps keeps) and the one
     the bundle's ranker was trained for; None where the file or the bundle cannot tell."""
-    ranker = getattr(model, "ranker", None)
-    meta = getattr(ranker, "meta", None) or {}
+    ranker = model.ranker
+    meta = ranker.meta if ranker is not None else {}
     trained_for = meta.get("holdout") if meta.get("holdout") in ("temporal", "random") else None
-    last_day = (getattr(ranker, "arrays", None) or {}).get("user_last_day")
+    last_day = ranker.arrays.get("user_last_day") if ranker is not None else None
     test_kind = None
     if last_day is not None and "timestamp" in test.columns:
         times = pd.to_numeric(test["timestamp"], errors="coerce").to_numpy(np.float64)[known] / SECONDS_PER_DAY

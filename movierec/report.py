@@ -185,10 +185,11 @@ def quality_from_test(model_dir: str | Path, test_csv: str | Path, k: int = 10) 
 
 
 class _MostPopular:
-    """Most-rated movies first, each user's rated movies excluded; duck-types what
-    :func:`movierec.evaluation.evaluate_model` asks of a model."""
+    """Most-rated movies first, each user's rated movies excluded: a
+    :class:`movierec.evaluation.RankedModel` without a ranker or a rating model."""
 
     ranker = None
+    rating_model = None
 
     def __init__(self, model: Any) -> None:
         self.user_ids = model.user_ids
