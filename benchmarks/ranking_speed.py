@@ -65,7 +65,8 @@ def features_at_scale(n_items: int, n_candidates: int = 100, repeats: int = 500,
     catalogue, not the request, is large."""
     import scipy.sparse as sp
 
-    from ranking.features import FeatureContext, compute_features, pad_histories
+    from ranking.features import FeatureContext, compute_features
+    from ranking.padding import pad_histories
 
     rng = np.random.default_rng(seed)
     content = rng.normal(size=(n_items, 128)).astype(np.float32)

@@ -20,8 +20,8 @@ from movierec.core.metrics import top_k, topn_metrics
 log = logging.getLogger(__name__)
 
 LAMBDAS = (125.0, 250.0, 500.0, 1000.0)
-"""L2 weights tried when ``ranking.collab_lambda`` is ``auto``: the best on validation was 300-500
-on MovieLens 100K and 200-300 on ml-latest-small (benchmarks/RESULTS.md)."""
+"""L2 weights tried when ``ranking.collab_lambda`` is ``auto``: around the best ones on the
+MovieLens sets' validation (benchmarks/RESULTS.md)."""
 CHOICE_USERS = 1000
 """Held-out users the weight is chosen on (a seeded sample past this many)."""
 

@@ -46,17 +46,9 @@ from movierec.core.data import Dataset
 from movierec.core.metrics import top_k
 from movierec.core.splits import holdout_per_user, temporal_per_user, user_folds
 from ranking.background import BackgroundWorker
-from ranking.features import (
-    FEATURES,
-    GROUPS,
-    FeatureContext,
-    _z_within,
-    collab_top,
-    compute_features,
-    damped_means,
-    feature_names,
-    pad_histories,
-)
+from ranking.collab_scores import collab_top
+from ranking.features import FEATURES, GROUPS, FeatureContext, _z_within, compute_features, damped_means, feature_names
+from ranking.padding import pad_histories
 from ranking.item_item import choose_lambda, item_item_matrix
 from ranking.net import TIE_BREAK, GuardedRanker, RankerNet
 from ranking.runtime import TIME_ARRAYS, Ranker

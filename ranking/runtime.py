@@ -18,21 +18,10 @@ import torch
 
 from movierec.core.artifacts import Bundle, BundleWriter
 from movierec.core.popularity import item_popularity
-from ranking.features import (
-    FEATURES,
-    PREFIX,
-    SMALL_BATCH,
-    CollabRows,
-    FeatureContext,
-    PaddedHistories,
-    adjacent_rows,
-    collab_top,
-    compute_features,
-    covered,
-    feature_names,
-    pad_histories,
-    prepare_collab,
-)
+from ranking.collab_matrix import adjacent_rows, covered, prepare_collab
+from ranking.collab_scores import SMALL_BATCH, CollabRows, collab_top
+from ranking.features import FEATURES, PREFIX, FeatureContext, compute_features, feature_names
+from ranking.padding import PaddedHistories, pad_histories
 from ranking.net import FusedScorer, GuardedRanker, RankerNet
 
 log = logging.getLogger(__name__)
@@ -67,8 +56,7 @@ class Ranker:
     """The runtime ranker a bundle loads: feature arrays, normalisation and the plain net.
 
     Args:
-        net: the trained nets (:class:`~ranking.net.GuardedRanker`; a single :class:`RankerNet`
-            in bundles from before it).
+        net: the trained nets (:class:`~ranking.net.GuardedRanker`).
         meta: JSON-able settings: feature columns kept, normalisation mean/std, rating scale,
             candidate pool size.
         arrays: per-item and per-user statistics of the full training data (see ``save``).
@@ -78,7 +66,7 @@ class Ranker:
     """
 
     def __init__(
-        self, net: RankerNet | GuardedRanker, meta: dict[str, Any], arrays: dict[str, np.ndarray], collab: sp.csr_matrix,
+        self, net: GuardedRanker, meta: dict[str, Any], arrays: dict[str, np.ndarray], collab: sp.csr_matrix,
         adjacent: sp.csr_matrix | None = None,
     ) -> None:
         self.net = net.eval()
@@ -94,7 +82,8 @@ class Ranker:
         self._scorer: tuple[tuple[int, int], FusedScorer | None] | None = None
         self._params: tuple[Any, tuple[torch.Tensor, ...]] | None = None
         self.chunk_pairs = 16_384
-        """(user, candidate) pairs re-ranked per step of a batch (~2x faster than one step at ML-100K)."""
+        """(user, candidate) pairs re-ranked per step of a batch: the net's intermediates of a
+        step stay in cache, faster than one step over the whole batch."""
         prepare_collab(self.collab)  # item-item tables built at load, not in the first request
         if self.adjacent is not None:
             adjacent_rows(self.adjacent)  # the same for the adjacency
@@ -249,8 +238,7 @@ class Ranker:
     FUSED_MAX_PAIRS = 512
     """Up to this many (user, candidate) pairs (a request's list) the members run fused; larger
     batches run member by member, where per-call overhead no longer counts and the fused
-    layout's reshapes cost more (measured: fused 0.74 against 0.99 ms for one list of 150,
-    1.14 against 1.27 ms for 250, but 57 against 29 ms for 64 lists of 150)."""
+    layout's reshapes cost more (benchmarks/ranking_speed.py)."""
 
     def score_net(self, x: np.ndarray, users: np.ndarray, cand: np.ndarray) -> np.ndarray:
         """The net's ranking scores (n, C) of normalised features ``x`` (n, C, F): for a request's
@@ -357,12 +345,11 @@ def load_ranker(bundle: Bundle) -> Ranker:
             f"computes {expected} in those columns; retrain the bundle"
         )
     ensemble = meta.get("ensemble")
-    if ensemble:
-        net: RankerNet | GuardedRanker = GuardedRanker(
-            [RankerNet(**meta["net"]) for _ in range(int(ensemble["members"]))], float(ensemble["alpha"]), int(ensemble["base_column"])
-        )
-    else:  # a bundle from before the guarded ensemble: one net
-        net = RankerNet(**meta["net"])
+    if not ensemble:
+        raise ValueError(f"{bundle.path}: the ranker is a single net, not a guarded ensemble; retrain the bundle")
+    net = GuardedRanker(
+        [RankerNet(**meta["net"]) for _ in range(int(ensemble["members"]))], float(ensemble["alpha"]), int(ensemble["base_column"])
+    )
     net.load_state_dict(bundle.tensors(f"{PREFIX}net.safetensors"))
     arrays = {name: bundle.array(f"{PREFIX}{name}.npy") for name in ARRAYS}
     arrays.update({name: bundle.array(f"{PREFIX}{name}.npy") for name in TIME_ARRAYS if bundle.has(f"{PREFIX}{name}.npy")})

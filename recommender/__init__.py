@@ -8,7 +8,8 @@ this package.
 """
 
 from recommender.ids import IdTypeError, UnknownIdError
-from recommender.model import HybridRecommender, SimilarBy
+from recommender.catalogue import SimilarBy
+from recommender.model import HybridRecommender
 from recommender.query import Filters, Recommendations
 
 __all__ = ["Filters", "HybridRecommender", "IdTypeError", "Recommendations", "SimilarBy", "UnknownIdError"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-_ENTRY_OVERHEAD = 240  # bytes of dict slots, tuples and array headers per entry (measured order)
+_ENTRY_OVERHEAD = 240  # bytes of dict slots, tuples and array headers per entry (order of magnitude)
 
 
 class AnswerCache:

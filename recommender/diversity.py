@@ -36,7 +36,7 @@ def mmr(item_idx: np.ndarray, scores: np.ndarray, vectors: np.ndarray, k: int, d
     rel = (s - s.min()) / span if span > 0 else np.ones(n)
     v = np.asarray(vectors, dtype=np.float32)
     # centre on the candidates' mean first: two-tower vectors share a large common direction
-    # (on ML-100K the top-10 average cosine is ~0.95), so raw cosines barely differ between
+    # (a top list's vectors are nearly parallel), so raw cosines barely differ between
     # candidates and MMR would hardly move anything; centred, they spread over [-1, 1]
     v = normalize(v - v.mean(axis=0, keepdims=True))
     sim = v @ v.T

@@ -1,11 +1,11 @@
 """The query vector of one new user (a few liked movies), without the batch machinery.
 
 ``RetrievalModel.encode_histories`` serves batches: it pads every history, builds a sparse
-averaging matrix for the pooled content and calls the user tower module by module, about
-1.2 ms for one user on this machine, a third of an uncached ``POST /recommendations``. A new
-user has no id and no features, so the tower reduces to two means, three small products and
-the MLP; :class:`NewUserEncoder` computes exactly that with the tower's own weights and torch
-functions (about 0.1 ms). :meth:`NewUserEncoder.build` checks it against ``encode_histories``
+averaging matrix for the pooled content and calls the user tower module by module, a large
+share of an uncached ``POST /recommendations``. A new user has no id and no features, so the
+tower reduces to two means, three small products and the MLP; :class:`NewUserEncoder` computes
+exactly that with the tower's own weights and torch functions, an order of magnitude faster.
+:meth:`NewUserEncoder.build` checks it against ``encode_histories``
 on sample histories and returns None (callers keep ``encode_histories``) when the tower has a
 layout it does not know or the two disagree, so a change to the tower can make it slower but
 never different.

@@ -24,7 +24,6 @@ from content import ContentSimilarity
 from movierec.core.artifacts import Bundle, load_bundle
 from recommender import query
 from recommender.cache import AnswerCache
-from recommender.catalogue import SimilarBy
 from recommender.encoder import NewUserEncoder
 from recommender.ids import IdSpace
 from recommender.live import LiveHistories
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HybridRecommender", "RatingPredictor", "SimilarBy"]
 
 
 class RatingPredictor(Protocol):

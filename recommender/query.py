@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from movierec.core.popularity import most_popular
-from ranking.features import merge_candidates
+from ranking.collab_scores import merge_candidates
 from recommender.diversity import mmr
 from recommender.explain import explain as explain_items
 
@@ -254,10 +254,11 @@ def _ranked(model: HybridRecommender, queries: Queries, k: int, rank: bool) -> A
         ids = np.take_along_axis(ids, order, 1)
         scores = np.take_along_axis(ranked, order, 1).astype(np.float32)
     ids, scores = ids[:, :k], scores[:, :k]
-    for r in np.flatnonzero(~(ids >= 0).any(1)) if ids.shape[1] else ():
-        if queries.allowed is None or queries.allowed.any():
-            fallback = _popular(model, k, queries.exclude[r], queries.allowed)
-            ids[r, : len(fallback.item_idx)], scores[r, : len(fallback.item_idx)] = fallback.item_idx, fallback.scores
+    if queries.allowed is None or queries.allowed.any():
+        for r in np.flatnonzero(~(ids >= 0).any(1)):  # nothing left while movies remain
+            fallback = _popular(model, ids.shape[1], queries.exclude[r], queries.allowed)
+            n = len(fallback.item_idx)
+            ids[r, :n], scores[r, :n] = fallback.item_idx, fallback.scores
     return Answer(ids, scores)
 
 

@@ -15,16 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from movierec.report import (
-    ReportError,
-    _block_density,
-    _Interactions,
-    _per_epoch,
-    _section_map,
-    normalize_quality,
-    quality_from_test,
-    write_report,
-)
+from movierec.report import ReportError, normalize_quality, quality_from_test, write_report
+from movierec.report_data import _block_density, _Interactions, _per_epoch
+from movierec.report_map import _section_map
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SECTIONS = ["summary", "data", "training", "quality", "map", "samples"]

@@ -13,8 +13,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import ranking.features as F
-from ranking.features import FEATURES, FeatureContext, collab_top, compute_features, covered, pad_histories
+import ranking.collab_matrix as M
+import ranking.collab_scores as S
+from ranking.collab_matrix import covered
+from ranking.collab_scores import collab_top
+from ranking.features import FEATURES, FeatureContext, compute_features
+from ranking.padding import pad_histories
 
 N_ITEMS = 300  # catalogue
 N_COVERED = 60  # items the item-item block covers
@@ -106,26 +110,26 @@ def test_covered_items_and_positions(case) -> None:
     assert covered(whole).matrix is whole and covered(whole).m == N_COVERED
 
 
-@pytest.mark.parametrize("dense_cells", [F.DENSE_PRODUCT_CELLS, 0])
+@pytest.mark.parametrize("dense_cells", [M.DENSE_PRODUCT_CELLS, 0])
 @pytest.mark.parametrize("columns", [True, False])
 @pytest.mark.parametrize("rows", [slice(0, 12), slice(3, 4), slice(4, 7)])
 def test_collab_features_equal_the_dense_computation(case, monkeypatch, dense_cells: int, columns: bool, rows: slice) -> None:
     """Requests and batches, dense block, candidate columns or whole rows: the plain sums."""
-    monkeypatch.setattr(F, "DENSE_PRODUCT_CELLS", dense_cells)
+    monkeypatch.setattr(M, "DENSE_PRODUCT_CELLS", dense_cells)
     if not columns:
         monkeypatch.setattr(FeatureContext, "collab_columns", property(lambda self: None))
     ctx = _context(sp.csr_matrix(case["full"]), N_ITEMS + 20)
     hs, rs, cand = case["histories"][rows], case["ratings"][rows], case["cand"][rows]
     hist = pad_histories(hs, rs, np.full(len(hs), 3.0))
-    plain, liked = F._collab_scores(ctx, hist, cand)
+    plain, liked = S._collab_scores(ctx, hist, cand)
     want_plain, want_liked = _plain_sums(case["full"], hs, rs, cand)
     np.testing.assert_allclose(plain, want_plain, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(liked, want_liked, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("dense_cells", [F.DENSE_PRODUCT_CELLS, 0])
+@pytest.mark.parametrize("dense_cells", [M.DENSE_PRODUCT_CELLS, 0])
 def test_collab_top_equals_the_dense_computation(case, monkeypatch, dense_cells: int) -> None:
-    monkeypatch.setattr(F, "DENSE_PRODUCT_CELLS", dense_cells)
+    monkeypatch.setattr(M, "DENSE_PRODUCT_CELLS", dense_cells)
     collab = sp.csr_matrix(case["full"])
     hs = case["histories"]
     want = _plain_top(case["full"], hs, 15)
@@ -169,7 +173,7 @@ def test_smallest_k_breaks_ties_like_a_stable_sort() -> None:
     keys[keys == 0] = np.inf
     for k in (1, 5, 17, 39, 40):
         want = np.argsort(keys, axis=1, kind="stable")[:, :k]
-        got = F._smallest_k(keys, k)
+        got = S._smallest_k(keys, k)
         np.testing.assert_array_equal(np.take_along_axis(keys, got, 1), np.take_along_axis(keys, want, 1))
         finite = np.isfinite(np.take_along_axis(keys, want, 1))
         np.testing.assert_array_equal(np.where(finite, got, -1), np.where(finite, want, -1))

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from cli_helpers import load_script
 
-from ranking.features import FEATURES, MAX_HISTORY, compute_features, pad_histories
+from ranking.features import FEATURES, MAX_HISTORY, compute_features
+from ranking.padding import pad_histories
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -116,7 +117,7 @@ def test_whole_row_item_item_path_matches_reference(golden, monkeypatch: pytest.
 
 def test_collab_top_paths_agree(golden) -> None:
     """The candidate generator gives the same items one user at a time and as a batch."""
-    from ranking.features import SMALL_BATCH, collab_top
+    from ranking.collab_scores import SMALL_BATCH, collab_top
 
     mod, stored = golden
     ctx, users, histories, ratings, cand, scores = mod.build(stored)
@@ -140,7 +141,7 @@ def test_large_batch_matches_reference(golden) -> None:
 
 
 def test_merge_candidates_matches_per_row_reference() -> None:
-    from ranking.features import merge_candidates
+    from ranking.collab_scores import merge_candidates
 
     rng = np.random.default_rng(1)
     ids = rng.integers(-1, 30, size=(40, 12))
@@ -157,9 +158,11 @@ def test_merge_candidates_matches_per_row_reference() -> None:
 def test_sparse_request_paths_match_reference_for_large_catalogues(golden, monkeypatch: pytest.MonkeyPatch, columns: bool) -> None:
     """A request over a catalogue too large to keep the item-item matrix dense reads candidate
     columns (or, without them, whole sparse rows): the same values as the dense block path."""
+    import ranking.collab_matrix as M
+    import ranking.collab_scores as S
     import ranking.features as F
 
-    monkeypatch.setattr(F, "DENSE_PRODUCT_CELLS", 0)
+    monkeypatch.setattr(M, "DENSE_PRODUCT_CELLS", 0)
     if not columns:
         monkeypatch.setattr(F.FeatureContext, "collab_columns", property(lambda self: None))
     mod, stored = golden
@@ -169,6 +172,6 @@ def test_sparse_request_paths_match_reference_for_large_catalogues(golden, monke
         hist = pad_histories(histories[row : row + 1], ratings[row : row + 1], mod.user_means(ctx, u))
         new = compute_features(ctx, u, hist, cand[row : row + 1], scores[row : row + 1])
         _compare(new, stored["features"][row : row + 1], [str(s) for s in stored["feature_names"]], [len(histories[row])])
-    batch = F.collab_top(ctx.collab, histories, histories, 20)
-    single = np.concatenate([F.collab_top(ctx.collab, [h], [h], 20) for h in histories])
+    batch = S.collab_top(ctx.collab, histories, histories, 20)
+    single = np.concatenate([S.collab_top(ctx.collab, [h], [h], 20) for h in histories])
     np.testing.assert_array_equal(batch, single)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from ranking.features import FEATURES, FeatureContext, compute_features, pad_histories
+from ranking.features import FEATURES, FeatureContext, compute_features
+from ranking.padding import pad_histories
 from ranking.item_item import item_item_matrix
 
 

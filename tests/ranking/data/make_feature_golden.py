@@ -19,7 +19,8 @@ import scipy.sparse as sp
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))
 
-from ranking.features import FEATURES, FeatureContext, compute_features, pad_histories  # noqa: E402
+from ranking.features import FEATURES, FeatureContext, compute_features  # noqa: E402
+from ranking.padding import pad_histories  # noqa: E402
 
 
 def example(seed: int = 7) -> dict[str, np.ndarray]:
