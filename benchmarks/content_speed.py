@@ -34,7 +34,7 @@ from movierec.core.synthetic import SynthSpec, write_synthetic
 
 log = logging.getLogger("content_speed")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-SECTION = "## Content (issue 3)"
+SECTION = "## Content"
 
 
 def synthetic_items(n_items: int, seed: int = 42) -> pd.DataFrame:
