@@ -1,4 +1,4 @@
-"""Speed of the content stage on synthetic catalogues (issue 3).
+"""Speed of the content stage on synthetic catalogues.
 
 For each catalogue size: fit time (TF-IDF + SVD), similar-item latency for single queries
 (p50/p99 over random items, k=10), batch throughput (items/s), the time to add one movie, and
@@ -8,7 +8,7 @@ default.
 
     .venv/bin/python benchmarks/content_speed.py [--sizes 10000 100000] [--write]
 
-``--write`` replaces the "### Speed" part of the "## Content (issue 3)" section of
+``--write`` replaces the "### Speed" part of the "## Content" section of
 benchmarks/RESULTS.md (other sections are left alone).
 """
 
