@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.ranking_quality import _config, _quiet, baseline_metrics, ordered_metrics  # noqa: E402
-from movierec.core.data import load_dataset  # noqa: E402
+from movierec.core.loaders import load_dataset  # noqa: E402
 from movierec.pipeline import train as train_pipeline  # noqa: E402
 from movierec.core.splits import holdout_per_user, validation_split  # noqa: E402
 from recommender import HybridRecommender  # noqa: E402

@@ -186,7 +186,8 @@ def inspect_data(
     """Load a data set read-only and print its summary: sizes, rating scale, sparsity, genres."""
     import datetime as dt
 
-    from movierec.core.data import describe, load_data
+    from movierec.core.data import describe
+    from movierec.core.loaders import load_data
 
     if (data is None) == (ratings is None):
         raise UsageError("give either --data PATH or --ratings CSV [--items CSV]")
@@ -219,7 +220,7 @@ def inspect_data(
 
 
 def _data_options(data: Optional[Path], ratings: Optional[Path], items: Optional[Path]) -> object:
-    from movierec.core.data import load_data
+    from movierec.core.loaders import load_data
 
     if (data is None) == (ratings is None):
         raise UsageError("give either --data PATH or --ratings CSV [--items CSV]")

@@ -204,7 +204,8 @@ def test_feedback_is_folded_onto_the_movie_it_was_given_for(bundle_path: Path, t
     a rating is folded only where the new data holds its movie under the same id and title, the
     rest is skipped and counted; an added movie whose id the new data gives to another title is
     not merged onto it, one with a free id joins under its own."""
-    from movierec.core.data import Dataset, load_dataset
+    from movierec.core.data import Dataset
+    from movierec.core.loaders import load_dataset
 
     ds = load_dataset(bundle_path.parent / "data")
     items = ds.items.copy()

@@ -132,7 +132,7 @@ def test_two_models_on_one_state_agree_after_catching_up(store: StateStore, bund
 
 
 def test_training_folds_everything_up_to_a_point_and_serving_replays_the_rest(store: StateStore, bundle_path: Path) -> None:
-    from movierec.core.data import load_dataset
+    from movierec.core.loaders import load_dataset
 
     ds = load_dataset(bundle_path.parent / "data")
     item = int(ds.item_ids[0])
