@@ -32,7 +32,8 @@ from movierec.core.loaders import load_dataset  # noqa: E402
 from movierec.pipeline import train as train_pipeline  # noqa: E402
 from movierec.core.splits import holdout_per_user, validation_split  # noqa: E402
 from recommender import HybridRecommender  # noqa: E402
-from ranking.ranker import fit_ranker, split_for_ranker  # noqa: E402
+from ranking.lists import split_for_ranker  # noqa: E402
+from ranking.ranker import fit_ranker  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
