@@ -274,7 +274,8 @@ def train(
     ds = _data_options(data, ratings, items)
     extra: dict[str, object] = {}
     if state is not None:
-        from recommender.state import StateError, fold_state
+        from recommender.state import StateError
+        from recommender.state_fold import fold_state
 
         try:
             ds, record = fold_state(ds, state)  # type: ignore[arg-type]

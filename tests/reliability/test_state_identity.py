@@ -20,7 +20,9 @@ import pandas as pd
 import pytest
 
 from recommender import HybridRecommender
-from recommender.state import STATE_FILE, StateStore, fold_state, open_state, state_url
+from recommender.state import StateStore, open_state
+from recommender.state_db import STATE_FILE, state_url
+from recommender.state_fold import fold_state
 from tests.reliability.conftest import MOVIEREC, REPO, TINY_TRAIN, child_env
 from tests.reliability.test_shared_state import server
 from tests.serving.conftest import copy_bundle

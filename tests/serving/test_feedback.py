@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from recommender import HybridRecommender
 from serving.app import create_app
 from serving.settings import Settings
-from recommender.state import fold_state, open_state
+from recommender.state import open_state
+from recommender.state_fold import fold_state
 
 
 @pytest.fixture(scope="module")
