@@ -25,7 +25,8 @@ from threadpoolctl import threadpool_limits
 
 from content import ContentModel, ContentSimilarity
 from movierec.core.config import ContentConfig
-from movierec.core.data import Dataset, load_dataset
+from movierec.core.data import Dataset
+from movierec.core.loaders import load_dataset
 from movierec.core.metrics import evaluate_topn
 from movierec.core.splits import cold_items
 

@@ -28,7 +28,7 @@ import pandas as pd
 
 from content import ContentModel, ContentSimilarity
 from movierec.core.config import ContentConfig, IndexConfig
-from movierec.core.data import load_dataset
+from movierec.core.loaders import load_dataset
 from movierec.core.index import recall_against_exact
 from movierec.core.synthetic import SynthSpec, write_synthetic
 

@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from movierec.core.config import Config  # noqa: E402
-from movierec.core.data import load_dataset  # noqa: E402
+from movierec.core.loaders import load_dataset  # noqa: E402
 from movierec.core.index import normalize  # noqa: E402
 from movierec.core.metrics import topn_metrics  # noqa: E402
 from movierec.pipeline import train as train_pipeline  # noqa: E402

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         path = args.model
         if path is None:
             from movierec.core.config import Config
-            from movierec.core.data import load_dataset
+            from movierec.core.loaders import load_dataset
             from movierec.pipeline import train
             from movierec.core.splits import holdout_per_user
 

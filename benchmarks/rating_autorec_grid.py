@@ -19,7 +19,7 @@ import torch
 
 ROOT = __import__('pathlib').Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from movierec.core.data import load_dataset
+from movierec.core.loaders import load_dataset
 from movierec.core.splits import ml100k_fold, validation_split
 torch.set_num_threads(1)
 ds = load_dataset(str(ROOT.parent / 'shared' / 'data' / 'ml-100k'))

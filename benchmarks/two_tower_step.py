@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 
 from content import ContentModel  # noqa: E402
 from movierec.core.config import load_config  # noqa: E402
-from movierec.core.data import load_dataset  # noqa: E402
+from movierec.core.loaders import load_dataset  # noqa: E402
 from retrieval.two_tower import build_two_tower, duplicate_pairs, in_batch_softmax_loss  # noqa: E402
 
 

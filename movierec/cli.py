@@ -225,7 +225,8 @@ def inspect_data(
     """Load a data set read-only and print its summary: sizes, rating scale, sparsity, genres."""
     import datetime as dt
 
-    from movierec.core.data import describe, load_data
+    from movierec.core.data import describe
+    from movierec.core.loaders import load_data
 
     if (data is None) == (ratings is None):
         raise UsageError("give either --data PATH or --ratings CSV [--items CSV]")
@@ -258,7 +259,7 @@ def inspect_data(
 
 
 def _data_options(data: Optional[Path], ratings: Optional[Path], items: Optional[Path]) -> object:
-    from movierec.core.data import load_data
+    from movierec.core.loaders import load_data
 
     if (data is None) == (ratings is None):
         raise UsageError("give either --data PATH or --ratings CSV [--items CSV]")
@@ -313,7 +314,8 @@ def train(
     ds = _data_options(data, ratings, items)
     extra: dict[str, object] = {}
     if state is not None:
-        from recommender.state import StateError, fold_state
+        from recommender.state import StateError
+        from recommender.state_fold import fold_state
 
         try:
             ds, record = fold_state(ds, state)  # type: ignore[arg-type]
