@@ -1,4 +1,4 @@
-"""Quality of the content stage (issue 3): P3 cold items and P4 similar movies.
+"""Quality of the content stage: P3 cold items and P4 similar movies.
 
 P3 (DESIGN.md): 20% of the rated items (seed 42) lose all their ratings from training; each user
 who rated one of them in test gets a ranking of the cold items only; Recall@10 and NDCG@10.

@@ -1,4 +1,4 @@
-"""Diversity (issue 7): NDCG@10 against intra-list diversity and genre coverage, MMR strengths.
+"""Diversity: NDCG@10 against intra-list diversity and genre coverage, MMR strengths.
 
 Protocol P2 on MovieLens 100K (``holdout_per_user(ds, 0.2, 42)``): one bundle trained with
 ``movierec.pipeline.train`` (default config) on the train side; every test user gets the same

@@ -1,4 +1,4 @@
-"""Ranking quality (issue 5): P2 top-N, P1 rating head RMSE, P3 cold items, ablations.
+"""Ranking quality: P2 top-N, P1 rating head RMSE, P3 cold items, ablations.
 
     python benchmarks/ranking_quality.py --data ../shared/data/ml-100k --validate   # choose settings
     python benchmarks/ranking_quality.py --data ../shared/data/ml-100k --p2 --p1 --p3

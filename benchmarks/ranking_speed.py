@@ -1,9 +1,9 @@
-"""Ranking speed (issues 5, 18): re-scoring 100 and 250 candidates for one user, and batch users/s.
+"""Ranking speed: re-scoring 100 and 250 candidates for one user, and batch users/s.
 
     python benchmarks/ranking_speed.py --model MODEL_DIR            # an existing bundle with a ranker
     python benchmarks/ranking_speed.py --data ../shared/data/ml-100k  # trains one first (P2 train side)
     python benchmarks/ranking_speed.py --model MODEL_DIR --scale-items 100000  # + features at 100k items
-    python benchmarks/ranking_speed.py --model MODEL_DIR --candidates 250 --no-batch   # issue 18's request
+    python benchmarks/ranking_speed.py --model MODEL_DIR --candidates 250 --no-batch   # one request, as the serving target counts it
 
 Single user: the time of ``Ranker.rerank`` for one user and their top-C retrieval candidates
 (features + net, what a request adds on top of retrieval), p50/p99 over many users, one thread

@@ -1,4 +1,4 @@
-"""I-AutoRec settings grid for the P1 rating model (issue 5), on u1's training side only.
+"""I-AutoRec settings grid for the P1 rating model, on u1's training side only.
 
     python benchmarks/rating_autorec_grid.py '{"reg":100,"center":false,"lr":1e-3,"bs":256,"out_drop":0.2,"epochs":60}' ...
 

@@ -1,4 +1,4 @@
-"""P1 rating model (issue 5): choose settings on u1's training side, then report u1..u5.
+"""P1 rating model: choose settings on u1's training side, then report u1..u5.
 
     python benchmarks/rating_quality.py --data ../shared/data/ml-100k --validate   # grid on validation
     python benchmarks/rating_quality.py --data ../shared/data/ml-100k --p1         # five official folds

@@ -1,4 +1,4 @@
-"""Tuning run (issue 7): ``movierec.tune`` on the P2 training side of ML-100K, then P2 before/after.
+"""Tuning run: ``movierec.tune`` on the P2 training side of ML-100K, then P2 before/after.
 
 The search sees only the P2 train side (its own validation split is carved from it by
 ``movierec.tune``); the P2 test side is touched once per config, after the search, to compare
