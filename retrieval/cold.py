@@ -14,7 +14,7 @@ movies added at run time (``POST /items``), so they land with the catalogue's co
 Why a ridge on the sparse terms and not the tower alone: a rare tag or title word ("pixar",
 "noir", a director's name in the tags) that the 128-d SVD content vector blurs keeps its own
 weight here. Chosen on the validation cold splits (P3, two-tower order among the cold movies);
-the figures are in benchmarks/RESULTS.md, under cold items.
+the figures are in benchmarks/RESULTS.md, "Cold items (P3)".
 
 Cost: block conjugate gradient with a Jacobi preconditioner over all output dimensions at once;
 each iteration is two sparse x dense products, so training is linear in the catalogue's nonzero

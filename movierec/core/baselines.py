@@ -9,7 +9,7 @@ Default hyper-parameters were chosen on a validation split carved from the *trai
 MovieLens 100K (``movierec.core.splits.validation_split(train, 0.1, seed=0)`` of the P2 train side,
 scored by NDCG@10, and of ``u1.base`` for the rating models, scored by RMSE), never on a test
 split: ``python benchmarks/quality.py --data ../shared/data/ml-100k --tune`` reruns that grid
-search; ``benchmarks/RESULTS.md`` records the grids and winners:
+search and prints the winners:
 
 ==========  ==========================================
 model       chosen
@@ -422,7 +422,7 @@ class RP3beta(_Baseline):
     item is the summed weight from the items they rated.
 
     Defaults (alpha=1.0, beta=0.5, k_neighbors=100) are common literature values, checked on the
-    validation split of the table above (benchmarks/RESULTS.md has the grid).
+    validation split of the table above.
     """
 
     def __init__(self, alpha: float = 1.0, beta: float = 0.5, k_neighbors: int = 100, block: int = 2048) -> None:

@@ -210,7 +210,7 @@ BATCH_LIST_SIZE = 128
 BATCH_PROBE_SHARE = 0.075
 """Share of the lists the batch index scans per query: chosen on a large synthetic catalogue for
 recall close to exact search at more queries per CPU-second than the bundle's HNSW index
-(``benchmarks/batch_candidates.py``; the figures are in benchmarks/RESULTS.md)."""
+(``benchmarks/batch_candidates.py``; benchmarks/RESULTS.md, "Batch candidates")."""
 
 
 def build_batch_index(vectors: np.ndarray, nlist: int | None = None, nprobe: int | None = None, seed: int = 42,

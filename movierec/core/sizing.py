@@ -32,8 +32,7 @@ TWO_TOWER_PASSES = 1.0
 """Once epochs are capped at ``STEPS_PER_EPOCH`` batches, the two-tower model trains for about
 this many passes over the positives (at least ``MIN_EPOCHS`` epochs) with patience
 ``LARGE_PATIENCE``: on large data validation recall@50 barely moves after the first capped
-epoch while every epoch costs a full budget of steps (the runs are in benchmarks/RESULTS.md,
-under scaling)."""
+epoch while every epoch costs a full budget of steps (benchmarks/RESULTS.md, "Scaling")."""
 MIN_EPOCHS = 3
 LARGE_PATIENCE = 1
 LARGE_TABLES = 20_000
