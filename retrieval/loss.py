@@ -90,4 +90,3 @@ def in_batch_softmax_loss(
     if bias.requires_grad:
         raise ValueError("in_batch_softmax_loss: the bias gets no gradient; pass a detached tensor")
     return _InBatchSoftmax.apply(queries, candidates, bias, rows, cols, target)
-

@@ -179,4 +179,3 @@ class TwoTowerData(L.LightningDataModule):
         rank, world = rank_world(self.trainer)
         users = self.val_users()[rank::world]
         return DataLoader(TensorDataset(torch.from_numpy(users)), batch_size=512, shuffle=False)
-

@@ -105,7 +105,6 @@ class MFModule(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
 
-
 def pair_loader(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
     """Whole-batch indexing of (user, item, rating) tensors (no per-sample collate): much faster
     for tiny rows."""
