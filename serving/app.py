@@ -65,7 +65,8 @@ from serving.schemas import (
     VersionsOut,
 )
 from serving.settings import Settings
-from recommender.state import AlreadyDone, IdConflict, Idempotency, Remembered, StateError, encode_id, is_generated, open_state
+from recommender.events import encode_id, is_generated
+from recommender.state import AlreadyDone, IdConflict, Idempotency, Remembered, StateError, open_state
 from serving.freshness import StateCheck
 from serving.store import ModelStore, NotReadyError, ReloadError, ReloadResult, ServedModel, newest_bundle
 from serving.watcher import Watcher
