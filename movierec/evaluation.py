@@ -20,7 +20,7 @@ from movierec.core.splits import split_protocol
 
 if TYPE_CHECKING:
     from ranking.runtime import Ranker
-    from recommender.model import RatingPredictor
+    from ranking.rating import RatingModel
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class RankedModel(Protocol):
     def ranker(self) -> Ranker | None: ...
 
     @property
-    def rating_model(self) -> RatingPredictor | None: ...
+    def rating_model(self) -> RatingModel | None: ...
 
     def recommend_batch(self, users: np.ndarray, k: int, rank: bool = True) -> tuple[np.ndarray, np.ndarray]: ...
 

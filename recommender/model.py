@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -32,16 +32,11 @@ from recommender.query import Filters, Recommendations
 from retrieval.candidates import RetrievalModel
 
 if TYPE_CHECKING:
+    from ranking.rating import RatingModel
     from ranking.runtime import RankInputs, Ranker
 
 log = logging.getLogger(__name__)
 
-
-
-class RatingPredictor(Protocol):
-    """A bundle's dedicated rating model (:class:`ranking.rating.RatingModel`)."""
-
-    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray: ...
 
 
 class HybridRecommender(OnlineUpdates):
@@ -56,7 +51,7 @@ class HybridRecommender(OnlineUpdates):
         retrieval: RetrievalModel,
         item_counts: np.ndarray,
         ranker: Ranker | None = None,
-        rating_model: RatingPredictor | None = None,
+        rating_model: RatingModel | None = None,
         hist_ratings: np.ndarray | None = None,
     ) -> None:
         self.bundle = bundle

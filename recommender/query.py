@@ -180,6 +180,18 @@ def diversity_pool(k: int, diversity: float, n_items: int) -> int:
     return k if diversity <= 0 else min(max(3 * k, 50), n_items)
 
 
+def diversify(
+    model: HybridRecommender, item_idx: np.ndarray, scores: np.ndarray, k: int, diversity: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` of one ranked list (from a pool of :func:`diversity_pool` items), picked by
+    MMR when ``diversity`` > 0; scores made finite (NaN and infinities become 0)."""
+    idx, s = item_idx, np.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=0.0)
+    if diversity > 0 and len(idx) > 1:
+        order = mmr(idx, s, model.retrieval.item_vectors[idx], k, diversity)
+        idx, s = idx[order], s[order]
+    return idx[:k], s[:k]
+
+
 def recommend(
     model: HybridRecommender,
     queries: Queries,
@@ -201,14 +213,9 @@ def recommend(
         ans = _ranked(model, queries, diversity_pool(k, diversity, model.n_items), rank)
         ids = np.full((len(queries), min(k, ans.item_idx.shape[1])), -1, np.int64)
         scores = np.full(ids.shape, -np.inf, np.float32)
-        vectors = model.retrieval.item_vectors
         for r in range(len(queries)):
             row = ans.row(r)
-            idx, s = row.item_idx, np.nan_to_num(row.scores, nan=0.0, posinf=0.0, neginf=0.0)
-            if len(idx) > 1:
-                order = mmr(idx, s, vectors[idx], k, diversity)
-                idx, s = idx[order], s[order]
-            idx, s = idx[:k], s[:k]
+            idx, s = diversify(model, row.item_idx, row.scores, k, diversity)
             ids[r, : len(idx)], scores[r, : len(idx)] = idx, s
         ans = Answer(ids, scores)
     else:
