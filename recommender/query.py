@@ -110,8 +110,9 @@ class Answer:
 
     def row(self, i: int) -> Recommendations:
         """Query ``i``'s answer without the padding."""
-        keep = self.item_idx[i] >= 0
-        return Recommendations(self.item_idx[i][keep], self.scores[i][keep])
+        ids, scores = self.item_idx[i], self.scores[i]
+        n = int((ids >= 0).sum())  # valid entries come first
+        return Recommendations(ids[:n], scores[:n])
 
 
 # ---- building queries -------------------------------------------------------------------------
@@ -255,15 +256,22 @@ def _ranked(model: HybridRecommender, queries: Queries, k: int, rank: bool) -> A
             if queries.allowed is not None:
                 extra = np.where((extra >= 0) & queries.allowed[np.maximum(extra, 0)], extra, -1)
             ids, scores = _merged(model, queries.vectors, ids, scores, extra)
+            width = int((ids >= 0).sum(1).max()) if len(ids) else 0  # valid entries are compacted to the front
+            ids, scores = ids[:, :width], scores[:, :width]
         ranked = ranker.rerank(inputs, queries.users, queries.histories, ids, scores, queries.ratings, rows)
         ranked = np.where(ids >= 0, ranked, -np.inf)
         order = np.argsort(-ranked, axis=1, kind="stable")
         ids = np.take_along_axis(ids, order, 1)
         scores = np.take_along_axis(ranked, order, 1).astype(np.float32)
     ids, scores = ids[:, :k], scores[:, :k]
-    if queries.allowed is None or queries.allowed.any():
-        for r in np.flatnonzero(~(ids >= 0).any(1)):  # nothing left while movies remain
-            fallback = _popular(model, ids.shape[1], queries.exclude[r], queries.allowed)
+    empty = np.flatnonzero(~(ids >= 0).any(1))  # nothing left while movies may remain
+    if len(empty) and (queries.allowed is None or queries.allowed.any()):
+        width = min(k, model.n_items)
+        if ids.shape[1] < width:
+            ids = np.pad(ids, ((0, 0), (0, width - ids.shape[1])), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, width - scores.shape[1])), constant_values=-np.inf)
+        for r in empty:
+            fallback = _popular(model, width, queries.exclude[r], queries.allowed)
             n = len(fallback.item_idx)
             ids[r, :n], scores[r, :n] = fallback.item_idx, fallback.scores
     return Answer(ids, scores)
@@ -286,24 +294,25 @@ def _merged(
 def retrieve(
     model: HybridRecommender, vectors: np.ndarray, k: int, exclude: list[np.ndarray], allowed: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(n, min(k, n_items)) top two-tower items among allowed, non-excluded ones, -1 / -inf padded."""
+    """(n, w) top two-tower items among allowed, non-excluded ones, best first, -1 / -inf padded
+    (``w`` at most ``min(k, n_items)``)."""
     retrieval = model.retrieval
     item_vectors = retrieval.item_vectors
     n, width = len(vectors), min(k, model.n_items)
-    if allowed is None and not (n == 1 and retrieval.index.kind == "flat" and len(item_vectors) <= EXACT_SCAN_ITEMS):
+    exact = n == 1 and retrieval.index.kind == "flat" and len(item_vectors) <= EXACT_SCAN_ITEMS
+    if allowed is None and not exact:
         return retrieval.search(vectors, width, exclude)
+    if allowed is None:  # one query: no padding to add
+        got = _exact_scan(item_vectors, vectors[0], width, exclude[0])
+        return got.item_idx[None, :], got.scores[None, :]
     ids = np.full((n, width), -1, dtype=np.int64)
     scores = np.full((n, width), -np.inf, dtype=np.float32)
-    allowed_rows = np.flatnonzero(allowed) if allowed is not None else None
-    for r in range(n):
-        if allowed_rows is None:
-            got = _exact_scan(item_vectors, vectors[r], width, exclude[r])
-        else:  # strict filters: score only the qualifying items, so k come back whenever k qualify
-            cand = allowed_rows[~np.isin(allowed_rows, exclude[r])]
-            s = item_vectors[cand] @ vectors[r]
-            order = np.argsort(-s, kind="stable")[:width]
-            got = Recommendations(cand[order], s[order].astype(np.float32))
-        ids[r, : len(got.item_idx)], scores[r, : len(got.item_idx)] = got.item_idx, got.scores
+    allowed_rows = np.flatnonzero(allowed)
+    for r in range(n):  # strict filters: score only the qualifying items, so k come back whenever k qualify
+        cand = allowed_rows[~np.isin(allowed_rows, exclude[r])]
+        s = item_vectors[cand] @ vectors[r]
+        order = np.argsort(-s, kind="stable")[:width]
+        ids[r, : len(order)], scores[r, : len(order)] = cand[order], s[order]
     return ids, scores
 
 
