@@ -38,7 +38,7 @@ async def get_model(request: Request) -> ServedModel:
 
     Before it is handed out it catches up with the online state: one indexed lookup of the
     newest sequence number (:class:`~serving.freshness.StateCheck`: on the event loop for
-    SQLite, a few microseconds; in a thread with a bounded wait for PostgreSQL), and only when
+    SQLite, a local read; in a thread with a bounded wait for PostgreSQL), and only when
     another worker wrote since, the events after ours, applied in a thread so that a large
     catch-up never holds up the loop. So every worker answers with every write acknowledged
     before the request arrived, or with 503 when the state cannot say in time. (It reads the
