@@ -139,7 +139,7 @@ def resolve_sequential(ds: Dataset, config: Config) -> tuple[Config, str]:
     rc = config.retrieval
     if rc.sequential != "auto":
         return config, f"retrieval.sequential={str(rc.sequential).lower()} in the config"
-    from ranking.ranker import resolve_holdout
+    from ranking.lists import resolve_holdout
 
     used, _ = resolve_holdout(ds, config.ranking.holdout)
     on = used == "temporal"
@@ -204,7 +204,7 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
         if ranking:
             # the two-tower model learns on the earlier part; the ranker learns to order its
             # candidates for the held-out ratings (ranking/ranker.py explains the protocol)
-            from ranking.ranker import resolve_holdout, split_for_ranker
+            from ranking.lists import resolve_holdout, split_for_ranker
 
             used, why = resolve_holdout(ds, config.ranking.holdout)
             log.info("ranker hold-out: %s (%s)", used, why)

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from recommender.model import HybridRecommender
-from recommender.state import AlreadyDone, IdConflict, Idempotency, StateError, is_generated
+from recommender.events import is_generated
+from recommender.state import AlreadyDone, IdConflict, Idempotency, StateError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Path as PathParam
 
 from recommender import writes
-from recommender.state import AlreadyDone, Idempotency, encode_id
+from recommender.events import encode_id
+from recommender.state import AlreadyDone, Idempotency
 from serving import idempotency
 from serving.bodies import feedback_json
 from serving.deps import ModelDep, SettingsDep, StoreDep, writer_if_configured

@@ -25,7 +25,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from recommender.state import StateLimits
+from recommender.state_db import StateLimits
 
 
 class Settings(BaseSettings):

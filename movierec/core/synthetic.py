@@ -27,7 +27,7 @@ tens of millions of ratings.
 
 The output is the MovieLens latest-small layout (``ratings.csv``, ``movies.csv`` with a
 ``description`` column, ``tags.csv``, plus ``users.csv``), written to a temporary folder and
-renamed into place, so :func:`movierec.core.data.load_dataset` reads it like any MovieLens folder.
+renamed into place, so :func:`movierec.core.loaders.load_dataset` reads it like any MovieLens folder.
 """
 
 from __future__ import annotations

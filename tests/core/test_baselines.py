@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from movierec.core.baselines import BASELINES, NotFittedError, make_baseline
-from movierec.core.data import Dataset, load_dataset
+from movierec.core.data import Dataset
+from movierec.core.loaders import load_dataset
 from movierec.core.metrics import evaluate_topn, rmse
 from movierec.core.sources import CandidateSource
 from movierec.core.splits import holdout_per_user

@@ -8,7 +8,8 @@ import torch
 
 from movierec.core.config import RankingConfig, TrainerConfig
 from ranking.net import GuardedRanker, RankerNet
-from ranking.ranker import Lists, _list_ndcg, choose_alpha, fit_guarded
+from ranking.ensemble import _list_ndcg, choose_alpha, fit_guarded
+from ranking.lists import Lists
 
 
 def _planted(n: int, width: int, n_feat: int, signal_in_noise: float, seed: int) -> tuple[Lists, np.ndarray]:

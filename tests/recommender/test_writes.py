@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from recommender import HybridRecommender, IdTypeError, UnknownIdError, writes
-from recommender.state import GENERATED_INT_BASE, IdConflict, StateError, open_state
+from recommender.events import GENERATED_INT_BASE
+from recommender.state import IdConflict, StateError, open_state
 from tests.serving.conftest import bundle_path  # noqa: F401  (fixture)
 
 

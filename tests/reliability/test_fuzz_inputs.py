@@ -16,7 +16,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from movierec.core.config import Config, ConfigError, load_config
-from movierec.core.data import DataError, Dataset, load_csv, load_dataset
+from movierec.core.data import DataError, Dataset
+from movierec.core.loaders import load_csv, load_dataset
 
 FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 

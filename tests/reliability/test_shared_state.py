@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from recommender import HybridRecommender
-from recommender.state import state_url
+from recommender.state_db import state_url
 from tests.reliability.conftest import KEY, REPO, child_env, copy_bundle, server
 from tests.reliability.test_snapshots import KILL_MID_SNAPSHOT
 

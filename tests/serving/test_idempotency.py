@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from recommender.state import Idempotency, encode_id
+from recommender.events import encode_id
+
+from recommender.state import Idempotency
 from serving.app import create_app
 from serving.settings import Settings
 
