@@ -85,6 +85,13 @@ def replay(state: Any, first: Remembered, idem: Idempotency, build: Callable[[di
     return Response(body.encode(), status_code=first.status, media_type="application/json", headers={"Idempotent-Replayed": "true"})
 
 
+def prior_answer(state: Any, idem: Idempotency, build: Callable[[dict[str, Any]], bytes]) -> Response | None:
+    """The first answer again when ``idem``'s key was used before (:func:`replay`), else None:
+    the write goes ahead."""
+    first = remembered(state, idem)
+    return None if first is None else replay(state, first, idem, build)
+
+
 def answered(state: Any, idem: Idempotency | None, body: bytes, status: int = 200) -> Response:
     """A write's answer; under a key, stored first so that every retry gets these bytes."""
     if idem is not None:

@@ -82,9 +82,9 @@ def add_item(
     if key is not None:
         state = writes.require_state(store.state, "movie not added")
         idem = Idempotency("POST /items", key, idempotency.fingerprint(body.model_dump(mode="json")), 201, settings.idempotency_ttl)
-        first = idempotency.remembered(state, idem)
-        if first is not None:
-            return idempotency.replay(state, first, idem, answer)
+        again = idempotency.prior_answer(state, idem, answer)
+        if again is not None:
+            return again
     genres = canonical_genres(rec, body.genres) or []
     record = {"title": body.title, "genres": genres, "description": body.description or "", "year": body.year}
     try:

@@ -57,9 +57,9 @@ def record_ratings(
         state = writes.require_state(store.state, "ratings not recorded")
         payload = [r.model_dump(mode="json") for r in body]
         idem = Idempotency(f"POST /users/{encode_id(uid)}/ratings", key, idempotency.fingerprint(payload), 200, settings.idempotency_ttl)
-        first = idempotency.remembered(state, idem)
-        if first is not None:
-            return idempotency.replay(state, first, idem, answer)
+        again = idempotency.prior_answer(state, idem, answer)
+        if again is not None:
+            return again
     rows = writes.rating_rows(rec, [(r.item_id, r.rating) for r in body])  # 404 or 422 before anything is written
     try:
         draft = writes.record_ratings(store.state, rec, uid, rows, idempotency=idem)
