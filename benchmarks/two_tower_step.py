@@ -31,7 +31,8 @@ if str(ROOT) not in sys.path:
 from content import ContentModel  # noqa: E402
 from movierec.core.config import load_config  # noqa: E402
 from movierec.core.loaders import load_dataset  # noqa: E402
-from retrieval.two_tower import build_two_tower, duplicate_pairs, in_batch_softmax_loss  # noqa: E402
+from retrieval.loss import duplicate_pairs, in_batch_softmax_loss  # noqa: E402
+from retrieval.two_tower import build_two_tower  # noqa: E402
 
 
 class PlainTwoTower(nn.Module):

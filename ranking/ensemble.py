@@ -58,8 +58,7 @@ def choose_alpha(scores: np.ndarray, base: np.ndarray | None, lists: Lists, rows
     nets. The standard error is that of the per-list difference to the best weight. Leaning to
     the base is deliberate: the lists come from a snapshot without the held-out ratings, whose
     EASE is weaker than the one served from all of them, so these lists overrate the nets (on
-    validation the best served weight sat below the one these lists picked; benchmarks/RESULTS.md,
-    session 5). Without a base the learned order is all there is.
+    validation the best served weight sits below the one these lists pick). Without a base the learned order is all there is.
     """
     if base is None or not len(rows):
         return 1.0, {1.0: float(np.nanmean(_list_ndcg(scores, lists, rows, pool=True))) if len(rows) else float("nan")}

@@ -96,8 +96,8 @@ def snapshot(
     item_counts, item_mean = damped_means(r["item_idx"].to_numpy(), ratings, ds.n_items, mu)
     _, user_mean = damped_means(r["user_idx"].to_numpy(), ratings, ds.n_users, mu)
     if "collab" in config.exclude and config.collab_candidates == 0:
-        # nothing reads the item-item model (the one step quadratic in items: tens of minutes at
-        # 100k items here). A 0 x 0 matrix means no item has item-item rows, so the feature code
+        # nothing reads the item-item model (the one step quadratic in items, the slowest on a
+        # large catalogue). A 0 x 0 matrix means no item has item-item rows, so the feature code
         # returns zeros at once instead of scoring users x items dense blocks of zeros.
         collab = sp.csr_matrix((0, 0), dtype=np.float32)
     else:
@@ -297,7 +297,7 @@ def cross_fitted_lists(
     is dealt per user into K-1 more folds, each scored by a model ``fit_tower`` trains without
     it. Every fold's features and candidates come from a snapshot of the other folds, so
     nothing a list is built from saw the ratings it labels: K times the lists of the single
-    holdout, whose ~940 lists on ML-100K left the ranker noisy, for K-1 extra tower fits.
+    holdout, which on small data sets are too few for a steady ranker, for K-1 extra tower fits.
 
     Args:
         arrays: (content, genres, user_features) as :func:`snapshot` takes them.

@@ -72,7 +72,6 @@ def unpack_vector(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype="<f4").copy()
 
 
-
 EVENT_COLUMNS = ("seq", "kind", "at", "user_id", "item_id", "rating", "title", "payload")
 """The columns of an event row, in the order :func:`event_from_row` reads them."""
 

@@ -448,7 +448,6 @@ class StateStore:
         self.db.close()
 
 
-
 _OPEN: dict[str, StateStore] = {}
 _OPEN_LOCK = threading.Lock()
 
@@ -509,4 +508,3 @@ def open_existing(location: str | Path) -> StateStore:
     if not found:
         raise StateError(f"{shown} is not an online state (no movierec_events table)")
     return open_state(location)
-

@@ -214,7 +214,6 @@ def to_plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-
 def describe(ds: Dataset) -> dict[str, Any]:
     """A JSON-friendly summary: sizes, rating scale, sparsity, time span and genres."""
     n_r = len(ds.ratings)

@@ -199,17 +199,7 @@ def load_ml100k(folder: str | Path) -> Dataset:
     items["year"] = pd.Series(items["year"]).fillna(release_year).to_numpy()
     on = np.column_stack([it.numeric(f, what="genre flag") for f in flags]) == 1
     items["genres"] = [[g for g, f in zip(ML100K_GENRES, row) if f and g != "unknown"] for row in on]
-    users = None
-    if (folder / "u.user").is_file():
-        u = read_table(
-            folder / "u.user",
-            "|",
-            names=["user_id", "age", "gender", "occupation", "zip"],
-            encoding="latin-1",
-            required=["user_id"],
-            text=["gender", "occupation", "zip"],
-        )
-        users = _users_frame(u, keep=["age", "gender", "occupation"])
+    users = _movielens_users(folder / "u.user", "|", ["user_id", "age", "gender", "occupation", "zip"], ["gender", "occupation", "zip"])
     return _build(ratings, items, users, "ml-100k", path)
 
 
@@ -240,18 +230,16 @@ def load_ml1m(folder: str | Path) -> Dataset:
             text=["tag"],
         )
         items["tags"] = _map_tags(items["item_id"], _tags_text(t))
-    users = None
-    if (folder / "users.dat").is_file():
-        u = read_table(
-            folder / "users.dat",
-            "::",
-            names=["user_id", "gender", "age", "occupation", "zip"],
-            encoding="latin-1",
-            required=["user_id"],
-            text=["gender", "zip"],
-        )
-        users = _users_frame(u, keep=["age", "gender", "occupation"])
+    users = _movielens_users(folder / "users.dat", "::", ["user_id", "gender", "age", "occupation", "zip"], ["gender", "zip"])
     return _build(ratings, items, users, folder.name or "ml-1m", path)
+
+
+def _movielens_users(path: Path, sep: str, names: list[str], text: list[str]) -> pd.DataFrame | None:
+    """Age, gender and occupation from a headerless latin-1 MovieLens users file; None without one."""
+    if not path.is_file():
+        return None
+    u = read_table(path, sep, names=names, encoding="latin-1", required=["user_id"], text=text)
+    return _users_frame(u, keep=["age", "gender", "occupation"])
 
 
 def _map_tags(item_ids: pd.Series, tags: pd.Series) -> np.ndarray:

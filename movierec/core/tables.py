@@ -304,4 +304,3 @@ def read_table(
     table = Table(path, sep, encoding, names)
     table.parse(required, text)
     return table
-

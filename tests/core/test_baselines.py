@@ -16,7 +16,7 @@ from movierec.core.sources import CandidateSource
 from movierec.core.splits import holdout_per_user
 from movierec.core.synthetic import SynthSpec, write_synthetic
 
-# Fewer epochs than the defaults keep the module under ~20 s; the quality checks reuse these fits.
+# Fewer epochs than the defaults keep the module quick; the quality checks reuse these fits.
 FAST = {"mf": {"epochs": 8}, "mf-bpr": {"epochs": 8}}
 RATING_MODELS = ("mf", "svd-rating", "bias", "global-mean")
 NO_SIMILARITY = ("popular", "bias", "global-mean")

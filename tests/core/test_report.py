@@ -124,7 +124,7 @@ def test_full_report_has_every_section_and_decodable_image(full_report: Path) ->
 
 
 def test_summary_shows_every_components_validation_numbers_as_a_table(full_report: Path, small: dict[str, Path]) -> None:
-    """Issue 17: the rating model's nested numbers (per-component RMSE, per-epoch histories,
+    """The rating model's nested numbers (per-component RMSE, per-epoch histories,
     stacker weights) read as rows of a component / measure / value table, never a raw dict."""
     html_text = full_report.read_text()
     summary = html_text[html_text.index('id="summary"'):html_text.index('id="data"')]

@@ -107,7 +107,7 @@ def test_weight_is_chosen_on_the_pool_a_request_ranks() -> None:
     rows = np.arange(n)
     alpha, curve = choose_alpha(nets, base, lists, rows)
     assert alpha == 0.0 and curve[0.0] > curve[1.0], curve
-    # the old in-list choice, with the random negatives ranked, preferred the nets
+    # the control: choosing on whole lists, random negatives ranked too, prefers the nets
     old = Lists(lists.users, cand, lists.scores, in_loss, label, lists.rating)
     alpha_old, _ = choose_alpha(nets, base, old, rows)
     assert alpha_old > 0.5

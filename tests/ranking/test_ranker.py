@@ -173,8 +173,8 @@ def test_bundle_from_another_feature_layout_is_refused(trained: Trained, tmp_pat
 
 @pytest.mark.parametrize("hidden,cross,emb", [([], 0, 0), ([8], 0, 0), ([8, 4], 2, 4)])
 def test_net_shapes_from_config_rebuild_from_saved_kwargs(hidden, cross, emb) -> None:
-    """The saved net kwargs rebuild exactly the trained net (an empty MLP once fell back to the
-    default widths, so the bundle's weights did not load)."""
+    """The saved net kwargs rebuild exactly the trained net (the bug guarded against: an empty
+    MLP rebuilt with the default widths, so the bundle's weights did not load)."""
     from ranking.net import RankerNet
     from ranking.member import RankerModule
 

@@ -162,8 +162,8 @@ def test_train_feedback_refuses_what_is_not_an_online_state(
     bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A bundle folder, a stray file, an empty folder, a file that is not a database, a missing
-    path: one line, exit 2, and nothing is created (today a database appeared there, or a
-    traceback)."""
+    path: one line, exit 2, and nothing is created (the bug guarded against: a database appeared
+    there, or a traceback)."""
     import sys
 
     from movierec.cli import main

@@ -1,4 +1,4 @@
-"""The CLI's tools around training (issue 17): split, compare, evaluate on MovieLens fold files,
+"""The CLI's tools around training: split, compare, evaluate on MovieLens fold files,
 --version, ``python -m movierec`` = ``movierec``, and quiet, JSON-able output."""
 
 from __future__ import annotations

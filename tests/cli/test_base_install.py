@@ -1,4 +1,4 @@
-"""Issue 17: the base install (no ``[train]`` extra) serves a bundle and writes candidates.
+"""The base install (no ``[train]`` extra) serves a bundle and writes candidates.
 
 Each command runs in a child Python in which Lightning, scikit-learn, Optuna and matplotlib are
 unimportable (tests/support/base_install/sitecustomize.py), and lists the modules it imported."""
