@@ -481,7 +481,7 @@ def demo(
 
 def serve_model(model: Path, host: str, port: int, workers: int) -> None:
     """Start uvicorn on a bundle (shared by ``serve`` and ``demo``)."""
-    from serving.app import run_server
+    from serving.launcher import run_server
 
     run_server(model, host=host, port=port, workers=workers)
 
@@ -625,7 +625,7 @@ def serve(
     """Serve the HTTP API and web page with uvicorn (admin key from MOVIEREC_API_KEY)."""
     import os
 
-    from serving.app import run_server
+    from serving.launcher import run_server
 
     if not model.exists():
         raise UsageError(f"{model}: no such model directory")

@@ -97,10 +97,10 @@ def test_movierec_serve_answers_over_http(bundle_path: Path) -> None:
 
 
 def test_serve_starts_one_worker_per_core_unless_told(bundle_path: Path, monkeypatch, capsys) -> None:
-    import serving.app
+    import serving.launcher
 
     started: list[int] = []
-    monkeypatch.setattr(serving.app, "run_server", lambda model, host, port, workers: started.append(workers))
+    monkeypatch.setattr(serving.launcher, "run_server", lambda model, host, port, workers: started.append(workers))
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert run_cli(monkeypatch, capsys, "serve", "--model", str(bundle_path))[0] == 0
     assert run_cli(monkeypatch, capsys, "serve", "--model", str(bundle_path), "--workers", "1")[0] == 0

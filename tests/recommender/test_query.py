@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from movierec.core.popularity import most_popular
-from recommender import Filters, HybridRecommender
-from recommender import query
+from recommender import Filters, HybridRecommender, query
 from recommender.query import EXACT_SCAN_ITEMS, Answer, liked_queries, retrieve
+from tests.serving.conftest import bundle_path  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
-def rec(bundle_path: Path) -> HybridRecommender:
+def rec(bundle_path: Path) -> HybridRecommender:  # noqa: F811
     return HybridRecommender.load(bundle_path)
 
 

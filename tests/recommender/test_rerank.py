@@ -7,6 +7,7 @@ import numpy as np
 from recommender import HybridRecommender
 from recommender.diversity import mmr
 from recommender.explain import explain
+from tests.serving.conftest import bundle_path  # noqa: F401  (fixture)
 
 
 def test_mmr_zero_diversity_keeps_relevance_order() -> None:
@@ -22,7 +23,7 @@ def test_mmr_skips_near_duplicates() -> None:
     assert mmr(np.arange(3), scores, vecs, 2, 0.5).tolist() == [0, 2]
 
 
-def test_explain_picks_the_most_similar_history_items(bundle_path) -> None:
+def test_explain_picks_the_most_similar_history_items(bundle_path) -> None:  # noqa: F811
     model = HybridRecommender.load(bundle_path)
     history = np.arange(10, 30)
     ratings = np.linspace(1, 5, 20).astype(np.float32)

@@ -124,13 +124,13 @@ def _serve_logs(monkeypatch, caplog, *args: str) -> list[str]:
 
     import uvicorn
 
-    import serving.app
+    import serving.launcher
     from movierec.cli import main
 
     started: list[object] = []
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(a))
-    monkeypatch.setattr(serving.app, "_limit_threads", lambda n: None)
-    monkeypatch.setattr(serving.app, "_limit_malloc_arenas", lambda: None)
+    monkeypatch.setattr(serving.launcher, "limit_threads", lambda n: None)
+    monkeypatch.setattr(serving.launcher, "limit_malloc_arenas", lambda: None)
     monkeypatch.setattr(os, "environ", dict(os.environ))  # serve() exports settings for its workers
     monkeypatch.setattr(sys, "argv", ["movierec", "serve", *args])
     caplog.clear()
