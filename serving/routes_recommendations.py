@@ -9,8 +9,8 @@ import numpy as np
 from fastapi import APIRouter, Path as PathParam, Query, Request
 from fastapi.responses import Response
 
-from recommender.diversity import mmr
 from recommender.explain import explain
+from recommender.query import diversify
 from recommender.requests import filters, pool_size, split_list
 from serving.bodies import json_response, recommendations_json
 from serving.deps import ModelDep, SettingsDep
@@ -27,11 +27,7 @@ def _ranked_items(served: ServedModel, fetch: Callable[[int], Any], k: int, dive
     """Run a recommendation, over a larger pool when diversity re-ranking will pick from it."""
     rec = served.recommender
     result = fetch(pool_size(rec, k, diversity))
-    idx, scores = result.item_idx, np.nan_to_num(result.scores, nan=0.0, posinf=0.0, neginf=0.0)
-    if diversity > 0 and len(idx) > 1:
-        order = mmr(idx, scores, rec.retrieval.item_vectors[idx], k, diversity)
-        idx, scores = idx[order], scores[order]
-    return idx[:k], scores[:k]
+    return diversify(rec, result.item_idx, result.scores, k, diversity)
 
 
 async def _items(

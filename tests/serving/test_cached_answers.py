@@ -90,17 +90,17 @@ def test_diversity_and_explanations_never_run_on_the_event_loop(bundle_path: Pat
     import serving.routes_recommendations as routes
 
     ran: list[int] = []
-    real_mmr, real_explain = routes.mmr, routes.explain
+    real_diversify, real_explain = routes.diversify, routes.explain
 
-    def mmr(*args: object, **kwargs: object) -> object:
+    def diversify(*args: object, **kwargs: object) -> object:
         ran.append(threading.get_ident())
-        return real_mmr(*args, **kwargs)
+        return real_diversify(*args, **kwargs)
 
     def explain(*args: object, **kwargs: object) -> object:
         ran.append(threading.get_ident())
         return real_explain(*args, **kwargs)
 
-    monkeypatch.setattr(routes, "mmr", mmr)
+    monkeypatch.setattr(routes, "diversify", diversify)
     monkeypatch.setattr(routes, "explain", explain)
     app = create_app(Settings(model=bundle_path, state_dir=tmp_path / "state"))
 
