@@ -6,14 +6,22 @@ Heavy imports happen inside commands so ``movierec --help`` stays fast.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from movierec.cli_common import (
+    TRAIN_EXTRA,
+    UsageError,
+    data_options,
+    emit,
+    load_model,
+    needs_train_extra,
+    progress,
+)
+from movierec.cli_query import recommend, serve, serve_model, similar
 
 app = typer.Typer(
     add_completion=False,
@@ -24,56 +32,10 @@ app = typer.Typer(
 log = logging.getLogger("movierec")
 
 
-class UsageError(ValueError):
-    """A bad command-line value; reported as one line with exit code 2."""
-
-
-TRAIN_EXTRA = ("lightning", "sklearn", "optuna", "matplotlib")
-"""The modules of the ``[train]`` extra (pyproject.toml). A base install loads a bundle, serves it,
-answers queries and writes candidates without them."""
-
-
-def _missing(modules: tuple[str, ...]) -> list[str]:
-    import importlib.util
-
-    missing = []
-    for name in modules:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):  # a broken or hidden package counts as absent
-            found = False
-        if not found:
-            missing.append(name)
-    return missing
-
-
-def _needs_train_extra(command: str, modules: tuple[str, ...] = TRAIN_EXTRA) -> None:
-    """Before any work: one line and exit 2 when a command needs what a base install lacks."""
-    missing = _missing(modules)
-    if missing:
-        raise UsageError(f"movierec {command} needs the [train] extra (missing: {', '.join(missing)}): pip install 'movierec[train]'")
-
-
-def _progress(as_json: bool = False) -> bool:
-    """Progress bars are for a person at a terminal: none in ``--json`` output, none in a log file
-    (it gets the one summary line per stage instead). ``MOVIEREC_PROGRESS=0`` or ``1`` decides for
-    scripts either way."""
-    if as_json:
-        return False
-    forced = os.environ.get("MOVIEREC_PROGRESS")
-    if forced in ("0", "1"):
-        return forced == "1"
-    return sys.stderr.isatty()
-
-
 def _setup_logging(verbose: bool = False) -> None:
     from movierec.core.logs import setup_logging
 
     setup_logging(verbose)
-
-
-def _emit(obj: object) -> None:
-    typer.echo(json.dumps(obj, indent=1, default=str))
 
 
 def _version(value: bool) -> None:
@@ -111,7 +73,7 @@ def config_show(
 
     cfg = load_config(config, list(set_ or []))
     if as_json:
-        _emit(dump_config(cfg))
+        emit(dump_config(cfg))
         return
     typer.echo(render_yaml(cfg), nl=False)
 
@@ -136,10 +98,10 @@ def split(
         raise UsageError(f"--test-size must be between 0 and 1 (exclusive), not {test_size:g}")
     if protocol in ML100K_FOLDS and (data is None or not (data / f"{protocol}.test").is_file()):
         raise UsageError(f"--protocol {protocol} is a MovieLens 100K fold: give --data with the ml-100k folder holding {protocol}.test")
-    ds = _data_options(data, ratings, items)
+    ds = data_options(data, ratings, items)
     summary = write_split(ds, out, protocol, test_size, seed, folder=data)
     if as_json:
-        _emit(summary)
+        emit(summary)
         return
     typer.echo(
         f"{protocol} split of {ds}: {summary['train_ratings']:,} training ratings -> {out / 'train.csv'}, "
@@ -160,7 +122,7 @@ def compare(
     plot: Annotated[Optional[Path], typer.Option(help="also write a bar chart PNG here")] = None,
 ) -> None:
     """Fit baselines and the hybrid on one training set, score them on one test file (full ranking, training items excluded), print one table."""
-    _needs_train_extra("compare")
+    needs_train_extra("compare")
     from movierec.compare import compare as run_compare, format_table, parse_models, plot as plot_rows, protocol_line
     from movierec.core.config import load_config
     from movierec.evaluation import read_test_file
@@ -171,13 +133,13 @@ def compare(
         raise UsageError(str(e)) from None
     cfg = load_config(config, list(set_ or []))
     frame = read_test_file(test)
-    ds = _data_options(None, train, items)
+    ds = data_options(None, train, items)
     note = protocol_line(ds, frame, cfg, names)
-    rows = run_compare(ds, frame, names, config=cfg, show_progress=_progress(as_json))
+    rows = run_compare(ds, frame, names, config=cfg, show_progress=progress(as_json))
     if plot is not None:
         plot_rows(rows, plot)
     if as_json:
-        _emit(rows)
+        emit(rows)
         return
     typer.echo(format_table(rows))
     if note is not None:
@@ -234,7 +196,7 @@ def inspect_data(
         raise UsageError("--items goes with --ratings, not with --data")
     info = describe(load_data(data, ratings=ratings, items=items))
     if as_json:
-        _emit(info)
+        emit(info)
         return
 
     def day(ts: int | None) -> str:
@@ -256,16 +218,6 @@ def inspect_data(
     )
     genres = ", ".join(f"{g} {n:,}" for g, n in info["genres"].items())
     typer.echo(f"genres ({len(info['genres'])}): {genres or 'none'}")
-
-
-def _data_options(data: Optional[Path], ratings: Optional[Path], items: Optional[Path]) -> object:
-    from movierec.core.loaders import load_data
-
-    if (data is None) == (ratings is None):
-        raise UsageError("give either --data PATH or --ratings CSV [--items CSV]")
-    if data is not None and items is not None:
-        raise UsageError("--items goes with --ratings, not with --data")
-    return load_data(data, ratings=ratings, items=items)
 
 
 @app.command()
@@ -290,14 +242,14 @@ def train(
     """Train content vectors, the two-tower model, the index and the ranker; write one bundle."""
     import time
 
-    _needs_train_extra("train")
+    needs_train_extra("train")
     from movierec.core.config import load_config
     from movierec.pipeline import train as train_pipeline
 
     overrides = list(set_ or [])
     if seed is not None:
         overrides.append(f"seed={seed}")
-    if not _progress(as_json):  # stdout holds the JSON alone; a log file gets no bars
+    if not progress(as_json):  # stdout holds the JSON alone; a log file gets no bars
         overrides.append("trainer.progress=false")
     cfg = load_config(config, overrides)
     from movierec.core.artifacts import check_replaceable
@@ -311,7 +263,7 @@ def train(
             state = open_existing(feedback)
         except StateError as e:
             raise UsageError(str(e)) from None
-    ds = _data_options(data, ratings, items)
+    ds = data_options(data, ratings, items)
     extra: dict[str, object] = {}
     if state is not None:
         from recommender.state import StateError
@@ -333,7 +285,7 @@ def train(
     m = manifest.get("metrics", {})
     seconds = time.perf_counter() - t0
     if as_json:
-        _emit({"bundle": str(path), "model_version": manifest["model_version"], "data": str(ds), "seconds": round(seconds, 1), "metrics": m})
+        emit({"bundle": str(path), "model_version": manifest["model_version"], "data": str(ds), "seconds": round(seconds, 1), "metrics": m})
         return
     typer.echo(f"trained on {ds} in {seconds:.1f}s")
     from movierec.core.metrics import metric_rows
@@ -342,14 +294,6 @@ def train(
         if isinstance(values, dict):
             typer.echo(f"  {stage}: " + "; ".join(f"{k} {v}" for k, v in metric_rows(values)))
     typer.echo(f"bundle: {path} (version {manifest['model_version']})")
-
-
-def _load_model(path: Path) -> object:
-    from recommender import HybridRecommender
-
-    if not path.exists():
-        raise UsageError(f"{path}: no such model directory")
-    return HybridRecommender.load(path)
 
 
 @app.command()
@@ -364,9 +308,9 @@ def evaluate(
     from movierec.evaluation import evaluate_model, read_test_file
 
     frame = read_test_file(test)
-    result = evaluate_model(_load_model(model), frame, k=k, rank=not no_rank)
+    result = evaluate_model(load_model(model), frame, k=k, rank=not no_rank)
     if as_json:
-        _emit(result)
+        emit(result)
         return
     typer.echo(f"{result['users']:,} users, {result['pairs']:,} test pairs ({result['skipped_rows']} skipped), k={k}, {'ranked' if result['ranked'] else 'retrieval order'}")
     from movierec.core.splits import protocol_note
@@ -401,12 +345,12 @@ def candidates(
     from retrieval.candidates import check_candidates_target, check_parts_target, write_candidates
 
     if workers > 1:  # the processes run Lightning's predict loop
-        _needs_train_extra("candidates --workers", ("lightning",))
+        needs_train_extra("candidates --workers", ("lightning",))
     try:  # before any work: a file or folder that is not ours is never replaced
         check_parts_target(out) if workers > 1 else check_candidates_target(out)
     except FileExistsError as e:
         raise UsageError(str(e)) from None
-    m = _load_model(model)
+    m = load_model(model)
     if users is not None:
         from movierec.evaluation import _to_index
         import pandas as pd
@@ -426,15 +370,15 @@ def candidates(
     else:
         chosen = np.arange(len(m.user_ids))
     k = min(k, m.n_items)
-    progress = _progress(as_json)
+    show = progress(as_json)
     if workers > 1:
         from movierec.candidates import write_candidates_distributed
 
         summary = write_candidates_distributed(
-            model, chosen, out, k, rank=not no_rank, workers=workers, chunk_size=chunk_size, model=m, show_progress=progress
+            model, chosen, out, k, rank=not no_rank, workers=workers, chunk_size=chunk_size, model=m, show_progress=show
         )
         if as_json:
-            _emit({**summary, "out": str(out)})
+            emit({**summary, "out": str(out)})
             return
         typer.echo(
             f"wrote {summary['rows']:,} candidates for {summary['users']:,} users to {out}/ in {summary['parts']} parts "
@@ -448,10 +392,10 @@ def candidates(
         m.items["item_id"].to_numpy(),
         out,
         chunk_size=chunk_size,
-        show_progress=progress,
+        show_progress=show,
     )
     if as_json:
-        _emit({**summary, "out": str(out)})
+        emit({**summary, "out": str(out)})
         return
     typer.echo(f"wrote {summary['rows']:,} candidates for {summary['users']:,} users to {out} ({summary['users_per_second']:,.0f} users/s)")
 
@@ -468,7 +412,7 @@ def demo(
     config: Annotated[Optional[Path], typer.Option(help="YAML config")] = None,
 ) -> None:
     """synth -> train -> evaluate -> print samples -> candidates -> serve, on the embedded data."""
-    _needs_train_extra("demo")
+    needs_train_extra("demo")
     from movierec.demo import run_demo
 
     result = run_demo(out, typer.echo, users=users, items=items, ratings=ratings, config_path=config)
@@ -477,110 +421,6 @@ def demo(
         return
     typer.echo(f"serving on http://{host}:{port}/ (Ctrl+C to stop)")
     serve_model(result["model"], host=host, port=port, workers=1)
-
-
-def serve_model(model: Path, host: str, port: int, workers: int) -> None:
-    """Start uvicorn on a bundle (shared by ``serve`` and ``demo``)."""
-    from serving.launcher import run_server
-
-    run_server(model, host=host, port=port, workers=workers)
-
-
-def _query_model(model: Path) -> object:
-    """Load a bundle for a one-off query; a missing or broken bundle is a usage error."""
-    from recommender import HybridRecommender
-
-    if not (model / "manifest.json").is_file():
-        raise UsageError(f"{model}: not a model bundle (no manifest.json); train one with movierec train")
-    return HybridRecommender.load(model)
-
-
-def _print_items(items: list[dict[str, object]]) -> None:
-    for rank, item in enumerate(items, 1):
-        year = f" ({item['year']})" if item.get("year") is not None else ""
-        genres = "|".join(item.get("genres") or [])
-        typer.echo(f"{rank:>3}. {item['title']}{year}  [{genres}]  id={item['item_id']}  score={item['score']:.4f}")
-        for because in item.get("because") or []:
-            typer.echo(f"       because: {because['reason']}")
-
-
-@app.command()
-def recommend(
-    model: Annotated[Path, typer.Option(help="bundle directory from movierec train")],
-    user: Annotated[str, typer.Option(help="user id as in the data")],
-    k: Annotated[int, typer.Option(min=1, help="how many movies (up to the whole catalogue)")] = 10,
-    as_json: Annotated[bool, typer.Option("--json", help='print {"user_id", "items": [{"item_id", "title", "score"}]}')] = False,
-    explain: Annotated[bool, typer.Option("--explain", help="name up to three of the user's rated movies behind each result")] = False,
-    genres: Annotated[Optional[str], typer.Option(help="comma-separated genres; any of them qualifies")] = None,
-    year_min: Annotated[Optional[int], typer.Option(help="earliest release year")] = None,
-    year_max: Annotated[Optional[int], typer.Option(help="latest release year")] = None,
-) -> None:
-    """Top-k movies for a known user, movies they rated in training excluded."""
-    import numpy as np
-
-    from recommender import Filters, IdTypeError, UnknownIdError
-
-    if year_min is not None and year_max is not None and year_min > year_max:
-        raise UsageError(f"--year-min {year_min} is after --year-max {year_max}")
-    m = _query_model(model)
-    wanted = None
-    if genres:
-        known = {g.lower(): g for g in m.genre_vocab}
-        names = [g.strip() for g in genres.split(",") if g.strip()]
-        bad = [g for g in names if g.lower() not in known]
-        if bad:
-            raise UsageError(f"unknown genre {bad[0]!r}; known genres: {', '.join(m.genre_vocab)}")
-        wanted = [known[g.lower()] for g in names] or None
-    filters = Filters(genres=wanted, year_min=year_min, year_max=year_max)
-    try:
-        recs = m.recommend_user(user, k, filters=filters)
-        u = m.user_idx(user)
-        user_id = m.user_ids[u]
-    except (UnknownIdError, IdTypeError) as e:  # a text id where ids are integers: one line, exit 2
-        raise UsageError(str(e)) from None
-    items = m.item_records(recs.item_idx, recs.scores)
-    if explain:
-        from recommender.explain import explain as explain_items
-
-        lo, hi = m.retrieval.histories.indptr[u], m.retrieval.histories.indptr[u + 1]
-        ratings = m.bundle.array("hist_ratings.npy")[lo:hi] if m.bundle.has("hist_ratings.npy") else None
-        for item, because in zip(items, explain_items(m, m.retrieval.histories.items[lo:hi], ratings, recs.item_idx)):
-            item["because"] = because
-    user_id = user_id.item() if isinstance(user_id, np.generic) else user_id
-    if as_json:
-        keys = ("item_id", "title", "score", "because") if explain else ("item_id", "title", "score")
-        _emit({"user_id": user_id, "items": [{key: i[key] for key in keys} for i in items]})
-        return
-    typer.echo(f"top {len(items)} for user {user_id} (model {m.model_version}):")
-    _print_items(items)
-
-
-@app.command()
-def similar(
-    model: Annotated[Path, typer.Option(help="bundle directory from movierec train")],
-    item: Annotated[str, typer.Option(help="item id as in the data")],
-    k: Annotated[int, typer.Option(min=1, help="how many movies (up to the whole catalogue)")] = 10,
-    by: Annotated[str, typer.Option(help="hybrid, content or collaborative")] = "hybrid",
-    as_json: Annotated[bool, typer.Option("--json", help='print {"item_id", "items": [{"item_id", "title", "score"}]}')] = False,
-) -> None:
-    """Movies similar to one movie, by content vectors, two-tower vectors, or both."""
-    from recommender import IdTypeError, UnknownIdError
-
-    if by not in ("hybrid", "content", "collaborative"):
-        raise UsageError(f"--by must be hybrid, content or collaborative, not {by!r}")
-    m = _query_model(model)
-    try:
-        i = m.item_idx(item)
-        recs = m.similar(item, k, by=by)  # type: ignore[arg-type]
-    except (UnknownIdError, IdTypeError) as e:
-        raise UsageError(str(e)) from None
-    source = m.item_records([i])[0]
-    items = m.item_records(recs.item_idx, recs.scores)
-    if as_json:
-        _emit({"item_id": source["item_id"], "items": [{"item_id": x["item_id"], "title": x["title"], "score": x["score"]} for x in items]})
-        return
-    typer.echo(f"{len(items)} movies like {source['title']} (by {by}):")
-    _print_items(items)
 
 
 @app.command()
@@ -597,12 +437,12 @@ def tune(
     no_prune: Annotated[bool, typer.Option("--no-prune", help="train every trial to the end (default: stop trials whose retrieval score is below the median)")] = False,
 ) -> None:
     """Search the main hyper-parameters with Optuna on a validation split of the training data (study kept in SQLite, resumable, bad trials pruned)."""
-    _needs_train_extra("tune")
+    needs_train_extra("tune")
     from movierec.core.config import load_config
     from movierec.tune import METRIC, StudyError, tune as run_tune
 
     base = load_config(config)
-    ds = _data_options(data, ratings, items)
+    ds = data_options(data, ratings, items)
     try:
         result = run_tune(ds, trials, out, base=base, trial_epochs=(retrieval_epochs, ranking_epochs), seed=seed, prune=not no_prune)  # type: ignore[arg-type]
     except StudyError as e:
@@ -614,25 +454,6 @@ def tune(
 
 
 @app.command()
-def serve(
-    model: Annotated[Path, typer.Option(help="bundle directory, or a directory of bundles (newest is served)")],
-    host: Annotated[str, typer.Option(help="address to bind (keep 127.0.0.1 unless behind a proxy)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="port")] = 8000,
-    workers: Annotated[
-        Optional[int], typer.Option(min=1, max=64, help="worker processes (default: one per CPU core, at most 8); they share the online state")
-    ] = None,
-) -> None:
-    """Serve the HTTP API and web page with uvicorn (admin key from MOVIEREC_API_KEY)."""
-    import os
-
-    from serving.launcher import run_server
-
-    if not model.exists():
-        raise UsageError(f"{model}: no such model directory")
-    run_server(model, host=host, port=port, workers=workers or min(os.cpu_count() or 1, 8))
-
-
-@app.command()
 def report(
     model: Annotated[Path, typer.Option(help="bundle directory from movierec train")],
     out: Annotated[Path, typer.Option(help="HTML file to write (self-contained, images inline)")],
@@ -640,7 +461,7 @@ def report(
     test: Annotated[Optional[Path], typer.Option(help="held-out CSV user_id,item_id[,rating]: evaluate here when no --quality")] = None,
 ) -> None:
     """One HTML report: the data, training curves, quality against baselines, the map of movies, samples."""
-    _needs_train_extra("report")
+    needs_train_extra("report")
     from movierec.report import ReportError, quality_from_test, read_quality, write_report
 
     if not model.is_dir():
@@ -658,6 +479,11 @@ def report(
     if note is not None:
         typer.echo(note)
     typer.echo(f"report: {path}")
+
+
+app.command()(recommend)
+app.command()(similar)
+app.command()(serve)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ def compact(
     bundle replay only the events recorded after it. Events are kept; nothing else changes."""
     import time
 
-    from movierec.cli import UsageError
+    from movierec.cli_common import UsageError
     from recommender import HybridRecommender, snapshots
     from recommender.state import StateError, open_state
     from recommender.state_db import state_url
