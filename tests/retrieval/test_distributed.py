@@ -64,6 +64,19 @@ def ddp_seq(next_split, content_vectors):
     return fit_two_tower(train, content_vectors, SEQ_CFG, TrainerConfig(progress=False, strategy="ddp", devices=2), seed=SEED)
 
 
+def _recalls(ddp, single, train, test, k: int) -> tuple[float, float, float]:
+    """Recall@k on ``test`` of the DDP model, the one-process model and most-popular."""
+
+    def recall(score_users) -> float:
+        return evaluate_topn(score_users, train, test, ks=(k,))[f"recall@{k}"]
+
+    return (
+        recall(lambda u: ddp.user_vectors[u] @ ddp.item_vectors.T),
+        recall(lambda u: single.user_vectors[u] @ single.item_vectors.T),
+        recall(make_baseline("popular").fit(train).score_users),
+    )
+
+
 def test_sharded_batches_split_the_single_process_batches():
     """The ranks' slices of each step are disjoint, equal in size and together the batch one
     process would draw from the same generator (the last partial batch is dropped in both)."""
@@ -84,11 +97,7 @@ def test_ddp_training_matches_single_process_quality(single, ddp, synth_split):
     # half the batch); a broken DDP run lands far below, near popularity order
     assert abs(ddp.metrics["val_recall@50"] - single.metrics["val_recall@50"]) < 0.06
 
-    def recall10(res) -> float:
-        return evaluate_topn(lambda u: res.user_vectors[u] @ res.item_vectors.T, train, test, ks=(10,))["recall@10"]
-
-    pop = evaluate_topn(make_baseline("popular").fit(train).score_users, train, test, ks=(10,))["recall@10"]
-    ours, theirs = recall10(ddp), recall10(single)
+    ours, theirs, pop = _recalls(ddp, single, train, test, 10)
     assert ours > 1.1 * pop
     assert abs(ours - theirs) < 0.15 * theirs
 
@@ -128,11 +137,7 @@ def test_ddp_sequential_training_matches_single_process(single_seq, ddp_seq, nex
 
     # the next movies by recall@50: at @10 these few users move the score by a fifth between seeds of
     # the same one-process training; windows taken at the wrong place land near popularity order
-    def recall50(res) -> float:
-        return evaluate_topn(lambda u: res.user_vectors[u] @ res.item_vectors.T, train, test, ks=(50,))["recall@50"]
-
-    pop = evaluate_topn(make_baseline("popular").fit(train).score_users, train, test, ks=(50,))["recall@50"]
-    ours, theirs = recall50(ddp_seq), recall50(single_seq)
+    ours, theirs, pop = _recalls(ddp_seq, single_seq, train, test, 50)
     assert ours > 1.5 * pop
     assert abs(ours - theirs) < 0.1 * theirs
 
