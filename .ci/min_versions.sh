@@ -24,9 +24,9 @@ case "$phase" in
     "$venv/bin/pip" install -qq --no-deps -e .
     "$venv/bin/python" -m pytest -q -p no:cacheprovider \
       tests/core/test_config.py tests/core/test_data.py tests/core/test_splits.py tests/core/test_metrics.py \
-      tests/core/test_baselines.py tests/core/test_cli_tools.py tests/core/test_report.py tests/core/test_tune.py \
-      tests/serving/test_schemathesis.py tests/serving/test_base_install.py tests/serving/test_cli.py \
-      tests/serving/test_state_api.py tests/reliability/test_state_store.py
+      tests/core/test_baselines.py tests/core/test_report.py tests/core/test_tune.py \
+      tests/cli/test_cli_tools.py tests/cli/test_base_install.py tests/cli/test_cli.py \
+      tests/serving/test_schemathesis.py tests/serving/test_state_api.py tests/reliability/test_state_store.py
     ;;
   *)
     echo "usage: $0 install|test VENV" >&2

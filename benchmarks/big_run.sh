@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end run at scale: synth -> train -> candidates, each stage under /usr/bin/time -v
-# (wall time and peak RSS per stage), as recorded in benchmarks/RESULTS.md "Scale (issue 8)".
+# (wall time and peak RSS per stage), as recorded in benchmarks/RESULTS.md "Scaling".
 #
 #   nice -n 10 benchmarks/big_run.sh WORKDIR [USERS ITEMS RATINGS [WORKERS]]
 #
-# CONFIG=FILE trains with that config (e.g. CONFIG=configs/synthetic-large.yaml, the issue-8 run's
-# settings); by default the train stage runs with the defaults, as a user runs it, and
-# movierec/core/sizing.py picks the size-dependent settings (issue 18). The size rules also apply on top
+# CONFIG=FILE trains with that config (e.g. CONFIG=configs/synthetic-large.yaml, settings chosen
+# to finish in bounded time); by default the train stage runs with the defaults, as a user runs it,
+# and movierec/core/sizing.py picks the size-dependent settings. The size rules also apply on top
 # of a config file where it leaves a setting at its default: with synthetic-large.yaml at 20M
-# ratings they cap its single two-tower epoch at 400 steps (not the full pass its comment describes).
+# ratings they cap its single two-tower epoch at 400 steps.
 #
 # TRAIN_SET="key=value ..." adds `--set` overrides to the train stage (e.g. a time-boxed run:
 # TRAIN_SET="retrieval.max_steps_per_epoch=1000"). An existing WORKDIR/data is reused (no synth).
@@ -17,9 +17,9 @@
 # (benchmarks/batch_candidates.py: exact, the bundle's index, the IVF batch index, recall@100 vs
 # exact, one and two workers) into WORKDIR/batch_candidates.md.
 #
-# Issue 18's size: nice -n 10 benchmarks/big_run.sh WORKDIR 20000 100000 1000000 2
+# 1M ratings x 100k movies: nice -n 10 benchmarks/big_run.sh WORKDIR 20000 100000 1000000 2
 #
-# Defaults are the issue-8 size: 200,000 users, 100,000 items, 20,000,000 ratings, candidates with
+# Defaults: 200,000 users, 100,000 items, 20,000,000 ratings, candidates with
 # 1 worker. Each stage's full `time -v` report is kept in WORKDIR/<stage>.time; a summary table is
 # printed at the end.
 set -euo pipefail

@@ -1,4 +1,4 @@
-"""Quality of the content stage (issue 3): P3 cold items and P4 similar movies.
+"""Quality of the content stage: P3 cold items and P4 similar movies.
 
 P3 (DESIGN.md): 20% of the rated items (seed 42) lose all their ratings from training; each user
 who rated one of them in test gets a ranking of the cold items only; Recall@10 and NDCG@10.
@@ -25,7 +25,8 @@ from threadpoolctl import threadpool_limits
 
 from content import ContentModel, ContentSimilarity
 from movierec.core.config import ContentConfig
-from movierec.core.data import Dataset, load_dataset
+from movierec.core.data import Dataset
+from movierec.core.loaders import load_dataset
 from movierec.core.metrics import evaluate_topn
 from movierec.core.splits import cold_items
 

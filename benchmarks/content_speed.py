@@ -1,4 +1,4 @@
-"""Speed of the content stage on synthetic catalogues (issue 3).
+"""Speed of the content stage on synthetic catalogues.
 
 For each catalogue size: fit time (TF-IDF + SVD), similar-item latency for single queries
 (p50/p99 over random items, k=10), batch throughput (items/s), the time to add one movie, and
@@ -8,7 +8,7 @@ default.
 
     .venv/bin/python benchmarks/content_speed.py [--sizes 10000 100000] [--write]
 
-``--write`` replaces the "### Speed" part of the "## Content (issue 3)" section of
+``--write`` replaces the "### Speed" part of the "## Content" section of
 benchmarks/RESULTS.md (other sections are left alone).
 """
 
@@ -28,13 +28,13 @@ import pandas as pd
 
 from content import ContentModel, ContentSimilarity
 from movierec.core.config import ContentConfig, IndexConfig
-from movierec.core.data import load_dataset
+from movierec.core.loaders import load_dataset
 from movierec.core.index import recall_against_exact
 from movierec.core.synthetic import SynthSpec, write_synthetic
 
 log = logging.getLogger("content_speed")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-SECTION = "## Content (issue 3)"
+SECTION = "## Content"
 
 
 def synthetic_items(n_items: int, seed: int = 42) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Diversity (issue 7): NDCG@10 against intra-list diversity and genre coverage, MMR strengths.
+"""Diversity: NDCG@10 against intra-list diversity and genre coverage, MMR strengths.
 
 Protocol P2 on MovieLens 100K (``holdout_per_user(ds, 0.2, 42)``): one bundle trained with
 ``movierec.pipeline.train`` (default config) on the train side; every test user gets the same
@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from movierec.core.config import Config  # noqa: E402
-from movierec.core.data import load_dataset  # noqa: E402
+from movierec.core.loaders import load_dataset  # noqa: E402
 from movierec.core.index import normalize  # noqa: E402
 from movierec.core.metrics import topn_metrics  # noqa: E402
 from movierec.pipeline import train as train_pipeline  # noqa: E402

@@ -1,4 +1,4 @@
-"""Measured growth of `movierec train` and `movierec candidates` with the data's size (issue 18).
+"""Measured growth of `movierec train` and `movierec candidates` with the data's size.
 
 Two series on synthetic data (`movierec synth --seed 3`), each point run exactly as a user runs
 it: `movierec train --data DIR --out BUNDLE` with the defaults (movierec/core/sizing.py picks the

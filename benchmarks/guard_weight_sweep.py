@@ -27,7 +27,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 import validation_quick as vq
 
 from movierec.core.config import load_config
-from movierec.core.data import load_dataset
+from movierec.core.loaders import load_dataset
 from movierec.core.metrics import topn_metrics
 from movierec.pipeline import train as train_pipeline
 from movierec.core.splits import holdout_per_user

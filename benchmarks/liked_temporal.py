@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 
 from validation_quick import PATHS, quiet  # noqa: E402
 from movierec.core.config import load_config  # noqa: E402
-from movierec.core.data import load_dataset  # noqa: E402
+from movierec.core.loaders import load_dataset  # noqa: E402
 from movierec.core.metrics import topn_metrics  # noqa: E402
 from movierec.pipeline import train as train_pipeline  # noqa: E402
 from movierec.core.splits import temporal_per_user  # noqa: E402

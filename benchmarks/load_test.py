@@ -8,7 +8,7 @@ endpoint is driven twice with wrk:
 * ``max``: closed loop, one wrk thread (so the server keeps most of the CPU) and 16 connections,
   each sending its next request as soon as its answer is in: the most requests/s the server
   sustains, and the latency at that saturation.
-* ``rate``: open loop paced by schedule, the load the target in DESIGN.md (issue 18) is about:
+* ``rate``: open loop paced by schedule, the load the serving target of docs/design.md is about:
   ``--rate`` requests/s (default 500) offered on ``--rate-connections`` connections (default 8),
   connection i sending at start + i*T/c + n*T with T = c / rate, so requests arrive evenly
   spread whatever the answers' latency, with no bursts. A Lua ``delay()`` waits until the
@@ -22,9 +22,9 @@ endpoint is driven twice with wrk:
   not the server), the requests due that were never sent, errors (non-2xx, socket errors,
   timeouts), and says when the server fell behind the schedule.
 
-  Until session 7 this run gave each connection a fixed ``delay()`` after each answer: a closed
-  loop with think time, which reached only c / (c / rate + latency) requests/s (~250 of 500) in
-  bursts of c, and measured neither the rate asked nor the latency at it.
+  Pacing by schedule matters: a fixed ``delay()`` after each answer would be a closed loop with
+  think time, reaching only c / (c / rate + latency) requests/s in bursts of c, and would measure
+  neither the rate asked nor the latency at it.
 
 Paths are mixed: random known users, random movies, random sets of three liked movies. Every run
 is bounded in time (``--duration`` seconds each) and the servers are always stopped.
@@ -443,7 +443,7 @@ def main() -> None:
         "--cache-warmup", type=float, default=90.0,
         help="at most this many seconds of walking every sampled user in turn before the recommendations runs, until the "
         "server spends under 0.5 ms of CPU per request (each worker's answer cache holds them), so the runs measure cached "
-        "answers (0: the random 3-second warm-up only, as in session 4)",
+        "answers (0: a random 3-second warm-up only, so many answers are computed, not cached)",
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()

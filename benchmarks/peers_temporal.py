@@ -64,7 +64,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from movierec.core.data import Dataset, load_dataset  # noqa: E402
+from movierec.core.data import Dataset  # noqa: E402
+
+from movierec.core.loaders import load_dataset  # noqa: E402
 from movierec.core.ease import ease_weights  # noqa: E402
 from movierec.core.metrics import topn_metrics  # noqa: E402
 from movierec.core.sources import rank_scores  # noqa: E402

@@ -38,7 +38,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from movierec.core.baselines import make_baseline  # noqa: E402
-from movierec.core.data import Dataset, load_dataset  # noqa: E402
+from movierec.core.data import Dataset  # noqa: E402
+from movierec.core.loaders import load_dataset  # noqa: E402
 from movierec.core.metrics import evaluate_topn, mae, rmse  # noqa: E402
 from movierec.core.splits import holdout_per_user, ml100k_fold, validation_split  # noqa: E402
 

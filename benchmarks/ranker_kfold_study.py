@@ -28,11 +28,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.ranking_quality import _config, _quiet, baseline_metrics, ordered_metrics  # noqa: E402
-from movierec.core.data import load_dataset  # noqa: E402
+from movierec.core.loaders import load_dataset  # noqa: E402
 from movierec.pipeline import train as train_pipeline  # noqa: E402
 from movierec.core.splits import holdout_per_user, validation_split  # noqa: E402
 from recommender import HybridRecommender  # noqa: E402
-from ranking.ranker import fit_ranker, split_for_ranker  # noqa: E402
+from ranking.lists import split_for_ranker  # noqa: E402
+from ranking.ranker import fit_ranker  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},

@@ -1,4 +1,4 @@
-"""Ranking quality (issue 5): P2 top-N, P1 rating head RMSE, P3 cold items, ablations.
+"""Ranking quality: P2 top-N, P1 rating head RMSE, P3 cold items, ablations.
 
     python benchmarks/ranking_quality.py --data ../shared/data/ml-100k --validate   # choose settings
     python benchmarks/ranking_quality.py --data ../shared/data/ml-100k --p2 --p1 --p3
@@ -37,7 +37,8 @@ if str(ROOT) not in sys.path:
 
 from movierec.core.baselines import make_baseline  # noqa: E402
 from movierec.core.config import Config  # noqa: E402
-from movierec.core.data import Dataset, load_dataset  # noqa: E402
+from movierec.core.data import Dataset  # noqa: E402
+from movierec.core.loaders import load_dataset  # noqa: E402
 from movierec.core.metrics import evaluate_topn, mae, rmse, topn_metrics, top_k  # noqa: E402
 from movierec.pipeline import tower_trainer, train as train_pipeline  # noqa: E402
 from movierec.core.splits import cold_items, holdout_per_user, ml100k_fold, validation_split  # noqa: E402

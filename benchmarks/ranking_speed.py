@@ -1,9 +1,9 @@
-"""Ranking speed (issues 5, 18): re-scoring 100 and 250 candidates for one user, and batch users/s.
+"""Ranking speed: re-scoring 100 and 250 candidates for one user, and batch users/s.
 
     python benchmarks/ranking_speed.py --model MODEL_DIR            # an existing bundle with a ranker
     python benchmarks/ranking_speed.py --data ../shared/data/ml-100k  # trains one first (P2 train side)
     python benchmarks/ranking_speed.py --model MODEL_DIR --scale-items 100000  # + features at 100k items
-    python benchmarks/ranking_speed.py --model MODEL_DIR --candidates 250 --no-batch   # issue 18's request
+    python benchmarks/ranking_speed.py --model MODEL_DIR --candidates 250 --no-batch   # one request, as the serving target counts it
 
 Single user: the time of ``Ranker.rerank`` for one user and their top-C retrieval candidates
 (features + net, what a request adds on top of retrieval), p50/p99 over many users, one thread
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         path = args.model
         if path is None:
             from movierec.core.config import Config
-            from movierec.core.data import load_dataset
+            from movierec.core.loaders import load_dataset
             from movierec.pipeline import train
             from movierec.core.splits import holdout_per_user
 

@@ -1,4 +1,4 @@
-"""I-AutoRec settings grid for the P1 rating model (issue 5), on u1's training side only.
+"""I-AutoRec settings grid for the P1 rating model, on u1's training side only.
 
     python benchmarks/rating_autorec_grid.py '{"reg":100,"center":false,"lr":1e-3,"bs":256,"out_drop":0.2,"epochs":60}' ...
 
@@ -19,7 +19,7 @@ import torch
 
 ROOT = __import__('pathlib').Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from movierec.core.data import load_dataset
+from movierec.core.loaders import load_dataset
 from movierec.core.splits import ml100k_fold, validation_split
 torch.set_num_threads(1)
 ds = load_dataset(str(ROOT.parent / 'shared' / 'data' / 'ml-100k'))

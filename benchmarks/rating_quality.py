@@ -1,4 +1,4 @@
-"""P1 rating model (issue 5): choose settings on u1's training side, then report u1..u5.
+"""P1 rating model: choose settings on u1's training side, then report u1..u5.
 
     python benchmarks/rating_quality.py --data ../shared/data/ml-100k --validate   # grid on validation
     python benchmarks/rating_quality.py --data ../shared/data/ml-100k --p1         # five official folds
@@ -31,7 +31,8 @@ if str(ROOT) not in sys.path:
 
 from movierec.core.baselines import make_baseline  # noqa: E402
 from movierec.core.config import RatingConfig  # noqa: E402
-from movierec.core.data import Dataset, load_dataset  # noqa: E402
+from movierec.core.data import Dataset  # noqa: E402
+from movierec.core.loaders import load_dataset  # noqa: E402
 from movierec.core.metrics import mae, rmse  # noqa: E402
 from movierec.core.splits import ml100k_fold, validation_split  # noqa: E402
 from ranking.rating import fit_rating_model  # noqa: E402

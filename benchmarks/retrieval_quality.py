@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 from content import ContentModel, ContentSimilarity  # noqa: E402
 from movierec.core.baselines import make_baseline  # noqa: E402
 from movierec.core.config import load_config  # noqa: E402
-from movierec.core.data import load_dataset  # noqa: E402
+from movierec.core.loaders import load_dataset  # noqa: E402
 from movierec.core.metrics import evaluate_topn  # noqa: E402
 from movierec.core.splits import cold_items, holdout_per_user  # noqa: E402
 from retrieval.two_tower import fit_two_tower  # noqa: E402

@@ -1,8 +1,8 @@
-"""Robust quality (issue 15): the whole CLI pipeline over many splits and data sets, one protocol.
+"""Robust quality: the whole CLI pipeline over many splits and data sets, one protocol.
 
     python benchmarks/robust_quality.py --validation --workdir /tmp/rq        # choose settings
     python benchmarks/robust_quality.py --datasets "ml100k:1,2 latest:1 synth zero10" --set ranking.folds=5
-    python benchmarks/robust_quality.py --test ...                            # the lead only: touches test
+    python benchmarks/robust_quality.py --test ...                            # touches test: once per configuration
 
 Protocol (P2 of DESIGN.md, the same for every row): each user's ratings are split 80/20 at random
 (``movierec.core.splits.holdout_per_user(ds, 0.2, seed)``); every held-out rating is relevant; each
@@ -10,8 +10,8 @@ model ranks every movie the user did not rate in training; NDCG@10, Recall@10, R
 
 ``--validation`` (what engineers use to choose configurations) never looks at the test part: it
 carves a validation split from each training split (``holdout_per_user(train, 0.2, 10_000 + seed)``),
-trains on the rest and scores on the validation part. ``--test`` scores the test split; say in
-RESULTS.md how many configurations saw it.
+trains on the rest and scores on the validation part. ``--test`` scores the test split; RESULTS.md says how many
+configurations have seen it.
 
 The pipeline is run exactly as a user runs it: the training split and the item table are written
 as plain CSV (``user_id,item_id,rating,timestamp`` and ``item_id,title,genres,year[,tags]
@@ -67,7 +67,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from movierec.core.baselines import make_baseline  # noqa: E402
-from movierec.core.data import Dataset, load_dataset  # noqa: E402
+from movierec.core.data import Dataset  # noqa: E402
+from movierec.core.loaders import load_dataset  # noqa: E402
 from movierec.core.metrics import evaluate_topn, topn_metrics  # noqa: E402
 from movierec.core.splits import cold_items, holdout_per_user  # noqa: E402
 
@@ -640,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--validation", action="store_true", help="score a validation split carved from each training split (default)")
-    mode.add_argument("--test", action="store_true", help="score the test splits (the lead decides when)")
+    mode.add_argument("--test", action="store_true", help="score the test splits (once per configuration, after choosing on validation)")
     ap.add_argument("--datasets", default=None, help='e.g. "ml100k:1,2,3 latest:1 synth zero10" (default: all, default seeds)')
     ap.add_argument("--set", dest="sets", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                     help="passed to movierec train as --set (repeatable; lists as ranking.exclude=[content])")

@@ -1,6 +1,6 @@
 """Soak test of ``movierec serve``: steady load for minutes with a hot reload every 30 s.
 
-What it checks (issue 9): the server keeps answering through repeated bundle swaps, with zero
+What it checks: the server keeps answering through repeated bundle swaps, with zero
 failed requests, memory (RSS of the server process) flat within 10%, and latency percentiles
 recorded, overall and for the requests that overlapped a reload.
 

@@ -27,7 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recommender import HybridRecommender  # noqa: E402
-from recommender.state import StateStore, state_url  # noqa: E402
+from recommender.state import StateStore  # noqa: E402
+from recommender.state_db import state_url  # noqa: E402
 
 
 def fill(store: StateStore, model: HybridRecommender, n: int, users: int, per_post: int, seed: int) -> float:

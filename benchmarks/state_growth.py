@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recommender import HybridRecommender  # noqa: E402
-from recommender.state import StateStore, state_url  # noqa: E402
+from recommender.state import StateStore  # noqa: E402
+from recommender.state_db import state_url  # noqa: E402
 
 MOVIEREC = Path(sys.executable).parent / "movierec"
 KEY = "state-growth-key"

@@ -1,4 +1,4 @@
-"""Tuning run (issue 7): ``movierec.tune`` on the P2 training side of ML-100K, then P2 before/after.
+"""Tuning run: ``movierec.tune`` on the P2 training side of ML-100K, then P2 before/after.
 
 The search sees only the P2 train side (its own validation split is carved from it by
 ``movierec.tune``); the P2 test side is touched once per config, after the search, to compare
@@ -27,7 +27,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from movierec.core.config import Config  # noqa: E402
-from movierec.core.data import Dataset, load_dataset  # noqa: E402
+from movierec.core.data import Dataset  # noqa: E402
+from movierec.core.loaders import load_dataset  # noqa: E402
 from movierec.core.metrics import topn_metrics  # noqa: E402
 from movierec.pipeline import train as train_pipeline  # noqa: E402
 from movierec.core.splits import holdout_per_user  # noqa: E402

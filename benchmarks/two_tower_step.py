@@ -1,11 +1,11 @@
-"""Two-tower training step cost against a plain id two-tower, in one run (issue 18, item 3).
+"""Two-tower training step cost against a plain id two-tower, in one run.
 
     python benchmarks/two_tower_step.py [--data ../shared/data/ml-100k] [--steps 30] [--plain-loss autograd]
 
 Both models see the same batches of positives (``retrieval.batch_size``) and the same loss: an
 in-batch softmax with log-q correction, repeated positives masked, by default through the same
 function (``in_batch_softmax_loss``; ``--plain-loss autograd`` gives the plain model the
-``index_put`` + ``cross_entropy`` version both used before session 7). The plain model is a user id
+``index_put`` + ``cross_entropy`` version, unfused). The plain model is a user id
 embedding and an item id embedding (dot product, L2-normalised), trained with the same fused
 AdamW. Our step includes building the batch (histories and pooled content) as the data loader
 does. CPU time per step (median), one torch thread; prints a markdown table.
@@ -30,8 +30,9 @@ if str(ROOT) not in sys.path:
 
 from content import ContentModel  # noqa: E402
 from movierec.core.config import load_config  # noqa: E402
-from movierec.core.data import load_dataset  # noqa: E402
-from retrieval.two_tower import build_two_tower, duplicate_pairs, in_batch_softmax_loss  # noqa: E402
+from movierec.core.loaders import load_dataset  # noqa: E402
+from retrieval.loss import duplicate_pairs, in_batch_softmax_loss  # noqa: E402
+from retrieval.two_tower import build_two_tower  # noqa: E402
 
 
 class PlainTwoTower(nn.Module):
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. retrieval.batch_size=2048")
     p.add_argument(
         "--plain-loss", choices=["fused", "autograd"], default="fused",
-        help="the plain model's loss: movierec's in_batch_softmax_loss, or cross_entropy on index_put logits (before session 7)",
+        help="the plain model's loss: movierec's in_batch_softmax_loss, or cross_entropy on index_put logits (unfused)",
     )
     a = p.parse_args(argv)
     torch.set_num_threads(1)

@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
 
 from movierec.core.baselines import make_baseline  # noqa: E402
 from movierec.core.config import load_config  # noqa: E402
-from movierec.core.data import load_dataset  # noqa: E402
+from movierec.core.loaders import load_dataset  # noqa: E402
 from movierec.core.metrics import topn_metrics  # noqa: E402
 from movierec.pipeline import train as train_pipeline  # noqa: E402
 from movierec.core.sources import rank_scores  # noqa: E402
@@ -119,7 +119,7 @@ def run_two_tower(spec: str, sets: list[str], tag: str, fraction: float = 1.0, p
     its Recall@100 against EASE's, in about a third of a whole training."""
     from content import ContentModel
     from movierec.pipeline import _place_cold, resolve_sequential
-    from ranking.ranker import split_for_ranker
+    from ranking.lists import split_for_ranker
     from retrieval.two_tower import fit_two_tower, refit_two_tower
 
     fit, rel, users, ease, lam, config = _validation(spec, sets, fraction, protocol, test)

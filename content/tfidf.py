@@ -17,7 +17,6 @@ so transforming the training items after a save/load round trip gives bit-identi
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 import unicodedata
@@ -387,7 +386,7 @@ class ContentModel:
         self.encoders = encoders
         self.components = np.ascontiguousarray(components, dtype=np.float32)
         # (n_features, dim) C-ordered copy: sparse @ dense with a transposed view makes scipy copy
-        # the whole matrix on every call (that copy was 90% of adding one movie)
+        # the whole matrix on every call, which would dominate the cost of adding one movie
         self._components_t = np.ascontiguousarray(self.components.T)
         self.centroid = np.ascontiguousarray(centroid, dtype=np.float32)
         self.config = config
@@ -453,8 +452,8 @@ class ContentModel:
         else:
             from threadpoolctl import threadpool_limits
 
-            # measured on this 2-core machine with other jobs running: the SVD's QR of a 10,000 x 138
-            # matrix took 7.1 s with two OpenBLAS threads spinning against each other, 0.3 s with one
+            # BLAS threads that spin against each other (or against other jobs on a small machine)
+            # make the SVD's QR many times slower than one thread does
             with threadpool_limits(limits=config.fit_threads, user_api="blas"):
                 components = _fit_projection(x, config.dim, seed)
         proj = np.asarray(x.astype(np.float32) @ components.T, dtype=np.float32)
@@ -555,8 +554,3 @@ def _stack(encoders: list[FieldEncoder], docs: dict[str, list[str]]) -> sp.csr_m
     if not blocks:
         return sp.csr_matrix((len(next(iter(docs.values()), [])), 0), dtype=np.float64)
     return _scale_rows(sp.hstack(blocks, format="csr", dtype=np.float64), 1.0)
-
-
-def idf_smooth(n_docs: int, df: int) -> float:
-    """scikit-learn's smoothed idf, ``ln((1 + n) / (1 + df)) + 1`` (documentation and tests)."""
-    return math.log((1 + n_docs) / (1 + df)) + 1.0

@@ -6,7 +6,8 @@ its public entry points."""
 
 from movierec.core.artifacts import Bundle, BundleError, BundleWriter, load_bundle
 from movierec.core.config import Config, ConfigError, load_config
-from movierec.core.data import Dataset, DataError, load_csv, load_dataset
+from movierec.core.data import Dataset, DataError
+from movierec.core.loaders import load_csv, load_dataset
 
 __version__ = "0.1.0"
 

@@ -28,6 +28,44 @@ class UsageError(ValueError):
     """A bad command-line value; reported as one line with exit code 2."""
 
 
+TRAIN_EXTRA = ("lightning", "sklearn", "optuna", "matplotlib")
+"""The modules of the ``[train]`` extra (pyproject.toml). A base install loads a bundle, serves it,
+answers queries and writes candidates without them."""
+
+
+def _missing(modules: tuple[str, ...]) -> list[str]:
+    import importlib.util
+
+    missing = []
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a broken or hidden package counts as absent
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def _needs_train_extra(command: str, modules: tuple[str, ...] = TRAIN_EXTRA) -> None:
+    """Before any work: one line and exit 2 when a command needs what a base install lacks."""
+    missing = _missing(modules)
+    if missing:
+        raise UsageError(f"movierec {command} needs the [train] extra (missing: {', '.join(missing)}): pip install 'movierec[train]'")
+
+
+def _progress(as_json: bool = False) -> bool:
+    """Progress bars are for a person at a terminal: none in ``--json`` output, none in a log file
+    (it gets the one summary line per stage instead). ``MOVIEREC_PROGRESS=0`` or ``1`` decides for
+    scripts either way."""
+    if as_json:
+        return False
+    forced = os.environ.get("MOVIEREC_PROGRESS")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return sys.stderr.isatty()
+
+
 def _setup_logging(verbose: bool = False) -> None:
     from movierec.core.logs import setup_logging
 
@@ -122,6 +160,7 @@ def compare(
     plot: Annotated[Optional[Path], typer.Option(help="also write a bar chart PNG here")] = None,
 ) -> None:
     """Fit baselines and the hybrid on one training set, score them on one test file (full ranking, training items excluded), print one table."""
+    _needs_train_extra("compare")
     from movierec.compare import compare as run_compare, format_table, parse_models, plot as plot_rows, protocol_line
     from movierec.core.config import load_config
     from movierec.evaluation import read_test_file
@@ -134,7 +173,7 @@ def compare(
     frame = read_test_file(test)
     ds = _data_options(None, train, items)
     note = protocol_line(ds, frame, cfg, names)
-    rows = run_compare(ds, frame, names, config=cfg, show_progress=not as_json)
+    rows = run_compare(ds, frame, names, config=cfg, show_progress=_progress(as_json))
     if plot is not None:
         plot_rows(rows, plot)
     if as_json:
@@ -186,7 +225,8 @@ def inspect_data(
     """Load a data set read-only and print its summary: sizes, rating scale, sparsity, genres."""
     import datetime as dt
 
-    from movierec.core.data import describe, load_data
+    from movierec.core.data import describe
+    from movierec.core.loaders import load_data
 
     if (data is None) == (ratings is None):
         raise UsageError("give either --data PATH or --ratings CSV [--items CSV]")
@@ -219,7 +259,7 @@ def inspect_data(
 
 
 def _data_options(data: Optional[Path], ratings: Optional[Path], items: Optional[Path]) -> object:
-    from movierec.core.data import load_data
+    from movierec.core.loaders import load_data
 
     if (data is None) == (ratings is None):
         raise UsageError("give either --data PATH or --ratings CSV [--items CSV]")
@@ -250,13 +290,14 @@ def train(
     """Train content vectors, the two-tower model, the index and the ranker; write one bundle."""
     import time
 
+    _needs_train_extra("train")
     from movierec.core.config import load_config
     from movierec.pipeline import train as train_pipeline
 
     overrides = list(set_ or [])
     if seed is not None:
         overrides.append(f"seed={seed}")
-    if as_json:  # stdout holds the JSON alone: no progress bars
+    if not _progress(as_json):  # stdout holds the JSON alone; a log file gets no bars
         overrides.append("trainer.progress=false")
     cfg = load_config(config, overrides)
     from movierec.core.artifacts import check_replaceable
@@ -273,7 +314,8 @@ def train(
     ds = _data_options(data, ratings, items)
     extra: dict[str, object] = {}
     if state is not None:
-        from recommender.state import StateError, fold_state
+        from recommender.state import StateError
+        from recommender.state_fold import fold_state
 
         try:
             ds, record = fold_state(ds, state)  # type: ignore[arg-type]
@@ -358,6 +400,8 @@ def candidates(
 
     from retrieval.candidates import check_candidates_target, check_parts_target, write_candidates
 
+    if workers > 1:  # the processes run Lightning's predict loop
+        _needs_train_extra("candidates --workers", ("lightning",))
     try:  # before any work: a file or folder that is not ours is never replaced
         check_parts_target(out) if workers > 1 else check_candidates_target(out)
     except FileExistsError as e:
@@ -382,8 +426,7 @@ def candidates(
     else:
         chosen = np.arange(len(m.user_ids))
     k = min(k, m.n_items)
-    # MOVIEREC_PROGRESS=0 silences the bars here as it does in training (benchmarks, scripts)
-    progress = not as_json and os.environ.get("MOVIEREC_PROGRESS", "1") != "0"
+    progress = _progress(as_json)
     if workers > 1:
         from movierec.candidates import write_candidates_distributed
 
@@ -425,6 +468,7 @@ def demo(
     config: Annotated[Optional[Path], typer.Option(help="YAML config")] = None,
 ) -> None:
     """synth -> train -> evaluate -> print samples -> candidates -> serve, on the embedded data."""
+    _needs_train_extra("demo")
     from movierec.demo import run_demo
 
     result = run_demo(out, typer.echo, users=users, items=items, ratings=ratings, config_path=config)
@@ -437,7 +481,7 @@ def demo(
 
 def serve_model(model: Path, host: str, port: int, workers: int) -> None:
     """Start uvicorn on a bundle (shared by ``serve`` and ``demo``)."""
-    from serving.app import run_server
+    from serving.launcher import run_server
 
     run_server(model, host=host, port=port, workers=workers)
 
@@ -553,6 +597,7 @@ def tune(
     no_prune: Annotated[bool, typer.Option("--no-prune", help="train every trial to the end (default: stop trials whose retrieval score is below the median)")] = False,
 ) -> None:
     """Search the main hyper-parameters with Optuna on a validation split of the training data (study kept in SQLite, resumable, bad trials pruned)."""
+    _needs_train_extra("tune")
     from movierec.core.config import load_config
     from movierec.tune import METRIC, StudyError, tune as run_tune
 
@@ -580,7 +625,7 @@ def serve(
     """Serve the HTTP API and web page with uvicorn (admin key from MOVIEREC_API_KEY)."""
     import os
 
-    from serving.app import run_server
+    from serving.launcher import run_server
 
     if not model.exists():
         raise UsageError(f"{model}: no such model directory")
@@ -595,6 +640,7 @@ def report(
     test: Annotated[Optional[Path], typer.Option(help="held-out CSV user_id,item_id[,rating]: evaluate here when no --quality")] = None,
 ) -> None:
     """One HTML report: the data, training curves, quality against baselines, the map of movies, samples."""
+    _needs_train_extra("report")
     from movierec.report import ReportError, quality_from_test, read_quality, write_report
 
     if not model.is_dir():
@@ -624,6 +670,11 @@ def main() -> None:
         app(standalone_mode=False)
     except (DataError, ConfigError, BundleError, UsageError, FileNotFoundError, PermissionError) as e:
         typer.echo(f"error: {e}", err=True)
+        raise SystemExit(2) from None
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in TRAIN_EXTRA:
+            raise
+        typer.echo(f"error: this command needs the [train] extra (missing: {e.name}): pip install 'movierec[train]'", err=True)
         raise SystemExit(2) from None
     except typer.Abort:
         typer.echo("aborted", err=True)

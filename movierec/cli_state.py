@@ -22,7 +22,8 @@ def compact(
 
     from movierec.cli import UsageError
     from recommender import HybridRecommender, snapshots
-    from recommender.state import StateError, open_state, state_url
+    from recommender.state import StateError, open_state
+    from recommender.state_db import state_url
     from serving.store import ReloadError, newest_bundle
 
     if "://" not in state:

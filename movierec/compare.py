@@ -83,7 +83,7 @@ def protocol_line(train: Dataset, test: pd.DataFrame, config: Config, models: Se
     times = pd.to_numeric(test["timestamp"], errors="coerce").to_numpy(np.float64)
     trained_for = None
     if "movierec" in models and config.ranking.enabled:
-        from ranking.ranker import resolve_holdout
+        from ranking.lists import resolve_holdout
 
         trained_for = resolve_holdout(train, config.ranking.holdout)[0]
     return protocol_note(split_protocol(users, times, last_rating_times(train)), trained_for)

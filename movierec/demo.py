@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from movierec.core.config import load_config
-from movierec.core.data import load_dataset
+from movierec.core.loaders import load_dataset
 from movierec.core.metrics import evaluate_topn
 from movierec.core.splits import temporal_per_user
 

@@ -132,14 +132,14 @@ def train(ds: Dataset, out: str | Path, config: Config | None = None, manifest: 
 def resolve_sequential(ds: Dataset, config: Config) -> tuple[Config, str]:
     """``config`` with ``retrieval.sequential`` True or False, and why.
 
-    ``auto`` follows the ranker's hold-out (:func:`ranking.ranker.resolve_holdout`): the two
+    ``auto`` follows the ranker's hold-out (:func:`ranking.lists.resolve_holdout`): the two
     towers learn each user's next movies when the ranker does, so both stages train for the
     same job; with ``ranking.holdout=random`` they keep the random windows that suit it.
     """
     rc = config.retrieval
     if rc.sequential != "auto":
         return config, f"retrieval.sequential={str(rc.sequential).lower()} in the config"
-    from ranking.ranker import resolve_holdout
+    from ranking.lists import resolve_holdout
 
     used, _ = resolve_holdout(ds, config.ranking.holdout)
     on = used == "temporal"
@@ -203,8 +203,8 @@ def _train_into(ds: Dataset, out: Path, config: Config, timings: dict[str, float
         ranking = config.ranking.enabled and len(ds.ratings) > 0
         if ranking:
             # the two-tower model learns on the earlier part; the ranker learns to order its
-            # candidates for the held-out ratings (ranking/ranker.py explains the protocol)
-            from ranking.ranker import resolve_holdout, split_for_ranker
+            # candidates for the held-out ratings (ranking/lists.py explains the protocol)
+            from ranking.lists import resolve_holdout, split_for_ranker
 
             used, why = resolve_holdout(ds, config.ranking.holdout)
             log.info("ranker hold-out: %s (%s)", used, why)

@@ -17,9 +17,9 @@ import scipy.sparse as sp
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
-from movierec.core.baselines import MFModule
+from movierec.core.mf import MFModule, pair_loader
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +158,6 @@ def item_matrix(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_use
     return sp.csr_matrix((vals, (items, users)), shape=(n_items, n_users), dtype=np.float32)
 
 
-def pair_loader(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    """Whole-batch indexing of (user, item, rating) tensors (no per-sample collate)."""
-    data = TensorDataset(torch.from_numpy(np.array(users, dtype=np.int64)), torch.from_numpy(np.array(items, dtype=np.int64)),
-                         torch.from_numpy(np.array(ratings, dtype=np.float32)))
-    base = RandomSampler(data, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(data)
-    return DataLoader(data, batch_size=None, sampler=BatchSampler(base, batch_size, drop_last=False))
-
-
 def fit_autorec(fit: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
                 n_users: int, n_items: int, scale: tuple[float, float], cfg: Any, epochs: int, seed: int,
                 log_dir: Path | None) -> dict[str, Any]:
@@ -197,10 +189,9 @@ def fit_autorec(fit: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.nd
 class SparseMFModule(MFModule):
     """:class:`MFModule` with sparse embedding gradients and lazy Adam (``torch.optim.SparseAdam``).
 
-    The dense form's optimizer step touches every row of the factor tables on every batch:
-    ~105 ms a step at 20,000 users + 100,000 items x 64 on this machine, whatever the batch,
-    so an epoch over 1M ratings took ~90 s. Here a step updates only the batch's rows (~7 ms
-    at a batch of 1,024), the classic SGD-MF update. The global mean stays fixed at the
+    The dense form's optimizer step touches every row of the factor tables on every batch,
+    whatever the batch, so with large tables the optimizer dominates an epoch. Here a step
+    updates only the batch's rows, the classic SGD-MF update. The global mean stays fixed at the
     training mean (SparseAdam takes sparse gradients only; the biases absorb any offset).
     Same objective and penalty as the dense form; chosen by ``movierec/core/sizing.py`` when the
     tables are large.

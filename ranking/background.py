@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 MIN_RATINGS = 20_000
 """Below this many ratings training takes seconds: a second process's start-up (importing torch
-and Lightning, ~5 s of CPU) would cost more than it saves."""
+and Lightning) would cost more than it saves."""
 
 _POLL_SECONDS = 1.0
 

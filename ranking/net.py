@@ -175,7 +175,7 @@ class GuardedRanker(nn.Module):
     score standardised within each candidate list. The base column is the item-item (EASE)
     score, already standardised within the list, so ``alpha = 0`` orders every list as that
     model does (the nets only break its ties, see :data:`TIE_BREAK`); training picks ``alpha`` on lists no member net was trained on
-    (``ranking.ranker.choose_alpha``), so the learned order replaces the base only as far as it
+    (``ranking.ensemble.choose_alpha``), so the learned order replaces the base only as far as it
     beat it there. The members are trained on different users (cross-fitted), and their average
     is steadier than any one of them.
 

@@ -35,7 +35,6 @@ from ranking.background import BackgroundWorker
 log = logging.getLogger(__name__)
 
 PREFIX = "rating/"
-COMPONENTS = ("bias", "knn", "mf", "autorec")
 FORMAT = 1
 
 

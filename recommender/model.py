@@ -462,7 +462,7 @@ class HybridRecommender:
         """
         with self._lock:
             if item_id is None:  # memory only (no online state): the next free generated id
-                from recommender.state import generated_id
+                from recommender.events import generated_id
 
                 n = 1
                 while self.item_ids.get(generated_id(n, self.item_ids.integer)) >= 0:

@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from recommender.state import Event, StateStore
+from recommender.events import Event
+
+from recommender.state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +73,14 @@ def bundle_key(model: Any) -> str:
 
 def listing(store: StateStore, model: Any | None = None) -> list[SnapshotInfo]:
     """Stored snapshots (of ``model``'s bundle and start point when given), newest first."""
-    sa = store._sa
+    sa = store.db.sa
     t = store.snapshots
     q = sa.select(t.c.id, t.c.seq, t.c.base_seq, t.c.created, sa.func.length(t.c.data))
     if model is not None:
         q = q.where((t.c.bundle == bundle_key(model)) & (t.c.state_id == state_identity(store)))
         if model._base_seq is not None:
             q = q.where(t.c.base_seq == model._base_seq)
-    with store._read() as conn:
+    with store.db.read() as conn:
         rows = conn.execute(q.order_by(t.c.seq.desc(), t.c.id.desc())).all()
     return [SnapshotInfo(int(r[0]), int(r[1]), int(r[2]), float(r[3]), int(r[4] or 0)) for r in rows]
 
@@ -127,10 +129,10 @@ def _claimed(store: StateStore) -> bool:
 
 def _claim(store: StateStore, owner: str, force: bool) -> bool:
     """Take the single snapshot-writer claim; False when another writer holds a live one."""
-    sa = store._sa
+    sa = store.db.sa
     meta = store.meta
     now = time.time()
-    with store._write() as conn:
+    with store.db.write() as conn:
         held = conn.execute(sa.select(meta.c.value).where(meta.c.key == CLAIM_KEY)).scalar()
         if held and not force:
             try:
@@ -144,10 +146,10 @@ def _claim(store: StateStore, owner: str, force: bool) -> bool:
 
 
 def _release(store: StateStore, owner: str) -> None:
-    sa = store._sa
+    sa = store.db.sa
     meta = store.meta
     try:
-        with store._write() as conn:
+        with store.db.write() as conn:
             _release_in(conn, sa, meta, owner)
     except Exception as e:  # the claim expires anyway
         log.debug("snapshot claim not released: %s", e)
@@ -192,9 +194,9 @@ def write(model: Any, store: StateStore, force: bool = False) -> SnapshotInfo | 
         items = store_item_events(store, header["base_seq"], header["seq"])
         data = encode(header, arrays, items)
         digest = hashlib.sha256(data).hexdigest()
-        sa = store._sa
+        sa = store.db.sa
         t = store.snapshots
-        with store._write() as conn:  # one transaction: the new row, the pruning, the claim
+        with store.db.write() as conn:  # one transaction: the new row, the pruning, the claim
             exists = conn.execute(
                 sa.select(t.c.id).where((t.c.bundle == key) & (t.c.state_id == state_id) & (t.c.base_seq == header["base_seq"])
                                         & (t.c.seq >= header["seq"]))
@@ -225,8 +227,8 @@ def write(model: Any, store: StateStore, force: bool = False) -> SnapshotInfo | 
 def store_item_events(store: StateStore, after: int, upto: int) -> list[Event]:
     """The added movies' events with ``after < seq <= upto``, found through the (small) table of
     added movies rather than a scan of every event."""
-    sa = store._sa
-    with store._read() as conn:
+    sa = store.db.sa
+    with store.db.read() as conn:
         seqs = conn.execute(
             sa.select(store.items.c.seq).where((store.items.c.seq > after) & (store.items.c.seq <= upto)).order_by(store.items.c.seq)
         ).scalars().all()
@@ -247,9 +249,9 @@ def restore(model: Any, store: StateStore, upto: int) -> int | None:
     try:
         state_id = state_identity(store)
         key = bundle_key(model)
-        sa = store._sa
+        sa = store.db.sa
         t = store.snapshots
-        with store._read() as conn:
+        with store.db.read() as conn:
             found = conn.execute(
                 sa.select(t.c.id, t.c.seq, t.c.sha256).where(
                     (t.c.bundle == key) & (t.c.state_id == state_id) & (t.c.base_seq == model.applied_seq) & (t.c.seq <= upto)
@@ -262,7 +264,7 @@ def restore(model: Any, store: StateStore, upto: int) -> int | None:
     for snap_id, seq, digest in found:
         t0 = time.perf_counter()
         try:
-            with store._read() as conn:
+            with store.db.read() as conn:
                 data = conn.execute(sa.select(t.c.data).where(t.c.id == snap_id)).scalar()
             if data is None:
                 continue  # pruned meanwhile

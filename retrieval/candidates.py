@@ -180,9 +180,9 @@ class RetrievalModel:
     def batch_index(self) -> VectorIndex | None:
         """The IVF index batch searches use at this catalogue size (built once, kept in step
         with added items), or None: below ``batch_min_items`` items, and when the bundle's own
-        index is already approximate (HNSW or IVF: at 100k items the bundle's HNSW answered
-        batches of k=100 at about the same recall@100 as this index, 0.98, and ~1.3x faster in
-        the candidates job; benchmarks/batch_candidates.py). So it replaces exact flat search."""
+        index is already approximate (HNSW or IVF: a large bundle's HNSW answers batches at about
+        the same recall as this index, and faster; ``benchmarks/batch_candidates.py`` compares
+        them). So it replaces exact flat search."""
         if self.n_items < self.batch_min_items or self.index.kind != "flat":
             return None
         with self._lock:
@@ -247,9 +247,9 @@ class RetrievalModel:
 
         A placed vector is a shrunk estimate, pulled towards the catalogue's mean where its
         content is uninformative, and two such estimates look alike mostly through that shared
-        pull: 72% of an unrated movie's nearest ten were unrated too on
-        ML-100K's validation cold split, against 22% of the catalogue. Its neighbours among rated
-        movies are where its ratings would put it (tests/retrieval/test_cold.py).
+        pull: an unrated movie's nearest neighbours would be mostly other unrated movies, far
+        beyond their share of the catalogue. Its neighbours among rated movies are where its
+        ratings would put it (tests/retrieval/test_cold.py).
         """
         items = np.atleast_1d(np.asarray(item_idx, dtype=np.int64))
         ids, s = self.search(self.item_vectors[items], k, [np.array([i]) for i in items])

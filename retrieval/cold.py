@@ -13,12 +13,12 @@ movies added at run time (``POST /items``), so they land with the catalogue's co
 
 Why a ridge on the sparse terms and not the tower alone: a rare tag or title word ("pixar",
 "noir", a director's name in the tags) that the 128-d SVD content vector blurs keeps its own
-weight here. Chosen on the validation cold splits of ML-100K and ml-latest-small (P3, two-tower
-order among the cold movies): benchmarks/RESULTS.md, "Session 5: cold items".
+weight here. Chosen on the validation cold splits (P3, two-tower order among the cold movies);
+the figures are in benchmarks/RESULTS.md, "Cold items (P3)".
 
 Cost: block conjugate gradient with a Jacobi preconditioner over all output dimensions at once;
 each iteration is two sparse x dense products, so training is linear in the catalogue's nonzero
-terms (about 0.3 s on ML-100K, 1.5 s on ml-latest-small). Nothing here imports Lightning: the
+terms. Nothing here imports Lightning: the
 serving side loads :class:`ColdMap` from plain arrays.
 """
 

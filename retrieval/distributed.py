@@ -47,10 +47,10 @@ def worker_start_method(accelerator: str) -> str:
     """``fork`` for CPU workers, ``spawn`` for GPUs.
 
     A forked worker inherits the imported libraries and the loaded data (copy-on-write): no
-    pickling of the data set, and no re-import of torch and Lightning, which measured 17 s per
-    worker on this loaded 2-core machine (a two-process test took 36 s before its first step
-    with spawn). CUDA cannot be used in a child forked after the parent touched it, so GPUs spawn.
-    Forked workers run one torch thread each (:func:`worker_threads`).
+    pickling of the data set, and no re-import of torch and Lightning, which costs each spawned
+    worker seconds before its first step (more on a loaded machine). CUDA cannot be used in a
+    child forked after the parent touched it, so GPUs spawn. Forked workers run one torch thread
+    each (:func:`worker_threads`).
     """
     if accelerator == "cpu" and "fork" in multiprocessing.get_all_start_methods():
         return "fork"

@@ -3,7 +3,7 @@
 The same inverted dropout as ``nn.Dropout`` (each element kept with probability ``1 - p`` and
 scaled by ``1 / (1 - p)``; the identity in eval mode), with a different random source: torch's
 CPU ``bernoulli_`` draws each element from its Mersenne Twister one at a time, and that draw was
-the largest single item of the ranker's training profile (benchmarks/RESULTS.md, session 7).
+the largest single item of the ranker's training profile.
 numpy's PCG64 fills 16-bit integers in bulk; an element is kept when its integer is at least
 ``round(p * 65536)``, so ``p`` is exact to 1/65536. The generator is seeded from torch's seeded
 global generator at the first training call, so a seeded run draws the same masks every time.

@@ -1,7 +1,7 @@
 """Training the two towers with Lightning: in-batch sampled softmax with log-q correction.
 
-:class:`TwoTowerData` owns the positives, histories and loaders; :class:`TwoTowerModule` owns the
-towers, loss and optimiser and logs ``train/loss`` and ``val/recall@50`` (early stopping and
+:class:`~retrieval.two_tower_data.TwoTowerData` owns the positives, histories and loaders;
+:class:`TwoTowerModule` owns the towers, the loss (:mod:`retrieval.loss`) and optimiser and logs ``train/loss`` and ``val/recall@50`` (early stopping and
 checkpointing watch the latter). :func:`fit_two_tower` runs the Trainer and returns the trained
 plain modules plus the vectors the index and serving need.
 """
@@ -22,264 +22,15 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from movierec.core.config import RetrievalConfig, TrainerConfig
 from movierec.core.data import Dataset
 from retrieval.inputs import Histories, UserFeatureEncoder, user_batch
+from retrieval.loss import duplicate_pairs, in_batch_softmax_loss
 from retrieval.towers import ItemTower, UserTower, encode_all_users, encode_items
+from retrieval.two_tower_data import ItemFeatures, TwoTowerData, genre_matrix, rank_world
 
 log = logging.getLogger(__name__)
-
-
-def genre_matrix(ds: Dataset, vocabulary: list[str]) -> np.ndarray:
-    """(n_items, n_genres) multi-hot in item_idx order."""
-    pos = {g: i for i, g in enumerate(vocabulary)}
-    out = np.zeros((ds.n_items, max(len(vocabulary), 1)), dtype=np.float32)
-    for row, gs in enumerate(ds.items["genres"]):
-        for g in gs:
-            if g in pos:
-                out[row, pos[g]] = 1.0
-    return out
-
-
-@dataclass
-class ItemFeatures:
-    """Item-side inputs of the towers, in item_idx order."""
-
-    genres: np.ndarray  # (n_items, G)
-    content: np.ndarray  # (n_items, C)
-    has_id: np.ndarray  # (n_items,) 1 where the item has training interactions
-
-
-class ShardedBatches(Sampler[torch.Tensor]):
-    """Global batches of ``batch_size`` positives, each split into ``world`` equal slices.
-
-    Rank ``r`` yields slice ``r`` of every global batch, so the union over ranks of one step is
-    exactly the batch a single process would see with the same generator (one ``randperm`` of
-    the positives, cut into batches). Batches are int64 index tensors (slices of the one
-    permutation): a Python list of the permutation would cost ~36 bytes per positive. Every rank gets the same number of equally sized slices:
-    DDP needs the same number of steps on every rank, and the cross-rank gather of candidates in
-    :meth:`TwoTowerModule.training_step` needs equal shapes. With ``world == 1`` this is
-    ``BatchSampler(RandomSampler(..., generator), batch_size, drop_last)``.
-    """
-
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world: int = 1) -> None:
-        if not 0 <= rank < world:
-            raise ValueError(f"rank {rank} outside world of {world}")
-        if batch_size < world:
-            raise ValueError(f"batch_size {batch_size} is smaller than the {world} processes it is split across")
-        self.n, self.batch_size, self.generator, self.rank, self.world = n, batch_size, generator, rank, world
-        # the single-process loader drops the last partial batch unless it is the only one
-        self.drop_last = n > batch_size
-
-    def _global_batches(self) -> int:
-        return self.n // self.batch_size if self.drop_last else (1 if self.n else 0)
-
-    def __len__(self) -> int:
-        return self._global_batches()
-
-    def __iter__(self):
-        perm = torch.randperm(self.n, generator=self.generator)
-        for b in range(self._global_batches()):
-            batch = perm[b * self.batch_size : (b + 1) * self.batch_size]
-            share = len(batch) // self.world
-            yield batch[self.rank * share : (self.rank + 1) * share]
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc's malloc keep freed training buffers for the next step (glibc only; a no-op
-    returning False elsewhere). The setting holds for the whole process.
-
-    A training step allocates and frees the same tensors every time (the (n, n) logits are 4 MB
-    at a batch of 1,024). glibc adapts its thresholds to the largest buffer freed so far: after
-    4 MB buffers it trims the heap's free top back to the kernel above 8 MB, and the next step
-    page-faults the same memory back in (~1,000-1,800 faults and a few ms of a 25-30 ms step on
-    ML-100K). This sets the two thresholds to where glibc's adaptation ends anyway once a 32 MB
-    buffer has been freed (as happens early in a big run): buffers under 32 MB come from the
-    heap, and up to 64 MB of free heap top stays with the process.
-    """
-    import ctypes
-    import ctypes.util
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 64 << 20))
-    except (OSError, AttributeError):
-        return False
-
-
-def _rank_world(trainer: L.Trainer | None) -> tuple[int, int]:
-    return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
-
-def duplicate_pairs(items: np.ndarray, offset: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols) of the in-batch logits where query ``offset + row``'s positive item appears
-    again at another position ``col`` of ``items`` (which must not count as a negative there).
-
-    A batch holds few repeated items, so listing the pairs is much cheaper than comparing every
-    query with every candidate.
-    """
-    order = np.argsort(items, kind="stable")
-    s = items[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    counts = np.diff(np.r_[starts, len(s)])
-    group = np.repeat(np.arange(len(starts)), counts)
-    multi = np.flatnonzero(counts[group] > 1)  # sorted positions whose item repeats
-    if not len(multi):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    reps = counts[group[multi]]
-    pos = np.repeat(multi, reps)
-    within = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
-    rows, cols = order[pos], order[np.repeat(starts[group[multi]], reps) + within]
-    keep = (rows != cols) & (rows >= offset) & (rows < offset + n)
-    return (rows[keep] - offset).astype(np.int64), cols[keep].astype(np.int64)
-
-
-class _InBatchSoftmax(torch.autograd.Function):
-    """Forward and backward of :func:`in_batch_softmax_loss` with the (n, m) logits written once.
-
-    Autograd through ``mm``, ``sub``, ``index_put`` and ``cross_entropy`` copied the logits twice
-    (``index_put`` clones them forward and its backward clones their gradient), zero-filled an
-    (n, m) gradient for the one-hot target and ran the log-softmax backward: a third of a
-    training step at n = m = 1,024. Here the logits are shifted, masked and turned into
-    log-probabilities in their own buffer, and the backward turns those into
-    ``softmax - one_hot`` in place before the two matrix products.
-    """
-
-    @staticmethod
-    def forward(ctx, queries, candidates, bias, rows, cols, target):  # type: ignore[override]
-        logits = queries @ candidates.T
-        logits.sub_(bias)
-        if len(rows):
-            logits.index_put_((rows, cols), logits.new_tensor(float("-inf")))
-        # in place on CPU (the out= form of the op behind log_softmax; the CPU kernel takes a row's
-        # maximum and sum before writing it; the test checks it): one (n, m) buffer per step, not two
-        if logits.device.type == "cpu":
-            log_p = torch._log_softmax(logits, 1, False, out=logits)
-        else:
-            log_p = torch.log_softmax(logits, dim=1)
-        picked = torch.arange(len(target), device=target.device)
-        ctx.save_for_backward(queries, candidates, log_p, target)
-        return -log_p[picked, target].mean()
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        queries, candidates, log_p, target = ctx.saved_tensors
-        # d loss / d logits = (softmax - one_hot) / n; masked pairs have probability exp(-inf) = 0.
-        # In place: the saved log-probabilities are not needed again (a second backward through
-        # the same graph fails on the saved tensor's version check instead of computing garbage)
-        grad_logits = log_p.exp_()
-        picked = torch.arange(len(target), device=target.device)
-        grad_logits[picked, target] -= 1.0
-        scale = grad / len(target)  # the (n, dim) products are scaled, not the (n, m) matrix
-        grad_q = (grad_logits @ candidates).mul_(scale) if ctx.needs_input_grad[0] else None
-        grad_c = (grad_logits.T @ queries).mul_(scale) if ctx.needs_input_grad[1] else None
-        return grad_q, grad_c, None, None, None, None
-
-
-def in_batch_softmax_loss(
-    queries: torch.Tensor, candidates: torch.Tensor, bias: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, target: torch.Tensor
-) -> torch.Tensor:
-    """Mean cross-entropy of the in-batch logits ``queries @ candidates.T - bias`` with the pairs
-    ``(rows, cols)`` masked to -inf: ``F.cross_entropy(logits.index_put((rows, cols), -inf), target)``
-    up to float rounding, in two thirds of its CPU time (5.0 against 7.5 ms forward and backward
-    at n = m = 1,024, dim 64; :class:`_InBatchSoftmax`).
-
-    Args:
-        queries: (n, dim) query vectors (already divided by the temperature).
-        candidates: (m, dim) candidate vectors.
-        bias: (m,) subtracted from every row (the log-q correction); no gradient.
-        rows, cols: (k,) int64 pairs that are not negatives (the query's positive repeated).
-        target: (n,) int64 column of each query's positive.
-    """
-    if bias.requires_grad:
-        raise ValueError("in_batch_softmax_loss: the bias gets no gradient; pass a detached tensor")
-    return _InBatchSoftmax.apply(queries, candidates, bias, rows, cols, target)
-
-
-class TwoTowerData(L.LightningDataModule):
-    """Positives (user, item) from the fit split; validation users scored against held-out items."""
-
-    def __init__(
-        self,
-        fit: Dataset,
-        val: Dataset | None,
-        config: RetrievalConfig,
-        seed: int = 42,
-    ) -> None:
-        super().__init__()
-        self.fit_ds, self.val_ds, self.config, self.seed = fit, val, config, seed
-        self.histories = Histories.from_ratings(fit.ratings, fit.n_users)
-        r = fit.ratings
-        # each rating's entry in the time-ordered histories (the causal windows start there)
-        slots = np.empty(len(r), np.int64)
-        slots[Histories.time_order(r)] = np.arange(len(r))
-        if config.min_rating is not None:
-            keep = (r["rating"] >= config.min_rating).to_numpy()
-            r, slots = r[keep], slots[keep]
-        self.pos_users = r["user_idx"].to_numpy(np.int64).copy()
-        self.pos_items = r["item_idx"].to_numpy(np.int64).copy()
-        self.pos_slots = slots
-        counts = np.bincount(self.pos_items, minlength=fit.n_items).astype(np.float64)
-        self.log_q = np.log((counts + 1.0) / (counts.sum() + fit.n_items)).astype(np.float32)
-        self._rng = np.random.default_rng(seed)
-        self.content: np.ndarray | None = None
-        self.user_features: np.ndarray | None = None
-
-    def attach(self, content: np.ndarray, user_features: np.ndarray) -> None:
-        self.content, self.user_features = content, user_features
-
-    def setup(self, stage: str) -> None:
-        from retrieval.distributed import worker_threads
-
-        # runs inside each DDP worker (see worker_threads for why one thread there)
-        _, world = _rank_world(self.trainer)
-        torch.set_num_threads(worker_threads(self.config.threads, world))
-        keep_freed_memory()
-
-    def _collate(self, rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Build one training batch at once (the sampler yields whole batches of indices)."""
-        users, items = rows[0].numpy(), rows[1].numpy()
-        hist = self.histories.padded(users, self.config.history_len, drop_items=items, rng=self._rng)
-        if self.config.causal_share > 0:
-            causal = np.flatnonzero(self._rng.random(len(users)) < self.config.causal_share)
-            hist[causal] = self.histories.preceding(users[causal], rows[2].numpy()[causal], self.config.history_len)
-        batch = user_batch(users, hist, self.content, self.user_features[users], np.ones(len(users)), self.fit_ds.n_items)
-        batch["item_idx"] = torch.from_numpy(items)
-        return batch
-
-    def train_dataloader(self) -> DataLoader:
-        """Batches of positives; under DDP each rank gets its slice of every global batch
-        (``config.batch_size`` stays the global batch, so results do not depend on the number of
-        processes)."""
-        ds = TensorDataset(torch.from_numpy(self.pos_users), torch.from_numpy(self.pos_items), torch.from_numpy(self.pos_slots))
-        gen = torch.Generator().manual_seed(self.seed + self.trainer.current_epoch if self.trainer else self.seed)
-        rank, world = _rank_world(self.trainer)
-        sampler = ShardedBatches(len(ds), self.config.batch_size, gen, rank, world)
-        return DataLoader(ds, sampler=sampler, batch_size=None, collate_fn=self._collate)
-
-    def val_users(self) -> np.ndarray:
-        """The validation users (user_idx), sorted: all of them, or a seeded sample of
-        ``config.val_max_users`` (scoring is users x items, minutes per epoch at 200k x 100k)."""
-        if self.val_ds is None:
-            return np.zeros(0, np.int64)
-        users = np.unique(self.val_ds.ratings["user_idx"].to_numpy())
-        cap = self.config.val_max_users
-        if cap is not None and len(users) > cap:
-            users = np.sort(np.random.default_rng([self.seed, 7]).choice(users, cap, replace=False))
-        return users
-
-    def val_dataloader(self) -> DataLoader:
-        """This rank's share of the validation users (every ``world``-th one); the module sums
-        hits and user counts across ranks, so the metric is the single-process one."""
-        rank, world = _rank_world(self.trainer)
-        users = self.val_users()[rank::world]
-        return DataLoader(TensorDataset(torch.from_numpy(users)), batch_size=512, shuffle=False)
 
 
 class TwoTowerModule(L.LightningModule):
@@ -344,7 +95,7 @@ class TwoTowerModule(L.LightningModule):
         n = len(items)
         u = self._user_vectors(batch)
         v = self.item_tower(items, self._has_id[items], self._genres[items], self._content[items])
-        _, world = _rank_world(self._trainer)
+        _, world = rank_world(self._trainer)
         if world > 1:
             v_all = self.all_gather(v, sync_grads=True).reshape(-1, v.shape[1])
             items_all = self.all_gather(items).reshape(-1)
@@ -402,16 +153,16 @@ class TwoTowerModule(L.LightningModule):
         recall = float(totals[0] / max(float(totals[1]), 1.0))
         # the value is already global and identical on every rank; sync_dist (a mean of equal
         # values) only tells Lightning it is a cross-rank value
-        self.log(f"val/recall@{self.hparams.val_k}", recall, prog_bar=True, sync_dist=_rank_world(self._trainer)[1] > 1)
+        self.log(f"val/recall@{self.hparams.val_k}", recall, prog_bar=True, sync_dist=rank_world(self._trainer)[1] > 1)
 
     @property
     def hparams_history_len(self) -> int:
         return self.data.config.history_len
 
     def configure_optimizers(self) -> Any:
-        # fused: one kernel over all parameters instead of a loop of small ops per tensor; the id
-        # tables (users + items x dim, dense gradients) made the unfused step cost more than the
-        # forward and backward together at 200k users x 100k items (benchmarks/RESULTS.md)
+        # fused: one kernel over all parameters instead of a loop of small ops per tensor; with
+        # large id tables (users + items x dim, dense gradients) the unfused step costs more than
+        # the forward and backward together
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=True)
         if self.hparams.lr_decay == "none" or self._trainer is None:
             return opt
@@ -575,7 +326,7 @@ def refit_two_tower(
     Early stopping needs ratings the model does not learn from (its validation part) and the
     ranker needs ratings the two-tower model did not see (its held-out part); once both have
     been used, the served vectors can learn from them too. The epochs are a fixed number (there is
-    nothing left to stop on; RESULTS.md, session 6, has the validation table), at the same learning rate.
+    nothing left to stop on), at the same learning rate.
     """
     trainer_config = trainer_config or TrainerConfig()
     t0 = time.perf_counter()

@@ -13,6 +13,7 @@ answers again) and counted, so a stall never ties up more than :attr:`StateCheck
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -21,9 +22,28 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
+from recommender import HybridRecommender
 from recommender.state import StateError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def unreadable(e: Exception) -> StateError:
+    """The error a request gets when the database went away: an answer now would miss
+    acknowledged writes (HTTP 503, Retry-After)."""
+    log.error("online state unreadable: %s", e)
+    return StateError(f"online state unreadable ({e.__class__.__name__}); retry later")
+
+
+def catch_up(recommender: HybridRecommender, state: Any) -> None:
+    """Apply the online state's events after ``recommender``'s own (see :class:`StateCheck`)."""
+    try:
+        recommender.catch_up(state)
+    except StateError:
+        raise
+    except Exception as e:
+        raise unreadable(e) from e
 
 
 class StateStalled(StateError):

@@ -25,7 +25,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from recommender.state import StateLimits
+from recommender.state_db import StateLimits
 
 
 class Settings(BaseSettings):
@@ -37,7 +37,6 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="admin key for X-API-Key; admin routes are off without it")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1, le=64)
     max_body_bytes: int = Field(64 * 1024, ge=1, description="larger request bodies get 413")
     request_timeout: float = Field(
         30.0, ge=0, description="seconds a request may take before it gets 503 (0: no limit; admin routes are exempt)"

@@ -31,6 +31,10 @@ from recommender.state import StateError
 log = logging.getLogger(__name__)
 
 
+LOAD_ERRORS = (BundleError, ValueError, KeyError, OSError, RuntimeError)
+"""What loading a bundle raises for a bundle that cannot be served (damaged, incomplete, refused)."""
+
+
 class NotReadyError(RuntimeError):
     """No bundle is loaded yet (HTTP 503)."""
 
@@ -67,9 +71,9 @@ class ServedModel:
     def records(self, idx: np.ndarray, scores: np.ndarray | None = None) -> list[dict[str, Any]]:
         """Like ``HybridRecommender.item_records`` but from plain dicts built once per item.
 
-        ``item_records`` reads rows through pandas (~0.15 ms each), which dominated a request's
-        time; the catalogue only ever grows (``add_item`` appends), so new rows are appended
-        to the cache the first time they are asked for.
+        ``item_records`` reads rows through pandas, which dominated a request's time; the
+        catalogue only ever grows (``add_item`` appends), so new rows are appended to the cache
+        the first time they are asked for.
         """
         rec = self.recommender
         if len(self._records) < rec.n_items:
@@ -97,11 +101,34 @@ class ServedModel:
         return cls(rec, Path(path))
 
 
-def _manifest_version(path: Path) -> str | None:
+def _manifest(path: Path) -> dict[str, Any] | None:
+    """A bundle's manifest, or None when it cannot be read (being written, removed, damaged)."""
     try:
-        return str(json.loads((path / MANIFEST).read_text()).get("model_version"))
-    except (OSError, ValueError, AttributeError):
+        data = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def _manifest_version(path: Path) -> str | None:
+    manifest = _manifest(path)
+    return str(manifest.get("model_version")) if manifest is not None else None
+
+
+def _manifest_created(path: Path) -> str | None:
+    value = (_manifest(path) or {}).get("created")
+    return str(value) if value is not None else None
+
+
+def bundles_newest_first(source: Path) -> list[Path]:
+    """Every bundle under ``source``, newest first (see :func:`newest_bundle`)."""
+    source = Path(source)
+    if (source / MANIFEST).is_file():
+        return [source]
+    if not source.is_dir():
+        return []
+    found = [p for p in source.iterdir() if not p.name.startswith(".") and p.is_dir() and (p / MANIFEST).is_file()]
+    return sorted(found, key=lambda p: ((p / MANIFEST).stat().st_mtime_ns, p.name), reverse=True)
 
 
 def newest_bundle(source: Path) -> Path:
@@ -116,16 +143,12 @@ def newest_bundle(source: Path) -> Path:
         ReloadError: nothing that looks like a bundle is there.
     """
     source = Path(source)
-    if (source / MANIFEST).is_file():
-        return source
+    found = bundles_newest_first(source)
+    if found:
+        return found[0]
     if not source.is_dir():
         raise ReloadError(f"{source}: no such bundle or directory")
-    found = [
-        p for p in source.iterdir() if not p.name.startswith(".") and p.is_dir() and (p / MANIFEST).is_file()
-    ]
-    if not found:
-        raise ReloadError(f"{source}: no bundle (a directory with {MANIFEST}) found")
-    return max(found, key=lambda p: ((p / MANIFEST).stat().st_mtime_ns, p.name))
+    raise ReloadError(f"{source}: no bundle (a directory with {MANIFEST}) found")
 
 
 @dataclass
@@ -196,8 +219,9 @@ class ModelStore:
         self._failed: tuple[int, float] | None = None  # (generation, when) of a choice that did not load
 
     @property
-    def ready(self) -> bool:
-        return self._current is not None
+    def current(self) -> ServedModel | None:
+        """The model served now, or None before the first load (requests use :meth:`get`)."""
+        return self._current
 
     def get(self) -> ServedModel:
         """The model for one request: keep this reference until the request is answered."""
@@ -209,7 +233,22 @@ class ModelStore:
     def swap(self, model: ServedModel) -> ServedModel | None:
         """Publish ``model``; returns the one it replaced (still usable by its holders)."""
         previous, self._current = self._current, model
+        self.reloads += 1
         return previous
+
+    def _source(self) -> Path:
+        if self.source is None:
+            raise ReloadError("no model directory configured (set MOVIEREC_MODEL or --model)")
+        return self.source
+
+    def _load_or_refuse(self, path: Path, what: str, still: str | None) -> ServedModel:
+        """:meth:`_load` for an admin action: a bundle that does not load is refused, and the
+        model serving keeps serving."""
+        try:
+            return self._load(path)
+        except LOAD_ERRORS as e:
+            log.error("%s refused, still serving %s: %s", what, still, e)
+            raise ReloadError(f"bundle {path} refused: {e}") from e
 
     def _choice(self) -> dict[str, Any] | None:
         if self.state is None:
@@ -235,12 +274,11 @@ class ModelStore:
         Raises:
             ReloadError: no bundle under :attr:`source` loads.
         """
-        if self.source is None:
-            raise ReloadError("no model directory configured (set MOVIEREC_MODEL or --model)")
+        source = self._source()
         with self._reload_lock:
-            found = bundles_newest_first(self.source)
+            found = bundles_newest_first(source)
             if not found:
-                raise ReloadError(f"{self.source}: no bundle (a directory with {MANIFEST}) found")
+                raise ReloadError(f"{source}: no bundle (a directory with {MANIFEST}) found")
             choice = self._choice()
             if choice is not None:
                 chosen = find_chosen(self.source, choice)
@@ -256,7 +294,7 @@ class ModelStore:
             for path in found:
                 try:
                     model = self._load(path)
-                except (BundleError, ValueError, KeyError, OSError, RuntimeError) as e:
+                except LOAD_ERRORS as e:
                     log.error("skipped bundle %s at start-up: %s", path, e)
                     errors.append(f"{path}: {e}")
                     continue
@@ -268,7 +306,6 @@ class ModelStore:
                     # serving something else (the choice does not load here): the watcher retries it
                     self.generation = int(choice["generation"]) if same is not None and same == path else 0
                 self.swap(model)
-                self.reloads += 1
                 log.info("now serving %s from %s", model.model_version, path)
                 return ReloadResult("reloaded", model.model_version, None, path, self.generation or None)
             raise ReloadError("no bundle loads; " + "; ".join(errors))
@@ -285,7 +322,6 @@ class ModelStore:
             generation = self.generation = int(choice["generation"])
             self._failed = None
         self.swap(model)
-        self.reloads += 1
         self.heartbeat()
         return generation
 
@@ -300,10 +336,9 @@ class ModelStore:
             ReloadError: no source configured, no bundle found, or the bundle was refused.
             StateError: the choice could not be recorded (nothing changed).
         """
-        if self.source is None:
-            raise ReloadError("no model directory configured (set MOVIEREC_MODEL or --model)")
+        source = self._source()
         with self._reload_lock:
-            path = newest_bundle(self.source)
+            path = newest_bundle(source)
             current = self._current
             previous_version = current.model_version if current is not None else None
             choice = self._choice()
@@ -318,11 +353,7 @@ class ModelStore:
                 and _manifest_version(path) == previous_version
             ):
                 return ReloadResult("unchanged", previous_version, previous_version, path, self.generation or None)
-            try:
-                model = self._load(path)
-            except (BundleError, ValueError, KeyError, OSError, RuntimeError) as e:
-                log.error("reload refused, still serving %s: %s", previous_version, e)
-                raise ReloadError(f"bundle {path} refused: {e}") from e
+            model = self._load_or_refuse(path, "reload", previous_version)
             generation = self._publish(model, "reload_forced" if force else "reload")
             log.info("now serving %s (was %s)", model.model_version, previous_version)
             return ReloadResult("reloaded", model.model_version, previous_version, path, generation)
@@ -354,7 +385,7 @@ class ModelStore:
                     model = None  # already serving it
                 else:
                     model = self._load(path)
-            except (BundleError, ReloadError, ValueError, KeyError, OSError, RuntimeError) as e:
+            except LOAD_ERRORS as e:  # ReloadError included
                 if self._failed is None or self._failed[0] != generation:
                     log.error("cannot serve the chosen bundle %s (%s), still serving %s: %s", choice.get("bundle"),
                               choice.get("version"), current.model_version if current else None, e)
@@ -364,7 +395,6 @@ class ModelStore:
             self.generation = generation
             if model is not None:
                 self.swap(model)
-                self.reloads += 1
                 log.info("now serving %s from %s, chosen by a %s elsewhere in the service", model.model_version, path,
                          choice.get("action"))
         self.heartbeat()
@@ -479,26 +509,21 @@ class ModelStore:
             ReloadError: no model served, no older bundle, or the older bundle was refused.
             StateError: the choice could not be recorded (nothing changed).
         """
-        if self.source is None:
-            raise ReloadError("no model directory configured (set MOVIEREC_MODEL or --model)")
+        source = self._source()
         with self._reload_lock:
             current = self._current
             if current is None:
                 raise ReloadError("no bundle is being served, nothing to roll back from")
-            found = bundles_newest_first(self.source)
+            found = bundles_newest_first(source)
             # relative to what the service serves (this worker may not have followed yet)
             choice = self._choice()
-            reference = find_chosen(self.source, choice) if choice is not None else None
+            reference = find_chosen(source, choice) if choice is not None else None
             reference = (reference or current.path).resolve()
             served = [i for i, p in enumerate(found) if p.resolve() == reference]
             if not served or served[0] + 1 >= len(found):
-                raise ReloadError(f"no bundle older than {_manifest_version(reference) or current.model_version} under {self.source}")
+                raise ReloadError(f"no bundle older than {_manifest_version(reference) or current.model_version} under {source}")
             path = found[served[0] + 1]
-            try:
-                model = self._load(path)
-            except (BundleError, ValueError, KeyError, OSError, RuntimeError) as e:
-                log.error("rollback refused, still serving %s: %s", current.model_version, e)
-                raise ReloadError(f"bundle {path} refused: {e}") from e
+            model = self._load_or_refuse(path, "rollback", current.model_version)
             generation = self._publish(model, "rollback")
             log.warning("rolled back from %s to %s (%s)", current.model_version, model.model_version, path)
             return ReloadResult("rolled_back", model.model_version, current.model_version, path, generation)
@@ -551,22 +576,3 @@ class BundleVersion:
     active: bool  # served by this worker
     chosen: bool = False  # recorded in the online state as what every worker serves
     workers: list[str] = field(default_factory=list)  # live workers serving it
-
-
-def _manifest_created(path: Path) -> str | None:
-    try:
-        value = json.loads((path / MANIFEST).read_text()).get("created")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return str(value) if value is not None else None
-
-
-def bundles_newest_first(source: Path) -> list[Path]:
-    """Every bundle under ``source``, newest first, in the order :func:`newest_bundle` uses."""
-    source = Path(source)
-    if (source / MANIFEST).is_file():
-        return [source]
-    if not source.is_dir():
-        return []
-    found = [p for p in source.iterdir() if not p.name.startswith(".") and p.is_dir() and (p / MANIFEST).is_file()]
-    return sorted(found, key=lambda p: ((p / MANIFEST).stat().st_mtime_ns, p.name), reverse=True)

@@ -38,8 +38,9 @@ class ContentConfig(_Section):
         0.5,
         ge=0,
         le=1,
-        description="share of a user's mean rating subtracted before weighting profile items "
-        "(0.5 chosen on validation cold splits of ML-100K and latest-small; 1.0 was worst on both)",
+        description="share of a user's mean rating subtracted before weighting profile items (0: every rated movie "
+        "pulls the profile towards it; 1: movies rated below the user's mean push it away, which hurts when every rated "
+        "movie counts as liked)",
     )
     fit_threads: int = Field(
         1, ge=1, description="BLAS threads while fitting the SVD (OpenBLAS threads collapse when cores are shared)"
@@ -136,12 +137,12 @@ class RetrievalConfig(_Section):
 class RatingConfig(_Section):
     """Dedicated rating model (ranking/rating.py): biases, item kNN-baseline, biased MF and
     I-AutoRec blended by a ridge stacker fitted on a validation split carved from training.
-    Defaults chosen on ``validation_split(u1.base, 0.2, seed=0)`` of MovieLens 100K
+    Defaults chosen on a validation split of MovieLens 100K's u1.base
     (benchmarks/rating_quality.py --validate)."""
 
     enabled: bool = Field(True, description="train the rating model with the ranker (P1 predictions)")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of each user's ratings held out for early stopping and the stacker")
-    refit: bool = Field(False, description="retrain the components on all training ratings for the epochs found (a small P1 gain for about a third more rating-model time; RESULTS.md)")
+    refit: bool = Field(False, description="retrain MF and I-AutoRec on all training ratings for the epochs early stopping found: a slightly lower RMSE for a longer rating-model fit; turn on when rating predictions matter more than training time")
     bias_damping: float = Field(5.0, ge=0, description="pseudo-counts shrinking user and item biases")
     knn_k: int = Field(40, ge=0, description="neighbours per prediction of the item kNN-baseline (0: off)")
     knn_keep: int = Field(200, ge=1, description="similar items stored per item")
@@ -169,8 +170,8 @@ class RatingConfig(_Section):
     patience: int = Field(10, ge=1, description="epochs without a better validation RMSE before I-AutoRec stops")
     mf_patience: int = Field(
         5, ge=1,
-        description="epochs without a better validation RMSE before biased MF stops (its epochs past 5 never found a better "
-        "one on P1's folds; RESULTS.md, session 13)",
+        description="epochs without a better validation RMSE before biased MF stops (MF settles sooner than I-AutoRec, "
+        "so it waits less)",
     )
     stack_ridge: float = Field(1e-4, ge=0, description="ridge weight of the stacker (per validation rating)")
     stack_support: bool = Field(True, description="stacker weights vary with the user's and item's rating counts (feature-weighted stacking)")
@@ -205,20 +206,19 @@ class RankingConfig(_Section):
     folds: int = Field(
         0, ge=0, le=20,
         description="K > 1: K cross-fitted lists per user (the holdout plus K-1 folds of the rest, each with a two-tower model trained without it); 0 or 1: the holdout list alone. "
-        "5 gave +1.2% NDCG@10 on ML-100K validation for ~4x the ranker's training time (RESULTS.md, issue 5)",
+        "Each extra fold trains one more two-tower model: a small gain in ranking quality for several times the ranker's training time",
     )
     ensemble: int = Field(
         3, ge=1, le=10,
         description="member nets, each trained on the lists of all but one group of users and scoring that group; their averaged order is shrunk towards the EASE order as far as those unseen lists ask",
     )
-    # Default: an MLP over the features without cross layers or id embeddings. On ML-100K's
-    # validation split (benchmarks/RESULTS.md, issue 5) it was the only form that beat EASE for
-    # every seed (NDCG@10 0.2729 mean of 3 vs EASE 0.2693); with DCN cross layers or id
-    # embeddings it ranged 0.24-0.27 across seeds on ~850 training lists. Add them for larger data.
+    # Default: an MLP over the features without cross layers or id embeddings. With about a
+    # thousand training lists, cross layers and id embeddings make the learned order swing from
+    # seed to seed; add them for data with many more users.
     hidden: list[int] = Field(default_factory=lambda: [128, 64], description="MLP widths ([]: a linear score)")
     cross_layers: int = Field(
         0, ge=0, le=6,
-        description="DCN-v2 cross layers; none and no id embeddings by default: on ML-100K validation they made the order swing across seeds (RESULTS.md, issue 5); add them for data with many more users",
+        description="DCN-v2 cross layers; none and no id embeddings by default: with few users they make the learned order swing from seed to seed; add them for data with many more users",
     )
     emb_dim: int = Field(0, ge=0, le=256, description="user/item id embedding size (0: no id embeddings)")
     id_dropout: float = Field(0.1, ge=0, lt=1, description="share of training ids replaced by the unknown row")
@@ -234,7 +234,7 @@ class RankingConfig(_Section):
     collab_lambda: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
         "auto", description="EASE L2 weight of the item-item model (auto: the best of 125, 250, 500, 1000 on the ranker's held-out ratings, as the EASE baseline is tuned)"
     )
-    collab_neighbors: int = Field(1024, ge=1, description="item-item weights kept per candidate item (256 lost 1-2% NDCG@10 against unpruned EASE on validation)")
+    collab_neighbors: int = Field(1024, ge=1, description="item-item weights kept per candidate item (fewer lose ranking quality against unpruned EASE; more cost memory in every serving worker)")
     collab_dense_max_items: int = Field(6000, ge=1, description="EASE over at most this many of the most-rated items (its inverse is cubic in them)")
     adjacent_window: int = Field(
         3, ge=0, description="movies up to this many places apart in a user's ratings in time order count as adjacent (ranking/sequence.py; 0: no adjacency feature)"

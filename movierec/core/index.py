@@ -119,8 +119,9 @@ class VectorIndex:
 
     def _search_exact_batch(self, q: np.ndarray, k: int, cells: int = 1 << 25) -> tuple[np.ndarray, np.ndarray]:
         """Exact batch search as blocked matmul + top-k in torch over the flat index's own
-        storage (zero copy). Measured about 3x faster than ``IndexFlatIP.search`` for batches
-        with large k (the batch candidate job), and the block size keeps memory flat."""
+        storage (zero copy): faster than ``IndexFlatIP.search`` for batches with large k (the
+        batch candidate job; ``benchmarks/batch_candidates.py``), and the block size keeps memory
+        flat."""
         import torch
 
         n, d = len(self), self.dim
@@ -207,9 +208,9 @@ def build_index(vectors: np.ndarray, config: IndexConfig | None = None, seed: in
 BATCH_LIST_SIZE = 128
 """Items per IVF list of the batch index (``nlist = n / BATCH_LIST_SIZE``)."""
 BATCH_PROBE_SHARE = 0.075
-"""Share of the lists the batch index scans per query. At 100k two-tower item vectors (1M-rating
-synthetic run) this gave recall@100 0.985 against exact search at ~1.5x the queries per
-CPU-second of the bundle's HNSW index (benchmarks/batch_candidates.py, RESULTS.md session 5)."""
+"""Share of the lists the batch index scans per query: chosen on a large synthetic catalogue for
+recall close to exact search at more queries per CPU-second than the bundle's HNSW index
+(``benchmarks/batch_candidates.py``; benchmarks/RESULTS.md, "Batch candidates")."""
 
 
 def build_batch_index(vectors: np.ndarray, nlist: int | None = None, nprobe: int | None = None, seed: int = 42,

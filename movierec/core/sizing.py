@@ -31,14 +31,13 @@ AUTOREC_CELLS = 50_000_000
 TWO_TOWER_PASSES = 1.0
 """Once epochs are capped at ``STEPS_PER_EPOCH`` batches, the two-tower model trains for about
 this many passes over the positives (at least ``MIN_EPOCHS`` epochs) with patience
-``LARGE_PATIENCE``: at 1M ratings x 100k movies validation recall@50 was flat after the first
-capped epoch while each epoch cost ~50 s (benchmarks/RESULTS.md, session 4), and with 4 epochs
-the best was the third (0.2519, 0.2543, 0.2550, 0.2511; session 5)."""
+``LARGE_PATIENCE``: on large data validation recall@50 barely moves after the first capped
+epoch while every epoch costs a full budget of steps (benchmarks/RESULTS.md, "Scaling")."""
 MIN_EPOCHS = 3
 LARGE_PATIENCE = 1
 LARGE_TABLES = 20_000
 """Users + items past which a step's optimizer update over the id tables dominates its cost
-(~120 ms a two-tower step, ~105 ms a dense MF step at 20k + 100k): the two-tower epoch budget
+(the dense update touches every row, whatever the batch): the two-tower epoch budget
 and the rating model's sparse MF apply only past it, so dense data with small tables (MovieLens
 1M: 6,040 + 3,706) keeps its epochs."""
 MF_SPARSE_ROWS = LARGE_TABLES
@@ -118,7 +117,7 @@ def size_to_data(
         if sparse:
             choose("ranking.rating.mf_sparse", True, f"{n_users + n_items:,} users + items: MF steps update the batch's rows only (lazy Adam)")
         # the step budget holds for dense MF too: with small tables (MovieLens 1M's shape) a step
-        # is cheaper, but 40 full passes over a million ratings were 35,000 steps
+        # is cheaper, but 40 full passes over a million ratings are tens of thousands of steps
         mf_batches = math.ceil(n_ratings * (1 - rating.val_fraction) / MF_BATCH)
         epochs = max(MIN_EPOCHS, MF_STEPS // max(mf_batches, 1))
         if epochs * mf_batches > MF_STEPS and rating.mf_max_steps_per_epoch is None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from movierec.core.data import Dataset, DataError
+from movierec.core.data import RATING_COLUMNS, Dataset, DataError
 
 
 def holdout_per_user(ds: Dataset, fraction: float = 0.2, seed: int = 42) -> tuple[Dataset, Dataset]:
@@ -135,8 +135,6 @@ def split_dataset(
         return train, test
     raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
 
-
-RATING_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
 
 
 def write_items_csv(ds: Dataset, path: Path) -> None:

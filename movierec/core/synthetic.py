@@ -27,7 +27,7 @@ tens of millions of ratings.
 
 The output is the MovieLens latest-small layout (``ratings.csv``, ``movies.csv`` with a
 ``description`` column, ``tags.csv``, plus ``users.csv``), written to a temporary folder and
-renamed into place, so :func:`movierec.core.data.load_dataset` reads it like any MovieLens folder.
+renamed into place, so :func:`movierec.core.loaders.load_dataset` reads it like any MovieLens folder.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -393,7 +392,7 @@ def _affinity(world: _World, users: np.ndarray) -> np.ndarray:
     """(b, n_items) float32 affinity of each user to every item.
 
     BLAS picks its kernels by the matrix shapes, and float32 sums then differ in the last bit
-    between shapes (measured with numpy 2.4's OpenBLAS): a product over the whole chunk made
+    between shapes (OpenBLAS does): a product over the whole chunk made
     the sampled items depend on the chunk size. Each user's row comes from the product over
     its fixed block of ``AFFINITY_BLOCK`` users instead, the same whatever the chunk.
     """
@@ -480,17 +479,6 @@ def _empty_table() -> pa.Table:
 def _default_chunk_users(n_items: int) -> int:
     """Users per chunk so that one (chunk x n_items) float32 array is about 16 MB."""
     return int(max(1, min(4096, (4 << 20) // max(n_items, 1))))
-
-
-def generate_ratings(spec: SynthSpec, chunk_users: int | None = None) -> Iterator[pa.Table]:
-    """Yield the ratings as Arrow tables (userId, movieId, rating, timestamp), one per chunk of
-    users, for callers that stream them somewhere other than a CSV file."""
-    spec.validate()
-    world = _make_world(spec)
-    step = chunk_users or _default_chunk_users(spec.n_items)
-    for lo in range(0, spec.n_users, step):
-        users = np.arange(lo, min(lo + step, spec.n_users))
-        yield _ratings_chunk(spec, world, users)
 
 
 def write_synthetic(

@@ -1,4 +1,4 @@
-"""The fixes the content stage needed in movierec.core.index: IVF reconstruct and add-while-searching."""
+"""What the content stage needs of movierec.core.index: IVF reconstruct and add-while-searching."""
 
 from __future__ import annotations
 

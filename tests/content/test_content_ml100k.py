@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from content import ContentModel, ContentSimilarity
-from movierec.core.data import Dataset, load_dataset
+from movierec.core.data import Dataset
+from movierec.core.loaders import load_dataset
 from movierec.core.metrics import evaluate_topn
 from movierec.core.splits import cold_items
 

@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 
 from movierec.core.baselines import BASELINES, NotFittedError, make_baseline
-from movierec.core.data import Dataset, load_dataset
+from movierec.core.data import Dataset
+from movierec.core.loaders import load_dataset
 from movierec.core.metrics import evaluate_topn, rmse
 from movierec.core.sources import CandidateSource
 from movierec.core.splits import holdout_per_user
 from movierec.core.synthetic import SynthSpec, write_synthetic
 
-# Fewer epochs than the defaults keep the module under ~20 s; the quality checks reuse these fits.
+# Fewer epochs than the defaults keep the module quick; the quality checks reuse these fits.
 FAST = {"mf": {"epochs": 8}, "mf-bpr": {"epochs": 8}}
 RATING_MODELS = ("mf", "svd-rating", "bias", "global-mean")
 NO_SIMILARITY = ("popular", "bias", "global-mean")

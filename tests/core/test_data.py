@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from movierec.core.data import DataError, Dataset, describe, load_csv, load_data, load_dataset, load_ml100k
+from movierec.core.data import DataError, Dataset, describe
+
+from movierec.core.loaders import load_csv, load_data, load_dataset, load_ml100k
 from cli_helpers import run_cli
 
 
@@ -152,7 +154,7 @@ def test_duplicates_keep_latest_and_say_how_many(tmp_path: Path, caplog: pytest.
         tmp_path / "r.csv",
         "user_id,item_id,rating,timestamp\n1,1,1,300\n1,1,2,100\n2,1,3,5\n1,1,4,200\n2,1,5,5\n3,3,1,1\n",
     )
-    with caplog.at_level(logging.WARNING, logger="movierec.core.data"):
+    with caplog.at_level(logging.WARNING, logger="movierec.core.loaders"):
         ds = load_csv(r)
     got = {(u, i): x for u, i, x in ds.ratings[["user_id", "item_id", "rating"]].itertuples(index=False)}
     # (1,1): latest timestamp wins; (2,1): equal timestamps, the later line wins

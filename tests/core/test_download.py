@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from movierec.core.data import load_dataset
+from movierec.core.loaders import load_dataset
 from movierec.core.download import RELEASES, DownloadError, download_dataset
 
 

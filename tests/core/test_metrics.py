@@ -113,7 +113,7 @@ def test_evaluate_topn_restricts_to_candidate_items() -> None:
 
 @pytest.mark.mldata
 def test_full_ranking_of_all_ml100k_users_takes_seconds(ml100k_path) -> None:
-    from movierec.core.data import load_dataset
+    from movierec.core.loaders import load_dataset
     from movierec.core.splits import holdout_per_user
 
     train, test = holdout_per_user(load_dataset(ml100k_path))

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from cli_helpers import load_script
 
-from movierec.core.data import load_dataset
+from movierec.core.loaders import load_dataset
 from movierec.core.splits import temporal_per_user
 from movierec.core.synthetic import SynthSpec, write_synthetic
 

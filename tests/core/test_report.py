@@ -78,7 +78,7 @@ def png_size(src: str) -> tuple[int, int]:
 def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A synthetic bundle with both stages' logs, and a held-out test CSV for it."""
     from movierec.core.config import load_config
-    from movierec.core.data import load_dataset
+    from movierec.core.loaders import load_dataset
     from movierec.pipeline import train
     from movierec.core.splits import holdout_per_user
     from movierec.core.synthetic import SynthSpec, write_synthetic
@@ -124,7 +124,7 @@ def test_full_report_has_every_section_and_decodable_image(full_report: Path) ->
 
 
 def test_summary_shows_every_components_validation_numbers_as_a_table(full_report: Path, small: dict[str, Path]) -> None:
-    """Issue 17: the rating model's nested numbers (per-component RMSE, per-epoch histories,
+    """The rating model's nested numbers (per-component RMSE, per-epoch histories,
     stacker weights) read as rows of a component / measure / value table, never a raw dict."""
     html_text = full_report.read_text()
     summary = html_text[html_text.index('id="summary"'):html_text.index('id="data"')]
@@ -279,7 +279,7 @@ def test_cli_reads_quality_file_and_passes_it_on(
 def test_ml100k_report(ml100k_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """The real data: 1,682 movies with real titles and genres, trained briefly."""
     from movierec.core.config import load_config
-    from movierec.core.data import load_dataset
+    from movierec.core.loaders import load_dataset
     from movierec.pipeline import train
 
     root = tmp_path_factory.mktemp("report-ml100k")

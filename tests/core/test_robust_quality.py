@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from cli_helpers import load_script
 
-from movierec.core.data import Dataset, load_dataset
+from movierec.core.data import Dataset
+
+from movierec.core.loaders import load_dataset
 from movierec.core.synthetic import SynthSpec, write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]

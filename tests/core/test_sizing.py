@@ -99,10 +99,10 @@ def test_the_mf_step_budget_holds_past_the_fewest_epochs() -> None:
 
 
 def test_dense_data_with_small_tables_keeps_its_two_tower_epochs_and_budgets_mf_steps() -> None:
-    """MovieLens 1M (6,040 users, 3,706 items, 1M ratings): epochs are capped at 400 batches as
-    before, but the two-tower epoch budget and sparse MF are for large id tables only. The MF
-    step budget holds for dense MF too (40 full passes would be 35,000 steps), and I-AutoRec
-    keeps its patience."""
+    """MovieLens 1M (6,040 users, 3,706 items, 1M ratings): epochs are capped at 400 batches,
+    but the two-tower epoch budget and sparse MF are for large id tables only. The MF step
+    budget holds for dense MF too (40 full passes would be 35,000 steps), and I-AutoRec keeps
+    its patience."""
     config = load_config()
     sized, choices = size_to_data(config, 6_040, 3_706, 1_000_209)
     keys = {c.key for c in choices}

@@ -95,7 +95,7 @@ def test_temporal_fraction(ds: Dataset) -> None:
 
 @pytest.mark.mldata
 def test_ml100k_fold_u1_sizes(ml100k_path) -> None:
-    from movierec.core.data import load_dataset
+    from movierec.core.loaders import load_dataset
 
     full = load_dataset(ml100k_path)
     train, test = ml100k_fold(full, ml100k_path, "u1")
@@ -106,7 +106,7 @@ def test_ml100k_fold_u1_sizes(ml100k_path) -> None:
 
 @pytest.mark.mldata
 def test_p2_on_ml100k_holds_out_for_every_user(ml100k_path) -> None:
-    from movierec.core.data import load_dataset
+    from movierec.core.loaders import load_dataset
 
     train, test = holdout_per_user(load_dataset(ml100k_path), 0.2, seed=42)
     assert test.ratings["user_idx"].nunique() == 943

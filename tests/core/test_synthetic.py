@@ -9,7 +9,8 @@ import pytest
 import scipy.sparse as sp
 
 from movierec.core.baselines import make_baseline
-from movierec.core.data import Dataset, DataError, load_dataset
+from movierec.core.data import Dataset, DataError
+from movierec.core.loaders import load_dataset
 from movierec.core.metrics import evaluate_topn
 from movierec.core.splits import holdout_per_user
 from movierec.core.synthetic import SynthSpec, write_synthetic

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from movierec.core.config import load_config
-from movierec.core.data import Dataset, load_dataset
+from movierec.core.data import Dataset
+from movierec.core.loaders import load_dataset
 from movierec.core.synthetic import SynthSpec, write_synthetic
 from movierec.tune import METRIC, apply, tune
 

@@ -12,7 +12,7 @@ import pytest
 from cli_helpers import load_script
 
 from movierec.core.baselines import make_baseline
-from movierec.core.data import load_dataset
+from movierec.core.loaders import load_dataset
 from movierec.core.metrics import topn_metrics
 from movierec.core.splits import temporal_per_user
 from movierec.core.synthetic import SynthSpec, write_synthetic

@@ -123,7 +123,7 @@ def test_ranker_members_trained_with_a_worker_equal_the_sequential_ones(idle_wor
     import torch
 
     from movierec.core.config import RankingConfig, TrainerConfig
-    from ranking.ranker import fit_guarded
+    from ranking.ensemble import fit_guarded
     from tests.ranking.test_guard import _planted
 
     lists, x = _planted(300, 30, 5, signal_in_noise=1.0, seed=0)

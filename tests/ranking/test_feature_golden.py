@@ -1,4 +1,4 @@
-"""The fast feature paths compute what the plain implementation computed (issue 5 speed work).
+"""The fast feature paths compute what the plain implementation computed.
 
 ``data/feature_golden.npz`` holds a fixed batch with every awkward case (see
 ``data/make_feature_golden.py``) and the features the pre-optimisation code gave for it. Columns
@@ -30,8 +30,8 @@ def golden():
 
 
 FULL_HISTORY = ("collab_z", "collab_rank", "collab_liked_z", "genre_affinity", "year_gap", "user_activity")
-"""Features that read the whole history since session 5 (the reference cut every history to its
-last 256 items): compared with the reference only for rows whose history is not longer."""
+"""Features that read the whole history (the reference implementation cut every history to
+its last 256 items): compared with the reference only for rows whose history is not longer."""
 
 
 def _compare(new: np.ndarray, old: np.ndarray, old_names: list[str], lengths: list[int] | None = None) -> None:

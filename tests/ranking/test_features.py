@@ -226,7 +226,7 @@ def test_an_unrated_movie_counts_as_first_rated_at_its_release(ctx: FeatureConte
 
 
 def test_timeline_features_are_zero_without_timestamps(ctx: FeatureContext) -> None:
-    from ranking.ranker import timeline_days
+    from ranking.lists import timeline_days
 
     assert timeline_days(np.array([0, 1]), np.array([0, 1]), np.zeros(2, np.int64), 2, 4) == {}
     days = timeline_days(np.array([0, 0, 1]), np.array([0, 1, 1]), np.array([86_400, 3 * 86_400, 2 * 86_400]), 3, 3)

@@ -8,7 +8,8 @@ import torch
 
 from movierec.core.config import RankingConfig, TrainerConfig
 from ranking.net import GuardedRanker, RankerNet
-from ranking.ranker import Lists, _list_ndcg, choose_alpha, fit_guarded
+from ranking.ensemble import _list_ndcg, choose_alpha, fit_guarded
+from ranking.lists import Lists
 
 
 def _planted(n: int, width: int, n_feat: int, signal_in_noise: float, seed: int) -> tuple[Lists, np.ndarray]:
@@ -106,7 +107,7 @@ def test_weight_is_chosen_on_the_pool_a_request_ranks() -> None:
     rows = np.arange(n)
     alpha, curve = choose_alpha(nets, base, lists, rows)
     assert alpha == 0.0 and curve[0.0] > curve[1.0], curve
-    # the old in-list choice, with the random negatives ranked, preferred the nets
+    # the control: choosing on whole lists, random negatives ranked too, prefers the nets
     old = Lists(lists.users, cand, lists.scores, in_loss, label, lists.rating)
     alpha_old, _ = choose_alpha(nets, base, old, rows)
     assert alpha_old > 0.5

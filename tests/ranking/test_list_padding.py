@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ranking.ranker import Lists, RankerModule, _net_scores, _tensors, _trimmed_batch
+from ranking.lists import Lists
+from ranking.member import RankerModule, _tensors, _trimmed_batch, net_scores
 
 
 def _lists(widths: list[int], full: int, n_feat: int = 5, seed: int = 0) -> tuple[Lists, np.ndarray]:
@@ -64,7 +65,7 @@ def test_scores_of_padded_lists_match_the_full_width_scores() -> None:
     lists, x = _lists([12, 7, 9, 20, 5], full=40)
     net = _module(x.shape[2]).net.eval()
     rows = np.arange(5)
-    got = _net_scores(net, x, lists, rows)
+    got = net_scores(net, x, lists, rows)
     want = net.score(torch.from_numpy(x), torch.from_numpy(lists.users), torch.from_numpy(lists.cand)).numpy()
     valid = lists.cand >= 0
     np.testing.assert_allclose(got[valid], want[valid], rtol=1e-5, atol=1e-6)

@@ -173,10 +173,10 @@ def test_bundle_from_another_feature_layout_is_refused(trained: Trained, tmp_pat
 
 @pytest.mark.parametrize("hidden,cross,emb", [([], 0, 0), ([8], 0, 0), ([8, 4], 2, 4)])
 def test_net_shapes_from_config_rebuild_from_saved_kwargs(hidden, cross, emb) -> None:
-    """The saved net kwargs rebuild exactly the trained net (an empty MLP once fell back to the
-    default widths, so the bundle's weights did not load)."""
+    """The saved net kwargs rebuild exactly the trained net (the bug guarded against: an empty
+    MLP rebuilt with the default widths, so the bundle's weights did not load)."""
     from ranking.net import RankerNet
-    from ranking.ranker import RankerModule
+    from ranking.member import RankerModule
 
     module = RankerModule(n_dense=5, n_users=3, n_items=4, emb_dim=emb, hidden=hidden, cross_layers=cross)
     rebuilt = RankerNet(**module.net_kwargs())
@@ -209,7 +209,7 @@ def test_validation_metrics_are_synced_across_ranks_under_ddp() -> None:
     process nothing is synced."""
     from types import SimpleNamespace
 
-    from ranking.ranker import RankerModule
+    from ranking.member import RankerModule
 
     module = RankerModule(n_dense=3, n_users=5, n_items=7, emb_dim=4, hidden=[8])
     calls: dict[str, bool] = {}
@@ -232,7 +232,7 @@ def test_validation_metrics_are_synced_across_ranks_under_ddp() -> None:
 def test_item_item_model_is_skipped_when_nothing_reads_it(trained: Trained) -> None:
     """With the collab features excluded and no collab candidates, the snapshot carries an empty
     item-item matrix (the quadratic step is skipped); otherwise a real one."""
-    from ranking.ranker import snapshot
+    from ranking.lists import snapshot
 
     ds = trained.train
     content = np.zeros((ds.n_items, 4), np.float32)
@@ -269,7 +269,7 @@ def test_cross_fitted_lists_never_see_their_own_fold(trained: Trained, monkeypat
     """Every rating is a label exactly once; the snapshot a fold's features come from (history,
     item statistics, item-item model) holds exactly the other folds' ratings, and so does the
     two-tower model that scores it."""
-    import ranking.ranker as rr
+    import ranking.lists as rr
 
     seen = []
     real = rr.list_features
@@ -324,7 +324,7 @@ def test_ranker_trains_on_cross_fitted_folds_and_needs_a_tower_trainer(trained: 
 
 def test_auto_holdout_follows_the_data_and_the_bundle_says_which_and_why(trained: Trained) -> None:
     from movierec.core.data import Dataset
-    from ranking.ranker import resolve_holdout
+    from ranking.lists import resolve_holdout
 
     assert resolve_holdout(trained.train, "auto")[0] == "temporal"  # the generated ratings have timestamps
     untimed = Dataset(trained.train.ratings[["user_id", "item_id", "rating"]].assign(timestamp=0), trained.train.items)

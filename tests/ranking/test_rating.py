@@ -303,7 +303,7 @@ def test_implicit_feedback_trains_without_a_rating_model(tmp_path: Path) -> None
     out, writes a bundle without one, and still ranks."""
     import json
 
-    from movierec.core.data import load_dataset
+    from movierec.core.loaders import load_dataset
     from movierec.pipeline import train as train_pipeline
     from movierec.core.synthetic import SynthSpec, write_synthetic
     from recommender import HybridRecommender

@@ -3,7 +3,7 @@ download, then check that what sits under the target name is the old thing whole
 thing whole, and that no half-written hidden temp directory can be taken for a model.
 
 Kill points come from a seeded RNG so a failure reproduces; ``MOVIEREC_CRASH_RUNS`` raises the
-number of runs per test (default keeps the whole file near 40 s on a shared 2-core machine).
+number of runs per test (the default keeps the file short on a shared machine).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from recommender import HybridRecommender
-from recommender.state import StateStore, state_url
+from recommender.state import StateStore
+from recommender.state_db import state_url
 from tests.reliability.test_shared_state import server
 
 WRITE = "write-key-for-idempotency"

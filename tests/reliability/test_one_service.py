@@ -114,7 +114,7 @@ def test_prune_never_deletes_a_bundle_another_worker_serves(three_bundles: Path,
         finally:
             os.killpg(proc_b.pid, signal.SIGCONT)
         assert "b1" in on_disk, f"the bundle server B serves was pruned: {on_disk}"
-        assert "b2" not in on_disk and {"b3", "b4"} <= set(on_disk), on_disk  # the rest was pruned as before
+        assert "b2" not in on_disk and {"b3", "b4"} <= set(on_disk), on_disk  # the rest pruned as usual
         ok, took, seen = _converges([a, b], "v4", bound=BOUND_S + 3)  # B's watcher runs again once thawed
         assert ok, f"after SIGCONT: {_summary(seen)} after {took:.1f}s"
         assert [w["bundle"] for w in r.json()["pending"]] == ["b1"], r.text  # the answer said who had not followed

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from recommender import HybridRecommender
-from recommender.state import state_url
+from recommender.state_db import state_url
 from tests.reliability.conftest import KEY, REPO, child_env, copy_bundle, server
 from tests.reliability.test_snapshots import KILL_MID_SNAPSHOT
 
@@ -36,9 +36,9 @@ def _new_connection_get(url: str, **params: object) -> httpx.Response:
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_write_through_one_worker_is_read_through_every_other(bundle_path: Path, model: HybridRecommender, tmp_path: Path, backend: str) -> None:
-    """Row 3 of the issue: a new user's ratings posted to ``--workers 2``, then reads through new
-    connections, and a second server process on the same state (as a second machine would; on
-    PostgreSQL through ``MOVIEREC_STATE_URL``)."""
+    """A new user's ratings posted to ``--workers 2``, then reads through new connections, and a
+    second server process on the same state (as a second machine would; on PostgreSQL through
+    ``MOVIEREC_STATE_URL``)."""
     state = tmp_path / "state"
     env = {}
     if backend == "postgresql":
@@ -63,7 +63,7 @@ def test_a_write_through_one_worker_is_read_through_every_other(bundle_path: Pat
 
 
 def test_an_added_movie_and_its_ratings_survive_a_restart(bundle_path: Path, model: HybridRecommender, tmp_path: Path) -> None:
-    """Row 2 of the issue: POST /items, rate it, restart: the movie and the rating are there."""
+    """POST /items, rate it, restart: the movie and the rating are there."""
     state = tmp_path / "state"
     user = int(model.user_ids[0])
     with server(bundle_path, state) as (base, _):
@@ -167,8 +167,8 @@ def test_every_acknowledged_write_survives_a_sigkill(
                 assert not rated & {i["item_id"] for i in r.json()["items"]}, f"user {u}: acknowledged ratings lost"
 
 
-def test_rows_of_the_issue_in_process(bundle_path: Path, tmp_path: Path) -> None:
-    """Row 1: a text id where ids are integers is 422 and changes nothing; the catalogue answers on."""
+def test_a_text_id_is_422_and_writes_nothing_in_process(bundle_path: Path, tmp_path: Path) -> None:
+    """A text id where ids are integers is 422 and changes nothing; the catalogue answers on."""
     from fastapi.testclient import TestClient
 
     from serving.app import create_app
@@ -199,7 +199,7 @@ def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *a
 def test_train_refuses_to_replace_a_folder_that_is_not_a_bundle(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Row 4: ``train --out`` over a folder holding a user's file exits 2 with one line; the file stays."""
+    """``train --out`` over a folder holding a user's file exits 2 with one line; the file stays."""
     out = tmp_path / "mine"
     out.mkdir()
     (out / "thesis.txt").write_text("years of work")

@@ -20,7 +20,9 @@ import pandas as pd
 import pytest
 
 from recommender import HybridRecommender
-from recommender.state import STATE_FILE, StateStore, fold_state, open_state, state_url
+from recommender.state import StateStore, open_state
+from recommender.state_db import STATE_FILE, state_url
+from recommender.state_fold import fold_state
 from tests.reliability.conftest import MOVIEREC, REPO, TINY_TRAIN, child_env
 from tests.reliability.test_shared_state import server
 from tests.serving.conftest import copy_bundle
@@ -204,7 +206,8 @@ def test_feedback_is_folded_onto_the_movie_it_was_given_for(bundle_path: Path, t
     a rating is folded only where the new data holds its movie under the same id and title, the
     rest is skipped and counted; an added movie whose id the new data gives to another title is
     not merged onto it, one with a free id joins under its own."""
-    from movierec.core.data import Dataset, load_dataset
+    from movierec.core.data import Dataset
+    from movierec.core.loaders import load_dataset
 
     ds = load_dataset(bundle_path.parent / "data")
     items = ds.items.copy()

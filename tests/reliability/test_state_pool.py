@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from recommender.state import StateError, StateLimits, StateStore
+from recommender.state import StateError, StateStore
+
+from recommender.state_db import StateLimits
 from tests.reliability.test_state_store import _postgres_url
 
 

@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 
 from recommender import HybridRecommender
-from recommender.state import GENERATED_INT_BASE, AlreadyDone, IdConflict, Idempotency, StateStore, fold_state, state_url
+from recommender.events import GENERATED_INT_BASE
+from recommender.state import AlreadyDone, IdConflict, Idempotency, StateStore
+from recommender.state_db import state_url
+from recommender.state_fold import fold_state
 
 
 def _postgres_url() -> str:
@@ -102,15 +105,6 @@ def test_generated_ids_never_clash_and_chosen_ids_are_taken_once(store: StateSto
     assert isinstance(text_id, str) and text_id.startswith("movierec-")
 
 
-def test_meta_values_are_set_replaced_and_cleared(store: StateStore) -> None:
-    assert store.get_meta("served_bundle") is None
-    store.set_meta("served_bundle", "b1")
-    store.set_meta("served_bundle", "b2")
-    assert store.get_meta("served_bundle") == "b2"
-    store.set_meta("served_bundle", None)
-    assert store.get_meta("served_bundle") is None
-
-
 def test_two_models_on_one_state_agree_after_catching_up(store: StateStore, bundle_path: Path) -> None:
     a, b = HybridRecommender.load(bundle_path), HybridRecommender.load(bundle_path)
     ids = a.items["item_id"].to_numpy()
@@ -132,7 +126,7 @@ def test_two_models_on_one_state_agree_after_catching_up(store: StateStore, bund
 
 
 def test_training_folds_everything_up_to_a_point_and_serving_replays_the_rest(store: StateStore, bundle_path: Path) -> None:
-    from movierec.core.data import load_dataset
+    from movierec.core.loaders import load_dataset
 
     ds = load_dataset(bundle_path.parent / "data")
     item = int(ds.item_ids[0])
@@ -230,7 +224,7 @@ def test_keys_older_than_their_time_to_live_are_purged(store: StateStore) -> Non
     assert store.remembered("r", "old", 0.2) is None  # expired: no longer honoured
     store.append_ratings(1, [(8, 4.0, None)], idempotency=_idem("new", scope="r", ttl=0.2, status=200))  # a keyed write purges
     with store.engine.connect() as conn:
-        keys = [row[0] for row in conn.execute(store._sa.select(store.idempotency.c.key))]
+        keys = [row[0] for row in conn.execute(store.db.sa.select(store.idempotency.c.key))]
     assert keys == ["new"]
     store.append_ratings(1, [(7, 4.0, None)], idempotency=_idem("old", scope="r", ttl=0.2, status=200))  # the key is free again
     assert len(store.events_after(0)) == 3

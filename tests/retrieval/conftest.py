@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from movierec.core.config import RetrievalConfig, TrainerConfig
-from movierec.core.data import Dataset, load_dataset
+from movierec.core.data import Dataset
+from movierec.core.loaders import load_dataset
 from movierec.core.splits import holdout_per_user
 from movierec.core.synthetic import SynthSpec, write_synthetic
 

@@ -1,4 +1,4 @@
-"""Cold items land where their ratings would put them (issue 15, item 4).
+"""Cold items land where their ratings would put them.
 
 Planted data: every movie belongs to one of a few hidden topics, and users rate almost only
 movies of their own topic, so a movie's collaborative place is its topic. Its text names the

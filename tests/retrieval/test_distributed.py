@@ -21,7 +21,8 @@ from movierec.core.metrics import evaluate_topn
 from movierec.core.splits import temporal_per_user
 from movierec.candidates import write_candidates_distributed
 from retrieval.distributed import shard_bounds
-from retrieval.two_tower import ShardedBatches, build_two_tower, fit_two_tower, resolve_sequential, validation_recall
+from retrieval.two_tower import build_two_tower, fit_two_tower, resolve_sequential, validation_recall
+from retrieval.two_tower_data import ShardedBatches
 
 # fewer, larger steps than the shared SMALL config: each DDP step pays for three gloo
 # collectives, and the comparison only needs both runs to converge to a comparable model

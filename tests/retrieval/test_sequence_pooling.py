@@ -11,7 +11,7 @@ import torch
 from movierec.core.config import TrainerConfig
 from retrieval.inputs import Histories, user_batch
 from retrieval.towers import UserTower, recency_weights
-from retrieval.two_tower import TwoTowerData
+from retrieval.two_tower_data import TwoTowerData
 
 N_ITEMS, CONTENT = 12, 5
 

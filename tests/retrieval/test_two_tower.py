@@ -109,7 +109,7 @@ def test_epoch_cap_and_validation_sample_bound_the_work(synth_split, content_vec
 
 
 def test_duplicate_pairs_are_exactly_the_repeated_positives() -> None:
-    from retrieval.two_tower import duplicate_pairs
+    from retrieval.loss import duplicate_pairs
 
     rng = np.random.default_rng(0)
     for _ in range(100):
@@ -191,7 +191,7 @@ def test_in_batch_softmax_loss_matches_autograd_cross_entropy() -> None:
     gradients, also when the candidates are a gathered global batch (m > n, DDP)."""
     from torch.nn import functional as F
 
-    from retrieval.two_tower import duplicate_pairs, in_batch_softmax_loss
+    from retrieval.loss import duplicate_pairs, in_batch_softmax_loss
 
     gen = torch.Generator().manual_seed(0)
     for n, world, rank in [(64, 1, 0), (32, 3, 1)]:

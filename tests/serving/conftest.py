@@ -27,7 +27,7 @@ API_KEY = "test-admin-key-123"
 def bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real bundle from ``movierec.pipeline.train`` on 200 users x 150 movies."""
     from movierec.core.config import load_config
-    from movierec.core.data import load_dataset
+    from movierec.core.loaders import load_dataset
     from movierec.pipeline import train
     from movierec.core.synthetic import SynthSpec, write_synthetic
 

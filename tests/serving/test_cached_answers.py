@@ -102,10 +102,10 @@ def test_diversity_and_explanations_never_run_on_the_event_loop(bundle_path: Pat
     """MMR and explanations grow with k: they run in the thread pool, cached answer or not."""
     import threading
 
-    import serving.app as app_module
+    import serving.routes_recommendations as routes
 
     ran: list[int] = []
-    real_mmr, real_explain = app_module.mmr, app_module.explain
+    real_mmr, real_explain = routes.mmr, routes.explain
 
     def mmr(*args: object, **kwargs: object) -> object:
         ran.append(threading.get_ident())
@@ -115,8 +115,8 @@ def test_diversity_and_explanations_never_run_on_the_event_loop(bundle_path: Pat
         ran.append(threading.get_ident())
         return real_explain(*args, **kwargs)
 
-    monkeypatch.setattr(app_module, "mmr", mmr)
-    monkeypatch.setattr(app_module, "explain", explain)
+    monkeypatch.setattr(routes, "mmr", mmr)
+    monkeypatch.setattr(routes, "explain", explain)
     app = create_app(Settings(model=bundle_path, state_dir=tmp_path / "state"))
 
     @app.get("/test/loop-thread")
@@ -140,11 +140,12 @@ def test_ranked_answers_queue_for_a_few_threads_while_the_loop_stays_free(bundle
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    import serving.app as app_module
+    import serving.offload as offload
+    import serving.routes_recommendations as routes
 
     lock, release = threading.Lock(), threading.Event()
     running, most = [0], [0]
-    real = app_module._ranked_items
+    real = routes._ranked_items
 
     def blocking(*args: object, **kwargs: object) -> object:
         with lock:
@@ -157,23 +158,23 @@ def test_ranked_answers_queue_for_a_few_threads_while_the_loop_stays_free(bundle
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr(app_module, "_ranked_items", blocking)
+    monkeypatch.setattr(routes, "_ranked_items", blocking)
     with TestClient(create_app(Settings(model=bundle_path, state_dir=tmp_path / "state"))) as c:
         rec = c.app.state.store.get().recommender
         assert rec.ranker is not None  # the heavy path is the ranked one
         items = [int(i) for i in rec.items["item_id"]]
-        n = app_module.RANKING_THREADS + 3
+        n = offload.RANKING_THREADS + 3
         with ThreadPoolExecutor(n) as pool:
             try:
                 futures = [pool.submit(c.post, "/recommendations", json={"liked_items": items[3 * j:3 * j + 3], "k": 5}) for j in range(n)]
                 deadline = time.monotonic() + 20
-                while running[0] < app_module.RANKING_THREADS and time.monotonic() < deadline:
+                while running[0] < offload.RANKING_THREADS and time.monotonic() < deadline:
                     time.sleep(0.01)
                 time.sleep(0.2)  # time for any request beyond the limit to (wrongly) start
-                assert running[0] == app_module.RANKING_THREADS
+                assert running[0] == offload.RANKING_THREADS
                 assert c.get("/health").status_code == 200  # the event loop is not waiting on them
             finally:
                 release.set()  # a failed check above must not leave the requests blocked
             answers = [f.result(timeout=30) for f in futures]
     assert [a.status_code for a in answers] == [200] * n and all(len(a.json()["items"]) == 5 for a in answers)
-    assert most[0] == app_module.RANKING_THREADS
+    assert most[0] == offload.RANKING_THREADS

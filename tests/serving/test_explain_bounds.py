@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-import serving.app as app_module
+import serving.offload as offload
+import serving.routes_recommendations as routes
 from recommender import HybridRecommender
 from serving.app import create_app
 from serving.rerank import explain
@@ -110,7 +111,7 @@ def test_explanations_wait_for_the_ranked_answer_limit(app_client: TestClient, m
     running = 0
     most = 0
     lock = threading.Lock()
-    real = app_module.explain
+    real = routes.explain
 
     def slow_explain(*args, **kwargs):  # type: ignore[no-untyped-def]
         nonlocal running, most
@@ -124,7 +125,7 @@ def test_explanations_wait_for_the_ranked_answer_limit(app_client: TestClient, m
             with lock:
                 running -= 1
 
-    monkeypatch.setattr(app_module, "explain", slow_explain)
+    monkeypatch.setattr(routes, "explain", slow_explain)
     rec = app_client.app.state.store.get().recommender
     statuses: list[int] = []
 
@@ -138,4 +139,4 @@ def test_explanations_wait_for_the_ranked_answer_limit(app_client: TestClient, m
     for t in threads:
         t.join(60)
     assert statuses == [200] * 8
-    assert 1 <= most <= app_module.RANKING_THREADS
+    assert 1 <= most <= offload.RANKING_THREADS

@@ -1,4 +1,4 @@
-"""Explanations and filters (issue 7) through the API and ``movierec recommend``: the movies named in
+"""Explanations and filters through the API and ``movierec recommend``: the movies named in
 ``because`` are the user's own and the most similar ones; strict filters still return k items
 whenever k qualify; genres, years, the exclude list and exclude-seen combine."""
 

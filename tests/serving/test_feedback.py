@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from recommender import HybridRecommender
 from serving.app import create_app
 from serving.settings import Settings
-from recommender.state import fold_state, open_state
+from recommender.state import open_state
+from recommender.state_fold import fold_state
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,8 @@ def test_bad_feedback_is_refused_before_anything_is_logged(fb_client: TestClient
 
 
 def test_fold_state_appends_ratings_and_keeps_the_latest(bundle_path: Path, tmp_path: Path) -> None:
-    from movierec.core.data import Dataset, load_dataset
+    from movierec.core.data import Dataset
+    from movierec.core.loaders import load_dataset
 
     ds: Dataset = load_dataset(bundle_path.parent / "data")
     row = ds.ratings.iloc[0]
@@ -160,8 +162,8 @@ def test_train_feedback_refuses_what_is_not_an_online_state(
     bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A bundle folder, a stray file, an empty folder, a file that is not a database, a missing
-    path: one line, exit 2, and nothing is created (today a database appeared there, or a
-    traceback)."""
+    path: one line, exit 2, and nothing is created (the bug guarded against: a database appeared
+    there, or a traceback)."""
     import sys
 
     from movierec.cli import main

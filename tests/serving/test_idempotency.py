@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from recommender.state import Idempotency, encode_id
+from recommender.events import encode_id
+
+from recommender.state import Idempotency
 from serving.app import create_app
 from serving.settings import Settings
 
@@ -102,9 +104,9 @@ def test_a_write_whose_answer_was_never_stored_is_answered_on_retry_without_writ
     stores it, and every later retry gets those bytes."""
     state = c.app.state.store.state
     payload = [{"item_id": 1, "rating": 4.0}]
-    from serving.app import _fingerprint
+    from serving.idempotency import fingerprint
 
-    idem = Idempotency(f"POST /users/{encode_id(1)}/ratings", "orphan", _fingerprint(payload), 200, 3600, {"created": False, "recorded": 1})
+    idem = Idempotency(f"POST /users/{encode_id(1)}/ratings", "orphan", fingerprint(payload), 200, 3600, {"created": False, "recorded": 1})
     rec = c.app.state.store.get().recommender
     state.append_ratings(1, [(1, 4.0, rec.title_of(rec.item_idx(1)))], idempotency=idem)
     assert state.remembered(idem.scope, "orphan", 3600).body is None

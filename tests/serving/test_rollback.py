@@ -1,4 +1,4 @@
-"""Rollback (issue 7): ``GET /admin/versions`` lists the serving directory, ``POST /admin/rollback``
+"""Rollback: ``GET /admin/versions`` lists the serving directory, ``POST /admin/rollback``
 returns to the previous bundle as one swap, refuses a broken one, and reloads prune to the newest N."""
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from serving.app import create_app
 from serving.settings import Settings
 from tests.serving.conftest import API_KEY
 
-EXAMPLES_PER_OPERATION = 20  # ~ 200 requests over the 10 operations; keeps the test ~ 10 s
+EXAMPLES_PER_OPERATION = 20  # ~ 200 requests over the 10 operations; the long run: test_schemathesis_long.py
 
 
 def test_generated_requests_never_get_a_server_error(bundle_path: Path) -> None:

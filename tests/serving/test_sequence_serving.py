@@ -15,7 +15,7 @@ from recommender import HybridRecommender
 @pytest.fixture(scope="module")
 def seq_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from movierec.core.config import load_config
-    from movierec.core.data import load_dataset
+    from movierec.core.loaders import load_dataset
     from movierec.pipeline import train
     from movierec.core.synthetic import SynthSpec, write_synthetic
 

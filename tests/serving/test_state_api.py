@@ -16,7 +16,7 @@ from tests.serving.conftest import API_KEY
 
 def test_the_write_key_guards_every_public_write_and_nothing_else(bundle_path: Path, tmp_path: Path) -> None:
     """With ``MOVIEREC_WRITE_KEY`` set, rating posts and added movies both need it (or the admin
-    key); it opens no admin route. (Before, ``POST /items`` refused the write key.)"""
+    key); it opens no admin route. (The bug guarded against: ``POST /items`` refused the write key.)"""
     settings = Settings(model=bundle_path, api_key=API_KEY, write_key=SecretStr("writer-key"), state_dir=tmp_path / "state")
     body = [{"item_id": 1, "rating": 4}]
     with TestClient(create_app(settings)) as c:
@@ -36,8 +36,8 @@ def test_the_write_key_guards_every_public_write_and_nothing_else(bundle_path: P
 
 
 def test_the_write_key_alone_closes_post_items(bundle_path: Path, tmp_path: Path) -> None:
-    """No admin key, only ``MOVIEREC_WRITE_KEY``: adding a movie is no longer open to anyone
-    (before, ``POST /items`` answered 201 without a key here)."""
+    """No admin key, only ``MOVIEREC_WRITE_KEY``: adding a movie is not open to anyone
+    (the bug guarded against: ``POST /items`` answered 201 without a key here)."""
     settings = Settings(model=bundle_path, write_key=SecretStr("writer-key"), state_dir=tmp_path / "state")
     with TestClient(create_app(settings)) as c:
         r = c.post("/items", json={"title": "Gatecrasher", "genres": ["Drama"]})
@@ -124,13 +124,13 @@ def _serve_logs(monkeypatch, caplog, *args: str) -> list[str]:
 
     import uvicorn
 
-    import serving.app
+    import serving.launcher
     from movierec.cli import main
 
     started: list[object] = []
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(a))
-    monkeypatch.setattr(serving.app, "_limit_threads", lambda n: None)
-    monkeypatch.setattr(serving.app, "_limit_malloc_arenas", lambda: None)
+    monkeypatch.setattr(serving.launcher, "limit_threads", lambda n: None)
+    monkeypatch.setattr(serving.launcher, "limit_malloc_arenas", lambda: None)
     monkeypatch.setattr(os, "environ", dict(os.environ))  # serve() exports settings for its workers
     monkeypatch.setattr(sys, "argv", ["movierec", "serve", *args])
     caplog.clear()

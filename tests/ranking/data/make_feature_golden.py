@@ -1,9 +1,9 @@
 """Write ``feature_golden.npz``: a fixed feature batch and the values ``compute_features`` gave.
 
-The stored values come from the plain implementation before the speed work of issue 5 (commit
-a386500, dense item-item rows over the whole catalogue), so ``test_feature_golden.py`` checks that
-the fast paths compute the same features. Re-running this script with a later version would
-overwrite that reference; only do it when a feature's meaning changes on purpose.
+The stored values come from the plain implementation of commit a386500 (dense item-item rows
+over the whole catalogue), so ``test_feature_golden.py`` checks that the fast paths compute the
+same features. Re-running this script with a later version would overwrite that reference; only
+do it when a feature's meaning changes on purpose.
 
     python tests/ranking/data/make_feature_golden.py
 """

@@ -97,10 +97,10 @@ def test_movierec_serve_answers_over_http(bundle_path: Path) -> None:
 
 
 def test_serve_starts_one_worker_per_core_unless_told(bundle_path: Path, monkeypatch, capsys) -> None:
-    import serving.app
+    import serving.launcher
 
     started: list[int] = []
-    monkeypatch.setattr(serving.app, "run_server", lambda model, host, port, workers: started.append(workers))
+    monkeypatch.setattr(serving.launcher, "run_server", lambda model, host, port, workers: started.append(workers))
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert run_cli(monkeypatch, capsys, "serve", "--model", str(bundle_path))[0] == 0
     assert run_cli(monkeypatch, capsys, "serve", "--model", str(bundle_path), "--workers", "1")[0] == 0
@@ -110,8 +110,9 @@ def test_serve_starts_one_worker_per_core_unless_told(bundle_path: Path, monkeyp
 
 
 def test_train_out_through_a_current_link_replaces_the_bundle_behind_it(bundle_path: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    """``ln -s m1 current; movierec train --out current``: m1 is replaced by the new bundle whole
-    (it used to lose its manifest through the link), the link stays, nothing is left beside them."""
+    """``ln -s m1 current; movierec train --out current``: m1 is replaced by the new bundle whole,
+    manifest included (a write through the link must not lose it), the link stays, nothing is
+    left beside them."""
     import shutil
 
     from movierec.core.artifacts import load_bundle

@@ -1,4 +1,4 @@
-"""The CLI's tools around training (issue 17): split, compare, evaluate on MovieLens fold files,
+"""The CLI's tools around training: split, compare, evaluate on MovieLens fold files,
 --version, ``python -m movierec`` = ``movierec``, and quiet, JSON-able output."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from cli_helpers import run_cli
-from movierec.core.data import load_csv, load_dataset
+from movierec.core.loaders import load_csv, load_dataset
 from movierec.core.synthetic import SynthSpec, write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""Issue 17: the base install (no ``[train]`` extra) serves a bundle and writes candidates.
+"""The base install (no ``[train]`` extra) serves a bundle and writes candidates.
 
 Each command runs in a child Python in which Lightning, scikit-learn, Optuna and matplotlib are
 unimportable (tests/support/base_install/sitecustomize.py), and lists the modules it imported."""
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 import pandas as pd
 
 from tests.serving.conftest import free_port, wait_ready
@@ -65,3 +66,32 @@ def test_serve_imports_nothing_from_the_train_extra(bundle_path: Path, tmp_path:
     imported = _imported(mods)
     assert "fastapi" in imported and "uvicorn" in imported
     assert not imported & set(TRAIN_EXTRA), imported & set(TRAIN_EXTRA)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--data", "{data}", "--out", "{tmp}/model"],
+        ["tune", "--data", "{data}", "--out", "{tmp}/best.yaml", "--trials", "1"],
+        ["compare", "--train", "{data}/ratings.csv", "--items", "{data}/items.csv", "--test", "{data}/ratings.csv"],
+        ["report", "--model", "{bundle}", "--out", "{tmp}/report.html"],
+        ["demo", "--no-serve", "--out", "{tmp}/demo"],
+        ["candidates", "--model", "{bundle}", "--out", "{tmp}/parts", "--workers", "2"],
+    ],
+    ids=lambda a: " ".join(a[:1] + [x for x in a if x == "--workers"]),
+)
+def test_a_command_that_needs_the_train_extra_says_so_in_one_line(args: list[str], bundle_path: Path, tmp_path: Path) -> None:
+    """On a base install, a training command exits 2 with one line naming the extra, before any
+    work: nothing is written where it was pointed."""
+    from movierec.core.synthetic import SynthSpec, write_synthetic
+
+    data = tmp_path / "data"
+    write_synthetic(data, SynthSpec(n_users=30, n_items=20, n_ratings=300, seed=0))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = [a.format(data=data, tmp=tmp_path, bundle=bundle_path) for a in args]
+    r = subprocess.run([sys.executable, "-m", "movierec", *argv], env=_env(tmp_path / "mods"),
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and "[train] extra" in lines[0] and "pip install 'movierec[train]'" in lines[0], r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("mods.")) == before
