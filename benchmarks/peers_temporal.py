@@ -30,6 +30,15 @@ EASE is computed here as in validation_quick (its best lambda of {100, 300, 500,
 movierec rows are read from the JSON lines of ``validation_quick.py --protocol temporal`` given by
 ``--reference`` (ranked NDCG@10; its Recall@100 is the retrieval stage's top 100, from
 ``tt_recall100_ratio`` times EASE's Recall@100 at the same lambda; fit seconds its training wall).
+
+``--test`` scores the test part once, with every choice made on validation, one level up: the
+peers are tuned on ``fit`` / ``val`` (the split above), then trained on the whole of ``train`` with
+the chosen setting (and SASRec's chosen epochs) and scored on ``test``; EASE's lambda is chosen on
+``val`` and fitted on ``train``, as ``validation_quick.py --test`` does, whose log is then the
+``--reference``. ``--sasrec-settings`` replaces SASRec's product grid with a list of settings tried
+in that order, ``--sasrec-patience`` stops a setting's chunks after that many chunks without a
+better score, and ``--sasrec-budget`` tries no new setting once tuning has taken that many seconds
+(the settings left untried are logged).
 """
 
 from __future__ import annotations
@@ -69,10 +78,14 @@ LAMBDAS = (100, 300, 500, 1000)
 IALS_GRID = {"factors": (64, 128), "regularization": (1.0, 10.0, 30.0, 100.0), "alpha": (0.5, 1.0, 4.0), "iterations": (15, 30)}
 
 
-def splits(ds: Dataset) -> tuple[Dataset, Dataset, Dataset, Dataset]:
-    """(fit, val, tune_fit, tune_val): validation_quick's temporal split and the peers' carve-out."""
-    train, _test = temporal_per_user(ds, fraction=0.2)  # the test part is never read
+def splits(ds: Dataset, test: bool = False) -> tuple[Dataset, Dataset, Dataset, Dataset]:
+    """(fit, val, tune_fit, tune_val): validation_quick's temporal split and the peers' carve-out;
+    with ``test``, (train, test, fit, val): the scored split is the test part and the peers are
+    tuned on validation_quick's validation split."""
+    train, test_part = temporal_per_user(ds, fraction=0.2)  # the test part is read only with test=True
     fit, val = temporal_per_user(train, fraction=0.2)
+    if test:
+        return train, test_part, fit, val
     tune_fit, tune_val = temporal_per_user(fit, fraction=0.2)
     return fit, val, tune_fit, tune_val
 
@@ -103,19 +116,28 @@ def score(ids: np.ndarray, rel: sp.csr_matrix, users: np.ndarray) -> dict[str, f
 
 
 # ---- EASE, as validation_quick scores it -------------------------------------------------------
-def run_ease(fit: Dataset, val: Dataset) -> dict:
+def _ease(fit: Dataset, val: Dataset, lambdas: tuple[int, ...]) -> dict:
+    """EASE with the best of ``lambdas`` by NDCG@10 on ``val``."""
     users, rel = scored_users(val)
     x = fit.to_csr().tocsr()
     best = None
-    for lam in LAMBDAS:
+    for lam in lambdas:
         t = time.perf_counter()
         w = ease_weights(x, lam)
         seconds = time.perf_counter() - t
         ids, _ = rank_scores(np.asarray(x[users] @ w), 100, users, exclude=x)
         m = score(ids, rel, users)
         if best is None or m["ndcg@10"] > best["ndcg@10"]:
-            best = dict(m, setting=f"lambda={lam}", fit_seconds=seconds)
+            best = dict(m, setting=f"lambda={lam}", lam=lam, fit_seconds=seconds)
     return best
+
+
+def run_ease(fit: Dataset, val: Dataset, tune: tuple[Dataset, Dataset] | None = None) -> dict:
+    """EASE scored on ``val``: its lambda chosen on ``val`` itself (validation_quick's bar, which
+    favours EASE), or on the ``tune`` pair when given (the test mode: nothing chosen on test)."""
+    if tune is None:
+        return _ease(fit, val, LAMBDAS)
+    return _ease(fit, val, (_ease(*tune, LAMBDAS)["lam"],))
 
 
 # ---- implicit's iALS ----------------------------------------------------------------------------
@@ -182,17 +204,30 @@ def sasrec_chunks(fit: Dataset, users: np.ndarray, params: dict, step: int, n_ch
         yield chunk * step, frame_to_ids(recs, users, 100), seconds
 
 
-def run_sasrec(fit, val, tune_fit, tune_val, grid: dict, seed: int, step: int, n_chunks: int, log) -> dict:
+def run_sasrec(
+    fit, val, tune_fit, tune_val, settings: list[dict], seed: int, step: int, n_chunks: int, log,
+    patience: int | None = None, budget: float | None = None,
+) -> dict:
+    """Tune over ``settings`` (in order) and the epochs in chunks, then train the best on ``fit``
+    and score it on ``val``. A setting's chunks stop after ``patience`` chunks without a better
+    score of that setting; no new setting after the first starts once tuning has taken ``budget``
+    seconds."""
     t_users, t_rel = scored_users(tune_val)
     best = None
-    keys = list(grid)
-    for values in itertools.product(*grid.values()):
-        params = dict(zip(keys, values))
+    start = time.perf_counter()
+    for i, params in enumerate(settings):
+        if i and budget is not None and time.perf_counter() - start > budget:
+            log(dict(model="sasrec", skipped_for_budget=settings[i:]))
+            break
+        own, stale = -1.0, 0
         for epochs, ids, seconds in sasrec_chunks(tune_fit, t_users, params, step, n_chunks, seed):
             m = score(ids, t_rel, t_users)
             log(dict(model="sasrec", tune=params, epochs=epochs, **m, fit_seconds=round(seconds, 1)))
             if best is None or m["ndcg@10"] > best[2]:
                 best = (params, epochs, m["ndcg@10"])
+            own, stale = (m["ndcg@10"], 0) if m["ndcg@10"] > own else (own, stale + 1)
+            if patience is not None and stale >= patience:
+                break
     params, epochs, tune_ndcg = best
     users, rel = scored_users(val)
     *_, (_, ids, seconds) = sasrec_chunks(fit, users, params, step, epochs // step, seed)
@@ -201,6 +236,15 @@ def run_sasrec(fit, val, tune_fit, tune_val, grid: dict, seed: int, step: int, n
 
 def _setting(params: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items())
+
+
+def sasrec_settings(factors: list[int], max_lens: list[int], dropouts: list[float], listed: list[str] | None) -> list[dict]:
+    """SASRec settings to try, in order: ``listed`` (``FACTORS:MAX_LEN:DROPOUT`` each) or else the
+    product of the three lists."""
+    keys = ("n_factors", "session_max_len", "dropout_rate")
+    if listed:
+        return [dict(zip(keys, (int(f), int(m), float(d)))) for f, m, d in (x.split(":") for x in listed)]
+    return [dict(zip(keys, v)) for v in itertools.product(factors, max_lens, dropouts)]
 
 
 def reference_rows(path: Path | None, name: str, ease: dict) -> list[dict]:
@@ -242,7 +286,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sasrec-factors", type=int, nargs="+", default=[64])
     p.add_argument("--sasrec-max-len", type=int, nargs="+", default=[50, 100])
     p.add_argument("--sasrec-dropout", type=float, nargs="+", default=[0.2])
-    p.add_argument("--reference", type=Path, help="JSON lines of validation_quick.py --protocol temporal")
+    p.add_argument("--sasrec-settings", nargs="+", metavar="FACTORS:MAX_LEN:DROPOUT",
+                   help="SASRec settings tried in this order, instead of the product of the three lists above")
+    p.add_argument("--sasrec-patience", type=int, help="stop a setting after this many chunks without a better score")
+    p.add_argument("--sasrec-budget", type=float, help="seconds of SASRec tuning after which no new setting starts")
+    p.add_argument("--test", action="store_true",
+                   help="tune on validation_quick's validation split, train on the whole training part, score the test part once")
+    p.add_argument("--reference", type=Path,
+                   help="JSON lines of validation_quick.py --protocol temporal (with --test: of validation_quick.py --test)")
     p.add_argument("--log", type=Path, help="append every tuning step here as a JSON line")
     a = p.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -259,19 +310,20 @@ def main(argv: list[str] | None = None) -> None:
             with a.log.open("a") as f:
                 f.write(line + "\n")
 
-    grid = {"n_factors": a.sasrec_factors, "session_max_len": a.sasrec_max_len, "dropout_rate": a.sasrec_dropout}
+    settings = sasrec_settings(a.sasrec_factors, a.sasrec_max_len, a.sasrec_dropout, a.sasrec_settings)
     rows = []
     for name in a.data:
-        fit, val, tune_fit, tune_val = splits(load_dataset(PATHS[name]))
-        ease = run_ease(fit, val)
+        fit, val, tune_fit, tune_val = splits(load_dataset(PATHS[name]), test=a.test)
+        ease = run_ease(fit, val, (tune_fit, tune_val) if a.test else None)
         found = [dict(model="EASE", **ease), *reference_rows(a.reference, name, ease)]
         if "ials" in a.models:
             found.append(dict(model="iALS (implicit 0.7.3)", **run_ials(fit, val, tune_fit, tune_val, a.seed, lambda r: log(dict(data=name, **r)))))
         if "sasrec" in a.models:
             found.append(dict(model="SASRec (RecTools 0.19.0)", **run_sasrec(
-                fit, val, tune_fit, tune_val, grid, a.seed, a.sasrec_step, a.sasrec_chunks, lambda r: log(dict(data=name, **r)))))
+                fit, val, tune_fit, tune_val, settings, a.seed, a.sasrec_step, a.sasrec_chunks, lambda r: log(dict(data=name, **r)),
+                a.sasrec_patience, a.sasrec_budget)))
         for r in found:
-            r.update(data=name, ratio=r["ndcg@10"] / ease["ndcg@10"])
+            r.update(data=name, split="test" if a.test else "validation", ratio=r["ndcg@10"] / ease["ndcg@10"])
             log(dict(result=True, **r))
         rows += found
     print(table(rows))

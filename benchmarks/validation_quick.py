@@ -16,6 +16,12 @@ seeds the training, and the pipeline keeps its default objective (``ranking.hold
 ``benchmarks/robust_quality.py`` is the CLI-driven protocol over every data set and seed; this is
 the faster loop for comparing settings. ``--two-tower-only`` trains the two-tower stage alone and
 reports its Recall@100 against EASE's (the issue-15 retrieval target).
+
+``--test`` scores the test part of the same split instead, once, with nothing chosen on it: the
+pipeline trains with the same settings on the whole training part (the fit part and the
+validation part together), EASE's lambda is the one that won on the validation part above and is
+then fitted on the whole training part, and both are scored on the test part. Say in RESULTS.md
+how many configurations saw it.
 """
 
 from __future__ import annotations
@@ -54,13 +60,18 @@ CACHE = Path(os.environ.get("MOVIEREC_VALIDATION_CACHE", "/tmp/movierec-validati
 LAMBDAS = (100, 300, 500, 1000)
 
 
-def _ease_scores(name: str, seed: int, fit, users: np.ndarray, rel, fraction: float = 1.0, protocol: str = "random") -> dict[str, float]:
+def _ease_scores(
+    name: str, seed: int, fit, users: np.ndarray, rel, fraction: float = 1.0, protocol: str = "random",
+    lambdas: tuple[int, ...] = LAMBDAS, split: str = "validation",
+) -> dict[str, float]:
     tail = ("" if fraction == 1.0 else f"-f{fraction:g}") + ("" if protocol == "random" else f"-{protocol}")
+    if split != "validation":  # only the lambdas asked for are scored on it
+        tail += f"-{split}-" + "-".join(map(str, lambdas))
     path = CACHE / f"ease-r100-{name}-{seed}{tail}.json"
     if path.exists():
         return json.loads(path.read_text())
     out = {}
-    for lam in LAMBDAS:
+    for lam in lambdas:
         ids, _ = make_baseline("ease", lam=lam).fit(fit).recommend(users, 100, exclude=fit.to_csr().tocsr())
         out[str(lam)] = topn_metrics(ids[:, :10], rel[users], 10)["ndcg@10"]
         out[f"recall@100 {lam}"] = topn_metrics(ids, rel[users], 100)["recall@100"]
@@ -69,34 +80,40 @@ def _ease_scores(name: str, seed: int, fit, users: np.ndarray, rel, fraction: fl
     return out
 
 
-def _validation(spec: str, sets: list[str], fraction: float = 1.0, protocol: str = "random"):
-    """(fit part, validation matrix, scored users, EASE scores, EASE's best lambda, config);
+def _validation(spec: str, sets: list[str], fraction: float = 1.0, protocol: str = "random", test: bool = False):
+    """(fit part, scored matrix, scored users, EASE scores, EASE's best lambda, config);
     ``fraction`` < 1 keeps that share of each user's fit ratings (how a result moves with the
-    amount of data, both models on the same smaller part)."""
+    amount of data, both models on the same smaller part). With ``test`` the fit part is the whole
+    training part and the scored matrix the test part; EASE's lambda is still the validation one."""
     name, seed = spec.split(":")
     seed = int(seed)
     ds = load_dataset(PATHS[name])
     if protocol == "temporal":
-        train, _test = temporal_per_user(ds, fraction=0.2)  # the test part is never read
+        train, test_part = temporal_per_user(ds, fraction=0.2)  # the test part is read only with test=True
         fit, val = temporal_per_user(train, fraction=0.2)
         overrides = [f"seed={seed}"]
     else:
-        train, _test = holdout_per_user(ds, 0.2, seed)  # the test part is never read
+        train, test_part = holdout_per_user(ds, 0.2, seed)  # the test part is read only with test=True
         fit, val = holdout_per_user(train, 0.2, seed + 1000)
         overrides = ["ranking.holdout=random"]  # random hold-out splits (P2): the ranker trains for them
     if fraction < 1.0:
         fit, _ = holdout_per_user(fit, 1.0 - fraction, seed + 2000)
     rel = val.to_csr().tocsr()
     users = np.flatnonzero(np.diff(rel.indptr) > 0)
-    ease = _ease_scores(name, seed if protocol == "random" else 0, fit, users, rel, fraction, protocol)
+    ease_seed = seed if protocol == "random" else 0  # the temporal split is the same for every seed
+    ease = _ease_scores(name, ease_seed, fit, users, rel, fraction, protocol)
     lam = max(LAMBDAS, key=lambda x: ease[str(x)])
+    if test:
+        fit, rel = train, test_part.to_csr().tocsr()
+        users = np.flatnonzero(np.diff(rel.indptr) > 0)
+        ease = _ease_scores(name, ease_seed, fit, users, rel, fraction, protocol, lambdas=(lam,), split="test")
     # a --set of the same key wins over the protocol's
     config = load_config(None, ["ranking.rating.enabled=false", *overrides, *sets])
     config.trainer.progress = False
     return fit, rel, users, ease, lam, config
 
 
-def run_two_tower(spec: str, sets: list[str], tag: str, fraction: float = 1.0, protocol: str = "random") -> dict:
+def run_two_tower(spec: str, sets: list[str], tag: str, fraction: float = 1.0, protocol: str = "random", test: bool = False) -> dict:
     """The two-tower stage alone, trained and queried as the pipeline does at these sizes (on the
     ranker's earlier part, then the refit on the whole fit part, the cold map, full histories):
     its Recall@100 against EASE's, in about a third of a whole training."""
@@ -105,7 +122,7 @@ def run_two_tower(spec: str, sets: list[str], tag: str, fraction: float = 1.0, p
     from ranking.lists import split_for_ranker
     from retrieval.two_tower import fit_two_tower, refit_two_tower
 
-    fit, rel, users, ease, lam, config = _validation(spec, sets, fraction, protocol)
+    fit, rel, users, ease, lam, config = _validation(spec, sets, fraction, protocol, test)
     config, _ = resolve_sequential(fit, config)  # as the pipeline does: retrieval.sequential=auto follows the ranker's hold-out
     t = time.perf_counter()
     content = ContentModel.fit(fit.items, config.content, seed=config.seed)
@@ -121,14 +138,14 @@ def run_two_tower(spec: str, sets: list[str], tag: str, fraction: float = 1.0, p
     top, _ = rank_scores(user_vectors[users] @ item_vectors.T, 100, users, exclude=fit.to_csr().tocsr())
     recall = topn_metrics(top, rel[users], 100)["recall@100"]
     return dict(
-        tag=tag, data=spec, tt_recall100=round(recall, 4), ratio=round(recall / ease[f"recall@100 {lam}"], 4),
+        tag=tag, data=spec, split="test" if test else "validation", tt_recall100=round(recall, 4), ratio=round(recall / ease[f"recall@100 {lam}"], 4),
         tt_ndcg10=round(topn_metrics(top, rel[users], 10)["ndcg@10"], 4), epochs=tt.metrics.get("epochs"),
         wall=round(time.perf_counter() - t, 1),
     )
 
 
-def run(spec: str, sets: list[str], tag: str, fraction: float = 1.0, protocol: str = "random") -> dict:
-    fit, rel, users, ease, lam, config = _validation(spec, sets, fraction, protocol)
+def run(spec: str, sets: list[str], tag: str, fraction: float = 1.0, protocol: str = "random", test: bool = False) -> dict:
+    fit, rel, users, ease, lam, config = _validation(spec, sets, fraction, protocol, test)
     with tempfile.TemporaryDirectory() as d:
         t, c = time.perf_counter(), time.process_time()
         train_pipeline(fit, f"{d}/b", config)
@@ -143,8 +160,9 @@ def run(spec: str, sets: list[str], tag: str, fraction: float = 1.0, protocol: s
         recall = topn_metrics(ids, rel[users], 100)["recall@100"]
     ranker = meta["metrics"].get("ranker", {})
     return dict(
-        tag=tag, data=spec, ranked=round(scores[True], 4), retrieval=round(scores[False], 4), ease=round(ease[str(lam)], 4), lam=lam,
-        ratio=round(scores[True] / ease[str(lam)], 4),
+        tag=tag, data=spec, split="test" if test else "validation", ranked=round(scores[True], 4), retrieval=round(scores[False], 4),
+        ease=round(ease[str(lam)], 4), lam=lam, ratio=round(scores[True] / ease[str(lam)], 4),
+        tt_recall100=round(recall, 4), ease_recall100=round(ease[f"recall@100 {lam}"], 4),
         tt_recall100_ratio=round(recall / ease[f"recall@100 {lam}"], 4), wall=round(wall, 1), cpu=round(cpu, 1), timings=meta.get("timings"),
         alpha=ranker.get("alpha"), pool_ndcg=[ranker.get(k) for k in ("val_ndcg@10_base", "val_ndcg@10_nets", "val_ndcg@10_pool")],
     )
@@ -168,14 +186,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--two-tower-only", action="store_true", help="train the two-tower stage alone; ratio = its Recall@100 / EASE's")
     p.add_argument("--protocol", choices=("random", "temporal"), default="random",
                    help="random: a random 20%% per user held out (P2); temporal: each user's latest 20%% (P5)")
+    p.add_argument("--test", action="store_true",
+                   help="score the test part (train on the whole training part, EASE's lambda from validation); touches test")
     a = p.parse_args(argv)
+    if a.test and a.fraction < 1.0:
+        p.error("--test trains on the whole training part: --fraction does not apply")
     quiet()
     rows = []
     for spec in a.data:
-        rows.append((run_two_tower if a.two_tower_only else run)(spec, a.set, a.tag, a.fraction, a.protocol))
+        rows.append((run_two_tower if a.two_tower_only else run)(spec, a.set, a.tag, a.fraction, a.protocol, a.test))
         print(json.dumps(rows[-1]), flush=True)
     ratios = [r["ratio"] for r in rows]
-    print(json.dumps(dict(tag=a.tag, protocol=a.protocol, set=a.set, mean_ratio=round(float(np.mean(ratios)), 4), min_ratio=round(float(np.min(ratios)), 4))))
+    print(json.dumps(dict(tag=a.tag, protocol=a.protocol, split="test" if a.test else "validation", set=a.set, mean_ratio=round(float(np.mean(ratios)), 4), min_ratio=round(float(np.min(ratios)), 4))))
 
 
 if __name__ == "__main__":  # the rating model's background process imports this module

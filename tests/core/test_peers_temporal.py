@@ -68,3 +68,54 @@ def test_reference_rows_refuse_a_log_of_another_split(peers: ModuleType, tmp_pat
     with pytest.raises(SystemExit, match="not the same split"):
         peers.reference_rows(log, "ml100k", {"ndcg@10": 0.15, "recall@100": 0.5})
     assert peers.reference_rows(None, "ml100k", ease) == []
+
+
+def test_test_mode_tunes_on_validation_and_scores_the_test_part(peers: ModuleType, tmp_path: Path) -> None:
+    write_synthetic(tmp_path / "d", SynthSpec(n_users=60, n_items=80, n_ratings=3_000, seed=3))
+    ds = load_dataset(tmp_path / "d")
+    scored_fit, scored, tune_fit, tune_val = peers.splits(ds, test=True)
+    train, test = temporal_per_user(ds, fraction=0.2)
+    fit, val = temporal_per_user(train, fraction=0.2)
+    for got, want in ((scored_fit, train), (scored, test), (tune_fit, fit), (tune_val, val)):
+        pd.testing.assert_frame_equal(got.ratings, want.ratings)
+    # EASE's lambda comes from the tuning pair: only that lambda is fitted on the scored pair
+    chosen = peers._ease(fit, val, peers.LAMBDAS)["lam"]
+    row = peers.run_ease(train, test, (fit, val))
+    assert row["lam"] == chosen
+    assert row["ndcg@10"] == pytest.approx(peers._ease(train, test, (chosen,))["ndcg@10"])
+
+
+def test_sasrec_settings_listed_in_order_or_as_a_product(peers: ModuleType) -> None:
+    assert peers.sasrec_settings([64], [50], [0.2], ["128:200:0.1", "64:50:0.3"]) == [
+        {"n_factors": 128, "session_max_len": 200, "dropout_rate": 0.1},
+        {"n_factors": 64, "session_max_len": 50, "dropout_rate": 0.3},
+    ]
+    assert len(peers.sasrec_settings([64, 128], [50, 100, 200], [0.1, 0.2, 0.3], None)) == 18
+
+
+def test_sasrec_tuning_stops_a_stale_setting_and_keeps_to_its_budget(peers: ModuleType, monkeypatch) -> None:
+    """Chunks stop after ``patience`` chunks without a better score of that setting; the best
+    (setting, epochs) is trained again for exactly its epochs and scored on the scored pair."""
+    curves = {1: [0.1, 0.3, 0.2, 0.25, 0.9], 2: [0.2, 0.1, 0.05]}
+    calls = []
+
+    def chunks(data, users, params, step, n_chunks, seed):
+        calls.append((data, params["n_factors"], n_chunks))
+        for c in range(n_chunks):
+            yield (c + 1) * step, np.array([[int(curves[params["n_factors"]][c] * 10)]]), 1.0
+
+    monkeypatch.setattr(peers, "sasrec_chunks", chunks)
+    monkeypatch.setattr(peers, "scored_users", lambda val: (np.array([0]), None))
+    monkeypatch.setattr(peers, "score", lambda ids, rel, users: {"ndcg@10": ids[0, 0] / 10, "recall@100": 0.0})
+    logged = []
+    settings = [{"n_factors": 1}, {"n_factors": 2}]
+    out = peers.run_sasrec("fit", "val", "tune_fit", "tune_val", settings, 1, 10, 5, logged.append, patience=2)
+    assert [c for c in calls if c[0] == "tune_fit"] == [("tune_fit", 1, 5), ("tune_fit", 2, 5)]
+    assert len([r for r in logged if r.get("tune") == {"n_factors": 1}]) == 4  # 0.2 and 0.25 are below 0.3
+    assert len([r for r in logged if r.get("tune") == {"n_factors": 2}]) == 3
+    assert calls[-1] == ("fit", 1, 2) and out["tune_ndcg"] == pytest.approx(0.3) and "epochs=20" in out["setting"]
+    calls.clear()
+    logged.clear()
+    peers.run_sasrec("fit", "val", "tune_fit", "tune_val", settings, 1, 10, 5, logged.append, budget=0.0)
+    assert [c[1] for c in calls if c[0] == "tune_fit"] == [1]  # the first setting always runs
+    assert logged[-1] == {"model": "sasrec", "skipped_for_budget": [{"n_factors": 2}]}
