@@ -83,24 +83,22 @@ class _Baseline(DenseScorer):
         if not self._fitted:
             raise NotFittedError(f"{self.name}: call fit() before scoring")
 
+    def _check_idx(self, idx: np.ndarray | int, n: int, what: str) -> np.ndarray:
+        """``idx`` as int64 of shape (n,), every value in ``0..n-1``; ``what`` names it in errors."""
+        arr = np.atleast_1d(np.asarray(idx))
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"{self.name}: {what} must be integers of shape (n,), got {arr.dtype} {arr.shape}")
+        bad = (arr < 0) | (arr >= n)
+        if bad.any():
+            raise IndexError(f"{self.name}: {what} {int(arr[bad][0])} outside 0..{n - 1}")
+        return arr.astype(np.int64)
+
     def _check_users(self, user_idx: np.ndarray | int) -> np.ndarray:
         self._check_fitted()
-        users = np.atleast_1d(np.asarray(user_idx))
-        if users.ndim != 1 or not np.issubdtype(users.dtype, np.integer):
-            raise ValueError(f"{self.name}: user_idx must be integers of shape (n,), got {users.dtype} {users.shape}")
-        bad = (users < 0) | (users >= self.n_users)
-        if bad.any():
-            raise IndexError(f"{self.name}: user_idx {int(users[bad][0])} outside 0..{self.n_users - 1}")
-        return users.astype(np.int64)
+        return self._check_idx(user_idx, self.n_users, "user_idx")
 
     def _check_items(self, item_idx: np.ndarray | int) -> np.ndarray:
-        items = np.atleast_1d(np.asarray(item_idx))
-        if items.ndim != 1 or not np.issubdtype(items.dtype, np.integer):
-            raise ValueError(f"{self.name}: item_idx must be integers of shape (n,), got {items.dtype} {items.shape}")
-        bad = (items < 0) | (items >= self.n_items)
-        if bad.any():
-            raise IndexError(f"{self.name}: item_idx {int(items[bad][0])} outside 0..{self.n_items - 1}")
-        return items.astype(np.int64)
+        return self._check_idx(item_idx, self.n_items, "item_idx")
 
     def score_users(self, user_idx: np.ndarray) -> np.ndarray:
         """(n,) user_idx -> (n, n_items) float32 scores, higher is better."""
