@@ -2,7 +2,7 @@
 
     python benchmarks/validation_quick.py --data ml100k:1 ml100k:2 latest:1 --tag NAME [--set k=v ...]
 
-What the session-4 settings were chosen with (benchmarks/RESULTS.md): for each ``DATA:SEED`` the
+What the ranker's settings were chosen with (benchmarks/RESULTS.md): for each ``DATA:SEED`` the
 P2 split ``holdout_per_user(ds, 0.2, seed)`` is made and its test part never read; a validation
 split ``holdout_per_user(train, 0.2, seed + 1000)`` is carved from the training part, the
 pipeline (``movierec.pipeline.train``, rating model off: P2 does not read it) trains on the rest,
@@ -15,7 +15,7 @@ service's protocol: ``temporal_per_user(ds, fraction=0.2)`` and, carved from its
 seeds the training, and the pipeline keeps its default objective (``ranking.holdout=auto``).
 ``benchmarks/robust_quality.py`` is the CLI-driven protocol over every data set and seed; this is
 the faster loop for comparing settings. ``--two-tower-only`` trains the two-tower stage alone and
-reports its Recall@100 against EASE's (the issue-15 retrieval target).
+reports its Recall@100 against EASE's (the retrieval target in RESULTS.md).
 
 ``--test`` scores the test part of the same split instead, once, with nothing chosen on it: the
 pipeline trains with the same settings on the whole training part (the fit part and the
