@@ -90,8 +90,8 @@ class IdSpace:
             key = self.parse(value)
         except IdTypeError:
             return -1
-        # one hash lookup (~0.3 us); get_indexer([key]) builds an Index per call (~80 us), which
-        # was a tenth of a cached answer's time
+        # one hash lookup; get_indexer([key]) builds an Index per call, a large share of a
+        # cached answer's time
         try:
             pos = self._index.get_loc(key)
         except (KeyError, TypeError):
