@@ -19,7 +19,7 @@ from movierec.core.baselines import make_baseline
 from movierec.core.config import Config, RetrievalConfig, TrainerConfig
 from movierec.core.metrics import evaluate_topn
 from movierec.core.splits import temporal_per_user
-from movierec.candidates import write_candidates_distributed
+from movierec.candidates_ddp import write_candidates_distributed
 from retrieval.distributed import shard_bounds
 from retrieval.two_tower import build_two_tower, fit_two_tower, resolve_sequential, validation_recall
 from retrieval.two_tower_data import ShardedBatches
