@@ -66,6 +66,25 @@ def choose_workers(n_users: int, chunk_size: int, cores: int | None = None, fork
 _JOB: dict[str, Any] = {}
 
 
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker when the launching process dies, however it dies.
+
+    A worker left behind by a SIGKILLed parent would wait for tasks for ever (it holds its own
+    copy of the task queue's write end, so it never sees end-of-file) and keep the bundle's
+    memory. Linux's ``PR_SET_PDEATHSIG`` has the kernel send it SIGKILL; elsewhere it is left as is.
+    """
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call above
+        os._exit(1)
+
+
 def _write_shard(rank: int) -> int:
     """One worker: its shard of users into ``part-<rank>.parquet``; returns the row count."""
     import faiss
@@ -150,7 +169,7 @@ def write_candidates_parallel(
     _JOB.update(model=model, users=users, k=k, rank=rank, chunk_size=chunk_size, workers=workers, tmp=str(tmp), done=done)
     try:
         bar = tqdm(total=len(users), disable=not show_progress, desc="candidates", unit="user")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_write_shard, r) for r in range(workers)]
             pending = set(futures)
             while pending:

@@ -166,3 +166,46 @@ def test_workers_option_is_auto_or_a_count(bundle_path: Path, tmp_path: Path, mo
         code, err = _run(monkeypatch, capsys, "--model", str(bundle_path), "--out", str(tmp_path / "c.parquet"), "--workers", bad)
         assert code == 2 and "--workers" in err and len(err.strip().splitlines()) == 1, err
     assert not list(tmp_path.iterdir())
+
+
+def _group(pgid: int) -> list[int]:
+    """Live processes of the process group ``pgid`` (zombies excluded)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_sigkill_during_a_parallel_run_leaves_the_old_file_and_no_workers(bundle_path: Path, tmp_path: Path) -> None:
+    """SIGKILL of ``movierec candidates --workers 2`` while its workers write: the old file stays
+    byte for byte (or the whole new one is in place) and the workers end with it."""
+    import time
+
+    from tests.reliability.conftest import MOVIEREC, sigkill, start, wait_for
+
+    out = tmp_path / "c.parquet"
+    pq.write_table(_tiny_candidates(), out)  # an earlier output of ours
+    old = out.read_bytes()
+    proc = start([str(MOVIEREC), "candidates", "--model", str(bundle_path), "--out", str(out), "--k", "20", "--chunk-size", "2",
+                  "--workers", "2"])
+    assert wait_for(lambda: any(p.is_dir() for p in tmp_path.glob(".c.parquet.*")) and len(_group(proc.pid)) >= 3, proc, 120)
+    time.sleep(0.2)
+    assert sigkill(proc), "the run ended before the kill"
+    deadline = time.monotonic() + 10
+    while _group(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _group(proc.pid) == []
+    assert out.read_bytes() == old or len(pq.read_table(out)) == 200 * 20
+
+
+def _tiny_candidates():
+    import pyarrow as pa
+
+    return pa.table({"user_id": pa.array([0], pa.int64()), "item_id": pa.array([0], pa.int64()), "rank": pa.array([1], pa.int32()),
+                     "score": pa.array([0.0], pa.float32())})
