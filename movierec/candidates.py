@@ -31,11 +31,13 @@ log = logging.getLogger(__name__)
 
 PART_PATTERN = "part-{rank:05d}.parquet"
 
-PARALLEL_MIN_USERS = 4096
-"""``--workers auto`` runs one process below this many users: a second process pays for itself
-when the job is long next to the fork, the per-worker set-up and the merge, and the per-user cost
-does not fall below the small-catalogue (ML-100K) one (``benchmarks/candidates_workers.py``
-measures both sides; the figures are in benchmarks/RESULTS.md, "Batch candidates")."""
+PARALLEL_MIN_USERS = {"ranked": 1_000, "retrieval": 65_536}
+"""``--workers auto`` runs one process below this many users, ranked or in retrieval order
+(``--no-rank``): below it, forking, the per-worker set-up and the serial merge of the parts cost
+about what the second core saves. A ranked user costs milliseconds, so a few hundred pay for
+the workers; a retrieval-only user costs a fraction of that, about what merging its rows costs.
+``benchmarks/candidates_workers.py break-even`` measures both sides (benchmarks/RESULTS.md,
+"Batch candidates")."""
 
 
 def usable_cores() -> int:
@@ -51,13 +53,13 @@ def can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
 
-def choose_workers(n_users: int, chunk_size: int, cores: int | None = None, fork: bool | None = None) -> int:
+def choose_workers(n_users: int, chunk_size: int, rank: bool = True, cores: int | None = None, fork: bool | None = None) -> int:
     """Worker processes for ``--workers auto``: one per usable core, at most one per chunk of
-    users (a worker takes whole chunks), and one process for fewer than
-    :data:`PARALLEL_MIN_USERS` users or where processes cannot be forked."""
+    users (a worker takes whole chunks), and one process below :data:`PARALLEL_MIN_USERS` users
+    or where processes cannot be forked."""
     cores = usable_cores() if cores is None else cores
     fork = can_fork() if fork is None else fork
-    if not fork or n_users < PARALLEL_MIN_USERS:
+    if not fork or n_users < PARALLEL_MIN_USERS["ranked" if rank else "retrieval"]:
         return 1
     return max(1, min(cores, -(-n_users // chunk_size)))
 

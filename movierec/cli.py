@@ -337,9 +337,10 @@ def candidates(
     workers: Annotated[
         str,
         typer.Option(
-            help="worker processes, or auto: one per usable core (CPU affinity), at most one per chunk, and one process "
-            f"below {PARALLEL_MIN_USERS:,} users, where starting and merging costs more than it saves. "
-            "Their parts are merged, in order, into the one --out file"
+            help="worker processes, or auto: one per usable core (CPU affinity), at most one per chunk of users, and one "
+            f"process below {PARALLEL_MIN_USERS['ranked']:,} users ranked or {PARALLEL_MIN_USERS['retrieval']:,} with --no-rank, "
+            "where starting the workers and merging their parts costs about what they save. "
+            "The parts are merged, in order, into the one --out file (equal to one process's)"
         ),
     ] = "auto",
     parts: Annotated[
@@ -381,7 +382,7 @@ def candidates(
         chosen = np.arange(len(m.user_ids))
     k = min(k, m.n_items)
     show = progress(as_json)
-    count = choose_workers(len(chosen), chunk_size) if count is None else count
+    count = choose_workers(len(chosen), chunk_size, rank=not no_rank) if count is None else count
     if count > 1 or parts:
         from movierec.candidates import write_candidates_parallel
 

@@ -65,7 +65,7 @@ def _assert_same_file(got: Path, expected: Path) -> None:
 def test_the_default_uses_the_cores_and_writes_one_file_equal_to_one_process(
     bundle_path: Path, one_process: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(parallel, "PARALLEL_MIN_USERS", 0)  # the bundle's 200 users count as a big job
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_USERS", {"ranked": 0, "retrieval": 0})  # 200 users count as a big job
     monkeypatch.setattr(parallel, "usable_cores", lambda: 3)
     out = tmp_path / "c.parquet"
     code, summary = _run(monkeypatch, capsys, "--model", str(bundle_path), "--out", str(out), "--k", "7", "--chunk-size", CHUNK)
@@ -151,13 +151,17 @@ def test_a_worker_failing_mid_way_leaves_the_old_file_and_no_leftovers(bundle_pa
 
 
 def test_auto_runs_one_process_for_small_jobs_and_one_per_core_for_large_ones() -> None:
-    assert choose_workers(943, 2048, cores=8, fork=True) == 1  # ML-100K's users
-    assert choose_workers(PARALLEL_MIN_USERS - 1, 16, cores=8, fork=True) == 1
+    ranked, retrieval = PARALLEL_MIN_USERS["ranked"], PARALLEL_MIN_USERS["retrieval"]
+    assert choose_workers(943, 2048, cores=8, fork=True) == 1  # ML-100K's users: one chunk
+    assert choose_workers(ranked - 1, 16, cores=8, fork=True) == 1
+    assert choose_workers(ranked, 16, cores=8, fork=True) == 8
     assert choose_workers(20_000, 2048, cores=2, fork=True) == 2
     assert choose_workers(20_000, 2048, cores=32, fork=True) == 10  # no more workers than chunks
     assert choose_workers(20_000, 2048, cores=1, fork=True) == 1
     assert choose_workers(20_000, 2048, cores=8, fork=False) == 1  # nowhere to fork from
-    assert choose_workers(PARALLEL_MIN_USERS, 2048, cores=8, fork=True) == 2
+    # retrieval order alone costs a fraction of a ranked user: it takes many more users
+    assert choose_workers(20_000, 2048, rank=False, cores=2, fork=True) == 1
+    assert choose_workers(retrieval, 2048, rank=False, cores=2, fork=True) == 2
 
 
 def test_workers_option_is_auto_or_a_count(bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
