@@ -5,7 +5,9 @@ Two measurements, each printing a markdown table:
 * ``cli``: the command as a user runs it, for each bundle given, the configurations alternating
   (``--repeats`` rounds, so a change in the host's load hits them alike). users/s is the
   command's own summary (bundle loading excluded), wall is the whole command (start-up, loading,
-  the job, the merge) timed from outside, load is ``/proc/loadavg`` before and after.
+  the job, the merge) timed from outside, CPU is the command's and its workers' user + system
+  seconds (on a host busy with other work the workers' share of the cores, not their count,
+  sets the wall), load is ``/proc/loadavg`` before and after.
 * ``break-even``: in one process with one loaded bundle, the same user list written by one
   process (``write_candidates``) and by forked workers (``write_candidates_parallel``: fork,
   per-worker set-up, merge), for growing user counts (users repeat when the bundle has fewer).
@@ -38,15 +40,20 @@ def load_avg() -> str:
 def run_cli(model: str, out: Path, extra: list[str], k: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MOVIEREC_PROGRESS": "0"}
     cmd = [sys.executable, "-m", "movierec", "candidates", "--model", model, "--out", str(out), "--k", str(k), "--json", *extra]
+    import resource
+
     before = load_avg()
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t
+    ru2 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the command and its workers (reaped by it)
+    cpu = (ru2.ru_utime + ru2.ru_stime) - (ru.ru_utime + ru.ru_stime)
     if res.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
     summary = json.loads(res.stdout[res.stdout.index("{") :])
     return {"users": summary["users"], "workers": summary["workers"], "users_per_s": summary["users_per_second"],
-            "job_s": summary["seconds"], "wall_s": round(wall, 2), "load": f"{before}-{load_avg()}"}
+            "job_s": summary["seconds"], "wall_s": round(wall, 2), "cpu_s": round(cpu, 1), "load": f"{before}-{load_avg()}"}
 
 
 def cli(args: argparse.Namespace) -> list[dict]:
@@ -60,10 +67,10 @@ def cli(args: argparse.Namespace) -> list[dict]:
                            **run_cli(model, Path(tmp) / "c.parquet", extra + (["--no-rank"] if args.no_rank else []), args.k)}
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr)
-    print("| bundle | round | options | users | workers | job users/s | job s | command wall s | load before-after |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---|")
+    print("| bundle | round | options | users | workers | job users/s | job s | command wall s | command CPU s | load before-after |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['round']} | {r['options']} | {r['users']:,} | {r['workers']} | {r['users_per_s']:,.0f} | {r['job_s']} | {r['wall_s']} | {r['load']} |")
+        print(f"| {r['model']} | {r['round']} | {r['options']} | {r['users']:,} | {r['workers']} | {r['users_per_s']:,.0f} | {r['job_s']} | {r['wall_s']} | {r['cpu_s']} | {r['load']} |")
     return rows
 
 
