@@ -56,6 +56,16 @@ FEATURES: tuple[str, ...] = (
 )
 """Dense pair features, in column order (user features, when present, follow them)."""
 
+PER_USER: tuple[str, ...] = ("user_activity", "user_mean", "user_span")
+"""Dense features with one value per user, the same for all of the user's candidates (as are
+the user features after them)."""
+
+
+def user_columns(columns: np.ndarray) -> list[int]:
+    """Positions in ``columns`` (indices into :func:`feature_names`) of the per-user features."""
+    return [j for j, c in enumerate(np.asarray(columns).tolist()) if c >= len(FEATURES) or FEATURES[c] in PER_USER]
+
+
 GROUPS: dict[str, tuple[str, ...]] = {
     "content": ("content_mean", "content_max", "content_liked", "genre_affinity", "year_gap"),
     "collab": ("collab_z", "collab_rank", "collab_liked_z"),

@@ -20,7 +20,7 @@ from movierec.core.artifacts import Bundle, BundleWriter
 from movierec.core.popularity import item_popularity
 from ranking.collab_matrix import adjacent_rows, covered, prepare_collab
 from ranking.collab_scores import SMALL_BATCH, CollabRows, collab_top
-from ranking.features import FEATURES, PREFIX, FeatureContext, adjacent_columns, compute_features, feature_names
+from ranking.features import FEATURES, PREFIX, FeatureContext, adjacent_columns, compute_features, feature_names, user_columns
 from ranking.padding import PaddedHistories, pad_histories
 from ranking.net import FusedScorer, GuardedRanker, RankerNet
 
@@ -233,7 +233,8 @@ class Ranker:
         cached = self._scorer
         if cached is None or cached[0] != key:
             n_dense = len(self.columns)
-            cached = self._scorer = (key, FusedScorer.build(net, n_dense) if not net.training else None)
+            user = user_columns(self.columns)
+            cached = self._scorer = (key, FusedScorer.build(net, n_dense, user) if not net.training else None)
         return cached[1]
 
     FUSED_MAX_PAIRS = 512
