@@ -192,7 +192,9 @@ class Ranker:
         ctx = self.context(inputs)
         users = np.asarray(users, dtype=np.int64)
         known, stored = self._stored(users, histories)
-        hist = collab.hist if collab is not None and collab.hist is not None else self._padded(ctx, inputs, users, histories, ratings, stored)
+        hist = collab.hist if collab is not None and collab.hist is not None else None
+        if hist is None:
+            hist = self._padded(ctx, inputs, users, histories, ratings, stored)
         # a known user whose history is not the stored one rated since training: active now
         raw = compute_features(ctx, users, hist, cand, cand_scores, collab, active=known & ~stored)
         return self.normalise(raw, overwrite=True)

@@ -66,7 +66,9 @@ class NewUserEncoder:
         # pooling weights of the last n known movies, n = 1 .. recent_len (recency_weights' values)
         decay = np.float32(self.recent_decay)
         self.recent_weights = [np.zeros(0, np.float32)] + [
-            (w / w.sum()).astype(np.float32) for n in range(1, self.recent_len + 1) for w in [decay ** np.arange(n - 1, -1, -1, dtype=np.float32)]
+            (w / w.sum()).astype(np.float32)
+            for n in range(1, self.recent_len + 1)
+            for w in [decay ** np.arange(n - 1, -1, -1, dtype=np.float32)]
         ]
         self.w1, self.b1 = plain(lin1.weight), plain(lin1.bias)
         self.g1, self.beta1, self.eps = plain(norm.weight), plain(norm.bias), np.float32(norm.eps)
