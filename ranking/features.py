@@ -388,8 +388,17 @@ def compute_features(
     return out
 
 
-def adjacent_columns(adjacent: sp.csr_matrix) -> sp.csc_matrix:
-    """The rating-order adjacency by column (history movie), made once per matrix."""
+ADJACENT_COLUMNS_MAX = 1 << 22
+"""Adjacency weights up to which a by-column copy is kept for requests (:func:`_adjacent`); a
+larger matrix is read by rows only, so a large catalogue does not hold the weights twice in
+every worker."""
+
+
+def adjacent_columns(adjacent: sp.csr_matrix) -> sp.csc_matrix | None:
+    """The rating-order adjacency by column (history movie), made once per matrix; None past
+    :data:`ADJACENT_COLUMNS_MAX` weights."""
+    if adjacent.nnz > ADJACENT_COLUMNS_MAX:
+        return None
     return _per_matrix(adjacent, "adjacent_columns", sp.csc_matrix)
 
 
@@ -400,8 +409,8 @@ def _adjacent(adjacent: sp.csr_matrix, hist_items: np.ndarray, cand: np.ndarray)
     of the memory read."""
     padded = adjacent_rows(adjacent)
     n, c = cand.shape
-    if n == 1 and c:
-        cols = adjacent_columns(adjacent)
+    cols = adjacent_columns(adjacent) if n == 1 and c else None
+    if cols is not None:
         i0 = adjacent.shape[0]
         h = hist_items[0]
         h = np.unique(h[(h >= 0) & (h < i0)])  # a movie held twice counts once, as in adjacent_scores

@@ -37,13 +37,21 @@ def test_a_request_reads_the_adjacency_by_column_as_the_rows_give_it(hist: list[
     np.testing.assert_allclose(_adjacent(adj, h, cand), want, rtol=1e-6, atol=1e-7)
 
 
-def test_a_long_history_keeps_the_rows() -> None:
-    """When the history's columns hold more weights than the candidates' rows, the rows are read
-    (the column path is only a shortcut); the result is the same either way."""
+def test_a_long_history_or_a_large_matrix_keeps_the_rows(monkeypatch) -> None:
+    """When the history's columns hold more weights than the candidates' rows, or the matrix is
+    too large for a second copy by column, the rows are read (the column path is only a
+    shortcut); the result is the same either way."""
+    import ranking.features as features
+
     rng = np.random.default_rng(2)
     adj = _adjacency(rng, 60)
     h = np.arange(60)[None, :]
     cand = np.array([[1, 2]], np.int64)
+    np.testing.assert_allclose(_adjacent(adj, h, cand), adjacent_scores(padded_rows(adj), h, cand), rtol=1e-6, atol=1e-7)
+    monkeypatch.setattr(features, "ADJACENT_COLUMNS_MAX", adj.nnz - 1)
+    assert features.adjacent_columns(adj) is None
+    h = np.array([[3, 9]])
+    cand = np.arange(30)[None, :]
     np.testing.assert_allclose(_adjacent(adj, h, cand), adjacent_scores(padded_rows(adj), h, cand), rtol=1e-6, atol=1e-7)
 
 
