@@ -158,26 +158,31 @@ class CollabRows:
     Attributes:
         cov: the covered block the rows are over.
         plain, liked: (n, m) float64 sums.
+        hist: the padded histories the rows sum over (the features read them too).
     """
 
     cov: Covered
     plain: np.ndarray
     liked: np.ndarray
+    hist: PaddedHistories | None = None
 
     @classmethod
     def of(cls, ctx: FeatureContext, hist: PaddedHistories, n_cand: int) -> CollabRows | None:
         """The rows of a batch's users, or None where :func:`compute_features` would not sum
-        whole rows for ``n_cand`` candidates per user (a request, or candidate columns being
-        cheaper): the features then keep their own path, so answers never depend on this."""
+        whole rows for ``n_cand`` candidates per user (candidate columns being cheaper, or a
+        request over a catalogue too large for the dense matrix): the features then keep their
+        own path, so answers never depend on this. A request over a small catalogue sums the
+        history's dense rows, the same numbers as the features' dense block: the item-item
+        candidates and the features then share one pass."""
         n = len(hist.items)
         cov = ctx.collab_covered
-        if n <= SMALL_BATCH or cov.m == 0:
+        if cov.m == 0 or (n <= SMALL_BATCH and not _small_enough(cov.matrix)):
             return None
         items = cov.map(hist.items)
-        if _collab_plan(ctx, items, n_cand)[1]:
+        if n > SMALL_BATCH and _collab_plan(ctx, items, n_cand)[1]:
             return None
         plain, liked = _collab_dense(cov.matrix, items, hist.centred)
-        return cls(cov, plain, liked)
+        return cls(cov, plain, liked, hist)
 
     def at(self, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n, C) float32 plain and rating-weighted sums of candidates ``cand`` (-1 padded)."""

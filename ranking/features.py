@@ -56,6 +56,16 @@ FEATURES: tuple[str, ...] = (
 )
 """Dense pair features, in column order (user features, when present, follow them)."""
 
+PER_USER: tuple[str, ...] = ("user_activity", "user_mean", "user_span")
+"""Dense features with one value per user, the same for all of the user's candidates (as are
+the user features after them)."""
+
+
+def user_columns(columns: np.ndarray) -> list[int]:
+    """Positions in ``columns`` (indices into :func:`feature_names`) of the per-user features."""
+    return [j for j, c in enumerate(np.asarray(columns).tolist()) if c >= len(FEATURES) or FEATURES[c] in PER_USER]
+
+
 GROUPS: dict[str, tuple[str, ...]] = {
     "content": ("content_mean", "content_max", "content_liked", "genre_affinity", "year_gap"),
     "collab": ("collab_z", "collab_rank", "collab_liked_z"),
@@ -220,6 +230,11 @@ def _z_within(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     pools a longer history; the ranker is trained on a shorter "past" snapshot than it serves
     from, so within-list standardised values keep train and serve features on one scale.
     """
+    if valid.all():  # a request's list (compacted, no padding): the same operations less the masks
+        n = np.full((len(values), 1), values.shape[1])
+        mean = values.sum(1, keepdims=True) / n
+        d = values - mean
+        return (d / np.sqrt((d**2).sum(1, keepdims=True) / n + 1e-12)).astype(np.float32)
     n = np.maximum(valid.sum(1, keepdims=True), 1)
     v = np.where(valid, values, 0.0)
     mean = v.sum(1, keepdims=True) / n
@@ -248,6 +263,17 @@ def _content_scores(content: np.ndarray, hidx: np.ndarray, centred: np.ndarray, 
         return tuple(outs)
     none = len(content) - 1
     filled = hidx != none
+    if n == 1:  # a request: one plain matrix product (BLAS), no stacking
+        width = int(np.flatnonzero(filled[0])[-1]) + 1 if filled[0].any() else 0
+        if width == 0:
+            return tuple(outs)
+        hmask = filled[0, :width]
+        cnt = np.float32(max(int(hmask.sum()), 1))
+        sim = content[cidx[0]] @ content[hidx[0, :width]].T  # (C, L)
+        outs[0][0] = sim.sum(1) / cnt
+        outs[1][0] = (sim if hmask.all() else np.where(hmask, sim, np.float32(-1.0))).max(1)
+        outs[2][0] = (sim * centred[0, :width]).sum(1) / cnt
+        return tuple(outs)
     # users in order of history extent, so each chunk is cut to its own longest history
     # instead of the batch's: fewer cosines of padding; small chunks keep the (chunk, C, L)
     # similarity block, which four reductions read, near the core's cache
@@ -332,11 +358,7 @@ def compute_features(
     user_mean = np.where(known, ctx.user_mean[safe_users], ctx.global_mean).astype(np.float32)
     activity = np.log1p(hist.lengths).astype(np.float32)
     since_last, since_first, span = _time_features(ctx, tab, known, safe_users, cidx, active)
-    adjacent = (
-        adjacent_scores(adjacent_rows(ctx.adjacent), hist.items, cand)
-        if ctx.adjacent is not None
-        else np.zeros((n, c), np.float32)
-    )
+    adjacent = _adjacent(ctx.adjacent, hist.items, cand) if ctx.adjacent is not None else np.zeros((n, c), np.float32)
 
     static = tab.static[cidx]  # per-item columns, see ItemTables
     cols = {
@@ -364,6 +386,43 @@ def compute_features(
             block[:, :, len(FEATURES) :] = uf[s:e, None, :]
         block[~valid[s:e]] = 0.0
     return out
+
+
+ADJACENT_COLUMNS_MAX = 1 << 22
+"""Adjacency weights up to which a by-column copy is kept for requests (:func:`_adjacent`); a
+larger matrix is read by rows only, so a large catalogue does not hold the weights twice in
+every worker."""
+
+
+def adjacent_columns(adjacent: sp.csr_matrix) -> sp.csc_matrix | None:
+    """The rating-order adjacency by column (history movie), made once per matrix; None past
+    :data:`ADJACENT_COLUMNS_MAX` weights."""
+    if adjacent.nnz > ADJACENT_COLUMNS_MAX:
+        return None
+    return _per_matrix(adjacent, "adjacent_columns", sp.csc_matrix)
+
+
+def _adjacent(adjacent: sp.csr_matrix, hist_items: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """:func:`~ranking.sequence.adjacent_scores` of the padded histories; for a request whose
+    history's columns hold fewer weights than its candidates' rows (a few liked movies against
+    a list of candidates), the sums are read from those columns: the same weights, a fraction
+    of the memory read."""
+    padded = adjacent_rows(adjacent)
+    n, c = cand.shape
+    cols = adjacent_columns(adjacent) if n == 1 and c else None
+    if cols is not None:
+        i0 = adjacent.shape[0]
+        h = hist_items[0]
+        h = np.unique(h[(h >= 0) & (h < i0)])  # a movie held twice counts once, as in adjacent_scores
+        starts = cols.indptr[h]
+        lengths = cols.indptr[h + 1] - starts
+        total = int(lengths.sum())
+        if total <= c * padded[0].shape[1]:
+            pos = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths - starts, lengths)
+            # (astype: bincount returns int64 for empty input even with weights)
+            dense = np.bincount(cols.indices[pos], weights=cols.data[pos], minlength=i0 + 1).astype(np.float32)
+            return dense[np.where((cand >= 0) & (cand < i0), cand, i0)]
+    return adjacent_scores(padded, hist_items, cand)
 
 
 def _signed_log_days(days: np.ndarray) -> np.ndarray:

@@ -168,6 +168,19 @@ def _z_full(score: torch.Tensor) -> torch.Tensor:
     return d / ((d**2).sum(-1, keepdim=True) / n + 1e-12).sqrt()
 
 
+def _same_rows(x: np.ndarray, columns: np.ndarray) -> bool:
+    """Whether every row of ``x`` (C, F) holds the first row's values in ``columns``."""
+    block = x[:, columns]
+    return bool((block == block[:1]).all())
+
+
+def _z_full_numpy(score: np.ndarray) -> np.ndarray:
+    """:func:`_z_full` of a float32 array."""
+    n = np.float32(score.shape[-1])
+    d = score - score.sum(-1, keepdims=True) / n
+    return d / np.sqrt((d * d).sum(-1, keepdims=True) / n + np.float32(1e-12))
+
+
 class GuardedRanker(nn.Module):
     """Several :class:`RankerNet` s averaged, then shrunk towards one strong base feature.
 
@@ -270,6 +283,7 @@ class FusedScorer:
             elif not isinstance(layer, nn.Dropout):  # dropout is the identity in eval mode
                 raise ValueError(f"unsupported layer {type(layer).__name__}")
         self.first: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.user_first: tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor] | None = None
         if self.shared_input and self.layers and self.layers[0][0] == "linear":
             w, b = self.layers[0][1]  # (M, F, H), (M, 1, H): every member's first layer as one (F, M * H) product
             self.first = (torch.cat(list(w), dim=1).contiguous(), b.reshape(-1).contiguous())
@@ -285,11 +299,25 @@ class FusedScorer:
         self.head_bias = stack(lambda m: m.score_head.bias)  # (M, 1)
         self.base_weight = stack(lambda m: m.base_weight.reshape(1)) if first.base_column >= 0 else None
 
+    def split_user_columns(self, columns: list[int]) -> None:
+        """Name the dense ``columns`` that hold one value per user (the same for all of a user's
+        candidates): for one list without padding their share of the first layer is one
+        vector-matrix product, added to its bias, instead of a product per candidate."""
+        self.user_first = None
+        if self.first is None or not columns:
+            return
+        w, b = self.first
+        user = torch.as_tensor(sorted(set(columns)), dtype=torch.int64)
+        pair = torch.as_tensor([j for j in range(w.shape[0]) if j not in set(columns)], dtype=torch.int64)
+        self.user_first = (user.numpy(), pair.numpy(), w[user].contiguous(), w[pair].contiguous())
+
     @classmethod
-    def build(cls, net: RankerNet | GuardedRanker, n_dense: int) -> FusedScorer | None:
-        """A scorer equal to ``net.score`` (checked on random lists, padding included), or None."""
+    def build(cls, net: RankerNet | GuardedRanker, n_dense: int, user_columns: list[int] | None = None) -> FusedScorer | None:
+        """A scorer equal to ``net.score`` (checked on random lists, padding included, and on
+        one list whose ``user_columns`` hold one value per user), or None."""
         try:
             scorer = cls(net)
+            scorer.split_user_columns(list(user_columns or []))
             n_items = max(scorer.n_items, 1)
             rng = np.random.default_rng(0)
             dense = rng.normal(size=(3, 9, n_dense)).astype(np.float32)
@@ -301,6 +329,12 @@ class FusedScorer:
             got = scorer(dense, users, items)
             if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-4):
                 return None
+            one, one_items = dense[:1].copy(), rng.integers(0, n_items, size=(1, 9)).astype(np.int64)
+            if user_columns:
+                one[..., user_columns] = one[:, :1, user_columns]
+            want = net.score(torch.from_numpy(one), torch.from_numpy(users[:1]), torch.from_numpy(one_items)).numpy()
+            if not np.allclose(scorer(one, users[:1], one_items), want, rtol=1e-4, atol=1e-4):
+                return None
             return scorer
         except (ValueError, AttributeError, TypeError, IndexError, RuntimeError):
             return None
@@ -311,7 +345,8 @@ class FusedScorer:
         b, c, f = dense.shape
         n = b * c
         m = self.n_members
-        flat = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)).reshape(n, f)
+        dense = np.ascontiguousarray(dense, dtype=np.float32)
+        flat = torch.from_numpy(dense).reshape(n, f)
         items_t = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64))
         xs = None  # (M, N, D) per-member input of the MLP when the members' inputs differ
         if not self.shared_input:
@@ -329,11 +364,17 @@ class FusedScorer:
         layers = self.layers
         if self.first is not None:
             w, bias = self.first
-            hid = torch.addmm(bias, flat, w).view(n, m, -1)  # (N, M, H): layer norm and ReLU are row-wise
+            split = self.user_first
+            if split is not None and b == 1 and _same_rows(dense[0], split[0]) and bool((items >= 0).all()):
+                user, pair, w_user, w_pair = split
+                bias = torch.addmv(bias, w_user.T, torch.from_numpy(dense[0, 0, user]))
+                hid = torch.addmm(bias, torch.from_numpy(dense[0][:, pair]), w_pair).view(n, m, -1)
+            else:
+                hid = torch.addmm(bias, flat, w).view(n, m, -1)  # (N, M, H): layer norm and ReLU are row-wise
             kind, params = layers[1] if len(layers) > 1 else ("", None)
             if kind == "layernorm":
                 g, beta, h, eps = params
-                hid = F.layer_norm(hid, (h,), *self.unit[h], eps=eps) * g.view(m, h) + beta.view(m, h)
+                hid = torch.addcmul(beta.view(m, h), F.layer_norm(hid, (h,), *self.unit[h], eps=eps), g.view(m, h))
                 layers = layers[2:]
             else:
                 layers = layers[1:]
@@ -360,9 +401,14 @@ class FusedScorer:
         score = score.view(m, b, c)
         if not self.guarded:
             return score[0].numpy()
-        valid = items_t >= 0
-        learned = (_z_full(score) if bool(valid.all()) else _z_valid(score, valid)).mean(0)
-        if self.alpha >= 1.0:
-            return learned.numpy()
+        if bool((items >= 0).all()):
+            # (M, B, C) floats: the blend in NumPy, whose calls cost a fraction of torch's at this size
+            learned = _z_full_numpy(score.numpy()).mean(0)
+            base = dense[..., self.blend_column] if self.alpha < 1.0 else None
+        else:
+            learned = _z_valid(score, items_t >= 0).mean(0).numpy()
+            base = flat.view(b, c, f)[..., self.blend_column].numpy() if self.alpha < 1.0 else None
+        if base is None:
+            return learned
         a = max(self.alpha, TIE_BREAK)
-        return (a * learned + (1.0 - a) * flat.view(b, c, f)[..., self.blend_column]).numpy()
+        return np.float32(a) * learned + np.float32(1.0 - a) * base

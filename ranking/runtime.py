@@ -20,7 +20,7 @@ from movierec.core.artifacts import Bundle, BundleWriter
 from movierec.core.popularity import item_popularity
 from ranking.collab_matrix import adjacent_rows, covered, prepare_collab
 from ranking.collab_scores import SMALL_BATCH, CollabRows, collab_top
-from ranking.features import FEATURES, PREFIX, FeatureContext, compute_features, feature_names
+from ranking.features import FEATURES, PREFIX, FeatureContext, adjacent_columns, compute_features, feature_names, user_columns
 from ranking.padding import PaddedHistories, pad_histories
 from ranking.net import FusedScorer, GuardedRanker, RankerNet
 
@@ -87,6 +87,7 @@ class Ranker:
         prepare_collab(self.collab)  # item-item tables built at load, not in the first request
         if self.adjacent is not None:
             adjacent_rows(self.adjacent)  # the same for the adjacency
+            adjacent_columns(self.adjacent)
 
     @property
     def n_candidates(self) -> int:
@@ -191,7 +192,9 @@ class Ranker:
         ctx = self.context(inputs)
         users = np.asarray(users, dtype=np.int64)
         known, stored = self._stored(users, histories)
-        hist = self._padded(ctx, inputs, users, histories, ratings, stored)
+        hist = collab.hist if collab is not None and collab.hist is not None else None
+        if hist is None:
+            hist = self._padded(ctx, inputs, users, histories, ratings, stored)
         # a known user whose history is not the stored one rated since training: active now
         raw = compute_features(ctx, users, hist, cand, cand_scores, collab, active=known & ~stored)
         return self.normalise(raw, overwrite=True)
@@ -232,7 +235,8 @@ class Ranker:
         cached = self._scorer
         if cached is None or cached[0] != key:
             n_dense = len(self.columns)
-            cached = self._scorer = (key, FusedScorer.build(net, n_dense) if not net.training else None)
+            user = user_columns(self.columns)
+            cached = self._scorer = (key, FusedScorer.build(net, n_dense, user) if not net.training else None)
         return cached[1]
 
     FUSED_MAX_PAIRS = 512

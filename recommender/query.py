@@ -186,7 +186,7 @@ def diversify(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The first ``k`` of one ranked list (from a pool of :func:`diversity_pool` items), picked by
     MMR when ``diversity`` > 0; scores made finite (NaN and infinities become 0)."""
-    idx, s = item_idx, np.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=0.0)
+    idx, s = item_idx, np.where(np.isfinite(scores), scores, np.zeros((), scores.dtype))  # nan_to_num's result, at a fraction of its cost
     if diversity > 0 and len(idx) > 1:
         order = mmr(idx, s, model.retrieval.item_vectors[idx], k, diversity)
         idx, s = idx[order], s[order]
