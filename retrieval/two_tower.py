@@ -339,7 +339,7 @@ def refit_two_tower(
     Early stopping needs ratings the model does not learn from (its validation part) and the
     ranker needs ratings the two-tower model did not see (its held-out part); once both have
     been used, the served vectors can learn from them too. The epochs are a fixed number (there is
-    nothing left to stop on), at the same learning rate.
+    nothing left to stop on), with the fit's learning rate and schedule run over them.
     """
     trainer_config = trainer_config or TrainerConfig()
     t0 = time.perf_counter()

@@ -95,7 +95,7 @@ class RetrievalConfig(_Section):
         "service makes for the next movies); the others take a random window of the user's history",
     )
     init: Literal["random", "svd"] = Field(
-        "random",
+        "svd",
         description="start of the id embeddings: random, or svd (the factors of a truncated SVD of the training users x movies "
         "matrix, for the user ids, the movie ids and the movies pooled over a history)",
     )
@@ -109,16 +109,18 @@ class RetrievalConfig(_Section):
         description="strength of the popularity (log-q) correction of in-batch negatives (1: the unbiased correction; above 1 "
         "pushes popular movies further down)",
     )
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(6e-3, gt=0, description="peak learning rate")
     lr_decay: Literal["none", "cosine", "warmup_cosine"] = Field(
-        "none",
+        "warmup_cosine",
         description="cosine: the learning rate falls to 5% over the epoch budget; warmup_cosine: it first climbs from zero over "
         "the first epoch, then falls the same way",
     )
     weight_decay: float = Field(1e-6, ge=0)
     batch_size: int = Field(1024, ge=8)
-    epochs: int = Field(30, ge=1, description="upper bound; early stopping on validation Recall@50")
-    patience: int = Field(3, ge=1)
+    epochs: int = Field(
+        6, ge=1, description="epoch budget, over which the learning rate schedule runs; early stopping on validation Recall@50 may end sooner"
+    )
+    patience: int = Field(2, ge=1, description="epochs without a better validation Recall@50 before training stops")
     refit_epochs: int = Field(
         3,
         ge=0,
