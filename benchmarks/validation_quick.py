@@ -15,7 +15,9 @@ service's protocol: ``temporal_per_user(ds, fraction=0.2)`` and, carved from its
 seeds the training, and the pipeline keeps its default objective (``ranking.holdout=auto``).
 ``benchmarks/robust_quality.py`` is the CLI-driven protocol over every data set and seed; this is
 the faster loop for comparing settings. ``--two-tower-only`` trains the two-tower stage alone and
-reports its Recall@100 against EASE's (the retrieval target in RESULTS.md).
+reports its Recall@100 against EASE's (the retrieval target in RESULTS.md), its epochs, the
+fit's and the refit's seconds, and an EASE fit's seconds on the same fit part in the same run
+(best of 3; ``stage_per_ease`` is the stage's seconds over it: the time claim).
 
 ``--test`` scores the test part of the same split instead, once, with nothing chosen on it: the
 pipeline trains with the same settings on the whole training part (the fit part and the
