@@ -1,233 +1,204 @@
-"""The batch candidates job: top-k for every user (or a list), in one process or several.
+"""The batch candidates job on one machine: top-k for every user (or a list), on every core.
 
 It sits above the serve-time layer (:mod:`recommender`), whose loaded model it asks, and below
-the CLI. :func:`write_candidates_distributed` shards users across workers through Lightning's
-predict loop; :class:`ParquetPartWriter` (a ``BasePredictionWriter``) streams each rank's rows
-into its own parquet part. Contiguous shards in rank order make the parts, read back in
-file-name order, the same table as the single-process ``movierec candidates`` output.
+the CLI. :func:`write_candidates_parallel` forks worker processes from the process that loaded
+the bundle (they share its arrays copy-on-write and start in milliseconds: no re-import, no
+process group), gives each a contiguous shard of whole chunks of users, lets each stream its rows
+into its own parquet part in a hidden folder beside the output, and then merges the parts in
+order into the one file asked for (or, with ``parts``, swaps the folder of parts into place).
+:func:`choose_workers` is the rule behind ``--workers auto``. Across several machines the parts
+are written by Lightning's predict loop instead (:mod:`movierec.candidates_ddp`).
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import lightning as L
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.strategies import DDPStrategy
-from torch.utils.data import DataLoader, TensorDataset
-
-from retrieval.candidates import candidate_schema, candidate_table, check_parts_target
-from retrieval.distributed import shard_bounds, worker_start_method
-
 if TYPE_CHECKING:
+    import numpy as np
+
     from recommender import HybridRecommender
 
 log = logging.getLogger(__name__)
 
 PART_PATTERN = "part-{rank:05d}.parquet"
 
+PARALLEL_MIN_USERS = {"ranked": 1_000, "retrieval": 65_536}
+"""``--workers auto`` runs one process below this many users, ranked or in retrieval order
+(``--no-rank``): below it, forking, the per-worker set-up and the serial merge of the parts cost
+about what the second core saves. A ranked user costs milliseconds, so a few hundred pay for
+the workers; a retrieval-only user costs a fraction of that, about what merging its rows costs.
+``benchmarks/candidates_workers.py break-even`` measures both sides (benchmarks/RESULTS.md,
+"Batch candidates")."""
 
-class CandidateTask(L.LightningModule):
-    """Predict-loop wrapper around a loaded bundle: a batch of user_idx in, top-k out.
 
-    The bundle is loaded in :meth:`setup`, inside each worker, unless a loaded ``model`` is given:
-    forked workers then share its arrays copy-on-write (one copy of the index and vectors for
-    all workers), while spawned ones pickle only a path and a user list. It has no parameters and
-    is never wrapped in DDP (Lightning wraps only for fitting).
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's or taskset's
+    share), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity call on this platform
+        return os.cpu_count() or 1
 
-    Args:
-        model_dir: bundle directory.
-        users: user_idx to score, in output order; rank ``r`` takes its contiguous shard.
-        k: candidates per user.
-        rank_candidates: re-score with the ranker (False: two-tower order, like ``--no-rank``).
-        chunk_size: users per predict batch.
-        threads: torch threads per worker.
-        model: the bundle already loaded in the launching process (forked workers only).
+
+def can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def choose_workers(n_users: int, chunk_size: int, rank: bool = True, cores: int | None = None, fork: bool | None = None) -> int:
+    """Worker processes for ``--workers auto``: one per usable core, at most one per chunk of
+    users (a worker takes whole chunks), and one process below :data:`PARALLEL_MIN_USERS` users
+    or where processes cannot be forked."""
+    cores = usable_cores() if cores is None else cores
+    fork = can_fork() if fork is None else fork
+    if not fork or n_users < PARALLEL_MIN_USERS["ranked" if rank else "retrieval"]:
+        return 1
+    return max(1, min(cores, -(-n_users // chunk_size)))
+
+
+# What the forked workers read: set in the parent just before the fork, inherited, never pickled.
+_JOB: dict[str, Any] = {}
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker when the launching process dies, however it dies.
+
+    A worker left behind by a SIGKILLed parent would wait for tasks for ever (it holds its own
+    copy of the task queue's write end, so it never sees end-of-file) and keep the bundle's
+    memory. Linux's ``PR_SET_PDEATHSIG`` has the kernel send it SIGKILL; elsewhere it is left as is.
     """
+    import ctypes
+    import signal
 
-    def __init__(
-        self,
-        model_dir: str | Path,
-        users: np.ndarray,
-        k: int,
-        rank_candidates: bool = True,
-        chunk_size: int = 2048,
-        threads: int = 1,
-        model: HybridRecommender | None = None,
-    ) -> None:
-        super().__init__()
-        self.model_dir = str(model_dir)
-        self.users = np.asarray(users, dtype=np.int64)
-        self.k, self.rank_candidates, self.chunk_size, self.threads = k, rank_candidates, chunk_size, threads
-        self.model: HybridRecommender | None = model
-        self.user_ids: np.ndarray | None = None
-        self.item_ids: np.ndarray | None = None
-
-    def setup(self, stage: str) -> None:
-        from recommender import HybridRecommender
-
-        torch.set_num_threads(self.threads)
-        if self.model is None:
-            # the launching process verified the checksums; each worker only reads
-            self.model = HybridRecommender.load(self.model_dir, verify=False)
-        self.user_ids = np.asarray(self.model.user_ids)
-        self.item_ids = self.model.items["item_id"].to_numpy()
-        self.k = min(self.k, self.model.n_items)
-
-    def predict_dataloader(self) -> DataLoader:
-        start, stop = shard_bounds(len(self.users), self.global_rank, self.trainer.world_size)
-        shard = torch.from_numpy(self.users[start:stop])
-        return DataLoader(TensorDataset(shard), batch_size=self.chunk_size, shuffle=False)
-
-    def predict_step(self, batch: list[torch.Tensor], batch_idx: int) -> dict[str, np.ndarray]:
-        users = batch[0].numpy()
-        ids, scores = self.model.recommend_batch(users, self.k, rank=self.rank_candidates)
-        return {"users": users, "ids": ids, "scores": scores}
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call above
+        os._exit(1)
 
 
-class ParquetPartWriter(BasePredictionWriter):
-    """Streams each rank's predictions into ``part-<rank>.parquet`` as batches finish.
+def _write_shard(rank: int) -> int:
+    """One worker: its shard of users into ``part-<rank>.parquet``; returns the row count."""
+    import faiss
+    import torch
 
-    Writing per batch keeps memory flat in the number of users (nothing is gathered to rank 0,
-    and ``trainer.predict`` runs with ``return_predictions=False``). A rank with no users still
-    writes an empty part with the schema, so a reader finds one part per rank.
-    """
+    from retrieval.candidates import stream_candidates
+    from retrieval.distributed import chunk_shard_bounds
 
-    def __init__(self, out_dir: str | Path) -> None:
-        super().__init__(write_interval="batch")
-        self.out_dir = Path(out_dir)
-        self._writer: pq.ParquetWriter | None = None
-        self._schema: pa.Schema | None = None
-        self.rows = 0
+    # one thread per worker: a worker per core already fills the machine, and an OpenMP pool
+    # opened in a forked child after the parent used one can hang (retrieval.distributed.worker_threads)
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    job = _JOB
+    model, users, chunk = job["model"], job["users"], job["chunk_size"]
+    start, stop = chunk_shard_bounds(len(users), chunk, rank, job["workers"])
+    done = job["done"]
 
-    def _path(self, trainer: L.Trainer) -> Path:
-        return self.out_dir / PART_PATTERN.format(rank=trainer.global_rank)
+    def tick(n: int) -> None:
+        with done.get_lock():
+            done.value += n
 
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._schema = candidate_schema(pl_module.user_ids, pl_module.item_ids)
-        self._writer = pq.ParquetWriter(self._path(trainer), self._schema)
-        self.rows = 0
-
-    def write_on_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        prediction: dict[str, np.ndarray],
-        batch_indices: Sequence[int] | None,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int,
-    ) -> None:
-        table = candidate_table(prediction["users"], prediction["ids"], prediction["scores"], pl_module.user_ids, pl_module.item_ids, self._schema)
-        self._writer.write_table(table)
-        self.rows += len(table)
-
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._writer.close()
-        self._writer = None
-        log.debug("rank %d wrote %d rows to %s", trainer.global_rank, self.rows, self._path(trainer))
+    return stream_candidates(
+        lambda u: model.recommend_batch(u, job["k"], rank=job["rank"]),
+        users[start:stop],
+        model.user_ids,
+        model.items["item_id"].to_numpy(),
+        Path(job["tmp"]) / PART_PATTERN.format(rank=rank),
+        chunk,
+        on_chunk=tick,
+    )
 
 
-def write_candidates_distributed(
-    model_dir: str | Path,
+def write_candidates_parallel(
+    model: HybridRecommender,
     users: np.ndarray,
     out: str | Path,
     k: int,
     rank: bool = True,
     workers: int = 2,
-    num_nodes: int = 1,
     chunk_size: int = 2048,
-    threads: int = 1,
+    parts: bool = False,
     show_progress: bool = True,
-    model: HybridRecommender | None = None,
 ) -> dict[str, Any]:
-    """Top-k candidates for ``users`` written by ``workers`` processes (per node) as parquet parts.
+    """Top-k candidates for ``users`` written by ``workers`` forked processes.
 
     Args:
-        model_dir: bundle directory (every worker loads it, read-only).
+        model: the loaded bundle; the workers share it copy-on-write.
         users: user_idx to write, in output order.
-        out: a directory that ends up holding ``part-00000.parquet`` ... one per rank; read it
-            with ``pandas.read_parquet(out)`` or ``pyarrow.dataset``. On one node it is built in
-            a temp directory beside it and swapped into place, so a failed or killed run leaves
-            the previous output (or nothing) under ``out``; across nodes (which cannot agree on one rename) every node writes its
-            ranks' parts straight into ``out``, which should be shared storage.
+        out: the parquet file to write (``parts=False``): the parts are merged into it in order,
+            one row group at a time, and it is renamed into place, so it equals the one-process
+            output and a failed or killed run leaves the previous file (or nothing) under
+            ``out``. With ``parts``: a directory of ``part-00000.parquet`` ..., one per worker,
+            swapped into place whole.
         k: candidates per user.
         rank: re-score with the ranker (False: two-tower retrieval order).
-        workers: processes per node; ``num_nodes``: nodes (each started with the same command
-            and ``MASTER_ADDR``/``MASTER_PORT``/``NODE_RANK`` set, see docs/scaling.md).
-        threads: torch threads per worker (1 is safe in forked workers, see
-            :func:`worker_threads`).
-        model: ``model_dir`` already loaded here; forked workers share it instead of loading
-            their own copies (ignored when workers are spawned).
+        workers: processes (each takes a contiguous shard of whole ``chunk_size`` chunks).
 
     Returns:
-        Counts and throughput for the log.
+        Counts and throughput for the log (``parts``: the number of parts written).
     """
-    from movierec.core.artifacts import replace_directory
+    import numpy as np
+    from tqdm.auto import tqdm
 
+    from movierec.core.artifacts import replace_directory
+    from retrieval.candidates import check_candidates_target, check_parts_target, merge_candidate_parts
+
+    if not can_fork():
+        raise RuntimeError("parallel candidates fork their workers, which this platform cannot; use one worker")
     out = Path(out)
-    check_parts_target(out)
+    check_parts_target(out) if parts else check_candidates_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if num_nodes > 1:
-        out.mkdir(exist_ok=True)
-        tmp = out
-    else:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     users = np.asarray(users, dtype=np.int64)
     t0 = time.perf_counter()
+    # built once here, before the fork: the workers share the batch index and the ranker's item
+    # tables copy-on-write instead of each building its own
+    model.retrieval.batch_index()
+    if rank and model.ranker is not None:
+        model.ranker.prepare(model.rank_inputs())
+    context = multiprocessing.get_context("fork")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    done = context.Value("q", 0)
+    _JOB.update(model=model, users=users, k=k, rank=rank, chunk_size=chunk_size, workers=workers, tmp=str(tmp), done=done)
     try:
-        start = worker_start_method("cpu")
-        if model is not None and start == "fork":
-            # a large catalogue's batch index, built once here: forked workers share it
-            # copy-on-write instead of each training its own
-            model.retrieval.batch_index()
-            if rank and model.ranker is not None:
-                model.ranker.prepare(model.rank_inputs())  # the ranker's item tables, likewise
-        task = CandidateTask(model_dir, users, k, rank, chunk_size, threads, model=model if start == "fork" else None)
-        trainer = L.Trainer(
-            accelerator="cpu",
-            devices=workers,
-            num_nodes=num_nodes,
-            strategy=DDPStrategy(start_method=start) if workers * num_nodes > 1 else "auto",
-            callbacks=[ParquetPartWriter(tmp)],
-            logger=False,
-            enable_progress_bar=show_progress,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            use_distributed_sampler=False,
-        )
-        trainer.predict(task, return_predictions=False)
-        parts = sorted(tmp.glob("part-*.parquet"))
-        expected = workers * num_nodes
-        if num_nodes == 1 and len(parts) != expected:
-            raise RuntimeError(f"expected {expected} candidate parts in {tmp}, found {len(parts)}")
-        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
-        if tmp != out:
+        bar = tqdm(total=len(users), disable=not show_progress, desc="candidates", unit="user")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+            futures = [pool.submit(_write_shard, r) for r in range(workers)]
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
+                bar.update(done.value - bar.n)
+                for f in finished:
+                    f.result()  # a worker's error, raised here (the others are cancelled or finish)
+        bar.close()
+        names = [tmp / PART_PATTERN.format(rank=r) for r in range(workers)]
+        if parts:
+            rows = sum(f.result() for f in futures)
             check_parts_target(out)  # again: something may have appeared there meanwhile
-            # one atomic swap where the kernel allows it: a kill at any moment leaves the old
-            # parts or the new ones under ``out``, never neither
-            replace_directory(tmp, out)
-    except BaseException:
-        if tmp != out:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            replace_directory(tmp, out)  # the old parts or the new ones under ``out``, never neither
+        else:
+            rows = merge_candidate_parts(names, out)
+    finally:
+        _JOB.clear()
+        shutil.rmtree(tmp, ignore_errors=True)
     seconds = time.perf_counter() - t0
     summary = {
         "users": len(users),
         "rows": rows,
-        "parts": len(parts),
+        "workers": workers,
         "seconds": round(seconds, 2),
         "users_per_second": round(len(users) / max(seconds, 1e-9), 1),
     }
-    log.info("candidates: %d users, %d rows, %d parts in %.1fs (%.0f users/s) -> %s", len(users), rows, len(parts), seconds, summary["users_per_second"], out)
+    if parts:
+        summary["parts"] = workers
+    log.info("candidates: %d users, %d rows by %d workers in %.1fs (%.0f users/s) -> %s", len(users), rows, workers, seconds, summary["users_per_second"], out)
     return summary

@@ -21,6 +21,7 @@ from movierec.cli_common import (
     needs_train_extra,
     progress,
 )
+from movierec.candidates import PARALLEL_MIN_USERS
 from movierec.cli_query import recommend, serve, serve_model, similar
 
 app = typer.Typer(
@@ -328,26 +329,36 @@ def evaluate(
 @app.command()
 def candidates(
     model: Annotated[Path, typer.Option(help="bundle directory from movierec train")],
-    out: Annotated[Path, typer.Option(help="parquet file to write (user_id, item_id, rank, score)")],
+    out: Annotated[Path, typer.Option(help="parquet file to write (user_id, item_id, rank, score); with --parts a directory")],
     k: Annotated[int, typer.Option(min=1, help="candidates per user (up to the whole catalogue)")] = 100,
     users: Annotated[Optional[Path], typer.Option(help="CSV with a user_id column (default: every user)")] = None,
     no_rank: Annotated[bool, typer.Option("--no-rank", help="two-tower retrieval order, without the ranker")] = False,
-    chunk_size: Annotated[int, typer.Option(min=1, help="users per chunk (memory stays flat)")] = 2048,
+    chunk_size: Annotated[int, typer.Option(min=1, help="users per chunk (memory stays flat; a worker takes whole chunks)")] = 2048,
     workers: Annotated[
-        int,
-        typer.Option(min=1, max=256, help="worker processes (Lightning DDP predict loop); above 1, --out is a directory of one parquet part per worker"),
-    ] = 1,
-    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON (rows, users, users_per_second, out)")] = False,
+        str,
+        typer.Option(
+            help="worker processes, or auto: one per usable core (CPU affinity), at most one per chunk of users, and one "
+            f"process below {PARALLEL_MIN_USERS['ranked']:,} users ranked or {PARALLEL_MIN_USERS['retrieval']:,} with --no-rank, "
+            "where starting the workers and merging their parts costs about what they save. "
+            "The parts are merged, in order, into the one --out file (equal to one process's)"
+        ),
+    ] = "auto",
+    parts: Annotated[
+        bool, typer.Option("--parts", help="write --out as a directory of one parquet part per worker (part-00000.parquet ...), unmerged")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON (rows, users, workers, users_per_second, out)")] = False,
 ) -> None:
     """Top-k candidates for every user (or a list), items rated in training excluded."""
     import numpy as np
 
+    from movierec.candidates import can_fork, choose_workers
     from retrieval.candidates import check_candidates_target, check_parts_target, write_candidates
 
-    if workers > 1:  # the processes run Lightning's predict loop
-        needs_train_extra("candidates --workers", ("lightning",))
+    count = _workers_option(workers)
+    if count is not None and count > 1 and not can_fork():
+        raise UsageError("--workers above 1 forks processes, which this platform cannot")
     try:  # before any work: a file or folder that is not ours is never replaced
-        check_parts_target(out) if workers > 1 else check_candidates_target(out)
+        check_parts_target(out) if parts else check_candidates_target(out)
     except FileExistsError as e:
         raise UsageError(str(e)) from None
     m = load_model(model)
@@ -371,33 +382,45 @@ def candidates(
         chosen = np.arange(len(m.user_ids))
     k = min(k, m.n_items)
     show = progress(as_json)
-    if workers > 1:
-        from movierec.candidates import write_candidates_distributed
+    count = choose_workers(len(chosen), chunk_size, rank=not no_rank) if count is None else count
+    if count > 1 or parts:
+        from movierec.candidates import write_candidates_parallel
 
-        summary = write_candidates_distributed(
-            model, chosen, out, k, rank=not no_rank, workers=workers, chunk_size=chunk_size, model=m, show_progress=show
+        summary = write_candidates_parallel(
+            m, chosen, out, k, rank=not no_rank, workers=count, chunk_size=chunk_size, parts=parts, show_progress=show
         )
-        if as_json:
-            emit({**summary, "out": str(out)})
-            return
-        typer.echo(
-            f"wrote {summary['rows']:,} candidates for {summary['users']:,} users to {out}/ in {summary['parts']} parts "
-            f"({summary['users_per_second']:,.0f} users/s)"
+    else:
+        summary = write_candidates(
+            lambda u: m.recommend_batch(u, k, rank=not no_rank),
+            chosen,
+            m.user_ids,
+            m.items["item_id"].to_numpy(),
+            out,
+            chunk_size=chunk_size,
+            show_progress=show,
         )
-        return
-    summary = write_candidates(
-        lambda u: m.recommend_batch(u, k, rank=not no_rank),
-        chosen,
-        m.user_ids,
-        m.items["item_id"].to_numpy(),
-        out,
-        chunk_size=chunk_size,
-        show_progress=show,
-    )
+        summary["workers"] = 1
     if as_json:
         emit({**summary, "out": str(out)})
         return
-    typer.echo(f"wrote {summary['rows']:,} candidates for {summary['users']:,} users to {out} ({summary['users_per_second']:,.0f} users/s)")
+    where = f"{out}/ in {summary['parts']} parts" if parts else str(out)
+    typer.echo(
+        f"wrote {summary['rows']:,} candidates for {summary['users']:,} users to {where} "
+        f"({summary['users_per_second']:,.0f} users/s, {summary['workers']} worker{'s' if summary['workers'] > 1 else ''})"
+    )
+
+
+def _workers_option(value: str) -> int | None:
+    """``--workers``: None for auto, else a count from 1 to 256."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        raise UsageError(f"--workers: expected auto or a number, got {value!r}") from None
+    if not 1 <= count <= 256:
+        raise UsageError(f"--workers: expected auto or 1 to 256, got {count}")
+    return count
 
 
 @app.command()

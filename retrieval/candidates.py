@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -438,45 +439,109 @@ def write_candidates(
     Returns:
         Counts and throughput for the log.
     """
-    import os
-    import tempfile
     import time
 
-    import pyarrow.parquet as pq
     from tqdm.auto import tqdm
+
+    users = np.asarray(users, dtype=np.int64)
+    t0 = time.perf_counter()
+    with atomic_candidates_file(out) as tmp:
+        bar = tqdm(total=len(users), disable=not show_progress, desc="candidates", unit="user")
+        rows = stream_candidates(recommend, users, user_ids, item_ids, tmp, chunk_size, on_chunk=bar.update)
+        bar.close()
+    seconds = time.perf_counter() - t0
+    summary = {"users": len(users), "rows": rows, "seconds": round(seconds, 2), "users_per_second": round(len(users) / max(seconds, 1e-9), 1)}
+    log.info("candidates: %d users, %d rows in %.1fs (%.0f users/s) -> %s", len(users), rows, seconds, summary["users_per_second"], out)
+    return summary
+
+
+def stream_candidates(
+    recommend: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    users: np.ndarray,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    path: str | Path,
+    chunk_size: int = 2048,
+    on_chunk: Callable[[int], Any] | None = None,
+) -> int:
+    """Write ``users``' candidates to the parquet file ``path`` (created or truncated), one row
+    group per chunk of ``chunk_size`` users, and return the row count. ``on_chunk`` hears each
+    chunk's user count. No temp file: :func:`write_candidates` and the workers of
+    ``movierec.candidates`` call it on paths no reader looks at yet."""
+    import pyarrow.parquet as pq
+
+    users = np.asarray(users, dtype=np.int64)
+    user_ids, item_ids = np.asarray(user_ids), np.asarray(item_ids)
+    schema = candidate_schema(user_ids, item_ids)
+    rows = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, len(users), chunk_size):
+            chunk = users[start : start + chunk_size]
+            ids, scores = recommend(chunk)
+            table = candidate_table(chunk, ids, scores, user_ids, item_ids, schema)
+            writer.write_table(table)
+            rows += len(table)
+            if on_chunk is not None:
+                on_chunk(len(chunk))
+    return rows
+
+
+@contextmanager
+def atomic_candidates_file(out: str | Path) -> Iterator[Path]:
+    """A hidden temp path beside ``out`` to write the candidates file into.
+
+    When the block ends without error the file is flushed to disk and renamed over ``out`` (which
+    is checked with :func:`check_candidates_target` before and again just before the rename), so
+    a reader or a crash sees the old file or the whole new one; on any error it is removed.
+    """
+    import os
+    import tempfile
 
     out = Path(out)
     check_candidates_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
-    users = np.asarray(users, dtype=np.int64)
-    user_ids, item_ids = np.asarray(user_ids), np.asarray(item_ids)
-    schema = candidate_schema(user_ids, item_ids)
-    t0 = time.perf_counter()
-    rows = 0
+    tmp = Path(name)
     try:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            bar = tqdm(total=len(users), disable=not show_progress, desc="candidates", unit="user")
-            for start in range(0, len(users), chunk_size):
-                chunk = users[start : start + chunk_size]
-                ids, scores = recommend(chunk)
-                table = candidate_table(chunk, ids, scores, user_ids, item_ids, schema)
-                writer.write_table(table)
-                rows += len(table)
-                bar.update(len(chunk))
-            bar.close()
+        yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         check_candidates_target(out)  # again: something may have appeared there meanwhile
         os.replace(tmp, out)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    seconds = time.perf_counter() - t0
-    summary = {"users": len(users), "rows": rows, "seconds": round(seconds, 2), "users_per_second": round(len(users) / max(seconds, 1e-9), 1)}
-    log.info("candidates: %d users, %d rows in %.1fs (%.0f users/s) -> %s", len(users), rows, seconds, summary["users_per_second"], out)
-    return summary
+
+
+def merge_candidate_parts(parts: list[Path], out: str | Path) -> int:
+    """Concatenate candidate parts, in the order given, into the one parquet file ``out``
+    (atomically, see :func:`atomic_candidates_file`) and return its row count.
+
+    Streams one row group at a time, so memory stays at one chunk's rows whatever the total, and
+    keeps the parts' row groups: the file has the schema, rows, order and row groups of the same
+    users written by one process in the parts' chunks.
+
+    Raises:
+        ValueError: no parts, or parts whose schemas differ.
+    """
+    import pyarrow.parquet as pq
+
+    if not parts:
+        raise ValueError("no candidate parts to merge")
+    rows = 0
+    with atomic_candidates_file(out) as tmp:
+        schema = pq.read_schema(parts[0])
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for part in parts:
+                source = pq.ParquetFile(part)
+                if not source.schema_arrow.equals(schema):
+                    raise ValueError(f"{part}: schema {source.schema_arrow} differs from {parts[0]}'s {schema}")
+                for group in range(source.num_row_groups):
+                    table = source.read_row_group(group)
+                    writer.write_table(table)
+                    rows += len(table)
+    return rows
 
 
 def candidate_table(users: np.ndarray, ids: np.ndarray, scores: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray, schema: pa.Schema) -> pa.Table:

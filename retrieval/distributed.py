@@ -9,9 +9,10 @@ Two jobs, both on Lightning rather than a home-made cluster:
   nothing before or after training runs twice. Started by torchrun, SLURM or another cluster
   launcher (the usual multi-node case), every process already is a rank and plain ``ddp`` joins
   them.
-* :func:`shard_bounds` splits users into contiguous shards, one per rank; the sharded batch
-  candidates job that uses it (``movierec/candidates.py``) sits above the serve-time layer,
-  since it asks the loaded recommender, and so does not live in this stage.
+* :func:`shard_bounds` and :func:`chunk_shard_bounds` split users into contiguous shards, one
+  per rank; the sharded batch candidates jobs that use them (``movierec/candidates.py``, and
+  ``movierec/candidates_ddp.py`` across nodes) sit above the serve-time layer, since they ask the
+  loaded recommender, and so do not live in this stage.
 """
 
 from __future__ import annotations
@@ -109,3 +110,17 @@ def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} outside world of {world}")
     return rank * n // world, (rank + 1) * n // world
+
+
+def chunk_shard_bounds(n: int, chunk: int, rank: int, world: int) -> tuple[int, int]:
+    """Contiguous ``[start, stop)`` of ``n`` rows for ``rank``, cut at multiples of ``chunk``.
+
+    Each rank takes whole chunks of the one-process job (``ceil(n / chunk)`` chunks dealt out
+    as :func:`shard_bounds` deals rows), so every batch a rank scores holds the same users as the
+    one-process job's batch: the same answers, not merely close ones, whatever the batch size
+    does to the arithmetic. Ranks beyond the number of chunks get nothing.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
+    start, stop = shard_bounds(-(-n // chunk), rank, world)
+    return min(start * chunk, n), min(stop * chunk, n)

@@ -33,11 +33,15 @@ def _imported(out: Path) -> set[str]:
     return {m.split(".")[0] for f in files for m in f.read_text().split()}
 
 
-def test_candidates_imports_nothing_from_the_train_extra(bundle_path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["auto", "2"])
+def test_candidates_imports_nothing_from_the_train_extra(workers: str, bundle_path: Path, tmp_path: Path) -> None:
+    """With the defaults and with forked workers: one file, without Lightning."""
     mods = tmp_path / "mods"
-    r = subprocess.run([sys.executable, "-m", "movierec", "candidates", "--model", str(bundle_path), "--out", str(tmp_path / "c.parquet"), "--k", "5"],
+    r = subprocess.run([sys.executable, "-m", "movierec", "candidates", "--model", str(bundle_path), "--out", str(tmp_path / "c.parquet"), "--k", "5",
+                        "--workers", workers, "--chunk-size", "64"],
                        env=_env(mods), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert f"{'1 worker' if workers == 'auto' else '2 workers'})" in r.stdout, r.stdout
     assert len(pd.read_parquet(tmp_path / "c.parquet")) > 0
     imported = _imported(mods)
     assert "torch" in imported and "faiss" in imported  # the check sees real imports
@@ -76,7 +80,6 @@ def test_serve_imports_nothing_from_the_train_extra(bundle_path: Path, tmp_path:
         ["compare", "--train", "{data}/ratings.csv", "--items", "{data}/items.csv", "--test", "{data}/ratings.csv"],
         ["report", "--model", "{bundle}", "--out", "{tmp}/report.html"],
         ["demo", "--no-serve", "--out", "{tmp}/demo"],
-        ["candidates", "--model", "{bundle}", "--out", "{tmp}/parts", "--workers", "2"],
     ],
     ids=lambda a: " ".join(a[:1] + [x for x in a if x == "--workers"]),
 )

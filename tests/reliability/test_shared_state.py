@@ -213,19 +213,20 @@ def test_train_refuses_to_replace_a_folder_that_is_not_a_bundle(
     assert code == 2 and "refusing to replace" in err and (tmp_path / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("args", [["--workers", "1"], ["--workers", "2"], ["--parts"]], ids=" ".join)
 def test_candidates_refuse_to_replace_what_is_not_theirs(
-    bundle_path: Path, tmp_path: Path, workers: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    bundle_path: Path, tmp_path: Path, args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / ("cands" if workers > 1 else "cands.parquet")
-    if workers > 1:
+    parts = "--parts" in args
+    out = tmp_path / ("cands" if parts else "cands.parquet")
+    if parts:
         out.mkdir()
         (out / "notes.md").write_text("mine")
     else:
         out.write_text("mine")
-    code, err = _cli(monkeypatch, capsys, "candidates", "--model", str(bundle_path), "--out", str(out), "--workers", str(workers))
+    code, err = _cli(monkeypatch, capsys, "candidates", "--model", str(bundle_path), "--out", str(out), *args)
     assert code == 2 and "refusing to replace" in err and len([ln for ln in err.splitlines() if ln.startswith("error:")]) == 1, err
-    assert ((out / "notes.md") if workers > 1 else out).read_text() == "mine"
+    assert ((out / "notes.md") if parts else out).read_text() == "mine"
 
 
 def test_start_up_serves_the_newest_valid_bundle_and_a_rollback_survives_a_restart(bundle_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
