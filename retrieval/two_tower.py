@@ -27,6 +27,7 @@ from movierec.core.config import RetrievalConfig, TrainerConfig
 from movierec.core.data import Dataset
 from retrieval.inputs import Histories, UserFeatureEncoder, user_batch
 from retrieval.loss import duplicate_pairs, in_batch_softmax_loss
+from retrieval.svd_init import svd_init
 from retrieval.towers import ItemTower, UserTower, encode_all_users, encode_items
 from retrieval.two_tower_data import ItemFeatures, TwoTowerData, genre_matrix, rank_world
 
@@ -169,7 +170,17 @@ class TwoTowerModule(L.LightningModule):
         # cosine decay over the epoch budget: the last epochs refine instead of circling at the
         # full rate, so training needs fewer epochs (and early stopping fewer idle ones) to settle
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0))))
+        # warmup: the first epoch climbs linearly to the full rate (large early steps from a
+        # random or closed-form start scramble what later steps build on), the rest decays
+        warm = total // max(int(self.trainer.max_epochs or 1), 1) if self.hparams.lr_decay == "warmup_cosine" else 0
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            done = min((step - warm) / max(total - warm, 1), 1.0)
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
@@ -287,6 +298,8 @@ def build_two_tower(
         recent_len=config.recent_len,
         recent_decay=config.recent_decay,
     )
+    if config.init == "svd":
+        svd_init(module.user_tower, module.item_tower, fit_ds.to_csr(), seed)
     module.bind(data, items)
     return _Setup(module, data, items, encoder, user_features)
 
@@ -326,7 +339,7 @@ def refit_two_tower(
     Early stopping needs ratings the model does not learn from (its validation part) and the
     ranker needs ratings the two-tower model did not see (its held-out part); once both have
     been used, the served vectors can learn from them too. The epochs are a fixed number (there is
-    nothing left to stop on), at the same learning rate.
+    nothing left to stop on), with the fit's learning rate and schedule run over them.
     """
     trainer_config = trainer_config or TrainerConfig()
     t0 = time.perf_counter()

@@ -94,6 +94,11 @@ class RetrievalConfig(_Section):
         description="sequential: share of training rows whose history is the movies rated just before the target (the query a "
         "service makes for the next movies); the others take a random window of the user's history",
     )
+    init: Literal["random", "svd"] = Field(
+        "svd",
+        description="start of the id embeddings: random, or svd (the factors of a truncated SVD of the training users x movies "
+        "matrix, for the user ids, the movie ids and the movies pooled over a history)",
+    )
     id_dropout: float = Field(0.3, ge=0, lt=1, description="share of rows trained without id embeddings (cold items, new users)")
     dropout: float = Field(0.1, ge=0, lt=1)
     temperature: float = Field(0.1, gt=0)
@@ -104,12 +109,18 @@ class RetrievalConfig(_Section):
         description="strength of the popularity (log-q) correction of in-batch negatives (1: the unbiased correction; above 1 "
         "pushes popular movies further down)",
     )
-    lr: float = Field(3e-3, gt=0)
-    lr_decay: Literal["none", "cosine"] = Field("none", description="cosine: the learning rate falls to 5% over the epoch budget")
+    lr: float = Field(6e-3, gt=0, description="peak learning rate")
+    lr_decay: Literal["none", "cosine", "warmup_cosine"] = Field(
+        "warmup_cosine",
+        description="cosine: the learning rate falls to 5% over the epoch budget; warmup_cosine: it first climbs from zero over "
+        "the first epoch, then falls the same way",
+    )
     weight_decay: float = Field(1e-6, ge=0)
     batch_size: int = Field(1024, ge=8)
-    epochs: int = Field(30, ge=1, description="upper bound; early stopping on validation Recall@50")
-    patience: int = Field(3, ge=1)
+    epochs: int = Field(
+        6, ge=1, description="epoch budget, over which the learning rate schedule runs; early stopping on validation Recall@50 may end sooner"
+    )
+    patience: int = Field(2, ge=1, description="epochs without a better validation Recall@50 before training stops")
     refit_epochs: int = Field(
         3,
         ge=0,
