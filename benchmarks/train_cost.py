@@ -8,12 +8,13 @@ the top 10 for every user, best of 5. Each round times the reference, then ``mov
 (every default, ``MOVIEREC_PROGRESS=0``) once per ``--code`` checkout (default: this one) in a
 subprocess of its own, so rounds interleave the checkouts and the reference under the same load.
 Prints one row per run (wall, CPU of the command and its children, ratio to that round's
-reference) and the median ratio per checkout.
+reference, the stages' seconds from the bundle's manifest) and the median ratio per checkout.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -52,8 +53,9 @@ def ease_reference(data: Path, lam: float = 500.0, repeats: int = 5) -> float:
     return best
 
 
-def train_once(code: Path, data: Path, python: str) -> tuple[float, float]:
-    """Wall and CPU seconds (the command and its children) of one default ``movierec train``."""
+def train_once(code: Path, data: Path, python: str) -> tuple[float, float, dict[str, float]]:
+    """Wall and CPU seconds (the command and its children) of one default ``movierec train``, and
+    the stages' seconds its manifest records."""
     env = {**os.environ, "MOVIEREC_PROGRESS": "0", "PYTHONPATH": str(code)}
     with tempfile.TemporaryDirectory() as tmp:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -62,8 +64,9 @@ def train_once(code: Path, data: Path, python: str) -> tuple[float, float]:
                        cwd=code, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wall = time.perf_counter() - t
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        stages = json.loads((Path(tmp) / "B" / "manifest.json").read_text()).get("timings", {})
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu
+    return wall, cpu, stages
 
 
 def main() -> None:
@@ -78,10 +81,10 @@ def main() -> None:
     for r in range(1, args.rounds + 1):
         ref = ease_reference(args.data)
         for code in args.code:
-            wall, cpu = train_once(code, args.data, args.python)
+            wall, cpu, stages = train_once(code, args.data, args.python)
             ratios[str(code)].append(wall / ref)
             load = "/".join(f"{v:.1f}" for v in os.getloadavg())
-            print(f"{r:>5} {str(code)[-28:]:<28} {ref:>8.3f} {wall:>13.1f} {cpu:>8.1f} {wall / ref:>11.1f}x  {load}", flush=True)
+            print(f"{r:>5} {str(code)[-28:]:<28} {ref:>8.3f} {wall:>13.1f} {cpu:>8.1f} {wall / ref:>11.1f}x  {load}  {stages}", flush=True)
     for code, rs in ratios.items():
         print(f"median wall / EASE, {code}: {statistics.median(rs):.1f}x over {len(rs)} rounds")
 
