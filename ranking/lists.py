@@ -76,12 +76,12 @@ class Snapshot:
 
 def snapshot(
     ds: Dataset, content: np.ndarray, genres: np.ndarray, user_features: np.ndarray, config: RankingConfig,
-    collab_weights: np.ndarray | None = None,
+    collab_block: sp.csr_matrix | None = None,
 ) -> Snapshot:
     """Everything :func:`compute_features` needs about ``ds``'s ratings.
 
     ``config.collab_lambda`` must be a number here (:func:`resolve_collab_lambda`);
-    ``collab_weights`` is the dense EASE block of ``ds`` at that lambda when already computed.
+    ``collab_block`` is the pruned EASE block of ``ds`` at that lambda when already computed.
     """
     r = ds.ratings
     ratings = r["rating"].to_numpy(np.float64)
@@ -97,7 +97,7 @@ def snapshot(
         if config.collab_lambda == "auto":
             raise ValueError("snapshot needs a numeric ranking.collab_lambda: resolve 'auto' first (resolve_collab_lambda)")
         collab = item_item_matrix(
-            ds.to_csr(), float(config.collab_lambda), config.collab_neighbors, config.collab_dense_max_items, collab_weights
+            ds.to_csr(), float(config.collab_lambda), config.collab_neighbors, config.collab_dense_max_items, collab_block
         )
     years = item_years(ds)
     order = np.lexsort((r["timestamp"].to_numpy(), r["user_idx"].to_numpy()))
@@ -170,19 +170,20 @@ def used_width(cand: np.ndarray | torch.Tensor) -> int:
 
 def resolve_collab_lambda(
     past: Dataset, held_out: Dataset, config: RankingConfig, seed: int
-) -> tuple[RankingConfig, np.ndarray | None, dict[float, float]]:
+) -> tuple[RankingConfig, sp.csr_matrix | None, dict[float, float]]:
     """``config`` with a numeric ``collab_lambda``: an ``auto`` weight is chosen on the held-out
-    ratings (:func:`ranking.item_item.choose_lambda`); also that choice's EASE block of ``past``
-    and the NDCG@10 per weight (empty when the weight was given)."""
+    ratings (:func:`ranking.item_item.choose_lambda`); also that choice's pruned EASE block of
+    ``past`` (for :func:`snapshot` of ``past``) and the NDCG@10 per weight (empty when the
+    weight was given)."""
     if config.collab_lambda != "auto":
         return config, None, {}
     needs = "collab" not in config.exclude or config.collab_candidates > 0
     if not needs or not len(held_out.ratings):
         return config.model_copy(update={"collab_lambda": 500.0}), None, {}
-    lam, weights, curve = choose_lambda(
+    lam, block, curve = choose_lambda(
         past.to_csr(), held_out.to_csr(), config.collab_neighbors, config.collab_dense_max_items, seed
     )
-    return config.model_copy(update={"collab_lambda": lam}), weights, curve
+    return config.model_copy(update={"collab_lambda": lam}), block, curve
 
 
 def build_lists(
@@ -283,6 +284,7 @@ def cross_fitted_lists(
     fit_tower: TowerFit,
     config: RankingConfig,
     seed: int,
+    past_block: sp.csr_matrix | None = None,
 ) -> tuple[Lists, np.ndarray]:
     """Lists and raw features of ``config.folds`` folds of ``full``, each one cross-fitted.
 
@@ -294,6 +296,7 @@ def cross_fitted_lists(
 
     Args:
         arrays: (content, genres, user_features) as :func:`snapshot` takes them.
+        past_block: the pruned EASE block of ``past`` when already computed (:func:`resolve_collab_lambda`).
     """
     folds = user_folds(past, config.folds - 1, seed)
     r = past.ratings
@@ -303,7 +306,7 @@ def cross_fitted_lists(
         parts.append((rest, past.with_ratings(r[folds == k]), *fit_tower(rest)))
     lists, raws = [], []
     for k, (rest, labels, user_vectors, items) in enumerate(parts):
-        snap = snapshot(rest, *arrays, config)
+        snap = snapshot(rest, *arrays, config, past_block if k == 0 else None)
         lists.append(build_lists(snap, labels, user_vectors, items, config, seed + k))
         raws.append(list_features(snap, lists[-1]))
     out = concat_lists(lists)

@@ -93,15 +93,17 @@ def fit_ranker(
     L.seed_everything(seed, workers=True, verbose=False)
     t0 = time.perf_counter()
     n_user_features = np.asarray(user_features).shape[1]
-    config, past_weights, lambda_curve = resolve_collab_lambda(past, held_out, config, seed)
+    config, past_block, lambda_curve = resolve_collab_lambda(past, held_out, config, seed)
     if config.folds > 1:
         if fit_tower is None:
             raise ValueError("ranking.folds > 1 needs fit_tower (a two-tower model per fold)")
         arrays = (content, genres, user_features)
-        lists, raw = cross_fitted_lists(full, past, held_out, arrays, past_user_vectors, item_vectors, fit_tower, config, seed)
+        lists, raw = cross_fitted_lists(
+            full, past, held_out, arrays, past_user_vectors, item_vectors, fit_tower, config, seed, past_block
+        )
         center = float(full.ratings["rating"].mean())
     else:
-        snap = snapshot(past, content, genres, user_features, config, past_weights)
+        snap = snapshot(past, content, genres, user_features, config, past_block)
         lists = build_lists(snap, held_out, past_user_vectors, item_vectors, config, seed)
         raw = list_features(snap, lists)
         center = snap.ctx.global_mean
