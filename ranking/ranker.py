@@ -112,14 +112,16 @@ def fit_ranker(
 
     # normalisation statistics over every list (no labels involved)
     valid = lists.cand >= 0
-    sel = raw[valid][:, columns].astype(np.float64)
+    listed = raw[valid][:, columns]
+    del raw
+    sel = listed.astype(np.float64)
     mean = np.nan_to_num(np.nanmean(sel, 0)) if len(sel) else np.zeros(len(columns))
     std = np.nan_to_num(np.nanstd(sel, 0)) if len(sel) else np.ones(len(columns))
     std = np.where(std > 1e-6, std, 1.0)
     del sel
-    x = np.nan_to_num((raw[..., columns] - mean) / std).astype(np.float32)
-    x[~valid] = 0.0
-    del raw
+    x = np.zeros((*valid.shape, len(columns)), np.float32)  # padding stays 0
+    x[valid] = np.nan_to_num((listed - mean) / std)
+    del listed
 
     lo, hi = full.rating_scale
     use_ids = "ids" not in config.exclude
