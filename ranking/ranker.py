@@ -106,6 +106,7 @@ def fit_ranker(
         snap = snapshot(past, content, genres, user_features, config, past_block)
         lists = build_lists(snap, held_out, past_user_vectors, item_vectors, config, seed)
         raw = list_features(snap, lists)
+        lists.collab = None  # read: the member nets (and the second process) need none of it
         center = snap.ctx.global_mean
     columns = feature_columns(n_user_features, config.exclude)
     t_feat = time.perf_counter() - t0
