@@ -1,8 +1,9 @@
 """A stalled and a vanished PostgreSQL under load: a private server (never the shared one) is
 frozen with SIGSTOP while clients send ranked, cached and health requests to ``movierec serve
---workers 2``; ``/health`` answers in under 100 ms throughout, ranked requests get 503 within
-the stated bound, cached answers are still sent, and after SIGCONT the service recovers without
-a restart. Then the server is killed outright and started again: the same holds.
+--workers 2``; ``/health`` never waits for the database (each check far shorter than the stall),
+ranked requests get 503 within the stated bound, cached answers are still sent, and after SIGCONT
+the service recovers without a restart. Then the server is killed outright and started again: the
+same holds.
 
 Skipped when PostgreSQL's binaries are missing or a private server cannot be started."""
 
@@ -33,7 +34,9 @@ PG_BIN = Path(os.environ.get("MOVIEREC_TEST_PG_BIN", "/usr/lib/postgresql/15/bin
 # a healthy read on a loaded machine into a 503 before the stall
 CHECK_TIMEOUT = 1.0
 BOUND_S = CHECK_TIMEOUT + 0.5  # a ranked request's answer (503) during a stall, slack for a loaded machine
-HEALTH_S = 0.1
+# a /health that waited for the database would take the stall's 6 s; the bound leaves room for a
+# loaded machine's scheduling
+HEALTH_S = 0.5
 
 
 def _free_port() -> int:
