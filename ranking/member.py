@@ -60,11 +60,10 @@ class RankerModule(L.LightningModule):
 
     def _losses(self, batch: list[torch.Tensor], train: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         x, users, cand, in_loss, label, rating = batch
-        listed = cand >= 0  # the losses read nothing else: padding is left out of the layers
         if train and self.hparams.id_dropout > 0:
             users = torch.where(torch.rand(users.shape) < self.hparams.id_dropout, torch.full_like(users, -1), users)
             cand = torch.where(torch.rand(cand.shape) < self.hparams.id_dropout, torch.full_like(cand, -1), cand)
-        score, pred = self.net(x, users, cand, listed)
+        score, pred = self.net(x, users, cand)
         logits = score.masked_fill(~in_loss, -1e9)
         target = (label & in_loss).float()
         n_pos = target.sum(1)

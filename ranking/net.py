@@ -78,67 +78,34 @@ class RankerNet(nn.Module):
     def _ids(self, idx: torch.Tensor, n: int) -> torch.Tensor:
         return torch.where((idx >= 0) & (idx < n), idx, n)
 
-    def forward(
-        self, dense: torch.Tensor, users: torch.Tensor, items: torch.Tensor, valid: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, dense: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Score and rating of each pair.
 
         Args:
             dense: (B, C, F) normalised features.
             users: (B,) user_idx (-1 = unknown).
             items: (B, C) item_idx (-1 = padding).
-            valid: (B, C) the pairs to compute (None: all); the others score 0 and rate
-                ``rating_center``. Every layer works on one pair at a time, so a computed pair
-                gets the scores it gets in the full batch; the weights' gradients add up the
-                same terms less the padding's zeros, in another order (float rounding).
-                Training passes its lists' padding here instead of spending the layers' work
-                on it.
         Returns:
             (score, rating), each (B, C).
         """
-        if valid is None or bool(valid.all()):
-            h = self.head_input(dense, users, items)
-            score, rating = self.score_head(h).squeeze(-1), self.rating_head(h).squeeze(-1)
-        else:
-            h = self._packed_head_input(dense, users, items, valid)
-            score = dense.new_zeros(valid.shape).index_put((valid,), self.score_head(h).squeeze(-1))
-            rating = dense.new_zeros(valid.shape).index_put((valid,), self.rating_head(h).squeeze(-1))
+        h = self.head_input(dense, users, items)
+        score = self.score_head(h).squeeze(-1)
         if self.base_column >= 0:
             score = score + self.base_weight * dense[..., self.base_column]
-        return score, self.rating_center + self.rating_scale * rating
-
-    def _inputs(self, dense: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """(B, C, D) the first layer's input: the features, then the id embeddings and their product."""
-        if self.emb_dim == 0:
-            return dense
-        u = self.user_emb(self._ids(users, self.n_users))[:, None, :].expand(-1, items.shape[1], -1)
-        i = self.item_emb(self._ids(items, self.n_items))
-        return torch.cat([dense, u, i, u * i], dim=-1)
+        rating = self.rating_center + self.rating_scale * self.rating_head(h).squeeze(-1)
+        return score, rating
 
     def head_input(self, dense: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """(B, C, H) shared input of both heads: MLP output next to the crossed features."""
-        x0 = self._inputs(dense, users, items)
+        x0 = dense
+        if self.emb_dim > 0:
+            u = self.user_emb(self._ids(users, self.n_users))[:, None, :].expand(-1, items.shape[1], -1)
+            i = self.item_emb(self._ids(items, self.n_items))
+            x0 = torch.cat([dense, u, i, u * i], dim=-1)
         x = x0
         for layer in self.cross:
             x = x0 * layer(x) + x
         return torch.cat([self.mlp(x), x], dim=-1)
-
-    def _packed_head_input(self, dense: torch.Tensor, users: torch.Tensor, items: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """(N, H) :meth:`head_input` of the ``valid`` pairs only (N of them, row-major order).
-
-        Dropout draws its mask over the full (B, C, width) block, as :meth:`head_input` does,
-        so a seeded run draws the same masks and keeps the same ones for each pair."""
-        x0 = self._inputs(dense, users, items)[valid]
-        x = x0
-        for layer in self.cross:
-            x = x0 * layer(x) + x
-        h = x
-        for layer in self.mlp:
-            if isinstance(layer, nn.Dropout) and self.training and layer.p > 0:
-                h = layer(h.new_zeros((*valid.shape, h.shape[-1])).index_put((valid,), h))[valid]
-            else:
-                h = layer(h)
-        return torch.cat([h, x], dim=-1)
 
     @torch.inference_mode()
     def score(self, dense: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

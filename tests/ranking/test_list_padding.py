@@ -86,30 +86,3 @@ def test_batches_read_by_gather_are_the_row_by_row_batches_in_the_same_order() -
         for a, b in zip(got, want):
             for u, v in zip(a, b):
                 assert torch.equal(u, v) or (u.dtype.is_floating_point and torch.equal(torch.nan_to_num(u), torch.nan_to_num(v)) and torch.equal(u.isnan(), v.isnan()))
-
-
-def test_a_net_fed_only_the_listed_pairs_scores_them_as_the_full_batch_and_draws_the_same_dropout() -> None:
-    lists, x = _lists([12, 7, 9, 20], full=20, n_feat=5)
-    dense, users, cand = torch.from_numpy(x), torch.from_numpy(lists.users), torch.from_numpy(lists.cand)
-    listed = cand >= 0
-
-    def fresh() -> torch.nn.Module:
-        torch.manual_seed(0)
-        return RankerModule(n_dense=5, n_users=8, n_items=50, emb_dim=4, hidden=[16, 8], cross_layers=1, dropout=0.3, base_column=0).net
-
-    net = fresh().eval()
-    for a, b in zip(net(dense, users, cand), net(dense, users, cand, listed)):
-        assert torch.equal(a[listed], b[listed])
-    outs = []
-    for valid in (None, listed):
-        net = fresh().train()
-        torch.manual_seed(7)  # the dropout layers seed their generators from torch's at their first call
-        score, rating = net(dense, users, cand, valid)
-        (score[listed].square().sum() + rating[listed].sum()).backward()
-        outs.append((score, rating, [p.grad.clone() for p in net.parameters() if p.grad is not None]))
-    (s0, r0, g0), (s1, r1, g1) = outs
-    assert torch.equal(s0[listed], s1[listed]) and torch.equal(r0[listed], r1[listed])  # the same masks
-    assert not s1[~listed].any()
-    assert len(g0) == len(g1) > 0
-    for a, b in zip(g0, g1):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
