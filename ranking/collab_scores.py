@@ -264,6 +264,41 @@ def collab_top(
     return out
 
 
+def rows_path(ctx: FeatureContext, hist: PaddedHistories, n_cand: int, chunk_cells: int = 1 << 22) -> bool:
+    """Whether :func:`_collab_scores` sums this batch's whole rows with the sparse product in
+    every chunk (so :class:`CollabRows` of the same histories give its numbers exactly)."""
+    n, cov = len(hist.items), ctx.collab_covered
+    if n <= SMALL_BATCH or cov.m == 0 or ctx.collab.shape[0] == 0:
+        return False
+    step = max(1, chunk_cells // cov.m)
+    if min(step, n - (n - 1) // step * step) <= SMALL_BATCH:
+        return False
+    return not _collab_plan(ctx, cov.map(hist.items), n_cand)[1]
+
+
+def collab_top_rows(
+    ctx: FeatureContext, histories: list[np.ndarray], hist: PaddedHistories, k: int, chunk_cells: int = 1 << 22
+) -> tuple[np.ndarray, CollabRows | None]:
+    """:func:`collab_top` of ``histories`` (each excluded from its own candidates) and the
+    :class:`CollabRows` it picked them from, ``hist`` being the same histories padded with
+    their ratings: the features of these users' lists then read those rows instead of summing
+    them again. The rows are None (and :func:`collab_top` runs as is) where a chunk of users is
+    small enough for :func:`_collab_dense` to sum it another way."""
+    cov = ctx.collab_covered
+    n, m = len(histories), cov.m
+    step = max(1, chunk_cells // max(m, 1))
+    if n == 0 or k <= 0 or m == 0 or ctx.collab.shape[0] == 0 or min(step, n - (n - 1) // step * step) <= SMALL_BATCH:
+        return collab_top(ctx.collab, histories, histories, k, chunk_cells), None
+    items = cov.map(hist.items)
+    plain, liked = np.empty((n, m)), np.empty((n, m))
+    out = np.full((n, k), -1, dtype=np.int64)
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        plain[s:e], liked[s:e] = _collab_dense(cov.matrix, items[s:e], hist.centred[s:e])
+        out[s:e, : min(k, m)] = _top_items(cov, plain[s:e], histories[s:e], k)
+    return out, CollabRows(cov, plain, liked)
+
+
 def merge_candidates(ids: np.ndarray, extra: np.ndarray, n_items: int) -> np.ndarray:
     """Append each row's ``extra`` items that ``ids`` lacks (order kept, -1 padded)."""
     n = len(ids)

@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
-from movierec.core.ease import ease_weights
+from movierec.core.ease import ease_from_gram, ease_weights, gram
 from movierec.core.metrics import top_k, topn_metrics
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def most_rated(x: sp.csr_matrix, dense_max_items: int) -> np.ndarray:
 
 
 def item_item_matrix(
-    x: sp.spmatrix, lam: float = 300.0, neighbors: int = 256, dense_max_items: int = 6000, weights: np.ndarray | None = None
+    x: sp.spmatrix, lam: float = 300.0, neighbors: int = 256, dense_max_items: int = 6000, block: sp.csr_matrix | None = None
 ) -> sp.csr_matrix:
     """EASE item-item weights from a users x items 0/1 matrix, kept sparse (top ``neighbors`` per candidate).
 
@@ -54,7 +54,8 @@ def item_item_matrix(
     score is one sparse product.
 
     Args:
-        weights: the dense EASE block over :func:`most_rated` items when already computed.
+        block: the pruned EASE block over :func:`most_rated` items at ``lam`` when already
+            computed (:func:`choose_lambda` hands back the one it chose).
 
     Returns:
         (I, I) CSR, row = history item, column = candidate, zero diagonal.
@@ -66,33 +67,39 @@ def item_item_matrix(
     kept = most_rated(x, dense_max_items)
     if len(kept) < n_items:
         log.info("item-item model: EASE over the %d most-rated of %d items", len(kept), n_items)
-    w = ease_weights(x[:, kept], lam) if weights is None else weights
-    w = _prune_columns(w, min(neighbors, len(kept))).tocoo()
+    w = (_prune_columns(ease_weights(x[:, kept], lam), min(neighbors, len(kept))) if block is None else block).tocoo()
     return sp.csr_matrix((w.data, (kept[w.row], kept[w.col])), shape=(n_items, n_items))
 
 
 def _prune_columns(w: np.ndarray, keep: int) -> sp.csr_matrix:
     """Keep the ``keep`` largest-magnitude entries of each column of a dense block."""
     if keep < w.shape[0]:
-        top = np.argpartition(-np.abs(w), keep - 1, axis=0)[:keep]
-        cols = np.broadcast_to(np.arange(w.shape[1]), top.shape)
-        vals = w[top, cols]
-        return sp.csr_matrix((vals.ravel(), (top.ravel(), cols.ravel())), shape=w.shape)
+        # each column partitioned as a contiguous row of the transpose (the same selection as
+        # along the strided column) and the kept entries laid out by column, which is CSC as is
+        by_column = np.abs(w.T, out=np.empty(w.shape[::-1], w.dtype))
+        np.negative(by_column, out=by_column)
+        rows = np.argpartition(by_column, keep - 1, axis=1)[:, :keep].copy()
+        del by_column
+        vals = w[rows, np.arange(w.shape[1])[:, None]]
+        indptr = np.arange(0, rows.size + 1, keep)
+        return sp.csc_matrix((vals.ravel(), rows.ravel(), indptr), shape=w.shape).tocsr()
     return sp.csr_matrix(w)
 
 
 def choose_lambda(
     past: sp.spmatrix, held_out: sp.spmatrix, neighbors: int, dense_max_items: int, seed: int = 0,
     lambdas: tuple[float, ...] = LAMBDAS,
-) -> tuple[float, np.ndarray | None, dict[float, float]]:
+) -> tuple[float, sp.csr_matrix | None, dict[float, float]]:
     """The L2 weight whose (pruned) EASE on ``past`` ranks the ``held_out`` ratings best.
 
     Full ranking over the covered items of every movie the user has not rated in ``past``,
     NDCG@10 with every held-out rating relevant, on at most :data:`CHOICE_USERS` users. Ties go
     to the larger weight (the smoother model).
 
+    One Gram matrix of ``past`` serves every weight; only the inverse is per weight.
+
     Returns:
-        (lambda, the dense EASE block of ``past`` at that lambda for :func:`item_item_matrix`
+        (lambda, the pruned EASE block of ``past`` at that lambda for :func:`item_item_matrix`
         to reuse, NDCG@10 per lambda).
     """
     x = binary(past)
@@ -105,11 +112,12 @@ def choose_lambda(
         return float(lambdas[-1]), None, {}
     hist = x[users][:, kept]
     seen = hist.nonzero()
+    g = gram(x[:, kept])
     curve: dict[float, float] = {}
     lam, best_w = float(lambdas[-1]), None
     for cand in sorted(lambdas, reverse=True):  # ties keep the larger weight seen first
-        w = ease_weights(x[:, kept], cand)
-        scores = (hist @ _prune_columns(w, min(neighbors, len(kept)))).toarray()
+        w = _prune_columns(ease_from_gram(g, cand), min(neighbors, len(kept)))
+        scores = (hist @ w).toarray()
         scores[seen] = -np.inf
         recs = kept[top_k(scores, min(10, len(kept)))]
         curve[cand] = float(topn_metrics(recs, rel[users], 10)["ndcg@10"])

@@ -24,7 +24,7 @@ from movierec.core.config import RankingConfig
 from movierec.core.data import Dataset
 from movierec.core.metrics import top_k
 from movierec.core.splits import holdout_per_user, temporal_per_user, user_folds
-from ranking.collab_scores import collab_top
+from ranking.collab_scores import CollabRows, collab_top_rows, rows_path
 from ranking.features import FEATURES, GROUPS, FeatureContext, compute_features, damped_means, feature_names
 from ranking.item_item import choose_lambda, item_item_matrix
 from ranking.padding import pad_histories
@@ -76,12 +76,12 @@ class Snapshot:
 
 def snapshot(
     ds: Dataset, content: np.ndarray, genres: np.ndarray, user_features: np.ndarray, config: RankingConfig,
-    collab_weights: np.ndarray | None = None,
+    collab_block: sp.csr_matrix | None = None,
 ) -> Snapshot:
     """Everything :func:`compute_features` needs about ``ds``'s ratings.
 
     ``config.collab_lambda`` must be a number here (:func:`resolve_collab_lambda`);
-    ``collab_weights`` is the dense EASE block of ``ds`` at that lambda when already computed.
+    ``collab_block`` is the pruned EASE block of ``ds`` at that lambda when already computed.
     """
     r = ds.ratings
     ratings = r["rating"].to_numpy(np.float64)
@@ -97,7 +97,7 @@ def snapshot(
         if config.collab_lambda == "auto":
             raise ValueError("snapshot needs a numeric ranking.collab_lambda: resolve 'auto' first (resolve_collab_lambda)")
         collab = item_item_matrix(
-            ds.to_csr(), float(config.collab_lambda), config.collab_neighbors, config.collab_dense_max_items, collab_weights
+            ds.to_csr(), float(config.collab_lambda), config.collab_neighbors, config.collab_dense_max_items, collab_block
         )
     years = item_years(ds)
     order = np.lexsort((r["timestamp"].to_numpy(), r["user_idx"].to_numpy()))
@@ -161,6 +161,10 @@ class Lists:
     label: np.ndarray  # (n, W) held-out item
     rating: np.ndarray  # (n, W) held-out rating, NaN elsewhere
     retrieved: np.ndarray | None = None  # (n, W) the candidate pool a request would rank (None: the loss rows)
+    # (plain, liked, shared): (n, W) item-item sums of each candidate from the rows that picked
+    # the item-item candidates, for list_features to read instead of summing those rows again;
+    # (n,) shared marks the lists that have them
+    collab: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 def used_width(cand: np.ndarray | torch.Tensor) -> int:
@@ -170,19 +174,20 @@ def used_width(cand: np.ndarray | torch.Tensor) -> int:
 
 def resolve_collab_lambda(
     past: Dataset, held_out: Dataset, config: RankingConfig, seed: int
-) -> tuple[RankingConfig, np.ndarray | None, dict[float, float]]:
+) -> tuple[RankingConfig, sp.csr_matrix | None, dict[float, float]]:
     """``config`` with a numeric ``collab_lambda``: an ``auto`` weight is chosen on the held-out
-    ratings (:func:`ranking.item_item.choose_lambda`); also that choice's EASE block of ``past``
-    and the NDCG@10 per weight (empty when the weight was given)."""
+    ratings (:func:`ranking.item_item.choose_lambda`); also that choice's pruned EASE block of
+    ``past`` (for :func:`snapshot` of ``past``) and the NDCG@10 per weight (empty when the
+    weight was given)."""
     if config.collab_lambda != "auto":
         return config, None, {}
     needs = "collab" not in config.exclude or config.collab_candidates > 0
     if not needs or not len(held_out.ratings):
         return config.model_copy(update={"collab_lambda": 500.0}), None, {}
-    lam, weights, curve = choose_lambda(
+    lam, block, curve = choose_lambda(
         past.to_csr(), held_out.to_csr(), config.collab_neighbors, config.collab_dense_max_items, seed
     )
-    return config.model_copy(update={"collab_lambda": lam}), weights, curve
+    return config.model_copy(update={"collab_lambda": lam}), block, curve
 
 
 def build_lists(
@@ -215,7 +220,9 @@ def build_lists(
             sc[r, past.hist_items[past.hist_indptr[u] : past.hist_indptr[u + 1]]] = -np.inf
         top = top_k(sc, c)
         seen_lists = [past.hist_items[past.hist_indptr[u] : past.hist_indptr[u + 1]] for u in ub]
-        extra = collab_top(past.ctx.collab, seen_lists, seen_lists, config.collab_candidates)
+        rated = [past.hist_ratings[past.hist_indptr[u] : past.hist_indptr[u + 1]] for u in ub]
+        padded = pad_histories(seen_lists, rated, past.ctx.user_mean[ub])
+        extra, collab_rows = collab_top_rows(past.ctx, seen_lists, padded, config.collab_candidates)
         for r, u in enumerate(ub):
             j = s + r
             items, ratings = pi[pos_ptr[0][j] : pos_ptr[1][j]], pr[pos_ptr[0][j] : pos_ptr[1][j]]
@@ -228,7 +235,10 @@ def build_lists(
             rand = np.unique(rand[~np.isin(rand, np.concatenate([seen, items, retrieved]))])
             cand = np.concatenate([retrieved, missed, rand])
             in_loss = np.r_[np.ones(len(retrieved), bool), np.zeros(len(missed), bool), np.ones(len(rand), bool)]
-            rows.append((cand, in_loss, items, ratings, len(retrieved)))
+            sums = None
+            if collab_rows is not None:
+                sums = CollabRows(collab_rows.cov, collab_rows.plain[r : r + 1], collab_rows.liked[r : r + 1]).at(cand[None])
+            rows.append((cand, in_loss, items, ratings, len(retrieved), sums))
     width = max((len(x[0]) for x in rows), default=1)
     n = len(rows)
     out = Lists(
@@ -239,9 +249,13 @@ def build_lists(
         label=np.zeros((n, width), bool),
         rating=np.full((n, width), np.nan, np.float32),
         retrieved=np.zeros((n, width), bool),
+        collab=(np.zeros((n, width), np.float32), np.zeros((n, width), np.float32), np.zeros(n, bool)),
     )
-    for r, (cand, in_loss, items, ratings, n_retrieved) in enumerate(rows):
+    for r, (cand, in_loss, items, ratings, n_retrieved, sums) in enumerate(rows):
         m = len(cand)
+        if sums is not None:
+            out.collab[0][r, :m], out.collab[1][r, :m] = sums[0][0], sums[1][0]
+            out.collab[2][r] = True
         out.cand[r, :m] = cand
         out.in_loss[r, :m] = in_loss
         out.retrieved[r, :n_retrieved] = True
@@ -283,6 +297,7 @@ def cross_fitted_lists(
     fit_tower: TowerFit,
     config: RankingConfig,
     seed: int,
+    past_block: sp.csr_matrix | None = None,
 ) -> tuple[Lists, np.ndarray]:
     """Lists and raw features of ``config.folds`` folds of ``full``, each one cross-fitted.
 
@@ -294,6 +309,7 @@ def cross_fitted_lists(
 
     Args:
         arrays: (content, genres, user_features) as :func:`snapshot` takes them.
+        past_block: the pruned EASE block of ``past`` when already computed (:func:`resolve_collab_lambda`).
     """
     folds = user_folds(past, config.folds - 1, seed)
     r = past.ratings
@@ -303,7 +319,7 @@ def cross_fitted_lists(
         parts.append((rest, past.with_ratings(r[folds == k]), *fit_tower(rest)))
     lists, raws = [], []
     for k, (rest, labels, user_vectors, items) in enumerate(parts):
-        snap = snapshot(rest, *arrays, config)
+        snap = snapshot(rest, *arrays, config, past_block if k == 0 else None)
         lists.append(build_lists(snap, labels, user_vectors, items, config, seed + k))
         raws.append(list_features(snap, lists[-1]))
     out = concat_lists(lists)
@@ -312,7 +328,9 @@ def cross_fitted_lists(
 
 
 def list_features(snap: Snapshot, lists: Lists) -> np.ndarray:
-    """Raw features (n, W, F) of the training lists from the past snapshot."""
+    """Raw features (n, W, F) of the training lists from the past snapshot (``lists.collab``
+    holds item-item sums :func:`build_lists` already computed: read where they are the ones
+    :func:`compute_features` would sum)."""
     hists = [snap.hist_items[snap.hist_indptr[u] : snap.hist_indptr[u + 1]] for u in lists.users]
     rats = [snap.hist_ratings[snap.hist_indptr[u] : snap.hist_indptr[u + 1]] for u in lists.users]
     out = np.zeros((*lists.cand.shape, len(FEATURES) + snap.ctx.n_user_features), np.float32)  # padding features are zeros
@@ -320,8 +338,22 @@ def list_features(snap: Snapshot, lists: Lists) -> np.ndarray:
         e = s + 256
         w = used_width(lists.cand[s:e])  # compute only the columns these lists use
         hp = pad_histories(hists[s:e], rats[s:e], snap.ctx.user_mean[lists.users[s:e]])
-        out[s:e, :w] = compute_features(snap.ctx, lists.users[s:e], hp, lists.cand[s:e, :w], lists.scores[s:e, :w])
+        known = None
+        if lists.collab is not None and lists.collab[2][s:e].all() and rows_path(snap.ctx, hp, w):
+            known = _Sums(lists.collab[0][s:e, :w], lists.collab[1][s:e, :w])
+        out[s:e, :w] = compute_features(snap.ctx, lists.users[s:e], hp, lists.cand[s:e, :w], lists.scores[s:e, :w], known)
     return out
+
+
+@dataclass
+class _Sums:
+    """Item-item sums of a batch's candidates already at hand, read as :meth:`CollabRows.at` reads rows."""
+
+    plain: np.ndarray
+    liked: np.ndarray
+
+    def at(self, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.plain, self.liked
 
 
 def feature_columns(n_user_features: int, exclude: list[str]) -> np.ndarray:

@@ -223,20 +223,31 @@ def fit_member(
     }
 
 
-def _trimmed_batch(rows: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+def _trimmed_batch(rows: list[torch.Tensor] | list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
     """A batch of :func:`_tensors` rows without the padding columns none of its lists uses.
 
+    ``rows`` is either the batch's tensors as :class:`_ListRows` reads them or one tuple per row.
     Lists are as wide as the longest one, and a user with hundreds of held-out ratings makes
     that several times the typical list. Padding never enters the losses, and every layer works
     on each candidate on its own, so a trimmed batch trains as the full one did.
     """
-    x, users, cand, in_loss, label, rating = default_collate(rows)
+    x, users, cand, in_loss, label, rating = rows if isinstance(rows[0], torch.Tensor) else default_collate(rows)
     w = used_width(cand)
     return [x[:, :w], users, cand[:, :w], in_loss[:, :w], label[:, :w], rating[:, :w]]
 
 
+class _ListRows(TensorDataset):
+    """The lists' tensors; a batch is read with one gather per tensor (the data loader calls
+    ``__getitems__`` with the batch's indices, in the sampler's order) instead of row by row
+    and stacked: the same batch, without a Python call and a copy per list."""
+
+    def __getitems__(self, idx: list[int]) -> list[torch.Tensor]:
+        i = torch.as_tensor(idx, dtype=torch.int64)
+        return [t[i] for t in self.tensors]
+
+
 def _tensors(x: np.ndarray, lists: Lists, rows: np.ndarray) -> TensorDataset:
-    return TensorDataset(
+    return _ListRows(
         torch.from_numpy(x[rows]),
         torch.from_numpy(lists.users[rows]),
         torch.from_numpy(lists.cand[rows]),

@@ -93,31 +93,36 @@ def fit_ranker(
     L.seed_everything(seed, workers=True, verbose=False)
     t0 = time.perf_counter()
     n_user_features = np.asarray(user_features).shape[1]
-    config, past_weights, lambda_curve = resolve_collab_lambda(past, held_out, config, seed)
+    config, past_block, lambda_curve = resolve_collab_lambda(past, held_out, config, seed)
     if config.folds > 1:
         if fit_tower is None:
             raise ValueError("ranking.folds > 1 needs fit_tower (a two-tower model per fold)")
         arrays = (content, genres, user_features)
-        lists, raw = cross_fitted_lists(full, past, held_out, arrays, past_user_vectors, item_vectors, fit_tower, config, seed)
+        lists, raw = cross_fitted_lists(
+            full, past, held_out, arrays, past_user_vectors, item_vectors, fit_tower, config, seed, past_block
+        )
         center = float(full.ratings["rating"].mean())
     else:
-        snap = snapshot(past, content, genres, user_features, config, past_weights)
+        snap = snapshot(past, content, genres, user_features, config, past_block)
         lists = build_lists(snap, held_out, past_user_vectors, item_vectors, config, seed)
         raw = list_features(snap, lists)
+        lists.collab = None  # read: the member nets (and the second process) need none of it
         center = snap.ctx.global_mean
     columns = feature_columns(n_user_features, config.exclude)
     t_feat = time.perf_counter() - t0
 
     # normalisation statistics over every list (no labels involved)
     valid = lists.cand >= 0
-    sel = raw[valid][:, columns].astype(np.float64)
+    listed = raw[valid][:, columns]
+    del raw
+    sel = listed.astype(np.float64)
     mean = np.nan_to_num(np.nanmean(sel, 0)) if len(sel) else np.zeros(len(columns))
     std = np.nan_to_num(np.nanstd(sel, 0)) if len(sel) else np.ones(len(columns))
     std = np.where(std > 1e-6, std, 1.0)
     del sel
-    x = np.nan_to_num((raw[..., columns] - mean) / std).astype(np.float32)
-    x[~valid] = 0.0
-    del raw
+    x = np.zeros((*valid.shape, len(columns)), np.float32)  # padding stays 0
+    x[valid] = np.nan_to_num((listed - mean) / std)
+    del listed
 
     lo, hi = full.rating_scale
     use_ids = "ids" not in config.exclude

@@ -70,3 +70,19 @@ def test_scores_of_padded_lists_match_the_full_width_scores() -> None:
     valid = lists.cand >= 0
     np.testing.assert_allclose(got[valid], want[valid], rtol=1e-5, atol=1e-6)
     assert got.shape == want.shape
+
+
+def test_batches_read_by_gather_are_the_row_by_row_batches_in_the_same_order() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    lists, x = _lists([12, 7, 9, 20, 5, 3, 11], full=40)
+    rows = np.array([6, 0, 3, 2, 5, 1])
+    data = _tensors(x, lists, rows)
+    plain = TensorDataset(*data.tensors)  # one row at a time, stacked by the default collation
+    for shuffle in (True, False):
+        got = list(DataLoader(data, batch_size=4, shuffle=shuffle, generator=torch.Generator().manual_seed(3), collate_fn=_trimmed_batch))
+        want = list(DataLoader(plain, batch_size=4, shuffle=shuffle, generator=torch.Generator().manual_seed(3), collate_fn=_trimmed_batch))
+        assert len(got) == len(want) == 2
+        for a, b in zip(got, want):
+            for u, v in zip(a, b):
+                assert torch.equal(u, v) or (u.dtype.is_floating_point and torch.equal(torch.nan_to_num(u), torch.nan_to_num(v)) and torch.equal(u.isnan(), v.isnan()))
