@@ -67,7 +67,7 @@ def test_values_the_user_set_are_kept() -> None:
     assert sized.ranking.max_users == 10_000
     assert sized.ranking.rating.autorec_hidden == 100
     assert sized.ranking.rating.mf_sparse is False and sized.ranking.rating.mf_epochs == 40
-    assert sized.retrieval.epochs == 30  # no epoch budget: the user chose the epoch length
+    assert sized.retrieval.epochs == load_config().retrieval.epochs  # no epoch budget: the user chose the epoch length
     assert {c.key for c in choices} == {"retrieval.val_max_users"}
 
 
