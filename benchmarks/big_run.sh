@@ -20,7 +20,7 @@
 # 1M ratings x 100k movies: nice -n 10 benchmarks/big_run.sh WORKDIR 20000 100000 1000000 2
 #
 # Defaults: 200,000 users, 100,000 items, 20,000,000 ratings, candidates with
-# 1 worker. Each stage's full `time -v` report is kept in WORKDIR/<stage>.time; a summary table is
+# `--workers auto` (the command's default). Each stage's full `time -v` report is kept in WORKDIR/<stage>.time; a summary table is
 # printed at the end.
 set -euo pipefail
 
@@ -28,7 +28,7 @@ work=${1:?usage: big_run.sh WORKDIR [USERS ITEMS RATINGS [WORKERS]]}
 users=${2:-200000}
 items=${3:-100000}
 ratings=${4:-20000000}
-workers=${5:-1}
+workers=${5:-auto}
 here=$(cd "$(dirname "$0")/.." && pwd)
 # the checkout's own code (a worktree has no venv of its own): python -m movierec from $here;
 # PYTHON defaults to the checkout's venv, else the main checkout's
@@ -59,15 +59,12 @@ sets=()
 if [ -n "$config" ]; then sets+=(--config "$config"); fi
 for kv in ${TRAIN_SET:-}; do sets+=(--set "$kv"); done
 stage train $movierec train --data "$work/data" --out "$work/model" "${sets[@]}"
-if [ "$workers" -gt 1 ]; then
-  stage candidates $movierec candidates --model "$work/model" --out "$work/candidates" --k 100 --workers "$workers"
-else
-  stage candidates $movierec candidates --model "$work/model" --out "$work/candidates.parquet" --k 100
-fi
+# one parquet file either way: WORKERS=auto is the command's default (its own choice of processes)
+stage candidates $movierec candidates --model "$work/model" --out "$work/candidates.parquet" --k 100 --workers "$workers"
 if [ "${BATCH_BENCH:-0}" = 1 ]; then
   echo "== batch candidates benchmark (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
   env -u OMP_NUM_THREADS -u OPENBLAS_NUM_THREADS -u MKL_NUM_THREADS "$python" "$here/benchmarks/batch_candidates.py" --model "$work/model" \
-    --workers "$workers" > "$work/batch_candidates.md" 2> "$work/batch_candidates.log"
+    --workers "${BENCH_WORKERS:-2}" > "$work/batch_candidates.md" 2> "$work/batch_candidates.log"
   cat "$work/batch_candidates.md" >&2
 fi
 
