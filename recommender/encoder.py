@@ -21,6 +21,8 @@ import torch
 from scipy.special import erf
 from torch import nn
 
+from retrieval.towers import recency_weights
+
 log = logging.getLogger(__name__)
 
 
@@ -63,13 +65,14 @@ class NewUserEncoder:
         if tower.features is not None:  # features of zeros: the layer's bias
             bias = tower.features.bias
             self.parts.append(plain(bias) if bias is not None else np.zeros(tower.features.out_features, np.float32))
-        # pooling weights of the last n known movies, n = 1 .. recent_len (recency_weights' values)
-        decay = np.float32(self.recent_decay)
-        self.recent_weights = [np.zeros(0, np.float32)] + [
-            (w / w.sum()).astype(np.float32)
-            for n in range(1, self.recent_len + 1)
-            for w in [decay ** np.arange(n - 1, -1, -1, dtype=np.float32)]
-        ]
+        # pooling weights of the last n known movies, n = 1 .. recent_len: row n - 1 of one
+        # recency_weights call over histories of 1 .. recent_len movies
+        self.recent_weights = [np.zeros(0, np.float32)]
+        if self.recent_len > 0:
+            n = self.recent_len
+            filled = torch.arange(n).unsqueeze(0) <= torch.arange(n).unsqueeze(1)
+            rows = recency_weights(torch.where(filled, 0, -1), filled.to(torch.float32), n, self.recent_decay).numpy()
+            self.recent_weights += [rows[i, : i + 1].astype(np.float32) for i in range(n)]
         self.w1, self.b1 = plain(lin1.weight), plain(lin1.bias)
         self.g1, self.beta1, self.eps = plain(norm.weight), plain(norm.bias), np.float32(norm.eps)
         self.w2, self.b2 = plain(lin2.weight), plain(lin2.bias)
