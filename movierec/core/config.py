@@ -173,7 +173,7 @@ class RatingConfig(_Section):
     )
     autorec_hidden: int = Field(500, ge=0, description="I-AutoRec hidden units (0: off)")
     autorec_reg: float = Field(100.0, ge=0, description="I-AutoRec L2 weight (the paper's lambda)")
-    autorec_lr: float = Field(1e-3, gt=0)
+    autorec_lr: float = Field(3e-3, gt=0, description="Adam learning rate of I-AutoRec (few item batches per epoch: a higher rate stops in fewer epochs)")
     autorec_dropout: float = Field(0.2, ge=0, lt=1, description="dropout on I-AutoRec's hidden layer while training")
     autorec_batch_items: int = Field(256, ge=1)
     autorec_epochs: int = Field(150, ge=1, description="upper bound; early stopping on validation RMSE")
