@@ -81,7 +81,7 @@ def main() -> None:
     for r in range(1, args.rounds + 1):
         ref = ease_reference(args.data)
         for code in args.code:
-            wall, cpu, stages = train_once(code, args.data, args.python)
+            wall, cpu, stages = train_once(code, args.data.resolve(), args.python)  # it runs in the checkout
             ratios[str(code)].append(wall / ref)
             load = "/".join(f"{v:.1f}" for v in os.getloadavg())
             print(f"{r:>5} {str(code)[-28:]:<28} {ref:>8.3f} {wall:>13.1f} {cpu:>8.1f} {wall / ref:>11.1f}x  {load}  {stages}", flush=True)
