@@ -264,14 +264,19 @@ def collab_top(
     return out
 
 
+def _product_chunk(n: int, m: int, chunk_cells: int) -> int | None:
+    """Users per chunk when ``n`` users' whole rows over ``m`` covered items are summed a chunk
+    at a time, or None where some chunk (the last, or all) has at most :data:`SMALL_BATCH`
+    users: :func:`_collab_dense` sums such a chunk another way than the sparse product."""
+    step = max(1, chunk_cells // max(m, 1))
+    return None if n == 0 or min(step, n - (n - 1) // step * step) <= SMALL_BATCH else step
+
+
 def rows_path(ctx: FeatureContext, hist: PaddedHistories, n_cand: int, chunk_cells: int = 1 << 22) -> bool:
     """Whether :func:`_collab_scores` sums this batch's whole rows with the sparse product in
     every chunk (so :class:`CollabRows` of the same histories give its numbers exactly)."""
     n, cov = len(hist.items), ctx.collab_covered
-    if n <= SMALL_BATCH or cov.m == 0 or ctx.collab.shape[0] == 0:
-        return False
-    step = max(1, chunk_cells // cov.m)
-    if min(step, n - (n - 1) // step * step) <= SMALL_BATCH:
+    if n <= SMALL_BATCH or cov.m == 0 or ctx.collab.shape[0] == 0 or _product_chunk(n, cov.m, chunk_cells) is None:
         return False
     return not _collab_plan(ctx, cov.map(hist.items), n_cand)[1]
 
@@ -286,8 +291,8 @@ def collab_top_rows(
     small enough for :func:`_collab_dense` to sum it another way."""
     cov = ctx.collab_covered
     n, m = len(histories), cov.m
-    step = max(1, chunk_cells // max(m, 1))
-    if n == 0 or k <= 0 or m == 0 or ctx.collab.shape[0] == 0 or min(step, n - (n - 1) // step * step) <= SMALL_BATCH:
+    step = _product_chunk(n, m, chunk_cells)
+    if step is None or k <= 0 or m == 0 or ctx.collab.shape[0] == 0:
         return collab_top(ctx.collab, histories, histories, k, chunk_cells), None
     items = cov.map(hist.items)
     plain, liked = np.empty((n, m)), np.empty((n, m))
